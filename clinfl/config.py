@@ -2,7 +2,8 @@
 
 A :class:`RunConfig` bundles what a federated run needs: the data (:class:`DataConfig`), the method
 and its ablation switches (:class:`MethodConfig`) and the federation itself
-(:class:`FederationConfig`). :func:`validate_run_config` checks every field and raises one
+(:class:`FederationConfig`, with its secure aggregation in :class:`SecAggConfig` and injected
+dropouts in :class:`Dropout`). :func:`validate_run_config` checks every field and raises one
 :class:`~clinfl.errors.ValidationError` listing every violation with its value, bound and fix.
 """
 
@@ -27,6 +28,14 @@ NORMS: tuple[str, ...] = ("group", "batch")
 CLASSIFIERS: tuple[str, ...] = ("etf", "learnable")
 QUERIES: tuple[str, ...] = ("fixed", "learnable")
 SELECTIONS: tuple[str, ...] = ("best", "last")
+DROP_STAGES: tuple[str, ...] = (
+    "train",
+    "advertise",
+    "share",
+    "masked-input",
+    "consistency",
+    "unmask",
+)
 
 
 @dataclass(frozen=True)
@@ -82,12 +91,41 @@ class FederationConfig:
 
 
 @dataclass(frozen=True)
+class SecAggConfig:
+    """Secure aggregation as the coordinator proposes it (every site checks it against policy).
+
+    ``degree`` and ``threshold`` of None derive from the number of sites (SecAgg+ graph of
+    degree about 2 log2 n, complete for small n; threshold a strict majority of each
+    neighbourhood and at least ``min_sites``).
+    """
+
+    enabled: bool = True
+    min_sites: int = 3
+    bits: int = 32
+    clip: float = 0.5
+    weight_cap: int = 10_000
+    degree: int | None = None
+    threshold: int | None = None
+
+
+@dataclass(frozen=True)
+class Dropout:
+    """An injected dropout: ``site`` stops answering at ``stage`` (every round, or one round)."""
+
+    site: str
+    stage: str
+    round: int | None = None
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """Everything one run needs; build it with :func:`validate_run_config`."""
 
     data: DataConfig = field(default_factory=DataConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
     federation: FederationConfig = field(default_factory=FederationConfig)
+    secagg: SecAggConfig = field(default_factory=SecAggConfig)
+    drops: tuple[Dropout, ...] = ()
 
     def to_json_dict(self) -> dict[str, Any]:
         """Return a JSON-serialisable copy (paths as strings)."""
@@ -176,6 +214,56 @@ def _federation_violations(fed: FederationConfig) -> list[Violation]:
     return out
 
 
+def _secagg_violations(secagg: SecAggConfig, sites: int) -> list[Violation]:
+    out: list[Violation] = []
+    if not secagg.enabled or sites == 1:  # one site (centralized) aggregates nothing
+        return out
+    _check_int(out, "secagg.min_sites", secagg.min_sites, 2)
+    _check_int(out, "secagg.bits", secagg.bits, 16, 64)
+    _check_int(out, "secagg.weight_cap", secagg.weight_cap, 1)
+    if not secagg.clip > 0:
+        out.append(Violation("secagg.clip", secagg.clip, "> 0", "use 0.5"))
+    if secagg.degree is not None and (secagg.degree < 2 or secagg.degree % 2):
+        out.append(Violation("secagg.degree", secagg.degree, "even, >= 2", "leave it unset"))
+    if secagg.threshold is not None and secagg.threshold < secagg.min_sites:
+        out.append(
+            Violation("secagg.threshold", secagg.threshold, ">= min_sites", "leave it unset")
+        )
+    if sites < secagg.min_sites:
+        out.append(
+            Violation(
+                "sites",
+                sites,
+                f">= secagg.min_sites ({secagg.min_sites})",
+                "use more sites, lower --secagg-min-sites, or run with --secagg off",
+            )
+        )
+    if not out:
+        room = (2**secagg.bits - 1) / (sites * secagg.weight_cap * 2 * secagg.clip)
+        if room < 1:
+            out.append(
+                Violation(
+                    "secagg.bits",
+                    secagg.bits,
+                    f"enough for {sites} sites x weight cap {secagg.weight_cap}",
+                    "use more bits or a smaller weight cap",
+                )
+            )
+    return out
+
+
+def _drop_violations(drops: tuple[Dropout, ...], sites: int) -> list[Violation]:
+    out: list[Violation] = []
+    names = {f"site-{k + 1}" for k in range(sites)}
+    for drop in drops:
+        if drop.site not in names:
+            out.append(Violation("drop", drop.site, f"site-1..site-{sites}", "name a real site"))
+        _check_choice(out, "drop stage", drop.stage, DROP_STAGES)
+        if drop.round is not None:
+            _check_int(out, "drop round", drop.round, 1)
+    return out
+
+
 def validate_run_config(config: RunConfig, *, known_methods: tuple[str, ...]) -> RunConfig:
     """Check every field of ``config`` and return it unchanged when valid.
 
@@ -186,6 +274,8 @@ def validate_run_config(config: RunConfig, *, known_methods: tuple[str, ...]) ->
         _data_violations(config.data)
         + _method_violations(config.method, known_methods)
         + _federation_violations(config.federation)
+        + _secagg_violations(config.secagg, config.federation.sites)
+        + _drop_violations(config.drops, config.federation.sites)
     )
     if violations:
         raise ValidationError("run configuration", violations)

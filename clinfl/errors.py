@@ -94,6 +94,14 @@ class FederationError(ClinflError):
     exit_code = 5
 
 
+class RoundAborted(FederationError):  # noqa: N818 - reads as an event, like ProtocolViolation
+    """A round was abandoned (too few survivors, or a site refused); nothing was applied."""
+
+
+class SiteUnavailable(FederationError):  # noqa: N818
+    """A site did not answer at some stage (it dropped out); the round may go on without it."""
+
+
 class CheckpointError(ClinflError):
     """A checkpoint or results file cannot be written or read."""
 

@@ -1,68 +1,91 @@
-"""Aggregators turn the round's site contributions into one mean update.
+"""Aggregators turn the participants' answers into one mean update.
 
-Every algorithm's update is aggregatable as a sum: sites send ``n_i * delta_i`` and ``n_i``, and
-the aggregate is ``sum(n_i * delta_i) / sum(n_i)``. :class:`WeightedMeanAggregator` computes that
-in the clear; secure aggregation plugs in behind the same interface.
+Every algorithm's update is aggregatable as a sum: the aggregate is ``sum(w_i * delta_i) /
+sum(w_i)`` with ``w_i`` the site's capped sample count. :class:`PlainAggregator` asks for the
+weighted updates in the clear (sites whose policy requires secure aggregation refuse);
+:class:`~coordinator.secure_aggregation.SecureAggregator` runs the masked protocol behind the
+same interface.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
 
-from clinfl.errors import FederationError
-from clinfl.federation.messages import SiteContribution
+from clinfl.errors import ProtocolViolation, RoundAborted, SiteUnavailable
+from clinfl.federation.roles import TrainingParticipant
 from clinfl.typing import StateDict
 
 
 @dataclass(frozen=True)
 class AggregateUpdate:
-    """The mean update of a round and how many sites and samples it covers."""
+    """The mean update of a round, which sites it covers, and their total sample weight."""
 
     mean_delta: StateDict
-    sites: int
+    site_ids: frozenset[str]
     num_samples: int
+    refusals: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def sites(self) -> int:
+        """How many sites the aggregate covers."""
+        return len(self.site_ids)
 
 
 class Aggregator(Protocol):
-    """Combines contributions into the sample-weighted mean update."""
+    """Combines the trained participants' updates into the sample-weighted mean update."""
 
-    def aggregate(self, contributions: Sequence[SiteContribution]) -> AggregateUpdate:
-        """Return the mean update.
+    def aggregate(
+        self, participants: Sequence[TrainingParticipant], *, round_id: int, template: StateDict
+    ) -> AggregateUpdate:
+        """Return the mean update over the sites that completed the round.
 
         Raises:
-            FederationError: if there is nothing to aggregate or the updates disagree in shape.
+            RoundAborted: if too few sites completed; nothing may be applied.
         """
         ...
 
 
-class WeightedMeanAggregator:
-    """Plain (unmasked) sample-weighted mean: for in-process runs without secure aggregation."""
+class PlainAggregator:
+    """Unmasked sample-weighted mean, for federations that turned secure aggregation off."""
 
-    def aggregate(self, contributions: Sequence[SiteContribution]) -> AggregateUpdate:
-        """Return ``sum(n_i * delta_i) / sum(n_i)`` over the contributions.
+    def __init__(self, *, min_sites: int = 1) -> None:
+        self._min_sites = min_sites
+
+    def aggregate(
+        self, participants: Sequence[TrainingParticipant], *, round_id: int, template: StateDict
+    ) -> AggregateUpdate:
+        """Return ``sum(w_i delta_i) / sum(w_i)`` over the sites that uploaded.
 
         Raises:
-            FederationError: if no site contributed samples or the tensors disagree.
+            RoundAborted: if fewer than ``min_sites`` sites uploaded.
         """
-        total = sum(c.num_samples for c in contributions)
-        if not contributions or total <= 0:
-            raise FederationError(
-                "no site contributed an update this round", remedy="check that sites hold data"
+        summed = {name: torch.zeros_like(value) for name, value in template.items()}
+        included: set[str] = set()
+        refusals: dict[str, str] = {}
+        total = 0
+        for participant in participants:
+            try:
+                contribution = participant.upload_plain()
+            except SiteUnavailable:
+                continue
+            except ProtocolViolation as refusal:
+                refusals[participant.site_id] = refusal.message
+                continue
+            for name in summed:
+                summed[name] += contribution.weighted_delta[name].to(summed[name].dtype)
+            total += contribution.weight
+            included.add(contribution.site_id)
+        if len(included) < self._min_sites or total <= 0:
+            reasons = "; ".join(refusals.values())
+            raise RoundAborted(
+                f"round {round_id} abandoned: {len(included)} site(s) uploaded, "
+                f"{self._min_sites} needed; nothing was applied"
+                + (f" ({reasons})" if reasons else ""),
+                remedy="bring more sites online, or turn secure aggregation on if sites require it",
             )
-        names = set(contributions[0].weighted_delta)
-        for contribution in contributions[1:]:
-            if set(contribution.weighted_delta) != names:
-                raise FederationError(
-                    f"site {contribution.site_id} sent a different set of tensors",
-                    remedy="make sure every site runs the same method",
-                )
-        summed = {
-            name: torch.stack([c.weighted_delta[name] for c in contributions]).sum(dim=0)
-            for name in names
-        }
         mean = {name: value / float(total) for name, value in summed.items()}
-        return AggregateUpdate(mean_delta=mean, sites=len(contributions), num_samples=total)
+        return AggregateUpdate(mean, frozenset(included), total, refusals)

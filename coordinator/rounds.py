@@ -7,7 +7,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from clinfl.config import SelectionRule
-from clinfl.federation.messages import RoundRecord, RoundSettings
+from clinfl.errors import RoundAborted, SiteUnavailable
+from clinfl.federation.messages import RoundRecord, RoundSettings, TrainingReport
 from clinfl.federation.roles import GlobalEvaluator, TrainingParticipant
 from clinfl.typing import StateDict
 from coordinator.aggregation import Aggregator
@@ -53,11 +54,13 @@ class Coordinator:
     ) -> FederationOutcome:
         """Run ``rounds`` rounds from ``initial_state`` and select one.
 
-        The selected round is the best on validation macro-AUC (or the last, with
-        ``selection='last'``).
+        The selected round is the best completed round on validation macro-AUC (or the last,
+        with ``selection='last'``). A round the aggregator abandons
+        (:class:`~clinfl.errors.RoundAborted`) leaves the global state unchanged and is recorded
+        with its reason; sites that are unavailable for training are left out of the round.
 
         Raises:
-            FederationError: if a round cannot be aggregated.
+            FederationError: if local training fails.
             CheckpointError: if a checkpoint cannot be written.
         """
         state = {name: value.clone() for name, value in initial_state.items()}
@@ -65,27 +68,44 @@ class Coordinator:
         for round_number in range(1, rounds + 1):
             started = time.perf_counter()
             settings = settings_for(round_number)
-            contributions = [p.train_round(state, settings) for p in self._participants]
-            aggregate = self._aggregator.aggregate(contributions)
-            state = {name: state[name] + aggregate.mean_delta[name] for name in state}
+            reports: dict[str, TrainingReport] = {}
+            trained = []
+            for participant in self._participants:
+                try:
+                    reports[participant.site_id] = participant.train_round(state, settings)
+                except SiteUnavailable:
+                    continue
+                trained.append(participant)
+            aborted: str | None = None
+            included: frozenset[str] = frozenset()
+            num_samples = 0
+            try:
+                aggregate = self._aggregator.aggregate(
+                    trained, round_id=round_number, template=state
+                )
+            except RoundAborted as error:
+                aborted = error.message
+            else:
+                state = {name: state[name] + aggregate.mean_delta[name] for name in state}
+                included, num_samples = aggregate.site_ids, aggregate.num_samples
             report = self._evaluator.evaluate(state)
-            mean_loss = sum(c.mean_loss * c.num_samples for c in contributions) / max(
-                aggregate.num_samples, 1
-            )
+            losses = [reports[site].mean_loss for site in included]
             record = RoundRecord(
                 round=round_number,
                 report=report,
                 seconds=time.perf_counter() - started,
-                sites=aggregate.sites,
-                num_samples=aggregate.num_samples,
-                mean_loss=mean_loss,
+                sites=len(included),
+                num_samples=num_samples,
+                mean_loss=sum(losses) / len(losses) if losses else float("nan"),
+                aborted=aborted,
             )
             self._checkpoints.save(round_number, state, record.to_json_dict())
             records.append(record)
             if on_round is not None:
                 on_round(record)
+        completed = [r for r in records if r.aborted is None] or records
         if self._selection == "last":
-            selected = records[-1]
+            selected = completed[-1]
         else:
-            selected = max(records, key=lambda r: r.report.validation.macro_auc)
+            selected = max(completed, key=lambda r: r.report.validation.macro_auc)
         return FederationOutcome(records=tuple(records), selected=selected, final_state=state)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
@@ -10,11 +11,21 @@ from clinfl.algorithms import Algorithm, ModelSpec
 from clinfl.data.batching import shuffled_batches, to_input_tensor
 from clinfl.data.imageset import ImageSet
 from clinfl.errors import FederationError
-from clinfl.federation.messages import RoundSettings, SiteContribution
+from clinfl.federation.messages import RoundSettings
 from clinfl.typing import StateDict
 from site_agent.model_state import load_travelling_state
 
 StepCallback = Callable[[str, int, int], None]
+
+
+@dataclass(frozen=True)
+class LocalUpdate:
+    """A round's result, private to the site: ``w_local - w_global`` and how it was obtained."""
+
+    delta: StateDict
+    num_samples: int
+    mean_loss: float
+    steps: int
 
 
 class LocalSite:
@@ -22,7 +33,7 @@ class LocalSite:
 
     The model (with the ETF derived from the federation seed) is built here; each round it loads
     the global travelling state, trains ``local_epochs`` epochs with AdamW, and returns
-    ``n_i * (w_local - w_global)`` over the travelling tensors only.
+    ``w_local - w_global`` over the travelling tensors only (it stays at the site).
     """
 
     def __init__(
@@ -69,8 +80,8 @@ class LocalSite:
             group["lr"] = lr
         return self._optimizer
 
-    def train_round(self, global_state: StateDict, settings: RoundSettings) -> SiteContribution:
-        """Train from ``global_state`` and return this site's weighted update.
+    def train_round(self, global_state: StateDict, settings: RoundSettings) -> LocalUpdate:
+        """Train from ``global_state`` and return this site's update.
 
         Raises:
             FederationError: if the global state does not fit the local model or the loss diverges.
@@ -104,11 +115,7 @@ class LocalSite:
                 if self._on_step is not None:
                     self._on_step(self._site_id, step, total_steps)
         local = self._algorithm.travelling_state(self._model)
-        weighted = {name: (local[name] - reference[name]) * float(n) for name in reference}
-        return SiteContribution(
-            site_id=self._site_id,
-            weighted_delta=weighted,
-            num_samples=n,
-            mean_loss=loss_sum / max(step, 1),
-            steps=step,
+        delta = {name: local[name] - reference[name] for name in reference}
+        return LocalUpdate(
+            delta=delta, num_samples=n, mean_loss=loss_sum / max(step, 1), steps=step
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -29,12 +30,14 @@ def partition_table(partition: Partition, class_names: tuple[str, ...]) -> Table
 
 def rounds_table(records: tuple[RoundRecord, ...], selected_round: int, method: str) -> Table:
     """Return one row per round with the test metrics; the selected round is marked."""
-    table = Table(title=f"{method}: global model on the test set (* = selected on validation)")
+    table = Table(
+        title=f"{method}: global model on the test set (* = selected on validation, ! = abandoned)"
+    )
     for column in ("round", "macro-AUC", "micro-AUC", "macro-F1", "micro-F1", "val macro-AUC", "s"):
         table.add_column(column, justify="right")
     for record in records:
         test = record.report.test
-        mark = "*" if record.round == selected_round else ""
+        mark = "*" if record.round == selected_round else ("!" if record.aborted else "")
         table.add_row(
             f"{record.round}{mark}",
             f"{100 * test.macro_auc:.2f}",
@@ -94,10 +97,20 @@ class ProgressListener:
     def round_finished(self, record: RoundRecord, total_rounds: int) -> None:
         """Advance the rounds bar and print a one-line round summary."""
         self._progress.update(self._rounds, total=total_rounds, completed=record.round)
-        if self._show_tables:
+        if self._show_tables and record.aborted:
+            self._console.print(
+                f"round {record.round}/{total_rounds}: [bold red]abandoned[/]: "
+                f"{escape(record.aborted)}"
+            )
+        elif self._show_tables:
             test = record.report.test
             self._console.print(
                 f"round {record.round}/{total_rounds}: test macro-AUC {100 * test.macro_auc:.2f}, "
                 f"val macro-AUC {100 * record.report.validation.macro_auc:.2f} "
-                f"({record.seconds:.1f}s)"
+                f"({record.sites} sites, {record.seconds:.1f}s)"
             )
+
+    def site_audit(self, site_id: str, message: str) -> None:
+        """Print a site's refusal (what it also writes to its audit log)."""
+        if self._show_tables:
+            self._console.print(f"[yellow]{escape(site_id)} refused[/]: {escape(message)}")

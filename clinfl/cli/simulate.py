@@ -14,8 +14,10 @@ from rich.console import Console
 from clinfl.algorithms import algorithm_summaries
 from clinfl.cli.errors import cli_errors
 from clinfl.cli.render import ProgressListener, rounds_table
-from clinfl.config import DataConfig, FederationConfig, MethodConfig, RunConfig
+from clinfl.config import DataConfig, FederationConfig, MethodConfig, RunConfig, SecAggConfig
+from clinfl.errors import ConfigError
 from clinfl.simulation import run_simulation
+from clinfl.simulation.dropouts import parse_dropout
 
 _METHODS = "; ".join(f"{name}: {text}" for name, text in algorithm_summaries().items())
 
@@ -35,7 +37,7 @@ def simulate(
         typer.Option(help="cxr14: folder with train_val_list.txt and test_list.txt."),
     ] = None,
     method: Annotated[str, typer.Option(help=f"Algorithm. {_METHODS}.")] = "fedncalign",
-    sites: Annotated[int, typer.Option(help="Number of sites K (1 = centralized).")] = 5,
+    sites: Annotated[int, typer.Option(help="Number of sites K (1 = centralized, no aggregation).")] = 5,
     rounds: Annotated[int, typer.Option(help="Federated rounds R.")] = 6,
     local_epochs: Annotated[int, typer.Option(help="Local epochs E per round.")] = 1,
     batch_size: Annotated[int, typer.Option(help="Local mini-batch size.")] = 32,
@@ -100,6 +102,27 @@ def simulate(
     threads: Annotated[
         int | None, typer.Option(help="Torch CPU threads (default: torch's choice).")
     ] = None,
+    secagg: Annotated[
+        str,
+        typer.Option(
+            help="Secure aggregation (SecAgg+): on (default) or off. With off, sites send updates "
+            "in the clear."
+        ),
+    ] = "on",
+    secagg_min_sites: Annotated[
+        int, typer.Option(help="Fewest sites whose sum may be revealed (each site's policy).")
+    ] = 3,
+    secagg_bits: Annotated[int, typer.Option(help="Modulus of the masked sums: 2**bits.")] = 32,
+    secagg_clip: Annotated[
+        float, typer.Option(help="Per-coordinate clip of a site's update before quantisation.")
+    ] = 0.5,
+    drop: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Inject a dropout: SITE:STAGE or SITE:STAGE:ROUND, stages train, advertise, "
+            "share, masked-input, consistency, unmask (repeatable)."
+        ),
+    ] = None,
     out: Annotated[
         Path | None,
         typer.Option(
@@ -113,6 +136,8 @@ def simulate(
     """Run an in-process federation (every site and the coordinator in this process)."""
     console = Console(stderr=as_json)
     with cli_errors(as_json=as_json):
+        if secagg not in ("on", "off"):
+            raise ConfigError(f"--secagg must be on or off, got {secagg!r}", remedy="--secagg on")
         config = RunConfig(
             data=DataConfig(
                 dataset=dataset,  # type: ignore[arg-type]
@@ -150,6 +175,13 @@ def simulate(
                 selection=selection,  # type: ignore[arg-type]
                 threads=threads,
             ),
+            secagg=SecAggConfig(
+                enabled=secagg == "on",
+                min_sites=secagg_min_sites,
+                bits=secagg_bits,
+                clip=secagg_clip,
+            ),
+            drops=tuple(parse_dropout(text) for text in drop or ()),
         )
         if threads is not None:
             torch.set_num_threads(threads)

@@ -8,6 +8,7 @@ from clinfl.federation.messages import (
     RoundRecord,
     RoundSettings,
     SiteContribution,
+    TrainingReport,
 )
 from clinfl.federation.roles import GlobalEvaluator, TrainingParticipant
 
@@ -18,4 +19,5 @@ __all__ = [
     "RoundSettings",
     "SiteContribution",
     "TrainingParticipant",
+    "TrainingReport",
 ]

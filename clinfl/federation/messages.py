@@ -19,17 +19,25 @@ class RoundSettings:
 
 
 @dataclass(frozen=True)
-class SiteContribution:
-    """A site's answer: ``weighted_delta = n_i * (w_local - w_global)`` and ``n_i``.
+class TrainingReport:
+    """What a site says after local training: no update, no sample count, only its loss."""
 
-    Only travelling tensors appear in ``weighted_delta``; the ETF never does.
+    site_id: str
+    mean_loss: float
+    steps: int
+
+
+@dataclass(frozen=True)
+class SiteContribution:
+    """A plain (unmasked) upload: ``weighted_delta = w_i * (w_local - w_global)`` and ``w_i``.
+
+    Sent only when secure aggregation is off and the site's policy allows it. ``w_i`` is the
+    sample count capped by the policy. Only travelling tensors appear; the ETF never does.
     """
 
     site_id: str
     weighted_delta: StateDict
-    num_samples: int
-    mean_loss: float
-    steps: int
+    weight: int
 
 
 @dataclass(frozen=True)
@@ -50,6 +58,7 @@ class RoundRecord:
     sites: int
     num_samples: int
     mean_loss: float
+    aborted: str | None = None
 
     def to_json_dict(self) -> dict[str, object]:
         """Return the round's test metrics, validation macro-AUC and timing as JSON types."""
@@ -66,4 +75,5 @@ class RoundRecord:
             "sites": self.sites,
             "num_samples": self.num_samples,
             "mean_train_loss": self.mean_loss,
+            "aborted": self.aborted,
         }

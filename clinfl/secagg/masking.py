@@ -3,7 +3,8 @@
 A site ``u`` sends ``y_u = x_u + PRG(b_u) + sum_{v > u} PRG(s_uv) - sum_{v < u} PRG(s_uv)``; the
 pairwise terms cancel in the sum over sites whose neighbours all survived. For a neighbour pair
 (survivor u, dropped v) the coordinator, having reconstructed ``s_uv``, removes u's uncancelled
-pairwise term; for each survivor it removes ``PRG(b_u)``.
+pairwise term; for each survivor it removes ``PRG(b_u)``. Arithmetic is in place on the working
+dtype (:func:`~clinfl.secagg.hazmat.prg.residue_dtype`), which wraps modulo its width.
 """
 
 from __future__ import annotations
@@ -12,11 +13,7 @@ from collections.abc import Iterable, Mapping
 
 import numpy as np
 
-from clinfl.secagg.hazmat.prg import mask_stream
-
-
-def _modulus_mask(bits: int) -> np.uint64:
-    return np.uint64((1 << bits) - 1)
+from clinfl.secagg.hazmat.prg import mask_stream, reduce_residues, residue_dtype
 
 
 def pairwise_sign(own: str, peer: str) -> int:
@@ -32,14 +29,17 @@ def mask_vector(
     pairwise_seeds: Mapping[str, bytes],
     bits: int,
 ) -> np.ndarray:
-    """Return ``values`` (uint64 residues) masked with the self mask and every pairwise mask."""
+    """Return ``values`` (residues) masked with the self mask and every pairwise mask."""
     length = values.shape[0]
-    masked = values.astype(np.uint64) + mask_stream(self_seed, length, bits=bits)
+    masked = values.astype(residue_dtype(bits), copy=True)
+    np.add(masked, mask_stream(self_seed, length, bits=bits), out=masked)
     for peer, seed in pairwise_seeds.items():
         stream = mask_stream(seed, length, bits=bits)
-        masked = masked + stream if pairwise_sign(own_id, peer) > 0 else masked - stream
-    result: np.ndarray = masked & _modulus_mask(bits)
-    return result
+        if pairwise_sign(own_id, peer) > 0:
+            np.add(masked, stream, out=masked)
+        else:
+            np.subtract(masked, stream, out=masked)
+    return reduce_residues(masked, bits)
 
 
 def unmask_sum(
@@ -55,11 +55,13 @@ def unmask_sum(
     end dropped after being masked against.
     """
     length = masked_total.shape[0]
-    total = masked_total.astype(np.uint64)
+    total = masked_total.astype(residue_dtype(bits), copy=True)
     for seed in self_seeds:
-        total = total - mask_stream(seed, length, bits=bits)
+        np.subtract(total, mask_stream(seed, length, bits=bits), out=total)
     for survivor, dropped, seed in orphaned_pairs:
         stream = mask_stream(seed, length, bits=bits)
-        total = total - stream if pairwise_sign(survivor, dropped) > 0 else total + stream
-    result: np.ndarray = total & _modulus_mask(bits)
-    return result
+        if pairwise_sign(survivor, dropped) > 0:
+            np.subtract(total, stream, out=total)
+        else:
+            np.add(total, stream, out=total)
+    return reduce_residues(total, bits)

@@ -14,7 +14,10 @@ from clinfl.data.imageset import SplitData
 
 
 def resolve_defaults(config: RunConfig) -> RunConfig:
-    """Fill the data-set-dependent defaults: image size and lambda_rej (clean vs X-ray)."""
+    """Fill the data-set-dependent defaults: image size and lambda_rej (clean vs X-ray).
+
+    A single site (centralized training) aggregates nothing, so secure aggregation is off.
+    """
     data, method = config.data, config.method
     if data.image_size is None:
         size = DEFAULT_DIGITS_SIZE if data.dataset == "digits" else DEFAULT_CXR14_SIZE
@@ -25,7 +28,10 @@ def resolve_defaults(config: RunConfig) -> RunConfig:
             method,
             lambda_rej=CLEAN_BACKGROUND_LAMBDA_REJ if clean else COMPLEX_BACKGROUND_LAMBDA_REJ,
         )
-    return replace(config, data=data, method=method)
+    secagg = config.secagg
+    if config.federation.sites == 1:
+        secagg = replace(secagg, enabled=False)
+    return replace(config, data=data, method=method, secagg=secagg)
 
 
 def load_split_data(config: RunConfig, progress: ProgressCallback | None = None) -> SplitData:

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from clinfl.algorithms import ModelSpec, available_algorithms, create_algorithm
 from clinfl.config import RunConfig, validate_run_config
@@ -18,10 +21,15 @@ from clinfl.data.imageset import SplitData
 from clinfl.data.partition import Partition, partition_label_skew
 from clinfl.errors import PartitionError
 from clinfl.federation.messages import RoundRecord, RoundSettings
+from clinfl.federation.roles import TrainingParticipant
+from clinfl.secagg.settings import SecAggRequirements
 from clinfl.simulation.datasets import load_split_data, resolve_defaults
-from coordinator.aggregation import WeightedMeanAggregator
+from clinfl.simulation.dropouts import DroppingParticipant
+from coordinator.aggregation import Aggregator, PlainAggregator
 from coordinator.checkpoints import CheckpointStore, write_atomically
 from coordinator.rounds import Coordinator, FederationOutcome
+from coordinator.secure_aggregation import SecureAggregator
+from site_agent.agent import SiteAgent, SiteIdentity
 from site_agent.evaluation import HeldOutEvaluator
 from site_agent.training import LocalSite
 
@@ -41,7 +49,10 @@ class SimulationListener(Protocol):
         """A site finished a local optimisation step."""
 
     def round_finished(self, record: RoundRecord, total_rounds: int) -> None:
-        """A round was aggregated, evaluated and checkpointed."""
+        """A round was aggregated (or abandoned), evaluated and checkpointed."""
+
+    def site_audit(self, site_id: str, message: str) -> None:
+        """A site refused a secure-aggregation request and wrote why to its audit log."""
 
 
 @dataclass(frozen=True)
@@ -80,6 +91,45 @@ def _build_results(
     }
 
 
+def build_site_agents(
+    config: RunConfig,
+    trainers: Sequence[LocalSite],
+    *,
+    listener: SimulationListener | None = None,
+) -> list[TrainingParticipant]:
+    """Give each trainer a fresh Ed25519 identity and the run's secure-aggregation policy.
+
+    Every site requires secure aggregation unless the run turned it off; injected dropouts
+    wrap the sites they name.
+    """
+    identities = [SiteIdentity(t.site_id, Ed25519PrivateKey.generate()) for t in trainers]
+    directory = {i.site_id: i.signing_key.public_key() for i in identities}
+    requirements = SecAggRequirements(
+        required=config.secagg.enabled,
+        min_sites=config.secagg.min_sites,
+        max_weight=config.secagg.weight_cap,
+    )
+    agents: list[TrainingParticipant] = []
+    for trainer, identity in zip(trainers, identities, strict=True):
+
+        def audit(message: str, site: str = trainer.site_id) -> None:
+            if listener is not None:
+                listener.site_audit(site, message)
+
+        agent = SiteAgent(
+            trainer, identity=identity, directory=directory, requirements=requirements, audit=audit
+        )
+        agents.append(DroppingParticipant(agent, config.drops) if config.drops else agent)
+    return agents
+
+
+def build_aggregator(config: RunConfig) -> Aggregator:
+    """Return the secure aggregator, or the plain one when secure aggregation is off."""
+    if config.secagg.enabled:
+        return SecureAggregator(config.secagg)
+    return PlainAggregator()
+
+
 def run_simulation(
     config: RunConfig, out_dir: Path, *, listener: SimulationListener | None = None
 ) -> SimulationResult:
@@ -116,7 +166,7 @@ def run_simulation(
         init_seed=fed.seed,
     )
     on_step = listener.site_step if listener is not None else None
-    sites = [
+    trainers = [
         LocalSite(
             f"site-{k + 1}",
             data.train.subset(indices),
@@ -128,11 +178,12 @@ def run_simulation(
         )
         for k, indices in enumerate(partition.site_indices)
     ]
+    sites = build_site_agents(config, trainers, listener=listener)
     evaluator = HeldOutEvaluator(data.val, data.test, algorithm, spec)
     initial = algorithm.travelling_state(algorithm.build_model(spec))
     coordinator = Coordinator(
         sites,
-        WeightedMeanAggregator(),
+        build_aggregator(config),
         evaluator,
         CheckpointStore(out_dir),
         selection=fed.selection,

@@ -101,7 +101,7 @@ def test_two_round_digits_federation_end_to_end(tmp_path: Path) -> None:
         [
             "simulate",
             "--sites",
-            "2",
+            "3",
             "--rounds",
             "2",
             "--rho",
@@ -123,6 +123,8 @@ def test_two_round_digits_federation_end_to_end(tmp_path: Path) -> None:
     assert summary == on_disk
     assert summary["method"] == "fedncalign"
     assert [r["round"] for r in summary["rounds"]] == [1, 2]
+    assert summary["config"]["secagg"]["enabled"] is True  # secure aggregation is the default
+    assert all(r["sites"] == 3 and r["aborted"] is None for r in summary["rounds"])
     for record in summary["rounds"]:
         for key in ("macro_auc", "micro_auc", "macro_f1", "micro_f1", "seconds"):
             assert 0.0 <= record[key] <= 1.0 or key == "seconds"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 
 from cryptography.exceptions import InvalidSignature, InvalidTag
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -21,6 +21,11 @@ PAIRWISE_MASK = "clinfl/secagg/pairwise-mask/v1"
 PURPOSES = (SHARE_ENCRYPTION, PAIRWISE_MASK)
 KEY_BYTES = 32
 NONCE_BYTES = 12
+
+
+_RAW = serialization.Encoding.Raw
+_RAW_PUBLIC = serialization.PublicFormat.Raw
+_RAW_PRIVATE = serialization.PrivateFormat.Raw
 
 
 class ShareDecryptionError(Exception):
@@ -45,6 +50,44 @@ def derive_shared_key(
         info=purpose.encode() + b"|" + context,
     )
     return hkdf.derive(shared)
+
+
+def new_agreement_key() -> X25519PrivateKey:
+    """Return a fresh X25519 private key from the OS CSPRNG."""
+    return X25519PrivateKey.generate()
+
+
+def agreement_public_bytes(key: X25519PrivateKey) -> bytes:
+    """Return the 32-byte raw public key of ``key``."""
+    return key.public_key().public_bytes(_RAW, _RAW_PUBLIC)
+
+
+def agreement_private_bytes(key: X25519PrivateKey) -> bytes:
+    """Return the 32-byte raw private key (for Shamir sharing only; never logged or stored)."""
+    return key.private_bytes(_RAW, _RAW_PRIVATE, serialization.NoEncryption())
+
+
+def agreement_private_key(raw: bytes) -> X25519PrivateKey:
+    """Rebuild an X25519 private key from 32 raw bytes.
+
+    Raises:
+        ValueError: if ``raw`` is not 32 bytes.
+    """
+    return X25519PrivateKey.from_private_bytes(raw)
+
+
+def agreement_public_key(raw: bytes) -> X25519PublicKey:
+    """Parse a 32-byte raw X25519 public key.
+
+    Raises:
+        ValueError: if ``raw`` is not 32 bytes.
+    """
+    return X25519PublicKey.from_public_bytes(raw)
+
+
+def signing_public_bytes(key: Ed25519PrivateKey) -> bytes:
+    """Return the 32-byte raw Ed25519 public key of ``key``."""
+    return key.public_key().public_bytes(_RAW, _RAW_PUBLIC)
 
 
 def sign(key: Ed25519PrivateKey, message: bytes) -> bytes:

@@ -11,6 +11,8 @@ import math
 
 import numpy as np
 
+from clinfl.secagg.hazmat.prg import residue_dtype
+
 
 def check_no_overflow(*, clip: float, scale: float, bits: int, sites: int) -> None:
     """Refuse settings whose sum over ``sites`` could wrap modulo ``2**bits``.
@@ -33,16 +35,22 @@ def check_no_overflow(*, clip: float, scale: float, bits: int, sites: int) -> No
 def quantize(
     values: np.ndarray, *, clip: float, scale: float, bits: int, rng: np.random.Generator
 ) -> np.ndarray:
-    """Return ``values`` as uint64 integers in ``[0, ceil(2 c s)]`` (stochastic rounding).
+    """Return ``values`` as integers in ``[0, ceil(2 c s)]`` (stochastic rounding).
+
+    The dtype is the working residue dtype for ``bits`` (uint32 up to 32 bits, else uint64).
 
     Raises:
         ValueError: if one site's value could already wrap the modulus.
     """
     check_no_overflow(clip=clip, scale=scale, bits=bits, sites=1)
-    shifted = (np.clip(values.astype(np.float64), -clip, clip) + clip) * scale
+    shifted = np.array(values, dtype=np.float64, copy=True)
+    np.clip(shifted, -clip, clip, out=shifted)
+    shifted += clip
+    shifted *= scale
     floor = np.floor(shifted)
-    rounded = floor + (rng.random(shifted.shape) < (shifted - floor))
-    return rounded.astype(np.uint64)
+    shifted -= floor  # now the fractional part: round up with that probability
+    floor += rng.random(shifted.shape) < shifted
+    return floor.astype(residue_dtype(bits))
 
 
 def dequantize_sum(total: np.ndarray, *, clip: float, scale: float, sites: int) -> np.ndarray:

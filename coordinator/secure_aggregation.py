@@ -1,0 +1,131 @@
+"""The default aggregator: SecAgg / SecAgg+ over the trained participants.
+
+The coordinator relays keys and sealed shares, adds masked vectors into a running sum as they
+arrive, and unmasks only the sum. Sites that stop answering at any stage are dropouts; sites that
+refuse a request are recorded with their reason. If fewer than the threshold remain, the round is
+abandoned with :class:`~clinfl.errors.RoundAborted` and nothing is applied.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from functools import partial
+from typing import TypeVar
+
+from clinfl.config import SecAggConfig
+from clinfl.errors import ProtocolViolation, RoundAborted, SiteUnavailable
+from clinfl.federation.roles import TrainingParticipant
+from clinfl.federation.vectors import unflatten_state, vector_length
+from clinfl.secagg.encoding import decode_sum
+from clinfl.secagg.messages import EncryptedShare, MaskedInput
+from clinfl.secagg.server_session import ServerSession
+from clinfl.secagg.settings import plan_round
+from clinfl.typing import StateDict
+from coordinator.aggregation import AggregateUpdate
+
+T = TypeVar("T")
+
+
+class SecureAggregator:
+    """Runs one secure-aggregation round per call of :meth:`aggregate`."""
+
+    def __init__(self, config: SecAggConfig) -> None:
+        self._config = config
+        self.stage_seconds: dict[str, float] = {}
+
+    def aggregate(
+        self, participants: Sequence[TrainingParticipant], *, round_id: int, template: StateDict
+    ) -> AggregateUpdate:
+        """Return the weighted mean update of the sites that survived the round.
+
+        Raises:
+            RoundAborted: if fewer than the threshold remain at any stage (nothing is applied).
+        """
+        refusals: dict[str, str] = {}
+        try:
+            return self._run(participants, round_id=round_id, template=template, refusals=refusals)
+        except RoundAborted as aborted:
+            if not refusals:
+                raise
+            reasons = "; ".join(f"{site}: {why}" for site, why in sorted(refusals.items()))
+            raise RoundAborted(
+                f"{aborted.message} (refused: {reasons})", remedy=aborted.remedy
+            ) from None
+
+    def _run(
+        self,
+        participants: Sequence[TrainingParticipant],
+        *,
+        round_id: int,
+        template: StateDict,
+        refusals: dict[str, str],
+    ) -> AggregateUpdate:
+        config = self._config
+        by_id = {p.site_id: p for p in participants}
+        floor = max(2, config.min_sites)
+        if len(by_id) < floor:
+            raise RoundAborted(
+                f"round {round_id} abandoned: {len(by_id)} site(s) trained, secure aggregation "
+                f"needs at least {floor}; nothing was applied",
+                remedy="bring more sites online",
+            )
+        params = plan_round(
+            round_id=round_id,
+            site_ids=tuple(by_id),
+            vector_length=vector_length(template),
+            min_sites=config.min_sites,
+            bits=config.bits,
+            clip=config.clip,
+            weight_cap=config.weight_cap,
+            degree=config.degree,
+            threshold=config.threshold,
+        )
+        server = ServerSession(params)
+
+        def ask(site: str, request: Callable[[], T]) -> T | None:
+            try:
+                return request()
+            except SiteUnavailable:
+                return None
+            except ProtocolViolation as refusal:
+                refusals[site] = refusal.message
+                return None
+
+        clock = time.perf_counter()
+        adverts = [ask(s, partial(by_id[s].secagg_advertise, params)) for s in params.site_ids]
+        relayed = server.relay_advertisements([a for a in adverts if a is not None])
+        clock = self._lap("advertise", clock)
+        shares: dict[str, list[EncryptedShare]] = {}
+        for advert in relayed:
+            sent = ask(advert.site_id, partial(by_id[advert.site_id].secagg_share, relayed))
+            if sent is not None:
+                shares[advert.site_id] = sent
+        inbox = server.route_shares(shares)
+        clock = self._lap("share", clock)
+
+        def arriving() -> Iterator[MaskedInput]:
+            for site in sorted(server.sharers):
+                masked = ask(site, partial(by_id[site].secagg_masked_input, inbox[site]))
+                if masked is not None:
+                    yield masked
+
+        survivors = server.add_masked_inputs(arriving())
+        clock = self._lap("masked-input", clock)
+        signatures = [ask(s, partial(by_id[s].secagg_sign, survivors)) for s in sorted(survivors)]
+        server.collect_signatures([s for s in signatures if s is not None])
+        clock = self._lap("consistency", clock)
+        revealed = [
+            ask(s, partial(by_id[s].secagg_reveal, server.unmask_request(s)))
+            for s in sorted(server.signers)
+        ]
+        total = server.unmask([r for r in revealed if r is not None])
+        decoded = decode_sum(total, params=params)
+        mean = unflatten_state(decoded.mean, template=template)
+        self._lap("unmask", clock)
+        return AggregateUpdate(mean, survivors, decoded.total_weight, refusals)
+
+    def _lap(self, stage: str, since: float) -> float:
+        now = time.perf_counter()
+        self.stage_seconds[stage] = now - since
+        return now
