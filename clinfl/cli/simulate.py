@@ -37,7 +37,9 @@ def simulate(
         typer.Option(help="cxr14: folder with train_val_list.txt and test_list.txt."),
     ] = None,
     method: Annotated[str, typer.Option(help=f"Algorithm. {_METHODS}.")] = "fedncalign",
-    sites: Annotated[int, typer.Option(help="Number of sites K (1 = centralized, no aggregation).")] = 5,
+    sites: Annotated[
+        int, typer.Option(help="Number of sites K (1 = centralized, no aggregation).")
+    ] = 5,
     rounds: Annotated[int, typer.Option(help="Federated rounds R.")] = 6,
     local_epochs: Annotated[int, typer.Option(help="Local epochs E per round.")] = 1,
     batch_size: Annotated[int, typer.Option(help="Local mini-batch size.")] = 32,

@@ -87,7 +87,10 @@ def largest_safe_scale(*, sites: int, weight_cap: int, clip: float, bits: int) -
             f"{bits} bits cannot hold the sum of {sites} sites with weight cap {weight_cap} "
             f"and clip {clip}: use more bits"
         )
-    return float(2 ** math.floor(math.log2(room)))
+    exponent = math.floor(math.log2(room))
+    while sites * weight_cap * math.ceil(2 * clip * 2.0**exponent) >= 2**bits:
+        exponent -= 1  # float rounding of ``room`` near 2**bits
+    return 2.0**exponent
 
 
 def plan_round(
