@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.machine import machine_info  # noqa: E402
-from benchmarks.report import render_report  # noqa: E402
+from benchmarks.report import write_docs  # noqa: E402
 from benchmarks.throughput import measure_throughput  # noqa: E402
 from clinfl.config import DataConfig, FederationConfig, MethodConfig, RunConfig  # noqa: E402
 from clinfl.simulation import run_simulation  # noqa: E402
@@ -151,7 +151,7 @@ def main() -> None:
             for method in args.methods.split(",")
         ]
         save_results(args.results, results)
-    args.docs.write_text(render_report(results))
+    write_docs(args.docs)
     print(f"wrote {args.results} and {args.docs}")
 
 
