@@ -35,8 +35,9 @@ test-fast: lint typecheck
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
 
-## The accuracy benchmark (writes benchmarks/results/*.json and docs/benchmarks.md).
+## The benchmarks (write benchmarks/results/*.json and regenerate docs/benchmarks.md).
 bench: $(STAMP)
+	$(BIN)/python benchmarks/secagg.py --quick
 	$(BIN)/python benchmarks/accuracy.py
 
 clean:

@@ -3,8 +3,9 @@
 A site ``u`` sends ``y_u = x_u + PRG(b_u) + sum_{v > u} PRG(s_uv) - sum_{v < u} PRG(s_uv)``; the
 pairwise terms cancel in the sum over sites whose neighbours all survived. For a neighbour pair
 (survivor u, dropped v) the coordinator, having reconstructed ``s_uv``, removes u's uncancelled
-pairwise term; for each survivor it removes ``PRG(b_u)``. Arithmetic is in place on the working
-dtype (:func:`~clinfl.secagg.hazmat.prg.residue_dtype`), which wraps modulo its width.
+pairwise term; for each survivor it removes ``PRG(b_u)``. Each stream is folded into the vector
+chunk by chunk (:func:`~clinfl.secagg.hazmat.prg.add_mask_stream`), in the working dtype, which
+wraps modulo its width.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections.abc import Iterable, Mapping
 
 import numpy as np
 
-from clinfl.secagg.hazmat.prg import mask_stream, reduce_residues, residue_dtype
+from clinfl.secagg.hazmat.prg import add_mask_stream, reduce_residues, residue_dtype
 
 
 def pairwise_sign(own: str, peer: str) -> int:
@@ -30,15 +31,10 @@ def mask_vector(
     bits: int,
 ) -> np.ndarray:
     """Return ``values`` (residues) masked with the self mask and every pairwise mask."""
-    length = values.shape[0]
     masked = values.astype(residue_dtype(bits), copy=True)
-    np.add(masked, mask_stream(self_seed, length, bits=bits), out=masked)
+    add_mask_stream(masked, self_seed, bits=bits)
     for peer, seed in pairwise_seeds.items():
-        stream = mask_stream(seed, length, bits=bits)
-        if pairwise_sign(own_id, peer) > 0:
-            np.add(masked, stream, out=masked)
-        else:
-            np.subtract(masked, stream, out=masked)
+        add_mask_stream(masked, seed, bits=bits, subtract=pairwise_sign(own_id, peer) < 0)
     return reduce_residues(masked, bits)
 
 
@@ -54,14 +50,9 @@ def unmask_sum(
     ``orphaned_pairs`` holds ``(survivor, dropped, s_uv)`` for every neighbour pair whose other
     end dropped after being masked against.
     """
-    length = masked_total.shape[0]
     total = masked_total.astype(residue_dtype(bits), copy=True)
     for seed in self_seeds:
-        np.subtract(total, mask_stream(seed, length, bits=bits), out=total)
+        add_mask_stream(total, seed, bits=bits, subtract=True)
     for survivor, dropped, seed in orphaned_pairs:
-        stream = mask_stream(seed, length, bits=bits)
-        if pairwise_sign(survivor, dropped) > 0:
-            np.subtract(total, stream, out=total)
-        else:
-            np.add(total, stream, out=total)
+        add_mask_stream(total, seed, bits=bits, subtract=pairwise_sign(survivor, dropped) > 0)
     return reduce_residues(total, bits)

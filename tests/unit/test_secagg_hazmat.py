@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 
 import numpy as np
 import pytest
@@ -21,7 +22,7 @@ from clinfl.secagg.hazmat.keys import (
     sign,
     verify,
 )
-from clinfl.secagg.hazmat.prg import mask_stream
+from clinfl.secagg.hazmat.prg import add_mask_stream, mask_stream, residue_dtype
 from clinfl.secagg.hazmat.quantize import check_no_overflow, dequantize_sum, quantize
 from clinfl.secagg.hazmat.shamir import PRIME, Share, reconstruct_secret, split_secret
 
@@ -149,3 +150,36 @@ def test_sealed_shares_open_only_with_the_same_key_and_associated_data() -> None
     ):
         with pytest.raises(ShareDecryptionError):
             open_sealed(bad_key, bad_blob, associated_data=ad)
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    values=st.lists(st.floats(-1e6, 1e6, allow_nan=False), min_size=1, max_size=50),
+    clip=st.floats(0.01, 4.0),
+    exponent=st.integers(0, 16),
+)
+def test_quantised_values_stay_in_range(values: list[float], clip: float, exponent: int) -> None:
+    scale = 2.0**exponent
+    q = quantize(np.array(values), clip=clip, scale=scale, bits=32, rng=np.random.default_rng(0))
+    assert q.dtype == np.uint32
+    assert int(q.max()) <= math.ceil(2 * clip * scale)
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    length=st.sampled_from([0, 1, 7, 262_143, 262_144, 262_145, 300_001]),
+    bits=st.sampled_from([8, 20, 32, 40, 64]),
+    subtract=st.booleans(),
+)
+def test_folded_mask_stream_equals_the_stream_added(length: int, bits: int, subtract: bool) -> None:
+    seed = bytes(range(32))
+    dtype = residue_dtype(bits)
+    start = (
+        np.random.default_rng(length).integers(0, 2**bits, length, dtype=np.uint64).astype(dtype)
+    )
+    target = start.copy()
+    add_mask_stream(target, seed, bits=bits, subtract=subtract)
+    stream = mask_stream(seed, length, bits=bits).astype(object)
+    sign = -1 if subtract else 1
+    expected = [(int(a) + sign * int(b)) % 2**bits for a, b in zip(start, stream, strict=True)]
+    assert target.tolist() == expected

@@ -7,6 +7,25 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 SEED_BYTES = 32
 _ZERO_NONCE = bytes(16)
+_CHUNK = 1 << 20  # encrypt 1 MiB of zeros at a time, straight into the output array
+_ZEROS = bytes(_CHUNK)
+_SLACK = 15  # update_into wants room for one block beyond the input
+
+
+def keystream_into(seed: bytes, out: np.ndarray) -> None:
+    """Fill ``out`` (a contiguous byte buffer with 15 spare bytes at its end) with AES-256-CTR.
+
+    The keystream is the encryption of zeros under the 32-byte ``seed`` with a zero counter.
+    """
+    encryptor = Cipher(algorithms.AES(seed), modes.CTR(_ZERO_NONCE)).encryptor()
+    view = memoryview(out.data).cast("B")
+    total = len(view) - _SLACK
+    offset = 0
+    while offset < total:
+        size = min(_CHUNK, total - offset)
+        encryptor.update_into(_ZEROS[:size], view[offset : offset + size + _SLACK])
+        offset += size
+    encryptor.finalize()
 
 
 def residue_dtype(bits: int) -> np.dtype[np.unsignedinteger]:
@@ -27,13 +46,45 @@ def reduce_residues(values: np.ndarray, bits: int) -> np.ndarray:
     return values
 
 
+def add_mask_stream(target: np.ndarray, seed: bytes, *, bits: int, subtract: bool = False) -> None:
+    """Add (or subtract) ``mask_stream(seed, len(target), bits=bits)`` to ``target`` in place.
+
+    The keystream is made 1 MiB at a time in a reused buffer and folded straight into ``target``
+    (working dtype, wrapping modulo its width), so no stream-sized array is ever allocated. The
+    result is reduced modulo ``2**bits``.
+
+    Raises:
+        ValueError: for a bad seed or ``bits``, or a ``target`` that is not a 1-D array of the
+            working dtype.
+    """
+    if len(seed) != SEED_BYTES:
+        raise ValueError(f"mask seed must be {SEED_BYTES} bytes, got {len(seed)}")
+    dtype = residue_dtype(bits)
+    if target.dtype != dtype or target.ndim != 1:
+        raise ValueError(f"target must be a 1-D {dtype} array, got {target.ndim}-D {target.dtype}")
+    words_per_chunk = _CHUNK // dtype.itemsize
+    buffer = np.empty(_CHUNK + _SLACK, dtype=np.uint8)
+    view = memoryview(buffer.data).cast("B")
+    words = buffer[:_CHUNK].view(dtype.newbyteorder("<"))
+    encryptor = Cipher(algorithms.AES(seed), modes.CTR(_ZERO_NONCE)).encryptor()
+    operation = np.subtract if subtract else np.add
+    for start in range(0, target.shape[0], words_per_chunk):
+        stop = min(start + words_per_chunk, target.shape[0])
+        size = (stop - start) * dtype.itemsize
+        encryptor.update_into(_ZEROS[:size], view[: size + _SLACK])
+        part = target[start:stop]
+        operation(part, words[: stop - start], out=part)
+    encryptor.finalize()
+    reduce_residues(target, bits)
+
+
 def mask_stream(seed: bytes, length: int, *, bits: int) -> np.ndarray:
     """Return ``length`` pseudo-random integers uniform on ``[0, 2**bits)``.
 
     The stream is AES-256-CTR over zero bytes with the whole 32-byte ``seed`` as key (each seed is
     used for one stream only, so the fixed counter start is safe). Values are the low ``bits``
     bits of little-endian words of the working dtype (:func:`residue_dtype`), so every residue
-    is equally likely. The result is read-only when ``bits`` is 32 or 64.
+    is equally likely.
 
     Raises:
         ValueError: if the seed is not 32 bytes, ``bits`` is out of range or ``length`` < 0.
@@ -43,9 +94,10 @@ def mask_stream(seed: bytes, length: int, *, bits: int) -> np.ndarray:
     dtype = residue_dtype(bits)
     if length < 0:
         raise ValueError(f"length must be >= 0, got {length}")
-    encryptor = Cipher(algorithms.AES(seed), modes.CTR(_ZERO_NONCE)).encryptor()
-    raw = encryptor.update(bytes(dtype.itemsize * length)) + encryptor.finalize()
-    words = np.frombuffer(raw, dtype=dtype.newbyteorder("<"))
-    if bits in (32, 64):
-        return words
-    return reduce_residues(words.copy(), bits)
+    nbytes = dtype.itemsize * length
+    buffer = np.empty(nbytes + _SLACK, dtype=np.uint8)
+    keystream_into(seed, buffer)
+    words = buffer[:nbytes].view(dtype.newbyteorder("<"))
+    if words.dtype.byteorder not in ("=", "|") and words.dtype != dtype:
+        words = words.astype(dtype)  # big-endian host: convert once
+    return reduce_residues(words, bits)

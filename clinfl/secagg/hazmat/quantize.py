@@ -43,14 +43,14 @@ def quantize(
         ValueError: if one site's value could already wrap the modulus.
     """
     check_no_overflow(clip=clip, scale=scale, bits=bits, sites=1)
-    shifted = np.array(values, dtype=np.float64, copy=True)
-    np.clip(shifted, -clip, clip, out=shifted)
-    shifted += clip
-    shifted *= scale
-    floor = np.floor(shifted)
-    shifted -= floor  # now the fractional part: round up with that probability
-    floor += rng.random(shifted.shape) < shifted
-    return floor.astype(residue_dtype(bits))
+    shifted: np.ndarray = np.multiply(values, scale, dtype=np.float64)
+    shifted += clip * scale
+    np.clip(shifted, 0.0, 2 * clip * scale, out=shifted)
+    # floor(x + u) with u ~ U[0, 1) rounds x up with probability frac(x): stochastic rounding
+    shifted += rng.random(shifted.shape)
+    np.floor(shifted, out=shifted)
+    result: np.ndarray = shifted.astype(residue_dtype(bits))
+    return result
 
 
 def dequantize_sum(total: np.ndarray, *, clip: float, scale: float, sites: int) -> np.ndarray:

@@ -1,0 +1,38 @@
+"""The secure-aggregation benchmark's measurements are correct on a small input."""
+
+from __future__ import annotations
+
+import pytest
+
+from benchmarks.flower_secaggplus import flower_version
+from benchmarks.secagg import measure, prg_throughput
+from benchmarks.secagg_report import render_secagg
+
+
+def test_small_measurement_is_accurate_and_renders() -> None:
+    with_flower = flower_version() is not None
+    row = measure(5_000, 5, with_flower=with_flower)
+    assert row["clinfl"]["max_error"] < 1e-4  # quantisation error only
+    assert row["plain"]["max_error"] < 1e-6
+    assert row["clinfl"]["bytes_per_site"]["masked-input"] == 4 * 5_001
+    assert set(row["clinfl"]["site_max"]) == {
+        "advertise",
+        "share",
+        "masked-input",
+        "consistency",
+        "unmask",
+    }
+    if with_flower:
+        assert row["flower"]["max_error"] < 1e-4  # Flower's own aggregate is right too
+    document = {"flower": flower_version(), "rows": [row], "prg": [prg_throughput(10_000)]}
+    text = "\n".join(render_secagg(document))
+    assert "| 5,000 | 5 | 4 | 3 |" in text
+    assert ("Flower parallel round ms" in text) == with_flower
+
+
+def test_prg_throughput_reports_both_rates() -> None:
+    result = prg_throughput(700_000)
+    assert result["bytes"] == 2 * (1 << 20)  # whole 1 MiB chunks
+    assert result["prg_gb_s"] > 0 and result["aes_ctr_gb_s"] > 0
+    best = max(result["aes_ctr_gb_s"], result["aes_ctr_one_shot_gb_s"])
+    assert result["ratio"] == pytest.approx(best / result["prg_gb_s"])
