@@ -13,6 +13,7 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 
 NOTES = Path(__file__).resolve().parent / "accuracy_notes.md"
+SECAGG_NOTES = Path(__file__).resolve().parent / "secagg_notes.md"
 METRICS = ("macro_auc", "micro_auc", "macro_f1", "micro_f1")
 LABELS = {
     "centralized": "Centralized",
@@ -205,7 +206,9 @@ def render_report(results: dict[str, Any], *, secagg: dict[str, Any] | None = No
         out += ["", f"### {title}", "", *_accuracy_table(grouped), ""]
         out += [*_gain_lines(dataset, grouped), "", *_paper_table(dataset)]
     out += ["", *_throughput_lines(results.get("throughput", []))]
-    out += ["", *render_secagg(secagg or {})]
     if NOTES.is_file():
         out += ["", NOTES.read_text().strip()]
+    out += ["", *render_secagg(secagg or {})]
+    if SECAGG_NOTES.is_file() and secagg:
+        out += ["", SECAGG_NOTES.read_text().strip()]
     return "\n".join(out).rstrip() + "\n"

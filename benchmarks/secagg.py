@@ -14,10 +14,12 @@ threshold. Results go to ``benchmarks/results/secagg.json`` and ``docs/benchmark
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -258,6 +260,27 @@ def measure(length: int, n: int, *, with_flower: bool) -> dict[str, Any]:
     return row
 
 
+def measure_federation(rounds: int = 1) -> dict[str, Any]:
+    """Time ``clinfl simulate``'s default federation with secure aggregation off and on."""
+    from clinfl.config import FederationConfig, RunConfig, SecAggConfig
+    from clinfl.federation.vectors import vector_length
+    from clinfl.simulation import run_simulation
+
+    seconds: dict[str, float] = {}
+    values = 0
+    base = RunConfig(federation=FederationConfig(rounds=rounds))
+    for enabled in (False, True):
+        config = dataclasses.replace(base, secagg=SecAggConfig(enabled=enabled))
+        with tempfile.TemporaryDirectory() as run_dir:
+            result = run_simulation(config, Path(run_dir))
+        records = result.outcome.records
+        seconds["secagg_on" if enabled else "secagg_off"] = statistics.mean(
+            r.seconds for r in records
+        )
+        values = vector_length(result.outcome.final_state)
+    return {"sites": base.federation.sites, "rounds": rounds, "values": values, **seconds}
+
+
 def main() -> None:
     """Parse arguments, run the grid, save JSON and regenerate the docs."""
     parser = argparse.ArgumentParser(
@@ -267,13 +290,21 @@ def main() -> None:
     preset.add_argument("--quick", action="store_true", help="1M x all sites, 11M x 5/10 (default)")
     preset.add_argument("--full", action="store_true", help="1M and 11M x 5..100 sites")
     parser.add_argument("--no-flower", action="store_true", help="skip Flower's SecAgg+")
+    parser.add_argument(
+        "--keep-grid",
+        action="store_true",
+        help="keep the grid rows already in --results; re-measure the PRG and the federation round",
+    )
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args()
     grid = FULL if args.full else QUICK
     version = None if args.no_flower else flower_version()
     if not args.no_flower and version is None:
         print("Flower is not installed: pip install 'clinfl[bench]' (skipping its columns)")
-    rows = []
+    previous = json.loads(args.results.read_text()) if args.keep_grid else {}
+    rows = previous.get("rows", [])
+    if args.keep_grid:
+        grid = []
     for length, n in grid:
         started = time.perf_counter()
         row = measure(length, n, with_flower=version is not None)
@@ -289,11 +320,14 @@ def main() -> None:
             + f" ({time.perf_counter() - started:.0f}s)",
             flush=True,
         )
+    lengths = sorted({row["values"] for row in rows})
+    print("timing the in-process federation round, secure aggregation off and on", flush=True)
     document = {
         "machine": machine_info(),
-        "flower": version,
-        "preset": "full" if args.full else "quick",
-        "prg": [prg_throughput(length) for length in sorted({g[0] for g in grid})],
+        "flower": previous.get("flower", version),
+        "preset": previous.get("preset") or ("full" if args.full else "quick"),
+        "prg": [prg_throughput(length) for length in lengths],
+        "federation": measure_federation(),
         "rows": rows,
     }
     args.results.parent.mkdir(parents=True, exist_ok=True)

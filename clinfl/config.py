@@ -96,7 +96,8 @@ class SecAggConfig:
 
     ``degree`` and ``threshold`` of None derive from the number of sites (SecAgg+ graph of
     degree about 2 log2 n, complete for small n; threshold a strict majority of each
-    neighbourhood and at least ``min_sites``).
+    neighbourhood and at least ``min_sites``). A degree of at least n - 1 is full SecAgg (the
+    complete graph).
     """
 
     enabled: bool = True
@@ -223,8 +224,13 @@ def _secagg_violations(secagg: SecAggConfig, sites: int) -> list[Violation]:
     _check_int(out, "secagg.weight_cap", secagg.weight_cap, 1)
     if not secagg.clip > 0:
         out.append(Violation("secagg.clip", secagg.clip, "> 0", "use 0.5"))
-    if secagg.degree is not None and (secagg.degree < 2 or secagg.degree % 2):
-        out.append(Violation("secagg.degree", secagg.degree, "even, >= 2", "leave it unset"))
+    complete = secagg.degree is not None and secagg.degree >= sites - 1
+    if secagg.degree is not None and not complete and (secagg.degree < 2 or secagg.degree % 2):
+        out.append(
+            Violation(
+                "secagg.degree", secagg.degree, "even, >= 2, or >= sites - 1", "leave it unset"
+            )
+        )
     if secagg.threshold is not None and secagg.threshold < secagg.min_sites:
         out.append(
             Violation("secagg.threshold", secagg.threshold, ">= min_sites", "leave it unset")

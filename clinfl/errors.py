@@ -112,3 +112,13 @@ class ProtocolViolation(ClinflError):  # noqa: N818 - the name STYLE.md gives th
     """A secure-aggregation peer broke the protocol (bad signature, stage order, lists)."""
 
     exit_code = 7
+
+
+class PolicyViolation(ClinflError):  # noqa: N818 - reads as an event, like ProtocolViolation
+    """A request would break a site's privacy policy; the site refuses it."""
+
+    exit_code = 8
+
+
+class BudgetExhausted(PolicyViolation):
+    """A round would take a site past its epsilon budget; it is refused before any step."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from clinfl.cli.policy import policy_app
 from clinfl.cli.simulate import simulate
 
 app = typer.Typer(
@@ -14,6 +15,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.command("simulate")(simulate)
+app.add_typer(policy_app, name="policy")
 
 
 @app.callback()

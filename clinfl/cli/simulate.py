@@ -111,6 +111,13 @@ def simulate(
             "in the clear."
         ),
     ] = "on",
+    secagg_graph: Annotated[
+        str,
+        typer.Option(
+            help="sparse: SecAgg+ neighbour graph of degree about 2 log2 n; complete: full SecAgg "
+            "(every site shares with every other)."
+        ),
+    ] = "sparse",
     secagg_min_sites: Annotated[
         int, typer.Option(help="Fewest sites whose sum may be revealed (each site's policy).")
     ] = 3,
@@ -140,6 +147,11 @@ def simulate(
     with cli_errors(as_json=as_json):
         if secagg not in ("on", "off"):
             raise ConfigError(f"--secagg must be on or off, got {secagg!r}", remedy="--secagg on")
+        if secagg_graph not in ("sparse", "complete"):
+            raise ConfigError(
+                f"--secagg-graph must be sparse or complete, got {secagg_graph!r}",
+                remedy="--secagg-graph sparse",
+            )
         config = RunConfig(
             data=DataConfig(
                 dataset=dataset,  # type: ignore[arg-type]
@@ -182,6 +194,7 @@ def simulate(
                 min_sites=secagg_min_sites,
                 bits=secagg_bits,
                 clip=secagg_clip,
+                degree=max(sites - 1, 1) if secagg_graph == "complete" else None,
             ),
             drops=tuple(parse_dropout(text) for text in drop or ()),
         )

@@ -35,6 +35,10 @@ def test_simulate_help_documents_every_option() -> None:
         "--seed",
         "--out",
         "--json",
+        "--secagg",
+        "--secagg-graph",
+        "--secagg-min-sites",
+        "--drop",
     ):
         assert option in result.output
 
@@ -172,3 +176,63 @@ def test_nih1000_federation_end_to_end(tmp_path: Path) -> None:
     summary = json.loads(result.output)
     assert len(summary["best"]["per_class_auc"]) == 14
     assert summary["partition"]["class_names"][0] == "Atelectasis"
+
+
+def _small_digits(out: Path) -> list[str]:
+    return [
+        "simulate",
+        "--rho",
+        "0.6",
+        "--max-samples",
+        "160",
+        "--composites-per-pair",
+        "1",
+        "--out",
+        str(out),
+        "--json",
+    ]
+
+
+def test_injected_dropout_keeps_the_round_with_the_survivors(tmp_path: Path) -> None:
+    result = runner.invoke(
+        app,
+        [
+            *_small_digits(tmp_path / "run"),
+            "--sites",
+            "4",
+            "--rounds",
+            "2",
+            "--secagg-graph",
+            "complete",
+            "--drop",
+            "site-2:masked-input:1",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)
+    first, second = summary["rounds"]
+    assert first["sites"] == 3 and first["aborted"] is None
+    assert second["sites"] == 4
+    samples = summary["partition"]["samples_per_site"]
+    assert first["num_samples"] == sum(samples) - samples[1]  # n_i summed inside the mask
+    assert summary["config"]["drops"] == [{"site": "site-2", "stage": "masked-input", "round": 1}]
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--drop", "site-2"], "cannot read dropout 'site-2'"),
+        (["--drop", "site-2:sleep"], "unknown stage 'sleep'"),
+        (["--drop", "site-9:share"], "drop='site-9' is invalid"),
+        (["--secagg", "maybe"], "--secagg must be on or off"),
+        (["--sites", "2"], "sites=2 is invalid: allowed >= secagg.min_sites (3)"),
+        (["--secagg-bits", "8"], "secagg.bits=8 is invalid"),
+    ],
+)
+def test_bad_secure_aggregation_options_give_one_line(
+    tmp_path: Path, arguments: list[str], message: str
+) -> None:
+    result = runner.invoke(app, [*_small_digits(tmp_path / "run"), *arguments])
+    assert result.exit_code == 2, result.output
+    error = json.loads(result.output)
+    assert message in error["message"]

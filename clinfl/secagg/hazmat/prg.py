@@ -7,7 +7,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 SEED_BYTES = 32
 _ZERO_NONCE = bytes(16)
-_CHUNK = 1 << 20  # encrypt 1 MiB of zeros at a time, straight into the output array
+_CHUNK = 1 << 18  # 256 KiB of keystream at a time: stays in cache until it is folded in
 _ZEROS = bytes(_CHUNK)
 _SLACK = 15  # update_into wants room for one block beyond the input
 
@@ -49,7 +49,7 @@ def reduce_residues(values: np.ndarray, bits: int) -> np.ndarray:
 def add_mask_stream(target: np.ndarray, seed: bytes, *, bits: int, subtract: bool = False) -> None:
     """Add (or subtract) ``mask_stream(seed, len(target), bits=bits)`` to ``target`` in place.
 
-    The keystream is made 1 MiB at a time in a reused buffer and folded straight into ``target``
+    The keystream is made 256 KiB at a time in a reused buffer and folded straight into ``target``
     (working dtype, wrapping modulo its width), so no stream-sized array is ever allocated. The
     result is reduced modulo ``2**bits``.
 

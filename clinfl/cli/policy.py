@@ -1,0 +1,70 @@
+"""``clinfl policy check FILE``: validate a site policy and say what it allows."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from clinfl.cli.errors import cli_errors
+from clinfl.policy import SitePolicy, load_policy
+
+policy_app = typer.Typer(help="Site privacy policies.", no_args_is_help=True)
+
+
+def _summary(policy: SitePolicy) -> list[tuple[str, str]]:
+    dp, secagg, data = policy.dp, policy.secagg, policy.data
+    if dp.noise_multiplier is not None:
+        noise = f"noise multiplier {dp.noise_multiplier}"
+    else:
+        noise = f"noise set for epsilon {dp.target_epsilon_per_round} per round"
+    rows = [
+        (
+            "DP-SGD",
+            "required" if dp.required else "off unless the coordinator asks for it",
+        ),
+        (
+            "privacy budget",
+            f"epsilon {dp.epsilon_budget} in total at delta {dp.delta} "
+            f"({dp.accountant} accountant)",
+        ),
+        ("per step", f"clip per-sample gradients to L2 {dp.max_grad_norm}, {noise}"),
+        ("noise source", "cryptographic (OS)" if dp.secure_rng else "pseudo-random (torch)"),
+        (
+            "secure aggregation",
+            ("required" if secagg.required else "optional")
+            + f"; sums over at least {secagg.min_sites} sites; "
+            f"weight capped at {secagg.max_weight}",
+        ),
+        (
+            "data",
+            f"modalities {', '.join(data.modalities)}; body parts {', '.join(data.body_parts)}; "
+            f"views {', '.join(data.views)}; at least {data.min_samples} samples",
+        ),
+        ("may leave the site", ", ".join(policy.reporting.metrics) or "nothing"),
+    ]
+    return rows
+
+
+@policy_app.command("check")
+def check(
+    file: Annotated[Path, typer.Argument(help="Policy TOML file.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the policy as JSON.")] = False,
+) -> None:
+    """Validate a policy file (every problem at once) and print what it allows."""
+    with cli_errors(as_json=as_json):
+        policy = load_policy(file)
+        if as_json:
+            print(json.dumps({"valid": True, **asdict(policy)}, indent=2))
+            return
+        table = Table(title=f"{file}: valid (sha256 {policy.sha256[:12]}...)")
+        table.add_column("term")
+        table.add_column("this policy")
+        for term, text in _summary(policy):
+            table.add_row(term, text)
+        Console().print(table)

@@ -1,0 +1,126 @@
+"""Policy files: the shipped ones load, every violation is listed, requests may only tighten."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from clinfl.errors import ConfigError, PolicyViolation, ValidationError
+from clinfl.policy import PrivacyRequest, apply_request, load_policy, parse_policy
+
+POLICIES = Path(__file__).resolve().parents[2] / "policies"
+
+
+def test_shipped_policies_load_with_the_documented_terms() -> None:
+    default = load_policy(POLICIES / "default.toml")
+    strict = load_policy(POLICIES / "strict.toml")
+    research = load_policy(POLICIES / "research.toml")
+    assert default.dp.required and default.dp.epsilon_budget == 8.0 and default.dp.delta == 1e-5
+    assert default.secagg.required
+    assert strict.dp.epsilon_budget == 3.0 and strict.secagg.min_sites > default.secagg.min_sites
+    assert not research.dp.required and research.secagg.required
+    assert len({default.sha256, strict.sha256, research.sha256}) == 3
+    for path in POLICIES.glob("*.toml"):  # commented: a comment above each setting or group
+        lines = path.read_text().splitlines()
+        for index, line in enumerate(lines):
+            if "=" in line and not line.startswith("#"):
+                above = lines[max(0, index - 6) : index]
+                assert any(prev.startswith("#") for prev in above), f"{path.name}: {line}"
+
+
+def test_every_violation_is_listed_with_field_value_and_fix() -> None:
+    text = """
+[dp]
+required = "yes"
+epsilon_budget = -1
+delta = 2.0
+noise_multiplier = 1.0
+target_epsilon_per_round = 0.5
+accountant = "moments"
+epsilon = 3
+
+[secagg]
+min_sites = 1
+
+[reporting]
+metrics = ["loss", "images"]
+
+[extra]
+x = 1
+"""
+    with pytest.raises(ValidationError) as caught:
+        parse_policy(text, source="bad.toml")
+    fields = {v.field for v in caught.value.violations}
+    assert fields == {
+        "dp.required",
+        "dp.epsilon_budget",
+        "dp.delta",
+        "dp.noise_multiplier",
+        "dp.accountant",
+        "dp.epsilon",
+        "secagg.min_sites",
+        "reporting.metrics",
+        "extra",
+    }
+    message = caught.value.message
+    assert "dp.epsilon_budget=-1 is invalid: allowed > 0" in message
+    assert "reporting.metrics=['images']" in message
+
+
+def test_not_toml_is_one_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="is not valid TOML"):
+        parse_policy("[dp\nrequired = true")
+    with pytest.raises(ConfigError, match="cannot read policy"):
+        load_policy(tmp_path / "missing.toml")
+
+
+def test_target_epsilon_per_round_replaces_the_noise_multiplier() -> None:
+    policy = parse_policy("[dp]\ntarget_epsilon_per_round = 0.5\n")
+    assert policy.dp.noise_multiplier is None and policy.dp.target_epsilon_per_round == 0.5
+
+
+def test_requests_may_tighten() -> None:
+    policy = load_policy(POLICIES / "default.toml")
+    tighter = apply_request(
+        policy,
+        PrivacyRequest(
+            noise_multiplier=1.5,
+            max_grad_norm=0.5,
+            epsilon_budget=4.0,
+            min_sites=5,
+            metrics=("epsilon",),
+        ),
+    )
+    assert tighter.dp.noise_multiplier == 1.5 and tighter.dp.max_grad_norm == 0.5
+    assert tighter.dp.epsilon_budget == 4.0 and tighter.secagg.min_sites == 5
+    assert tighter.reporting.metrics == ("epsilon",)
+    research = load_policy(POLICIES / "research.toml")
+    assert apply_request(research, PrivacyRequest(dp=True)).dp.required
+
+
+def test_a_looser_request_is_refused_with_every_reason() -> None:
+    policy = load_policy(POLICIES / "default.toml")
+    looser = PrivacyRequest(
+        dp=False,
+        noise_multiplier=0.5,
+        max_grad_norm=5.0,
+        epsilon_budget=50.0,
+        secagg=False,
+        min_sites=2,
+        metrics=("loss", "ingest"),
+    )
+    with pytest.raises(PolicyViolation) as caught:
+        apply_request(policy, looser)
+    message = caught.value.message
+    for reason in (
+        "DP-SGD off, but the policy requires it",
+        "noise multiplier 0.5 < policy 1.0",
+        "clipping norm 5.0 > policy 1.0",
+        "epsilon budget 50.0 > policy 8.0",
+        "secure aggregation off",
+        "min sites 2 < policy 3",
+        "metrics the policy keeps at the site: ingest",
+    ):
+        assert reason in message
+    assert caught.value.exit_code == 8
