@@ -40,11 +40,11 @@ def rejection_per_sample(
 
     ``logit_j(f) = <f, w_j> (+ b_j)``: the classifier applied to class feature ``f_k``.
     ``features`` is ``[B, C, d]``, ``prototypes`` ``[C, d]``, ``targets`` ``[B, C]`` in {0, 1},
-    ``bias`` ``[C]`` or None.
+    ``bias`` ``[C]``, ``[B, C]`` (per sample) or None.
     """
     all_logits = features @ prototypes.T  # [B, C(k), C(j)]
     if bias is not None:
-        all_logits = all_logits + bias
+        all_logits = all_logits + (bias.unsqueeze(1) if bias.dim() == 2 else bias)
     strongest = torch.sigmoid(all_logits.max(dim=2).values)  # [B, C]
     return (F.relu(strongest - tau) * (1.0 - targets)).sum(dim=1)
 

@@ -18,7 +18,8 @@ class NetOutput(NamedTuple):
 
     ``logits`` is ``[B, C]``. For the ETF network, ``class_features`` is ``[B, C, d]``,
     ``prototypes`` the ``[C, d]`` classifier rows the logits were computed with and ``bias`` the
-    classifier's ``[C]`` bias (None without one); the linear-head network leaves all three None.
+    classifier's bias for each sample, ``[B, C]`` (None without one); the linear-head network
+    leaves all three None.
     """
 
     logits: torch.Tensor
@@ -40,21 +41,29 @@ class LearnableRows(nn.Module):
 
 
 class ClassBias(nn.Module):
-    """The ETF classifier's trainable per-class bias ``b`` (``[C]``).
+    """The ETF classifier's trainable per-class bias ``b`` (``[C]``), returned per sample.
 
     It starts at ``log(1 / (C - 1))``, the logit of a 1/C prior, so that every class starts out
     predicted rare (multi-label targets are mostly negative) and the rejection hinge
     ``sigmoid(max_j logit_j) < tau`` is reachable from the start: without a bias it never is,
     because the simplex ETF's prototypes sum to zero, so ``max_j <f, w_j> >= 0`` for every ``f``.
+
+    The bias is the weight of an ``nn.Linear(1, C)`` applied to a column of ones, so the forward
+    pass returns ``[B, C]``: every per-sample-gradient engine of Opacus (hooks, functorch,
+    expanded weights, ghost clipping) then sees an ordinary linear layer with a batch dimension.
     """
 
     def __init__(self, num_classes: int) -> None:
         super().__init__()
-        self.bias = nn.Parameter(torch.full((num_classes,), -math.log(num_classes - 1)))
+        self.linear = nn.Linear(1, num_classes, bias=False)
+        with torch.no_grad():
+            self.linear.weight.fill_(-math.log(num_classes - 1))
 
-    def forward(self) -> torch.Tensor:
-        """Return the bias vector."""
-        return self.bias
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        """Return the bias for each of ``batch``'s samples: ``[B, C]``."""
+        ones = batch.new_ones(batch.shape[0], 1)
+        out: torch.Tensor = self.linear(ones)
+        return out
 
 
 class FedNCAlignNet(nn.Module):
@@ -105,7 +114,7 @@ class FedNCAlignNet(nn.Module):
             queries = etf if self.queries is None else self.queries()
             features = self.ladm(queries, feature_map)
         logits = (features * prototypes.unsqueeze(0)).sum(dim=2)
-        bias = None if self.bias is None else self.bias()
+        bias = None if self.bias is None else self.bias(images)
         if bias is not None:
             logits = logits + bias
         return NetOutput(logits, features, prototypes, bias)

@@ -161,7 +161,7 @@ def test_classifier_bias_starts_at_the_one_over_c_prior_and_can_be_switched_off(
 
     with_bias = create_algorithm(MethodConfig()).build_model(SPEC)
     assert isinstance(with_bias, FedNCAlignNet) and with_bias.bias is not None
-    assert torch.allclose(with_bias.bias.bias, torch.full((6,), -math.log(5)))
+    assert torch.allclose(with_bias.bias.linear.weight, torch.full((6, 1), -math.log(5)))
     without = create_algorithm(MethodConfig(classifier_bias=False)).build_model(SPEC)
     assert isinstance(without, FedNCAlignNet) and without.bias is None
     without.eval()
