@@ -28,6 +28,8 @@ NORMS: tuple[str, ...] = ("group", "batch")
 CLASSIFIERS: tuple[str, ...] = ("etf", "learnable")
 QUERIES: tuple[str, ...] = ("fixed", "learnable")
 SELECTIONS: tuple[str, ...] = ("best", "last")
+DEFAULT_MIN_SITES = 3
+GRAD_SAMPLE_CHOICES: tuple[str, ...] = ("auto", "hooks", "ew", "ghost", "functorch")
 DROP_STAGES: tuple[str, ...] = (
     "train",
     "advertise",
@@ -94,19 +96,36 @@ class FederationConfig:
 class SecAggConfig:
     """Secure aggregation as the coordinator proposes it (every site checks it against policy).
 
-    ``degree`` and ``threshold`` of None derive from the number of sites (SecAgg+ graph of
+    ``min_sites`` is what the coordinator asks of every site (None: the sites' own policies
+    decide, 3 without policies). ``degree`` and ``threshold`` of None derive from the number of
+    sites (SecAgg+ graph of
     degree about 2 log2 n, complete for small n; threshold a strict majority of each
     neighbourhood and at least ``min_sites``). A degree of at least n - 1 is full SecAgg (the
     complete graph).
     """
 
     enabled: bool = True
-    min_sites: int = 3
+    min_sites: int | None = None
     bits: int = 32
     clip: float = 0.5
     weight_cap: int = 10_000
     degree: int | None = None
     threshold: int | None = None
+
+
+@dataclass(frozen=True)
+class PrivacyConfig:
+    """Site policies for a simulated federation.
+
+    ``policy`` applies one policy file to every site; ``policy_dir`` holds one ``site-K.toml``
+    per site. Without either, sites run the built-in research terms: no DP-SGD, and secure
+    aggregation as ``--secagg`` says. ``grad_sample_mode`` picks Opacus' per-sample-gradient
+    engine (``auto``: the fastest measured for the image size).
+    """
+
+    policy: Path | None = None
+    policy_dir: Path | None = None
+    grad_sample_mode: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -126,6 +145,7 @@ class RunConfig:
     method: MethodConfig = field(default_factory=MethodConfig)
     federation: FederationConfig = field(default_factory=FederationConfig)
     secagg: SecAggConfig = field(default_factory=SecAggConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     drops: tuple[Dropout, ...] = ()
 
     def to_json_dict(self) -> dict[str, Any]:
@@ -219,7 +239,8 @@ def _secagg_violations(secagg: SecAggConfig, sites: int) -> list[Violation]:
     out: list[Violation] = []
     if not secagg.enabled or sites == 1:  # one site (centralized) aggregates nothing
         return out
-    _check_int(out, "secagg.min_sites", secagg.min_sites, 2)
+    min_sites = DEFAULT_MIN_SITES if secagg.min_sites is None else secagg.min_sites
+    _check_int(out, "secagg.min_sites", min_sites, 2)
     _check_int(out, "secagg.bits", secagg.bits, 16, 64)
     _check_int(out, "secagg.weight_cap", secagg.weight_cap, 1)
     if not secagg.clip > 0:
@@ -231,16 +252,16 @@ def _secagg_violations(secagg: SecAggConfig, sites: int) -> list[Violation]:
                 "secagg.degree", secagg.degree, "even, >= 2, or >= sites - 1", "leave it unset"
             )
         )
-    if secagg.threshold is not None and secagg.threshold < secagg.min_sites:
+    if secagg.threshold is not None and secagg.threshold < min_sites:
         out.append(
             Violation("secagg.threshold", secagg.threshold, ">= min_sites", "leave it unset")
         )
-    if sites < secagg.min_sites:
+    if sites < min_sites:
         out.append(
             Violation(
                 "sites",
                 sites,
-                f">= secagg.min_sites ({secagg.min_sites})",
+                f">= secagg.min_sites ({min_sites})",
                 "use more sites, lower --secagg-min-sites, or run with --secagg off",
             )
         )
@@ -253,6 +274,33 @@ def _secagg_violations(secagg: SecAggConfig, sites: int) -> list[Violation]:
                     secagg.bits,
                     f"enough for {sites} sites x weight cap {secagg.weight_cap}",
                     "use more bits or a smaller weight cap",
+                )
+            )
+    return out
+
+
+def _privacy_violations(privacy: PrivacyConfig, sites: int) -> list[Violation]:
+    out: list[Violation] = []
+    _check_choice(out, "grad_sample_mode", privacy.grad_sample_mode, GRAD_SAMPLE_CHOICES)
+    if privacy.policy is not None and privacy.policy_dir is not None:
+        out.append(
+            Violation("policy", str(privacy.policy), "not with --policy-dir", "pass only one")
+        )
+    if privacy.policy is not None and not privacy.policy.is_file():
+        out.append(Violation("policy", str(privacy.policy), "an existing file", "check the path"))
+    if privacy.policy_dir is not None:
+        missing = [
+            f"site-{k + 1}.toml"
+            for k in range(sites)
+            if not (privacy.policy_dir / f"site-{k + 1}.toml").is_file()
+        ]
+        if missing:
+            out.append(
+                Violation(
+                    "policy_dir",
+                    str(privacy.policy_dir),
+                    "a folder with site-1.toml ... site-K.toml",
+                    f"add {', '.join(missing)}",
                 )
             )
     return out
@@ -281,6 +329,7 @@ def validate_run_config(config: RunConfig, *, known_methods: tuple[str, ...]) ->
         + _method_violations(config.method, known_methods)
         + _federation_violations(config.federation)
         + _secagg_violations(config.secagg, config.federation.sites)
+        + _privacy_violations(config.privacy, config.federation.sites)
         + _drop_violations(config.drops, config.federation.sites)
     )
     if violations:

@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from clinfl.config import SelectionRule
-from clinfl.errors import RoundAborted, SiteUnavailable
+from clinfl.errors import PolicyViolation, RoundAborted, SiteUnavailable
 from clinfl.federation.messages import RoundRecord, RoundSettings, TrainingReport
 from clinfl.federation.roles import GlobalEvaluator, TrainingParticipant
 from clinfl.typing import StateDict
@@ -19,11 +19,16 @@ RoundCallback = Callable[[RoundRecord], None]
 
 @dataclass(frozen=True)
 class FederationOutcome:
-    """Every round's record, the selected round, and the final global state."""
+    """Every round's record, the selected round, the final global state, and why it stopped.
+
+    ``selected`` is None only when no round ran; ``stopped`` says why the federation ended
+    before its last round (every site refused, for example because budgets were spent).
+    """
 
     records: tuple[RoundRecord, ...]
-    selected: RoundRecord
+    selected: RoundRecord | None
     final_state: StateDict
+    stopped: str | None = None
 
 
 class Coordinator:
@@ -57,7 +62,9 @@ class Coordinator:
         The selected round is the best completed round on validation macro-AUC (or the last,
         with ``selection='last'``). A round the aggregator abandons
         (:class:`~clinfl.errors.RoundAborted`) leaves the global state unchanged and is recorded
-        with its reason; sites that are unavailable for training are left out of the round.
+        with its reason; sites that are unavailable for training, or whose policy refuses the
+        round (a spent privacy budget), are left out of the round. When every site refuses, the
+        federation stops cleanly and says why.
 
         Raises:
             FederationError: if local training fails.
@@ -65,17 +72,25 @@ class Coordinator:
         """
         state = {name: value.clone() for name, value in initial_state.items()}
         records: list[RoundRecord] = []
+        stopped: str | None = None
         for round_number in range(1, rounds + 1):
             started = time.perf_counter()
             settings = settings_for(round_number)
             reports: dict[str, TrainingReport] = {}
             trained = []
+            refusals: list[str] = []
             for participant in self._participants:
                 try:
                     reports[participant.site_id] = participant.train_round(state, settings)
                 except SiteUnavailable:
                     continue
+                except PolicyViolation as refusal:
+                    refusals.append(refusal.message)
+                    continue
                 trained.append(participant)
+            if refusals and not trained:
+                stopped = f"stopped before round {round_number}: " + "; ".join(refusals)
+                break
             aborted: str | None = None
             included: frozenset[str] = frozenset()
             num_samples = 0
@@ -104,8 +119,11 @@ class Coordinator:
             if on_round is not None:
                 on_round(record)
         completed = [r for r in records if r.aborted is None] or records
-        if self._selection == "last":
+        selected: RoundRecord | None = None
+        if completed and self._selection == "last":
             selected = completed[-1]
-        else:
+        elif completed:
             selected = max(completed, key=lambda r: r.report.validation.macro_auc)
-        return FederationOutcome(records=tuple(records), selected=selected, final_state=state)
+        return FederationOutcome(
+            records=tuple(records), selected=selected, final_state=state, stopped=stopped
+        )

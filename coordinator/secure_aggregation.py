@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator, Sequence
 from functools import partial
 from typing import TypeVar
 
-from clinfl.config import SecAggConfig
+from clinfl.config import DEFAULT_MIN_SITES, SecAggConfig
 from clinfl.errors import ProtocolViolation, RoundAborted, SiteUnavailable
 from clinfl.federation.roles import TrainingParticipant
 from clinfl.federation.vectors import unflatten_state, vector_length
@@ -63,7 +63,8 @@ class SecureAggregator:
     ) -> AggregateUpdate:
         config = self._config
         by_id = {p.site_id: p for p in participants}
-        floor = max(2, config.min_sites)
+        min_sites = config.min_sites or DEFAULT_MIN_SITES
+        floor = max(2, min_sites)
         if len(by_id) < floor:
             raise RoundAborted(
                 f"round {round_id} abandoned: {len(by_id)} site(s) trained, secure aggregation "
@@ -74,7 +75,7 @@ class SecureAggregator:
             round_id=round_id,
             site_ids=tuple(by_id),
             vector_length=vector_length(template),
-            min_sites=config.min_sites,
+            min_sites=min_sites,
             bits=config.bits,
             clip=config.clip,
             weight_cap=config.weight_cap,

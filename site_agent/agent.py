@@ -16,7 +16,7 @@ from typing import Protocol
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from clinfl.errors import FederationError, ProtocolViolation
+from clinfl.errors import FederationError, PolicyViolation, ProtocolViolation
 from clinfl.federation.messages import RoundSettings, SiteContribution, TrainingReport
 from clinfl.federation.vectors import flatten_state
 from clinfl.secagg.encoding import encode_update
@@ -33,7 +33,7 @@ from clinfl.secagg.site_session import SiteSession
 from clinfl.typing import StateDict
 from site_agent.training import LocalUpdate
 
-AuditHook = Callable[[str], None]
+AuditHook = Callable[[int, str], None]  # (round id, why the site refused)
 
 
 class LocalTrainer(Protocol):
@@ -44,8 +44,21 @@ class LocalTrainer(Protocol):
         """The site's identifier."""
         ...
 
+    @property
+    def num_samples(self) -> int:
+        """Local training set size."""
+        ...
+
     def train_round(self, global_state: StateDict, settings: RoundSettings) -> LocalUpdate:
         """Train from ``global_state`` and return the private update."""
+        ...
+
+    def update_sent(self, *, secagg: bool) -> None:
+        """The round's update left the site (DP trainers mark its privacy spend as spent)."""
+        ...
+
+    def aggregate_size(self, sites: int) -> None:
+        """The round's sum covers ``sites`` sites (recorded for the audit report)."""
         ...
 
 
@@ -68,6 +81,7 @@ class SiteAgent:
         directory: Mapping[str, Ed25519PublicKey],
         requirements: SecAggRequirements,
         audit: AuditHook | None = None,
+        min_samples: int = 1,
         rng: np.random.Generator | None = None,
     ) -> None:
         if identity.site_id != trainer.site_id:
@@ -77,6 +91,7 @@ class SiteAgent:
         self._directory = dict(directory)
         self._requirements = requirements
         self._audit = audit
+        self._min_samples = min_samples
         self._rng = rng if rng is not None else np.random.default_rng(secrets.randbits(128))
         self._pending: LocalUpdate | None = None
         self._template: StateDict | None = None
@@ -92,9 +107,20 @@ class SiteAgent:
         """Train from ``global_state``; keep the update here until a permitted upload.
 
         Raises:
+            PolicyViolation: if the site holds fewer samples than its policy's ``min_samples``.
+            BudgetExhausted: if the round would pass the site's privacy budget.
             FederationError: if training fails.
         """
         self._session = None
+        self._pending = None
+        if self._trainer.num_samples < self._min_samples:
+            reason = (
+                f"{self.site_id} holds {self._trainer.num_samples} samples, its policy requires "
+                f"at least {self._min_samples} to train"
+            )
+            if self._audit is not None:
+                self._audit(settings.round, reason)
+            raise PolicyViolation(reason, remedy="add data at the site or relax data.min_samples")
         self._pending = self._trainer.train_round(global_state, settings)
         self._template = global_state
         return TrainingReport(self.site_id, self._pending.mean_loss, self._pending.steps)
@@ -127,6 +153,7 @@ class SiteAgent:
         self._pending = None
         weight = self._weight(update)
         weighted = {name: value * float(weight) for name, value in update.delta.items()}
+        self._trainer.update_sent(secagg=False)
         return SiteContribution(self.site_id, weighted, weight)
 
     def _current(self) -> SiteSession:
@@ -178,7 +205,9 @@ class SiteAgent:
         weight = self._weight(update)
         encoded = encode_update(flat, num_samples=weight, params=params, rng=self._rng)
         self._pending = None
-        return session.masked_input(shares, encoded)
+        masked = session.masked_input(shares, encoded)
+        self._trainer.update_sent(secagg=True)
+        return masked
 
     def secagg_sign(self, survivors: frozenset[str]) -> SurvivorSignature:
         """Sign the announced survivor set.
@@ -186,7 +215,9 @@ class SiteAgent:
         Raises:
             ProtocolViolation: see :meth:`SiteSession.sign_survivors`.
         """
-        return self._current().sign_survivors(survivors)
+        signature = self._current().sign_survivors(survivors)
+        self._trainer.aggregate_size(len(survivors))
+        return signature
 
     def secagg_reveal(self, request: UnmaskRequest) -> RevealedShares:
         """Reveal the shares the request allows; the session ends.

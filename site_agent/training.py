@@ -72,6 +72,12 @@ class LocalSite:
         """Local training set size."""
         return int(self._inputs.shape[0])
 
+    def update_sent(self, *, secagg: bool) -> None:
+        """Nothing to record without DP."""
+
+    def aggregate_size(self, sites: int) -> None:
+        """Nothing to record without DP."""
+
     def _optimizer_for(self, lr: float) -> torch.optim.AdamW:
         if self._optimizer is None:
             params = [p for p in self._model.parameters() if p.requires_grad]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from clinfl.cli.audit import audit_app
 from clinfl.cli.policy import policy_app
 from clinfl.cli.simulate import simulate
 
@@ -16,6 +17,7 @@ app = typer.Typer(
 )
 app.command("simulate")(simulate)
 app.add_typer(policy_app, name="policy")
+app.add_typer(audit_app, name="audit")
 
 
 @app.callback()

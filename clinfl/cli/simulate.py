@@ -10,11 +10,19 @@ from typing import Annotated
 import torch
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from clinfl.algorithms import algorithm_summaries
 from clinfl.cli.errors import cli_errors
 from clinfl.cli.render import ProgressListener, rounds_table
-from clinfl.config import DataConfig, FederationConfig, MethodConfig, RunConfig, SecAggConfig
+from clinfl.config import (
+    DataConfig,
+    FederationConfig,
+    MethodConfig,
+    PrivacyConfig,
+    RunConfig,
+    SecAggConfig,
+)
 from clinfl.errors import ConfigError
 from clinfl.simulation import run_simulation
 from clinfl.simulation.dropouts import parse_dropout
@@ -119,12 +127,34 @@ def simulate(
         ),
     ] = "sparse",
     secagg_min_sites: Annotated[
-        int, typer.Option(help="Fewest sites whose sum may be revealed (each site's policy).")
-    ] = 3,
+        int | None,
+        typer.Option(
+            help="Fewest sites whose sum may be revealed, as the coordinator asks it (a site's "
+            "policy may require more) (default: the sites' policies, or 3)."
+        ),
+    ] = None,
     secagg_bits: Annotated[int, typer.Option(help="Modulus of the masked sums: 2**bits.")] = 32,
     secagg_clip: Annotated[
         float, typer.Option(help="Per-coordinate clip of a site's update before quantisation.")
     ] = 0.5,
+    policy: Annotated[
+        Path | None,
+        typer.Option(
+            help="Site policy TOML applied to every site (see policies/). With DP-SGD required, "
+            "sites train with Opacus and keep a privacy ledger. Default: no DP."
+        ),
+    ] = None,
+    policy_dir: Annotated[
+        Path | None,
+        typer.Option(help="Folder with one policy per site: site-1.toml, site-2.toml, ..."),
+    ] = None,
+    dp_mode: Annotated[
+        str,
+        typer.Option(
+            help="Opacus per-sample-gradient mode: auto (fastest measured for the image size), "
+            "hooks, ew, ghost or functorch."
+        ),
+    ] = "auto",
     drop: Annotated[
         list[str] | None,
         typer.Option(
@@ -196,6 +226,7 @@ def simulate(
                 clip=secagg_clip,
                 degree=max(sites - 1, 1) if secagg_graph == "complete" else None,
             ),
+            privacy=PrivacyConfig(policy=policy, policy_dir=policy_dir, grad_sample_mode=dp_mode),
             drops=tuple(parse_dropout(text) for text in drop or ()),
         )
         if threads is not None:
@@ -207,11 +238,18 @@ def simulate(
             print(json.dumps(result.summary, indent=2))
             return
         outcome = result.outcome
-        console.print(rounds_table(outcome.records, outcome.selected.round, method))
         best = result.summary["best"]
-        console.print(
-            f"selected round {best['round']}: macro-AUC {100 * best['macro_auc']:.2f}, "
-            f"micro-AUC {100 * best['micro_auc']:.2f}, macro-F1 {100 * best['macro_f1']:.2f}, "
-            f"micro-F1 {100 * best['micro_f1']:.2f}"
-        )
+        if outcome.records and best is not None:
+            console.print(rounds_table(outcome.records, best["round"], method))
+            console.print(
+                f"selected round {best['round']}: macro-AUC {100 * best['macro_auc']:.2f}, "
+                f"micro-AUC {100 * best['micro_auc']:.2f}, "
+                f"macro-F1 {100 * best['macro_f1']:.2f}, micro-F1 {100 * best['micro_f1']:.2f}"
+            )
+        if outcome.stopped:
+            console.print(f"[bold yellow]the federation {escape(outcome.stopped)}[/]")
         console.print(f"results: {result.results_path}  checkpoints: {run_dir / 'checkpoints'}")
+        console.print(
+            f"audit reports: {run_dir / 'sites'}/site-K/audit_report.html, "
+            f"{run_dir / 'federation_report.html'}"
+        )

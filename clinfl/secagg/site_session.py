@@ -39,7 +39,7 @@ from clinfl.secagg.settings import RoundParameters, SecAggRequirements, check_ro
 from clinfl.secagg.share_codec import decode_share_pair, encode_share_pair, pair_context
 from clinfl.secagg.stages import Stage, check_transition
 
-AuditHook = Callable[[str], None]
+AuditHook = Callable[[int, str], None]  # (round id, why the site refused)
 RandomBytes = Callable[[int], bytes]
 
 
@@ -121,7 +121,7 @@ class SiteSession:
         self._held.clear()
         self._own_shares = None
         if self._audit is not None:
-            self._audit(f"round {self._params.round_id}: {violation.message}")
+            self._audit(self._params.round_id, violation.message)
 
     def _advance(self, stage: Stage) -> None:
         if self._aborted:

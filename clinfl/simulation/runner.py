@@ -7,31 +7,28 @@ This module and the CLI are the only places that see both roles (``site_agent`` 
 from __future__ import annotations
 
 import json
+import secrets
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
 from clinfl.algorithms import ModelSpec, available_algorithms, create_algorithm
-from clinfl.config import RunConfig, validate_run_config
+from clinfl.audit.render import FORMATS, federation_html, federation_markdown, render_site
+from clinfl.config import RunConfig, SecAggConfig, validate_run_config
 from clinfl.data.imageset import SplitData
 from clinfl.data.partition import Partition, partition_label_skew
 from clinfl.errors import PartitionError
 from clinfl.federation.messages import RoundRecord, RoundSettings
-from clinfl.federation.roles import TrainingParticipant
-from clinfl.secagg.settings import SecAggRequirements
 from clinfl.simulation.datasets import load_split_data, resolve_defaults
-from clinfl.simulation.dropouts import DroppingParticipant
+from clinfl.simulation.sites import SimulatedSites, build_sites
 from coordinator.aggregation import Aggregator, PlainAggregator
 from coordinator.checkpoints import CheckpointStore, write_atomically
+from coordinator.federation_report import build_federation_report
 from coordinator.rounds import Coordinator, FederationOutcome
 from coordinator.secure_aggregation import SecureAggregator
-from site_agent.agent import SiteAgent, SiteIdentity
+from site_agent.audit_report import build_site_report, shareable_summary
 from site_agent.evaluation import HeldOutEvaluator
-from site_agent.training import LocalSite
 
 RESULTS_FILE = "results.json"
 
@@ -65,6 +62,7 @@ class SimulationResult:
     data: SplitData
     results_path: Path
     summary: dict[str, Any]
+    sites: SimulatedSites
 
 
 def _build_results(
@@ -75,11 +73,13 @@ def _build_results(
     seconds: float,
 ) -> dict[str, Any]:
     selected = outcome.selected
-    best: dict[str, Any] = selected.to_json_dict()
-    best["per_class_auc"] = dict(
-        zip(data.train.class_names, selected.report.test.per_class_auc, strict=True)
-    )
-    best["selection"] = config.federation.selection
+    best: dict[str, Any] | None = None
+    if selected is not None:
+        best = selected.to_json_dict()
+        best["per_class_auc"] = dict(
+            zip(data.train.class_names, selected.report.test.per_class_auc, strict=True)
+        )
+        best["selection"] = config.federation.selection
     return {
         "method": config.method.name,
         "config": config.to_json_dict(),
@@ -87,46 +87,52 @@ def _build_results(
         "partition": partition.to_json_dict(data.train.class_names),
         "rounds": [record.to_json_dict() for record in outcome.records],
         "best": best,
+        "stopped": outcome.stopped,
         "seconds": seconds,
     }
 
 
-def build_site_agents(
-    config: RunConfig,
-    trainers: Sequence[LocalSite],
-    *,
-    listener: SimulationListener | None = None,
-) -> list[TrainingParticipant]:
-    """Give each trainer a fresh Ed25519 identity and the run's secure-aggregation policy.
+def write_audit_reports(
+    out_dir: Path, sites: SimulatedSites, summary: dict[str, Any]
+) -> dict[str, str]:
+    """Write each site's audit report (JSON, Markdown, HTML) and the federation report.
 
-    Every site requires secure aggregation unless the run turned it off; injected dropouts
-    wrap the sites they name.
+    Site reports go to ``<site state dir>/audit_report.*``; the federation report, built only
+    from what each site's policy lets it share, to ``<out>/federation_report.*``.
+
+    Raises:
+        CheckpointError: if a report cannot be written.
     """
-    identities = [SiteIdentity(t.site_id, Ed25519PrivateKey.generate()) for t in trainers]
-    directory = {i.site_id: i.signing_key.public_key() for i in identities}
-    requirements = SecAggRequirements(
-        required=config.secagg.enabled,
-        min_sites=config.secagg.min_sites,
-        max_weight=config.secagg.weight_cap,
+    written: dict[str, str] = {}
+    shared = []
+    for site, state_dir in sites.state_dirs.items():
+        report = build_site_report(state_dir)
+        for fmt in FORMATS:
+            path = state_dir / f"audit_report.{fmt}"
+            write_atomically(path, render_site(report, fmt).encode())
+        written[site] = str(state_dir / "audit_report.html")
+        shared.append(shareable_summary(report))
+    federation = build_federation_report(
+        run_id=summary.get("run_id", ""),
+        rounds=summary["rounds"],
+        stopped=summary.get("stopped"),
+        site_summaries=shared,
     )
-    agents: list[TrainingParticipant] = []
-    for trainer, identity in zip(trainers, identities, strict=True):
-
-        def audit(message: str, site: str = trainer.site_id) -> None:
-            if listener is not None:
-                listener.site_audit(site, message)
-
-        agent = SiteAgent(
-            trainer, identity=identity, directory=directory, requirements=requirements, audit=audit
-        )
-        agents.append(DroppingParticipant(agent, config.drops) if config.drops else agent)
-    return agents
+    renderings = {
+        "json": json.dumps(federation, indent=2),
+        "md": federation_markdown(federation),
+        "html": federation_html(federation),
+    }
+    for fmt, text in renderings.items():
+        write_atomically(out_dir / f"federation_report.{fmt}", text.encode())
+    written["federation"] = str(out_dir / "federation_report.html")
+    return written
 
 
-def build_aggregator(config: RunConfig) -> Aggregator:
+def build_aggregator(secagg: SecAggConfig) -> Aggregator:
     """Return the secure aggregator, or the plain one when secure aggregation is off."""
-    if config.secagg.enabled:
-        return SecureAggregator(config.secagg)
+    if secagg.enabled:
+        return SecureAggregator(secagg)
     return PlainAggregator()
 
 
@@ -165,25 +171,22 @@ def run_simulation(
         federation_seed=fed.federation_seed,
         init_seed=fed.seed,
     )
-    on_step = listener.site_step if listener is not None else None
-    trainers = [
-        LocalSite(
-            f"site-{k + 1}",
-            data.train.subset(indices),
-            algorithm,
-            spec,
-            weight_decay=fed.weight_decay,
-            shuffle_seed=fed.seed * 1000 + k,
-            on_step=on_step,
-        )
-        for k, indices in enumerate(partition.site_indices)
-    ]
-    sites = build_site_agents(config, trainers, listener=listener)
+    run_id = f"{config.method.name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+    sites = build_sites(
+        config,
+        [data.train.subset(indices) for indices in partition.site_indices],
+        algorithm,
+        spec,
+        out_dir=out_dir,
+        run_id=run_id,
+        on_step=listener.site_step if listener is not None else None,
+        on_audit=listener.site_audit if listener is not None else None,
+    )
     evaluator = HeldOutEvaluator(data.val, data.test, algorithm, spec)
     initial = algorithm.travelling_state(algorithm.build_model(spec))
     coordinator = Coordinator(
-        sites,
-        build_aggregator(config),
+        sites.participants,
+        build_aggregator(sites.secagg),
         evaluator,
         CheckpointStore(out_dir),
         selection=fed.selection,
@@ -202,6 +205,13 @@ def run_simulation(
         initial, rounds=fed.rounds, settings_for=settings_for, on_round=on_round
     )
     summary = _build_results(config, data, partition, outcome, time.perf_counter() - started)
+    summary["run_id"] = run_id
+    summary["sites"] = {
+        site: {"state_dir": str(path), "policy": sites.policies[site].source}
+        for site, path in sites.state_dirs.items()
+    }
+    summary["grad_sample_mode"] = sites.grad_sample_mode
+    summary["reports"] = write_audit_reports(out_dir, sites, summary)
     results_path = out_dir / RESULTS_FILE
     write_atomically(results_path, json.dumps(summary, indent=2).encode())
-    return SimulationResult(config, outcome, partition, data, results_path, summary)
+    return SimulationResult(config, outcome, partition, data, results_path, summary, sites)

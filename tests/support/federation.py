@@ -27,6 +27,12 @@ class FixedTrainer:
     def train_round(self, global_state: StateDict, settings: RoundSettings) -> LocalUpdate:
         return LocalUpdate(dict(self.delta), self.num_samples, mean_loss=0.5, steps=1)
 
+    def update_sent(self, *, secagg: bool) -> None:
+        self.sent = secagg
+
+    def aggregate_size(self, sites: int) -> None:
+        self.sum_of = sites
+
 
 def random_deltas(
     count: int, template: StateDict, *, scale: float = 0.05, seed: int = 0
@@ -54,7 +60,7 @@ def make_agents(
     agents = []
     for identity, delta, n in zip(identities, deltas, samples, strict=True):
 
-        def hook(message: str, site: str = identity.site_id) -> None:
+        def hook(round_id: int, message: str, site: str = identity.site_id) -> None:
             if audit is not None:
                 audit(site, message)
 

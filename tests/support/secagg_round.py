@@ -51,7 +51,7 @@ class Federation:
             directory=self.directory,
             requirements=requirements or SecAggRequirements(min_sites=2),
             last_round_id=last_round_id,
-            audit=lambda message, s=site: self.audit.append((s, message)),
+            audit=lambda round_id, message, s=site: self.audit.append((s, message)),
         )
 
 

@@ -1,0 +1,259 @@
+"""Site and federation audit reports as JSON, Markdown or one self-contained HTML file.
+
+The HTML embeds its plot as a data URI and its style inline: it opens in a browser with no
+network access (no scripts, no fonts, no external resources).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from typing import Any
+
+from clinfl.audit.plot import epsilon_plot
+
+FORMATS = ("json", "md", "html")
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _site_tables(report: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]]]:
+    dp = report["dp"]
+    terms = report["policy"]["terms"]
+    summary = [
+        ["site", report["site_id"]],
+        ["policy", f"{report['policy']['source']} (sha256 {report['policy']['sha256'][:16]})"],
+        ["DP-SGD", "on" if dp["enabled"] else "off"],
+        ["epsilon spent / budget", f"{_fmt(dp['epsilon_spent'])} / {_fmt(dp['epsilon_budget'])}"],
+        ["delta", _fmt(dp["delta"])],
+        ["accountant", dp["accountant"]],
+        ["per-sample-gradient mode", ", ".join(dp["grad_sample_modes"]) or "n/a"],
+        [
+            "secure aggregation",
+            f"{'required' if terms.get('secagg', {}).get('required') else 'optional'}, sums over "
+            f">= {terms.get('secagg', {}).get('min_sites', '?')} sites",
+        ],
+        ["training samples", _fmt(report["data"]["training_samples"])],
+        [
+            "metrics that may leave the site",
+            ", ".join(terms.get("reporting", {}).get("metrics", [])),
+        ],
+    ]
+    rounds = [
+        [
+            r["run_id"],
+            _fmt(r["round"]),
+            r["state"],
+            _fmt(r["epsilon_round"]),
+            _fmt(r["epsilon_cumulative"]),
+            _fmt(r["noise_multiplier"]),
+            _fmt(r["sample_rate"]),
+            _fmt(r["steps"]),
+            r["grad_sample_mode"],
+            _fmt(r["secure_aggregation"]),
+            _fmt(r["sites_in_sum"]),
+        ]
+        for r in report["rounds"]
+    ]
+    refusals = [[r["run_id"], _fmt(r["round"]), r["reason"]] for r in report["refusals"]]
+    ingestion = report["data"]["ingestion"]
+    ingest_rows = (
+        [[str(k), _fmt(v)] for k, v in ingestion.items() if not isinstance(v, dict)]
+        + [
+            [f"quarantined: {reason}", _fmt(count)]
+            for reason, count in (ingestion.get("quarantined") or {}).items()
+        ]
+        if ingestion
+        else [["ingestion", "no DICOM ingestion for this run (image arrays given directly)"]]
+    )
+    return [
+        ("Summary", ["item", "value"], summary),
+        (
+            "Rounds",
+            [
+                "run",
+                "round",
+                "state",
+                "epsilon (round)",
+                "epsilon (cumulative)",
+                "noise",
+                "sample rate",
+                "steps",
+                "grad mode",
+                "secure agg.",
+                "sites in sum",
+            ],
+            rounds,
+        ),
+        ("Refusals", ["run", "round", "reason"], refusals),
+        ("Warnings", ["warning"], [[w] for w in report["warnings"]]),
+        ("Data", ["item", "value"], ingest_rows),
+    ]
+
+
+def _markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    if not rows:
+        return ["(none)"]
+    clean = [[cell.replace("|", "\\|") for cell in row] for row in rows]
+    return [
+        "| " + " | ".join(header) + " |",
+        "|" + " --- |" * len(header),
+        *("| " + " | ".join(row) + " |" for row in clean),
+    ]
+
+
+def _plot_png(report: dict[str, Any]) -> bytes:
+    counted = [r["epsilon_cumulative"] for r in report["rounds"] if r["state"] != "released"]
+    return epsilon_plot(
+        [(report["site_id"], counted)],
+        budget=report["dp"]["epsilon_budget"] if report["dp"]["enabled"] else None,
+        title=f"{report['site_id']}: cumulative epsilon at delta {report['dp']['delta']:g}",
+    )
+
+
+def site_markdown(report: dict[str, Any]) -> str:
+    """Return the site report as Markdown (the plot is left to the HTML form)."""
+    out = [f"# Privacy audit report: {report['site_id']}", ""]
+    for title, header, rows in _site_tables(report):
+        out += [f"## {title}", "", *_markdown_table(header, rows), ""]
+    return "\n".join(out)
+
+
+_STYLE = (
+    "body{font-family:sans-serif;margin:2em;max-width:70em}"
+    "table{border-collapse:collapse;margin-bottom:1.5em}"
+    "td,th{border:1px solid #bbb;padding:.3em .6em;text-align:left;font-size:.9em}"
+    "th{background:#eee}"
+)
+
+
+def _html_table(header: list[str], rows: list[list[str]]) -> str:
+    if not rows:
+        return "<p>(none)</p>"
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in row) + "</tr>" for row in rows
+    )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _html_page(title: str, sections: list[str], png: bytes) -> str:
+    image = base64.b64encode(png).decode()
+    return (
+        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+        f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head><body>"
+        f"<h1>{html.escape(title)}</h1>"
+        f'<img id="epsilon-plot" alt="cumulative epsilon against the budget" '
+        f'src="data:image/png;base64,{image}">' + "".join(sections) + "</body></html>"
+    )
+
+
+def site_html(report: dict[str, Any]) -> str:
+    """Return the site report as one self-contained HTML page with the epsilon plot."""
+    sections = [
+        f"<h2>{html.escape(title)}</h2>{_html_table(header, rows)}"
+        for title, header, rows in _site_tables(report)
+    ]
+    return _html_page(f"Privacy audit report: {report['site_id']}", sections, _plot_png(report))
+
+
+def render_site(report: dict[str, Any], fmt: str) -> str:
+    """Render a site report in ``fmt`` (json, md or html).
+
+    Raises:
+        ValueError: for an unknown format.
+    """
+    if fmt == "json":
+        return json.dumps(report, indent=2)
+    if fmt == "md":
+        return site_markdown(report)
+    if fmt == "html":
+        return site_html(report)
+    raise ValueError(f"unknown format {fmt!r}: use json, md or html")
+
+
+def _federation_tables(report: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]]]:
+    sites = [
+        [
+            s["site_id"],
+            _fmt(s.get("dp_enabled")),
+            _fmt(s.get("epsilon_spent")),
+            _fmt(s.get("epsilon_budget")),
+            _fmt(s.get("training_samples")),
+            _fmt(s.get("rounds_trained")),
+            _fmt(s.get("refusals")),
+            ", ".join(s["reports"]) or "nothing",
+        ]
+        for s in report["sites"]
+    ]
+    rounds = [
+        [
+            _fmt(r["round"]),
+            _fmt(r["sites"]),
+            _fmt(r["macro_auc"]),
+            _fmt(r["val_macro_auc"]),
+            r.get("aborted") or "",
+        ]
+        for r in report["rounds"]
+    ]
+    return [
+        (
+            "Sites (what each site's policy lets it report)",
+            [
+                "site",
+                "DP",
+                "epsilon spent",
+                "budget",
+                "samples",
+                "rounds trained",
+                "refusals",
+                "reports",
+            ],
+            sites,
+        ),
+        (
+            "Rounds",
+            ["round", "sites in sum", "test macro-AUC", "val macro-AUC", "abandoned"],
+            rounds,
+        ),
+    ]
+
+
+def federation_markdown(report: dict[str, Any]) -> str:
+    """Return the federation report as Markdown."""
+    out = [f"# Federation report: {report['run_id']}", ""]
+    if report.get("stopped"):
+        out += [f"The federation {report['stopped']}", ""]
+    for title, header, rows in _federation_tables(report):
+        out += [f"## {title}", "", *_markdown_table(header, rows), ""]
+    return "\n".join(out)
+
+
+def federation_html(report: dict[str, Any]) -> str:
+    """Return the federation report as one self-contained HTML page."""
+    series = [
+        (s["site_id"], [eps for _, eps in s["epsilon_by_round"]])
+        for s in report["sites"]
+        if s.get("epsilon_by_round")
+    ]
+    budgets = [s["epsilon_budget"] for s in report["sites"] if s.get("dp_enabled")]
+    png = epsilon_plot(
+        series, budget=min(budgets) if budgets else None, title="cumulative epsilon per site"
+    )
+    sections = (
+        [f"<p>The federation {html.escape(report['stopped'])}</p>"] if report.get("stopped") else []
+    )
+    sections += [
+        f"<h2>{html.escape(title)}</h2>{_html_table(header, rows)}"
+        for title, header, rows in _federation_tables(report)
+    ]
+    return _html_page(f"Federation report: {report['run_id']}", sections, png)

@@ -1,0 +1,1 @@
+"""Differential privacy at the site: DP-SGD settings, cryptographic noise and accounting."""

@@ -1,0 +1,54 @@
+"""A site's DP-SGD settings (from its policy) and the per-sample-gradient modes clinfl supports."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from clinfl.policy import DPPolicy
+
+GRAD_SAMPLE_MODES = ("hooks", "ew", "ghost", "functorch")
+# Fastest mode measured for this model on the reference CPU (benchmarks/privacy.py, batch 32):
+# hooks below 32 px, expanded weights ("ew") from 32 px on. functorch was 10x slower.
+_FASTEST_FROM_SIZE = ((32, "ew"), (0, "hooks"))
+
+
+def default_grad_sample_mode(image_size: int) -> str:
+    """Return the fastest correct per-sample-gradient mode measured for this image size."""
+    for smallest, mode in _FASTEST_FROM_SIZE:
+        if image_size >= smallest:
+            return mode
+    return "hooks"
+
+
+@dataclass(frozen=True)
+class DPSettings:
+    """DP-SGD as one site runs it."""
+
+    epsilon_budget: float
+    delta: float
+    max_grad_norm: float
+    noise_multiplier: float | None
+    target_epsilon_per_round: float | None
+    accountant: str
+    secure_rng: bool
+    grad_sample_mode: str
+
+    @classmethod
+    def from_policy(cls, policy: DPPolicy, *, grad_sample_mode: str) -> DPSettings:
+        """Take the DP terms of a (validated) policy and the run's per-sample-gradient mode.
+
+        Raises:
+            ValueError: for an unknown mode.
+        """
+        if grad_sample_mode not in GRAD_SAMPLE_MODES:
+            raise ValueError(f"unknown per-sample-gradient mode {grad_sample_mode!r}")
+        return cls(
+            epsilon_budget=policy.epsilon_budget,
+            delta=policy.delta,
+            max_grad_norm=policy.max_grad_norm,
+            noise_multiplier=policy.noise_multiplier,
+            target_epsilon_per_round=policy.target_epsilon_per_round,
+            accountant=policy.accountant,
+            secure_rng=policy.secure_rng,
+            grad_sample_mode=grad_sample_mode,
+        )

@@ -1,0 +1,194 @@
+"""Building the simulated sites: policies, state directories, ledgers, trainers and agents.
+
+Each site gets its policy (one file for all, one per site, or the built-in research terms),
+tightened by what the coordinator asks (:func:`~clinfl.policy.apply_request`); a state
+directory ``<out>/sites/<site>/`` with its privacy ledger; a DP-SGD trainer when its policy
+requires DP; and a fresh Ed25519 identity for secure aggregation.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from clinfl.algorithms import Algorithm, ModelSpec
+from clinfl.config import DEFAULT_MIN_SITES, RunConfig, SecAggConfig
+from clinfl.data.imageset import ImageSet
+from clinfl.errors import ConfigError, PolicyViolation
+from clinfl.federation.roles import TrainingParticipant
+from clinfl.policy import DPPolicy, PrivacyRequest, SecAggPolicy, SitePolicy, apply_request
+from clinfl.policy import load_policy as read_policy
+from clinfl.privacy.settings import DPSettings, default_grad_sample_mode
+from clinfl.simulation.dropouts import DroppingParticipant
+from site_agent.agent import LocalTrainer, SiteAgent, SiteIdentity
+from site_agent.ledger import SiteLedger
+from site_agent.private_training import PrivateSite
+from site_agent.training import LocalSite
+
+SITES_DIR = "sites"
+AuditListener = Callable[[str, str], None]
+StepCallback = Callable[[str, int, int], None]
+
+
+@dataclass(frozen=True)
+class SimulatedSites:
+    """The participants and what the reports need to know about each site."""
+
+    participants: list[TrainingParticipant]
+    policies: dict[str, SitePolicy]
+    state_dirs: dict[str, Path]
+    trainers: dict[str, LocalTrainer]
+    secagg: SecAggConfig
+    grad_sample_mode: str
+
+
+def builtin_policy(config: RunConfig) -> SitePolicy:
+    """The terms of a site without a policy file: no DP, secure aggregation as configured."""
+    return SitePolicy(
+        dp=DPPolicy(required=False),
+        secagg=SecAggPolicy(
+            required=config.secagg.enabled,
+            min_sites=config.secagg.min_sites or DEFAULT_MIN_SITES,
+            max_weight=config.secagg.weight_cap,
+        ),
+        source="built-in (no policy file: DP-SGD off)",
+    )
+
+
+def load_site_policies(config: RunConfig, site_ids: Sequence[str]) -> dict[str, SitePolicy]:
+    """Read each site's policy and apply the coordinator's request to it.
+
+    Raises:
+        ConfigError, ValidationError: for an unreadable or invalid policy file.
+        PolicyViolation: if the coordinator's settings are looser than a site's policy.
+    """
+    privacy = config.privacy
+    request = PrivacyRequest(secagg=config.secagg.enabled, min_sites=config.secagg.min_sites)
+    policies: dict[str, SitePolicy] = {}
+    shared = read_policy(privacy.policy) if privacy.policy is not None else None
+    for site in site_ids:
+        if privacy.policy_dir is not None:
+            policy = read_policy(privacy.policy_dir / f"{site}.toml")
+        else:
+            policy = shared or builtin_policy(config)
+        try:
+            policies[site] = apply_request(policy, request)
+        except PolicyViolation as refusal:
+            raise PolicyViolation(f"{site}: {refusal.message}", remedy=refusal.remedy) from None
+    return policies
+
+
+def coordinator_secagg(config: RunConfig, policies: dict[str, SitePolicy]) -> SecAggConfig:
+    """Return the coordinator's secure-aggregation settings, meeting every site's minimum.
+
+    Raises:
+        ConfigError: if the federation has fewer sites than some site's policy requires.
+    """
+    secagg = config.secagg
+    floor = max(
+        [secagg.min_sites or DEFAULT_MIN_SITES] + [p.secagg.min_sites for p in policies.values()]
+    )
+    caps = [p.secagg.max_weight for p in policies.values()]
+    resolved = replace(secagg, min_sites=floor, weight_cap=min([secagg.weight_cap, *caps]))
+    if secagg.enabled and len(policies) < floor:
+        raise ConfigError(
+            f"the sites' policies require sums over at least {floor} sites; the federation has "
+            f"{len(policies)}",
+            remedy="use more --sites, or policies with a smaller secagg.min_sites",
+        )
+    return resolved
+
+
+def _record_policy(ledger: SiteLedger, site: str, policy: SitePolicy, samples: int) -> None:
+    ledger.set_meta("site_id", site)
+    ledger.set_meta("policy", json.dumps(asdict(policy)))
+    ledger.set_meta("samples", str(samples))
+    if policy.dp.required and policy.dp.delta >= 1 / max(samples, 1):
+        ledger.set_meta(
+            "warning:delta",
+            f"delta {policy.dp.delta:g} is not below 1/n = 1/{samples}: the guarantee is weak",
+        )
+
+
+def build_sites(
+    config: RunConfig,
+    site_data: Sequence[ImageSet],
+    algorithm: Algorithm,
+    spec: ModelSpec,
+    *,
+    out_dir: Path,
+    run_id: str,
+    on_step: StepCallback | None = None,
+    on_audit: AuditListener | None = None,
+) -> SimulatedSites:
+    """Build every site of the simulated federation.
+
+    Raises:
+        ClinflError: for invalid policies, a looser coordinator request, too few sites for the
+            policies, a model that cannot run DP-SGD, or an unwritable state directory.
+    """
+    fed = config.federation
+    site_ids = [f"site-{k + 1}" for k in range(len(site_data))]
+    policies = load_site_policies(config, site_ids)
+    secagg = coordinator_secagg(config, policies)
+    assert spec.image_size is not None
+    mode = config.privacy.grad_sample_mode
+    mode = default_grad_sample_mode(spec.image_size) if mode == "auto" else mode
+    identities = [SiteIdentity(s, Ed25519PrivateKey.generate()) for s in site_ids]
+    directory = {i.site_id: i.signing_key.public_key() for i in identities}
+    participants: list[TrainingParticipant] = []
+    trainers: dict[str, LocalTrainer] = {}
+    state_dirs: dict[str, Path] = {}
+    for k, (identity, data) in enumerate(zip(identities, site_data, strict=True)):
+        site, policy = identity.site_id, policies[identity.site_id]
+        state_dirs[site] = out_dir / SITES_DIR / site
+        ledger = SiteLedger(state_dirs[site])
+        _record_policy(ledger, site, policy, len(data))
+        trainer: LocalTrainer
+        if policy.dp.required:
+            trainer = PrivateSite(
+                site,
+                data,
+                algorithm,
+                spec,
+                dp=DPSettings.from_policy(policy.dp, grad_sample_mode=mode),
+                ledger=ledger,
+                run_id=run_id,
+                batch_size=fed.batch_size,
+                local_epochs=fed.local_epochs,
+                weight_decay=fed.weight_decay,
+                on_step=on_step,
+            )
+        else:
+            trainer = LocalSite(
+                site,
+                data,
+                algorithm,
+                spec,
+                weight_decay=fed.weight_decay,
+                shuffle_seed=fed.seed * 1000 + k,
+                on_step=on_step,
+            )
+        trainers[site] = trainer
+
+        def audit(
+            round_id: int, message: str, site: str = site, ledger: SiteLedger = ledger
+        ) -> None:
+            ledger.record_refusal(run_id=run_id, round_number=round_id, reason=message)
+            if on_audit is not None:
+                on_audit(site, message)
+
+        agent = SiteAgent(
+            trainer,
+            identity=identity,
+            directory=directory,
+            requirements=policy.secagg_requirements,
+            audit=audit,
+            min_samples=policy.data.min_samples,
+        )
+        participants.append(DroppingParticipant(agent, config.drops) if config.drops else agent)
+    return SimulatedSites(participants, policies, state_dirs, trainers, secagg, mode)

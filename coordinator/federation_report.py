@@ -1,0 +1,36 @@
+"""The coordinator's federation report: round metrics plus what each site chose to report.
+
+Sites share only what their policy's ``reporting.metrics`` allows; the coordinator never reads a
+site's ledger.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+
+def build_federation_report(
+    *,
+    run_id: str,
+    rounds: Sequence[dict[str, Any]],
+    stopped: str | None,
+    site_summaries: Sequence[dict[str, Any]],
+) -> dict[str, Any]:
+    """Return the federation report as JSON types."""
+    return {
+        "report_version": 1,
+        "run_id": run_id,
+        "stopped": stopped,
+        "rounds": [
+            {
+                "round": r["round"],
+                "sites": r["sites"],
+                "macro_auc": r["macro_auc"],
+                "val_macro_auc": r["val_macro_auc"],
+                "aborted": r.get("aborted"),
+            }
+            for r in rounds
+        ],
+        "sites": list(site_summaries),
+    }

@@ -1,0 +1,119 @@
+"""The site's audit report, built from its state directory (ledger and recorded policy).
+
+It holds everything PRIVACY.md lists: the policy and its hash, each round's privacy spend and
+the cumulative epsilon at the policy's delta, noise, sampling rate, steps, the per-sample-
+gradient mode, secure aggregation and the size of each sum, refusals with reasons, and the data
+summary. It carries no patient data and no file paths.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from clinfl.errors import DataError
+from clinfl.privacy.accounting import epsilon_of
+from site_agent.ledger import LEDGER_FILE, SiteLedger
+
+REPORT_VERSION = 1
+INGEST_FILE = "ingest_summary.json"
+
+
+def _per_round(ledger: SiteLedger, delta: float, accountant: str) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    history: list[tuple[float, float, int]] = []
+    previous = 0.0
+    for entry in ledger.rounds():
+        counted = entry.state != "released"
+        if counted:
+            history.append((entry.noise_multiplier, entry.sample_rate, entry.steps))
+        cumulative = epsilon_of(history, delta=delta, accountant=accountant)
+        rows.append(
+            {
+                "run_id": entry.run_id,
+                "round": entry.round,
+                "state": entry.state,
+                "noise_multiplier": entry.noise_multiplier,
+                "sample_rate": entry.sample_rate,
+                "steps": entry.steps,
+                "grad_sample_mode": entry.grad_sample_mode,
+                "secure_aggregation": entry.secagg,
+                "sites_in_sum": entry.sites_in_sum,
+                "epsilon_round": cumulative - previous if counted else 0.0,
+                "epsilon_cumulative": cumulative,
+            }
+        )
+        previous = cumulative
+    return rows
+
+
+def build_site_report(state_dir: Path) -> dict[str, Any]:
+    """Return the audit report of the site whose state lives in ``state_dir``.
+
+    Raises:
+        DataError: if the directory holds no ledger.
+    """
+    if not (state_dir / LEDGER_FILE).is_file():
+        raise DataError(
+            f"{state_dir} holds no privacy ledger ({LEDGER_FILE})",
+            remedy="pass the site's state directory (for simulations: <out>/sites/site-K)",
+        )
+    ledger = SiteLedger(state_dir)
+    try:
+        meta = ledger.meta()
+        policy = json.loads(meta.get("policy", "{}"))
+        dp = policy.get("dp", {})
+        delta = float(dp.get("delta", 1e-5))
+        accountant = str(dp.get("accountant", "rdp"))
+        rounds = _per_round(ledger, delta, accountant)
+        refusals = [
+            {"run_id": r.run_id, "round": r.round, "reason": r.reason} for r in ledger.refusals()
+        ]
+    finally:
+        ledger.close()
+    spent = rounds[-1]["epsilon_cumulative"] if rounds else 0.0
+    ingest_path = state_dir / INGEST_FILE
+    ingest = json.loads(ingest_path.read_text()) if ingest_path.is_file() else None
+    return {
+        "report_version": REPORT_VERSION,
+        "site_id": meta.get("site_id", state_dir.name),
+        "policy": {
+            "source": Path(str(policy.get("source", "?"))).name,
+            "sha256": policy.get("sha256", ""),
+            "terms": {k: v for k, v in policy.items() if k not in ("source", "sha256")},
+        },
+        "dp": {
+            "enabled": bool(dp.get("required", False)),
+            "epsilon_budget": dp.get("epsilon_budget"),
+            "delta": delta,
+            "accountant": accountant,
+            "epsilon_spent": spent,
+            "grad_sample_modes": sorted({r["grad_sample_mode"] for r in rounds}),
+        },
+        "rounds": rounds,
+        "refusals": refusals,
+        "warnings": sorted(v for k, v in meta.items() if k.startswith("warning:")),
+        "data": {"training_samples": int(meta.get("samples", 0)), "ingestion": ingest},
+    }
+
+
+def shareable_summary(report: dict[str, Any]) -> dict[str, Any]:
+    """Return the part of a site report its policy lets leave the site (``reporting.metrics``)."""
+    allowed = set(report["policy"]["terms"].get("reporting", {}).get("metrics", ()))
+    summary: dict[str, Any] = {"site_id": report["site_id"], "reports": sorted(allowed)}
+    if "epsilon" in allowed:
+        summary["epsilon_spent"] = report["dp"]["epsilon_spent"]
+        summary["epsilon_budget"] = report["dp"]["epsilon_budget"]
+        summary["delta"] = report["dp"]["delta"]
+        summary["dp_enabled"] = report["dp"]["enabled"]
+        summary["epsilon_by_round"] = [
+            [r["round"], r["epsilon_cumulative"]] for r in report["rounds"]
+        ]
+    if "counts" in allowed:
+        summary["training_samples"] = report["data"]["training_samples"]
+        summary["rounds_trained"] = sum(1 for r in report["rounds"] if r["state"] != "released")
+        summary["refusals"] = len(report["refusals"])
+    if "ingest" in allowed and report["data"]["ingestion"] is not None:
+        summary["ingestion"] = report["data"]["ingestion"]
+    return summary

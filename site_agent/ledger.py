@@ -1,0 +1,275 @@
+"""The site's privacy ledger: a crash-safe SQLite record of every round's privacy spend.
+
+Protocol (PRIVACY.md): before training, compute the epsilon the round would bring the site to;
+over budget, record a refusal and refuse. Otherwise write the round as ``reserved`` and commit,
+then train. After the update is sent, mark it ``spent``. Only a round that never took a training
+step may be ``released``. A crash leaves ``reserved``, which counts as spent, so the ledger never
+under-counts. The database runs in WAL mode with full synchronous commits.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from clinfl.errors import BudgetExhausted, CheckpointError
+from clinfl.privacy.accounting import HistoryEntry, epsilon_of
+
+LEDGER_FILE = "ledger.sqlite"
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS rounds (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id TEXT NOT NULL,
+    round INTEGER NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('reserved', 'spent', 'released')),
+    noise_multiplier REAL NOT NULL,
+    sample_rate REAL NOT NULL,
+    steps INTEGER NOT NULL,
+    accountant TEXT NOT NULL,
+    delta REAL NOT NULL,
+    epsilon REAL NOT NULL,
+    history TEXT NOT NULL,
+    grad_sample_mode TEXT NOT NULL,
+    secagg INTEGER,
+    sites_in_sum INTEGER,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS refusals (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id TEXT NOT NULL,
+    round INTEGER NOT NULL,
+    reason TEXT NOT NULL,
+    epsilon_spent REAL,
+    epsilon_requested REAL,
+    at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """A reserved round: its ledger row and the cumulative epsilon it brings the site to."""
+
+    row_id: int
+    epsilon_after: float
+
+
+@dataclass(frozen=True)
+class LedgerRound:
+    """One row of the ledger, as reports show it."""
+
+    run_id: str
+    round: int
+    state: str
+    noise_multiplier: float
+    sample_rate: float
+    steps: int
+    accountant: str
+    delta: float
+    epsilon: float
+    grad_sample_mode: str
+    secagg: bool | None
+    sites_in_sum: int | None
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A round the site refused, and why."""
+
+    run_id: str
+    round: int
+    reason: str
+    epsilon_spent: float | None
+    epsilon_requested: float | None
+
+
+class SiteLedger:
+    """The ledger in ``<state dir>/ledger.sqlite``; see the module docstring."""
+
+    def __init__(self, state_dir: Path) -> None:
+        """Open (or create) the ledger.
+
+        Raises:
+            CheckpointError: if the state directory or database cannot be opened.
+        """
+        self.path = state_dir / LEDGER_FILE
+        try:
+            state_dir.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.path, isolation_level=None, timeout=30)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(_SCHEMA)
+        except (OSError, sqlite3.Error) as error:
+            raise CheckpointError(
+                f"cannot open the privacy ledger {self.path}: {error}",
+                remedy="check that the site state directory is writable",
+            ) from None
+
+    def close(self) -> None:
+        """Close the database."""
+        self._db.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def set_meta(self, key: str, value: str) -> None:
+        """Record a fact about the site (its id, its policy's hash)."""
+        with self._transaction() as db:
+            db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+    def meta(self) -> dict[str, str]:
+        """Return the recorded facts."""
+        return dict(self._db.execute("SELECT key, value FROM meta").fetchall())
+
+    def history(self) -> list[HistoryEntry]:
+        """Return the accountant history of every round that is not released."""
+        rows = self._db.execute(
+            "SELECT noise_multiplier, sample_rate, steps FROM rounds "
+            "WHERE state != 'released' ORDER BY id"
+        ).fetchall()
+        return [(float(s), float(q), int(n)) for s, q, n in rows]
+
+    def epsilon(self, *, delta: float, accountant: str) -> float:
+        """Return the epsilon spent so far (reserved rounds count as spent)."""
+        return epsilon_of(self.history(), delta=delta, accountant=accountant)
+
+    def reserve(
+        self,
+        *,
+        run_id: str,
+        round_number: int,
+        noise_multiplier: float,
+        sample_rate: float,
+        steps: int,
+        budget: float,
+        delta: float,
+        accountant: str,
+        grad_sample_mode: str,
+    ) -> Reservation:
+        """Reserve a round's privacy spend before any training step.
+
+        Raises:
+            BudgetExhausted: if the round would take the site past ``budget``; the refusal is
+                recorded first.
+        """
+        with self._transaction() as db:
+            history = self.history()
+            spent = epsilon_of(history, delta=delta, accountant=accountant)
+            entry = (noise_multiplier, sample_rate, steps)
+            after = epsilon_of([*history, entry], delta=delta, accountant=accountant)
+            now = time.time()
+            if after > budget:
+                reason = (
+                    f"round {round_number} would bring epsilon to {after:.3f} at delta {delta:g}, "
+                    f"past the budget {budget:g} (spent so far {spent:.3f})"
+                )
+                db.execute(
+                    "INSERT INTO refusals (run_id, round, reason, epsilon_spent, "
+                    "epsilon_requested, at) VALUES (?, ?, ?, ?, ?, ?)",
+                    (run_id, round_number, reason, spent, after, now),
+                )
+            else:
+                cursor = db.execute(
+                    "INSERT INTO rounds (run_id, round, state, noise_multiplier, sample_rate, "
+                    "steps, accountant, delta, epsilon, history, grad_sample_mode, created_at, "
+                    "updated_at) VALUES (?, ?, 'reserved', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        run_id,
+                        round_number,
+                        noise_multiplier,
+                        sample_rate,
+                        steps,
+                        accountant,
+                        delta,
+                        after,
+                        json.dumps([*history, entry]),
+                        grad_sample_mode,
+                        now,
+                        now,
+                    ),
+                )
+        if after > budget:
+            raise BudgetExhausted(
+                f"site refuses {reason}",
+                remedy="the site has spent its privacy budget for this federation",
+            )
+        assert cursor.lastrowid is not None
+        return Reservation(row_id=cursor.lastrowid, epsilon_after=after)
+
+    def _set_state(self, row_id: int, state: str, *, only_from: str, **fields: object) -> None:
+        assignments = "".join(f", {name} = ?" for name in fields)
+        with self._transaction() as db:
+            db.execute(
+                f"UPDATE rounds SET state = ?, updated_at = ?{assignments} "
+                "WHERE id = ? AND state = ?",
+                (state, time.time(), *fields.values(), row_id, only_from),
+            )
+
+    def spend(self, row_id: int, *, secagg: bool, sites_in_sum: int | None = None) -> None:
+        """Mark a reserved round as spent (its update was sent)."""
+        self._set_state(
+            row_id, "spent", only_from="reserved", secagg=int(secagg), sites_in_sum=sites_in_sum
+        )
+
+    def record_sum(self, row_id: int, *, sites_in_sum: int) -> None:
+        """Record how many sites the round's aggregate covered (when the site learns it)."""
+        with self._transaction() as db:
+            db.execute("UPDATE rounds SET sites_in_sum = ? WHERE id = ?", (sites_in_sum, row_id))
+
+    def release(self, row_id: int) -> None:
+        """Release a reserved round that never took a training step."""
+        self._set_state(row_id, "released", only_from="reserved")
+
+    def record_refusal(self, *, run_id: str, round_number: int, reason: str) -> None:
+        """Record a round the site refused for a reason other than its budget."""
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO refusals (run_id, round, reason, at) VALUES (?, ?, ?, ?)",
+                (run_id, round_number, reason, time.time()),
+            )
+
+    def rounds(self) -> list[LedgerRound]:
+        """Return every round row, oldest first."""
+        rows = self._db.execute(
+            "SELECT run_id, round, state, noise_multiplier, sample_rate, steps, accountant, "
+            "delta, epsilon, grad_sample_mode, secagg, sites_in_sum FROM rounds ORDER BY id"
+        ).fetchall()
+        return [
+            LedgerRound(
+                run_id=row[0],
+                round=row[1],
+                state=row[2],
+                noise_multiplier=row[3],
+                sample_rate=row[4],
+                steps=row[5],
+                accountant=row[6],
+                delta=row[7],
+                epsilon=row[8],
+                grad_sample_mode=row[9],
+                secagg=None if row[10] is None else bool(row[10]),
+                sites_in_sum=row[11],
+            )
+            for row in rows
+        ]
+
+    def refusals(self) -> list[Refusal]:
+        """Return every refusal, oldest first."""
+        rows = self._db.execute(
+            "SELECT run_id, round, reason, epsilon_spent, epsilon_requested FROM refusals "
+            "ORDER BY id"
+        ).fetchall()
+        return [Refusal(*row) for row in rows]

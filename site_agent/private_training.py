@@ -1,0 +1,278 @@
+"""A site's local training with DP-SGD (Opacus): Poisson sampling, per-sample clipping, noise.
+
+One privacy engine per site and federation, built once: its accountant is rebuilt from the
+ledger's history, so a restarted site continues the same accounting. Every round reserves its
+privacy spend in the ledger before the first step and is refused, with the refusal recorded,
+if it would pass the budget.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from clinfl.algorithms import Algorithm, ModelSpec
+from clinfl.data.batching import to_input_tensor
+from clinfl.data.imageset import ImageSet
+from clinfl.errors import FederationError, ModelError
+from clinfl.federation.messages import RoundSettings
+from clinfl.model.networks import LearnableRows
+from clinfl.privacy.accounting import noise_for_round_epsilon
+from clinfl.privacy.noise import use_secure_noise
+from clinfl.privacy.settings import DPSettings
+from clinfl.typing import StateDict
+from site_agent.ledger import Reservation, SiteLedger
+from site_agent.model_state import load_travelling_state
+from site_agent.training import LocalUpdate
+
+StepCallback = Callable[[str, int, int], None]
+
+
+def dp_incompatibilities(model: nn.Module) -> list[str]:
+    """Return every reason ``model`` cannot be trained with Opacus (empty when it can)."""
+    from opacus.validators import ModuleValidator
+
+    problems = [str(error) for error in ModuleValidator.validate(model, strict=False)]
+    problems += [
+        f"{name}: a learnable matrix with no batch input (the learnable-query or "
+        "learnable-classifier ablation) has no per-sample gradient"
+        for name, module in model.named_modules()
+        if isinstance(module, LearnableRows)
+    ]
+    return problems
+
+
+class PrivateSite:
+    """One hospital's DP-SGD trainer; same interface as :class:`~site_agent.training.LocalSite`."""
+
+    def __init__(
+        self,
+        site_id: str,
+        data: ImageSet,
+        algorithm: Algorithm,
+        spec: ModelSpec,
+        *,
+        dp: DPSettings,
+        ledger: SiteLedger,
+        run_id: str,
+        batch_size: int,
+        local_epochs: int,
+        weight_decay: float,
+        sampling_seed: int | None = None,
+        on_step: StepCallback | None = None,
+    ) -> None:
+        """Build the model and the privacy engine once.
+
+        Raises:
+            FederationError: if the site has no samples.
+            ModelError: if the model has layers Opacus cannot handle (all listed).
+        """
+        if len(data) == 0:
+            raise FederationError(
+                f"site {site_id} has no training samples",
+                remedy="use fewer sites or a larger rho so every site receives data",
+            )
+        model = algorithm.build_model(spec)
+        problems = dp_incompatibilities(model)
+        if problems:
+            raise ModelError(
+                f"{site_id}: the model cannot be trained with DP-SGD: " + "; ".join(problems),
+                remedy="use the default FedNCAlign-ML options, or a policy without DP",
+            )
+        self._site_id = site_id
+        self._algorithm = algorithm
+        self._dp = dp
+        self._ledger = ledger
+        self._run_id = run_id
+        self._on_step = on_step
+        self._reservation: Reservation | None = None
+        inputs = to_input_tensor(data.images)
+        targets = torch.from_numpy(data.targets).to(torch.float32)
+        self._num_samples = int(inputs.shape[0])
+        seed = int.from_bytes(os.urandom(8), "big") if sampling_seed is None else sampling_seed
+        loader = DataLoader(
+            TensorDataset(inputs, targets),
+            batch_size=batch_size,
+            generator=torch.Generator().manual_seed(seed),
+        )
+        self.sample_rate = 1.0 / len(loader)
+        self.noise_multiplier = dp.noise_multiplier or noise_for_round_epsilon(
+            dp.target_epsilon_per_round or 1.0,
+            delta=dp.delta,
+            sample_rate=self.sample_rate,
+            steps=local_epochs * len(loader),
+            accountant=dp.accountant,
+        )
+        self._build_engine(model, loader, weight_decay)
+
+    def _build_engine(self, model: nn.Module, loader: DataLoader[Any], weight_decay: float) -> None:
+        from opacus import PrivacyEngine
+
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Secure RNG turned off")  # see noise.py
+            self.engine = PrivacyEngine(accountant=self._dp.accountant)
+        self.engine.accountant.history = list(self._ledger.history())
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=1e-3, weight_decay=weight_decay)
+        extra: dict[str, Any] = {}
+        if self._dp.grad_sample_mode == "ghost":
+            extra["criterion"] = _PerSampleCriterion(self._algorithm)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Secure RNG turned off")
+            made = self.engine.make_private(
+                module=model,
+                optimizer=optimizer,
+                data_loader=loader,
+                noise_multiplier=self.noise_multiplier,
+                max_grad_norm=self._dp.max_grad_norm,
+                poisson_sampling=True,
+                grad_sample_mode=self._dp.grad_sample_mode,
+                **extra,
+            )
+        self._model, self._optimizer = made[0], made[1]
+        ghost = self._dp.grad_sample_mode == "ghost"
+        self._criterion = made[2] if ghost else None
+        self._loader = made[-1]
+        if self._dp.secure_rng:
+            use_secure_noise(self._optimizer)
+
+    @property
+    def site_id(self) -> str:
+        """The site's identifier."""
+        return self._site_id
+
+    @property
+    def num_samples(self) -> int:
+        """Local training set size."""
+        return self._num_samples
+
+    @property
+    def inner_model(self) -> nn.Module:
+        """The model without Opacus' wrapper (its state dict has the usual names)."""
+        inner: nn.Module = self._model._module
+        return inner
+
+    def _loss(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        output = self._model(images)
+        if self._criterion is not None:  # ghost clipping: Opacus' loss wrapper
+            loss: torch.Tensor = self._criterion(output, targets)
+            return loss
+        per_sample = self._algorithm.per_sample_loss(output, targets)
+        # an empty Poisson batch: sum() is 0 with a graph; mean() would be NaN
+        return per_sample.mean() if per_sample.numel() else per_sample.sum()
+
+    def _proximal_step(self, reference: StateDict, lr: float) -> None:
+        """Apply the algorithm's data-free regulariser (FedProx) as a separate gradient step.
+
+        Opacus replaces parameter gradients by the clipped, noised per-sample sum, so a
+        parameter-only term must be applied outside it. It reads no data, so it costs no privacy.
+        """
+        penalty = self._algorithm.regulariser(self.inner_model, reference)
+        if penalty is None:
+            return
+        params = [p for p in self.inner_model.parameters() if p.requires_grad]
+        grads = torch.autograd.grad(penalty, params, allow_unused=True)
+        with torch.no_grad():
+            for param, grad in zip(params, grads, strict=True):
+                if grad is not None:
+                    param.add_(grad, alpha=-lr)
+
+    def train_round(self, global_state: StateDict, settings: RoundSettings) -> LocalUpdate:
+        """Reserve the round's privacy spend, then train with DP-SGD.
+
+        Raises:
+            BudgetExhausted: if the round would pass the site's epsilon budget (nothing trains).
+            FederationError: if the global state does not fit or the loss diverges.
+        """
+        steps = settings.local_epochs * len(self._loader)
+        self._reservation = self._ledger.reserve(
+            run_id=self._run_id,
+            round_number=settings.round,
+            noise_multiplier=self.noise_multiplier,
+            sample_rate=self.sample_rate,
+            steps=steps,
+            budget=self._dp.epsilon_budget,
+            delta=self._dp.delta,
+            accountant=self._dp.accountant,
+            grad_sample_mode=self._dp.grad_sample_mode,
+        )
+        try:
+            load_travelling_state(self.inner_model, global_state)
+        except BaseException:
+            self._ledger.release(self._reservation.row_id)  # no step was taken
+            raise
+        reference = {name: value.clone() for name, value in global_state.items()}
+        for group in self._optimizer.param_groups:
+            group["lr"] = settings.lr
+        self._model.train()
+        with warnings.catch_warnings():
+            # ghost clipping backpropagates to module outputs only, which torch reports
+            warnings.filterwarnings("ignore", message="Full backward hook is firing")
+            return self._train_steps(settings, reference, steps)
+
+    def _train_steps(
+        self, settings: RoundSettings, reference: StateDict, steps: int
+    ) -> LocalUpdate:
+        loss_sum, seen, step = 0.0, 0, 0
+        for _ in range(settings.local_epochs):
+            for images, targets in self._loader:
+                self._optimizer.zero_grad(set_to_none=True)
+                loss = self._loss(images, targets)
+                if not math.isfinite(
+                    float(loss.detach() if self._criterion is None else loss.item())
+                ):
+                    raise FederationError(
+                        f"site {self._site_id}: local loss became {loss.item()} in round "
+                        f"{settings.round}",
+                        remedy="lower --lr or the clipping norm",
+                    )
+                loss.backward()  # type: ignore[no-untyped-call]
+                self._optimizer.step()
+                self._proximal_step(reference, settings.lr)
+                loss_sum += float(loss.detach()) * images.shape[0]
+                seen += images.shape[0]
+                step += 1
+                if self._on_step is not None:
+                    self._on_step(self._site_id, step, steps)
+        local = self._algorithm.travelling_state(self.inner_model)
+        delta = {name: local[name] - reference[name] for name in reference}
+        return LocalUpdate(
+            delta=delta,
+            num_samples=self._num_samples,
+            mean_loss=loss_sum / max(seen, 1),
+            steps=step,
+        )
+
+    def update_sent(self, *, secagg: bool) -> None:
+        """The round's update left the site: its reservation becomes spent."""
+        if self._reservation is not None:
+            self._ledger.spend(self._reservation.row_id, secagg=secagg)
+
+    def aggregate_size(self, sites: int) -> None:
+        """Record how many sites the round's sum covers."""
+        if self._reservation is not None:
+            self._ledger.record_sum(self._reservation.row_id, sites_in_sum=sites)
+
+    def epsilon(self) -> float:
+        """Return the epsilon Opacus' own accountant reports for this site so far."""
+        return float(self.engine.accountant.get_epsilon(delta=self._dp.delta))
+
+
+class _PerSampleCriterion(nn.Module):
+    """The algorithm's per-sample loss as a criterion, for Opacus' ghost clipping."""
+
+    def __init__(self, algorithm: Algorithm) -> None:
+        super().__init__()
+        self.algorithm = algorithm
+        self.reduction = "mean"
+
+    def forward(self, output: Any, targets: torch.Tensor) -> torch.Tensor:
+        """Return the loss of each sample: ``[B]``."""
+        return self.algorithm.per_sample_loss(output, targets)
