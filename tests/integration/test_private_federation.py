@@ -1,0 +1,192 @@
+"""Federations under site policies: DP-SGD, budgets that stop a run, reports, policy refusals."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from clinfl.cli.app import app
+
+runner = CliRunner()
+ROOT = Path(__file__).resolve().parents[2]
+POLICIES = ROOT / "policies"
+SMALL = ["--rho", "0.6", "--max-samples", "160", "--composites-per-pair", "1", "--sites", "3"]
+
+
+def _policy(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "policy.toml"
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture(scope="module")
+def budget_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """Round 1 costs epsilon 2 by construction; the budget of 2.5 refuses round 2."""
+    tmp_path = tmp_path_factory.mktemp("budget")
+    policy = _policy(
+        tmp_path,
+        "[dp]\nepsilon_budget = 2.5\ntarget_epsilon_per_round = 2.0\n"
+        "[data]\nmin_samples = 10\n[reporting]\nmetrics = [\"counts\", \"epsilon\"]\n",
+    )
+    out = tmp_path / "run"
+    result = runner.invoke(
+        app,
+        ["simulate", *SMALL, "--rounds", "3", "--policy", str(policy), "--out", str(out), "--json"],
+    )
+    assert result.exit_code == 0, result.output
+    return out, json.loads(result.output)
+
+
+def test_dp_round_runs_and_a_spent_budget_stops_the_run_cleanly(budget_run) -> None:
+    _, summary = budget_run
+    assert [r["round"] for r in summary["rounds"]] == [1]
+    assert summary["rounds"][0]["sites"] == 3
+    stopped = summary["stopped"]
+    assert stopped.startswith("stopped before round 2:")
+    assert stopped.count("past the budget 2.5") == 3  # every site refused, each with its reason
+    assert all(site in stopped for site in ("site-1", "site-2", "site-3"))
+    assert summary["grad_sample_mode"] == "hooks"
+    assert summary["best"]["round"] == 1
+
+
+def test_site_report_shows_budget_rounds_and_refusal(budget_run) -> None:
+    out, _ = budget_run
+    result = runner.invoke(
+        app, ["audit", "report", "--site-state", str(out / "sites" / "site-1"), "--format", "json"]
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["dp"]["enabled"] and report["dp"]["epsilon_budget"] == 2.5
+    (round_one,) = report["rounds"]
+    assert round_one["state"] == "spent" and round_one["secure_aggregation"] is True
+    assert round_one["sites_in_sum"] == 3 and round_one["grad_sample_mode"] == "hooks"
+    assert 1.9 < round_one["epsilon_cumulative"] <= 2.0 + 1e-6
+    assert len(report["refusals"]) == 1 and "past the budget 2.5" in report["refusals"][0]["reason"]
+    assert report["policy"]["source"] == "policy.toml" and len(report["policy"]["sha256"]) == 64
+    markdown = runner.invoke(
+        app, ["audit", "report", "--site-state", str(out / "sites" / "site-1"), "--format", "md"]
+    ).output
+    assert "## Refusals" in markdown and "past the budget 2.5" in markdown
+    html_path = out / "site-1.html"
+    written = runner.invoke(
+        app,
+        [
+            "audit",
+            "report",
+            "--site-state",
+            str(out / "sites" / "site-1"),
+            "--format",
+            "html",
+            "--out",
+            str(html_path),
+        ],
+    )
+    assert written.exit_code == 0
+    page = html_path.read_text()
+    assert "data:image/png;base64," in page and "<script" not in page and "http" not in page
+
+
+def test_federation_report_holds_only_what_sites_may_share(budget_run) -> None:
+    out, _ = budget_run
+    report = json.loads((out / "federation_report.json").read_text())
+    for site in report["sites"]:
+        assert site["reports"] == ["counts", "epsilon"]
+        assert "epsilon_spent" in site and "training_samples" in site
+        assert "ingestion" not in site
+    assert (out / "federation_report.html").is_file()
+    assert report["stopped"].startswith("stopped before round 2")
+
+
+def _chromium() -> str | None:
+    for name in ("chromium-headless-shell", "chromium", "chromium-browser", "google-chrome"):
+        if path := shutil.which(name):
+            return path
+    return None
+
+
+def test_html_report_draws_its_plot_in_a_headless_browser(budget_run, tmp_path: Path) -> None:
+    browser = _chromium()
+    if browser is None:
+        pytest.skip("no Chromium on this machine (.ci/run installs chromium-headless-shell)")
+    out, _ = budget_run
+    page = out / "sites" / "site-1" / "audit_report.html"
+    shot = tmp_path / "shot.png"
+    subprocess.run(
+        [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--window-size=900,700",
+            f"--screenshot={shot}",
+            page.as_uri(),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    from PIL import Image
+
+    image = Image.open(shot).convert("RGB")
+    top = image.crop((0, 60, 700, 460))  # the plot sits under the title
+    colours = top.getcolors(maxcolors=1_000_000) or []
+    blue = sum(count for count, (r, g, b) in colours if b > 150 and r < 100)  # the epsilon line
+    red = sum(count for count, (r, g, b) in colours if r > 180 and g < 80 and b < 80)  # budget
+    assert blue > 50 and red > 50
+
+
+def test_a_looser_coordinator_request_is_refused_at_setup(tmp_path: Path) -> None:
+    result = runner.invoke(
+        app,
+        [
+            "simulate",
+            *SMALL,
+            "--policy",
+            str(POLICIES / "default.toml"),
+            "--secagg",
+            "off",
+            "--out",
+            str(tmp_path / "run"),
+            "--json",
+        ],
+    )
+    assert result.exit_code == 8, result.output
+    error = json.loads(result.output)
+    assert "site-1" in error["message"] and "secure aggregation off" in error["message"]
+
+
+def test_strict_policy_needs_more_sites_than_given(tmp_path: Path) -> None:
+    result = runner.invoke(
+        app,
+        ["simulate", *SMALL, "--policy", str(POLICIES / "strict.toml"), "--out", str(tmp_path)],
+    )
+    assert result.exit_code == 2
+    assert "require sums over at least 5 sites; the federation has 3" in result.output
+
+
+def test_policy_check_prints_what_a_policy_allows() -> None:
+    result = runner.invoke(app, ["policy", "check", str(POLICIES / "strict.toml")])
+    assert result.exit_code == 0, result.output
+    assert "epsilon 3.0 in total" in result.output and "at least 5 sites" in result.output
+    as_json = json.loads(
+        runner.invoke(app, ["policy", "check", str(POLICIES / "research.toml"), "--json"]).output
+    )
+    assert as_json["valid"] and as_json["dp"]["required"] is False
+
+
+def test_policy_check_lists_every_problem(tmp_path: Path) -> None:
+    bad = _policy(tmp_path, "[dp]\nepsilon_budget = 0\ndelta = 5\n[secagg]\nmin_sites = 1\n")
+    result = runner.invoke(app, ["policy", "check", str(bad)])
+    assert result.exit_code == 2
+    for field in ("dp.epsilon_budget=0", "dp.delta=5", "secagg.min_sites=1"):
+        assert field in result.output
+
+
+def test_audit_report_of_a_folder_without_a_ledger_is_one_line(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["audit", "report", "--site-state", str(tmp_path)])
+    assert result.exit_code == 3 and "holds no privacy ledger" in result.output
