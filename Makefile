@@ -38,6 +38,7 @@ test-slow: $(STAMP)
 ## The benchmarks (write benchmarks/results/*.json and regenerate docs/benchmarks.md).
 bench: $(STAMP)
 	$(BIN)/python benchmarks/secagg.py --quick
+	$(BIN)/python benchmarks/privacy.py --quick
 	$(BIN)/python benchmarks/accuracy.py
 
 clean:

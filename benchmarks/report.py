@@ -7,6 +7,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from benchmarks.privacy_report import render_privacy
 from benchmarks.secagg_report import render_secagg
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -14,6 +15,7 @@ DOCS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 
 NOTES = Path(__file__).resolve().parent / "accuracy_notes.md"
 SECAGG_NOTES = Path(__file__).resolve().parent / "secagg_notes.md"
+PRIVACY_NOTES = Path(__file__).resolve().parent / "privacy_notes.md"
 METRICS = ("macro_auc", "micro_auc", "macro_f1", "micro_f1")
 LABELS = {
     "centralized": "Centralized",
@@ -172,10 +174,19 @@ def write_docs(docs: Path = DOCS, results_dir: Path = RESULTS_DIR) -> None:
         loaded: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {}
         return loaded
 
-    docs.write_text(render_report(load("accuracy.json"), secagg=load("secagg.json")))
+    docs.write_text(
+        render_report(
+            load("accuracy.json"), secagg=load("secagg.json"), privacy=load("privacy.json")
+        )
+    )
 
 
-def render_report(results: dict[str, Any], *, secagg: dict[str, Any] | None = None) -> str:
+def render_report(
+    results: dict[str, Any],
+    *,
+    secagg: dict[str, Any] | None = None,
+    privacy: dict[str, Any] | None = None,
+) -> str:
     """Return the Markdown report for ``results`` (accuracy) and ``secagg`` (secure aggregation)."""
     runs = results.get("runs", [])
     machine = results.get("machine", {})
@@ -211,4 +222,7 @@ def render_report(results: dict[str, Any], *, secagg: dict[str, Any] | None = No
     out += ["", *render_secagg(secagg or {})]
     if SECAGG_NOTES.is_file() and secagg:
         out += ["", SECAGG_NOTES.read_text().strip()]
+    out += ["", *render_privacy(privacy or {})]
+    if PRIVACY_NOTES.is_file() and privacy:
+        out += ["", PRIVACY_NOTES.read_text().strip()]
     return "\n".join(out).rstrip() + "\n"

@@ -58,3 +58,17 @@ def test_only_the_secagg_protocol_imports_hazmat() -> None:
             if "secagg.hazmat" in path.read_text():
                 offenders.append(relative)
     assert offenders == []
+
+
+def test_raw_primitives_live_only_in_hazmat_modules_used_by_their_own_package() -> None:
+    offenders = []
+    for package in ("clinfl", "site_agent", "coordinator"):
+        for path in ROOT.glob(f"{package}/**/*.py"):
+            relative = path.relative_to(ROOT).as_posix()
+            text = path.read_text()
+            if "privacy.hazmat" in text and not relative.startswith("clinfl/privacy/"):
+                offenders.append(f"{relative} imports clinfl.privacy.hazmat")
+            raw = "cryptography.hazmat.primitives.ciphers" in text
+            if raw and "/hazmat/" not in relative:
+                offenders.append(f"{relative} uses a raw cipher outside a hazmat module")
+    assert offenders == []
