@@ -15,14 +15,14 @@ from typing import Any, Literal
 
 from clinfl.errors import ValidationError, Violation
 
-DatasetName = Literal["digits", "cxr14"]
+DatasetName = Literal["digits", "cxr14", "dicom"]
 BackboneVariant = Literal["auto", "standard", "small"]
 NormKind = Literal["group", "batch"]
 ClassifierKind = Literal["etf", "learnable"]
 QueryKind = Literal["fixed", "learnable"]
 SelectionRule = Literal["best", "last"]
 
-DATASETS: tuple[str, ...] = ("digits", "cxr14")
+DATASETS: tuple[str, ...] = ("digits", "cxr14", "dicom")
 BACKBONES: tuple[str, ...] = ("auto", "standard", "small")
 NORMS: tuple[str, ...] = ("group", "batch")
 CLASSIFIERS: tuple[str, ...] = ("etf", "learnable")
@@ -189,6 +189,10 @@ def _data_violations(data: DataConfig) -> list[Violation]:
     _check_int(out, "composites_per_pair", data.composites_per_pair, 0)
     if data.max_samples is not None:
         _check_int(out, "max_samples", data.max_samples, 10)
+    if data.dataset == "dicom" and data.images is None:
+        out.append(
+            Violation("images", None, "a folder", "pass --images EXPORT for --dataset dicom")
+        )
     if data.dataset == "cxr14" and data.images is None:
         out.append(Violation("images", None, "a folder", "pass --images DIR for --dataset cxr14"))
     if data.dataset == "cxr14" and data.labels is None:

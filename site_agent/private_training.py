@@ -262,7 +262,9 @@ class PrivateSite:
 
     def epsilon(self) -> float:
         """Return the epsilon Opacus' own accountant reports for this site so far."""
-        return float(self.engine.accountant.get_epsilon(delta=self._dp.delta))
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
+            return float(self.engine.accountant.get_epsilon(delta=self._dp.delta))
 
 
 class _PerSampleCriterion(nn.Module):

@@ -5,8 +5,10 @@ from __future__ import annotations
 import typer
 
 from clinfl.cli.audit import audit_app
+from clinfl.cli.data import data_app
 from clinfl.cli.policy import policy_app
 from clinfl.cli.simulate import simulate
+from clinfl.cli.site import site_app
 
 app = typer.Typer(
     name="clinfl",
@@ -18,6 +20,8 @@ app = typer.Typer(
 app.command("simulate")(simulate)
 app.add_typer(policy_app, name="policy")
 app.add_typer(audit_app, name="audit")
+app.add_typer(site_app, name="site")
+app.add_typer(data_app, name="data")
 
 
 @app.callback()

@@ -31,10 +31,12 @@ _METHODS = "; ".join(f"{name}: {text}" for name, text in algorithm_summaries().i
 
 
 def simulate(
-    dataset: Annotated[str, typer.Option(help="digits (bundled demo data) or cxr14.")] = "digits",
+    dataset: Annotated[
+        str, typer.Option(help="digits (bundled demo data), cxr14 (PNGs) or dicom (a PACS export).")
+    ] = "digits",
     images: Annotated[
         Path | None,
-        typer.Option(help="cxr14: folder holding the PNG images (searched recursively)."),
+        typer.Option(help="cxr14: folder of PNG images; dicom: the DICOM export (recursive)."),
     ] = None,
     labels: Annotated[
         Path | None,

@@ -8,8 +8,8 @@ from clinfl.policy import DPPolicy
 
 GRAD_SAMPLE_MODES = ("hooks", "ew", "ghost", "functorch")
 # Fastest mode measured for this model on the reference CPU (benchmarks/privacy.py, batch 32):
-# hooks below 32 px, expanded weights ("ew") from 32 px on. functorch was 10x slower.
-_FASTEST_FROM_SIZE = ((32, "ew"), (0, "hooks"))
+# hooks at 16 and 32 px (small stem), expanded weights ("ew") at 64 and 128 px (standard stem).
+_FASTEST_FROM_SIZE = ((64, "ew"), (0, "hooks"))
 
 
 def default_grad_sample_mode(image_size: int) -> str:

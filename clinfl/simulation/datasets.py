@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 
@@ -10,7 +11,10 @@ from clinfl.algorithms.fedncalign import CLEAN_BACKGROUND_LAMBDA_REJ, COMPLEX_BA
 from clinfl.config import RunConfig
 from clinfl.data.chestxray14 import DEFAULT_CXR14_SIZE, ProgressCallback, load_chestxray14
 from clinfl.data.digits import DEFAULT_DIGITS_SIZE, load_digit_composites
-from clinfl.data.imageset import SplitData
+from clinfl.data.imageset import ImageSet, SplitData, split_by_group
+from clinfl.data.labels import CXR14_LABELS
+from clinfl.errors import DataError
+from site_agent.ingest.pipeline import IngestOptions, ingest_export
 
 
 def resolve_defaults(config: RunConfig) -> RunConfig:
@@ -34,7 +38,44 @@ def resolve_defaults(config: RunConfig) -> RunConfig:
     return replace(config, data=data, method=method, secagg=secagg)
 
 
-def load_split_data(config: RunConfig, progress: ProgressCallback | None = None) -> SplitData:
+def load_dicom_export(config: RunConfig, state_dir: Path) -> SplitData:
+    """Ingest a DICOM export (as one site would) and split it by study into train/val/test.
+
+    Raises:
+        DataError, LabelError: see :func:`~site_agent.ingest.pipeline.ingest_export`.
+    """
+    data = config.data
+    assert data.images is not None and data.image_size is not None
+    result = ingest_export(
+        data.images,
+        state_dir=state_dir,
+        options=IngestOptions(image_size=data.image_size),
+        labels=data.labels,
+    )
+    if len(result.images) < 10:
+        raise DataError(
+            f"the export gave only {len(result.images)} labelled images",
+            remedy=f"see the quarantine report in {state_dir}",
+        )
+    everything = ImageSet(result.images, result.targets, result.groups, CXR14_LABELS)
+    rng = np.random.default_rng(config.federation.seed)
+    rest, test = split_by_group(everything.groups, fraction=0.2, rng=rng)
+    train, val = split_by_group(everything.groups[rest], fraction=data.val_fraction, rng=rng)
+    summary = result.summary
+    return SplitData(
+        train=everything.subset(rest[train]),
+        val=everything.subset(rest[val]),
+        test=everything.subset(test),
+        description=(
+            f"DICOM export {data.images.name}: {summary['files_seen']} files, "
+            f"{summary['accepted']} accepted, {summary['quarantined_total']} quarantined"
+        ),
+    )
+
+
+def load_split_data(
+    config: RunConfig, progress: ProgressCallback | None = None, *, state_dir: Path | None = None
+) -> SplitData:
     """Load the configured data set (``config`` must have its defaults resolved).
 
     Raises:
@@ -58,6 +99,9 @@ def load_split_data(config: RunConfig, progress: ProgressCallback | None = None)
                 description=f"{split.description}; training set capped at {data.max_samples}",
             )
         return split
+    if data.dataset == "dicom":
+        assert state_dir is not None
+        return load_dicom_export(config, state_dir)
     assert data.images is not None and data.labels is not None
     return load_chestxray14(
         data.images,

@@ -148,7 +148,9 @@ def run_simulation(
     config = resolve_defaults(validate_run_config(config, known_methods=available_algorithms()))
     fed, data_cfg = config.federation, config.data
     assert data_cfg.image_size is not None
-    data = load_split_data(config, progress=listener.images_read if listener else None)
+    data = load_split_data(
+        config, progress=listener.images_read if listener else None, state_dir=out_dir / "ingest"
+    )
     partition = partition_label_skew(
         data.train.targets,
         num_sites=fed.sites,

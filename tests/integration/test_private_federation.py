@@ -31,7 +31,7 @@ def budget_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     policy = _policy(
         tmp_path,
         "[dp]\nepsilon_budget = 2.5\ntarget_epsilon_per_round = 2.0\n"
-        "[data]\nmin_samples = 10\n[reporting]\nmetrics = [\"counts\", \"epsilon\"]\n",
+        '[data]\nmin_samples = 10\n[reporting]\nmetrics = ["counts", "epsilon"]\n',
     )
     out = tmp_path / "run"
     result = runner.invoke(

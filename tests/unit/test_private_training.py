@@ -212,5 +212,5 @@ def test_secure_noise_replaces_opacus_noise_on_one_optimizer() -> None:
 
 
 def test_default_mode_follows_the_measured_table() -> None:
-    assert default_grad_sample_mode(16) == "hooks"
-    assert default_grad_sample_mode(64) == "ew"
+    assert default_grad_sample_mode(16) == default_grad_sample_mode(32) == "hooks"
+    assert default_grad_sample_mode(64) == default_grad_sample_mode(128) == "ew"

@@ -1,0 +1,1 @@
+"""PACS ingestion: a DICOM export tree to training arrays, strictly, with a quarantine report."""

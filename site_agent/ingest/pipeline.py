@@ -1,0 +1,222 @@
+"""``ingest_export``: walk a PACS export, index it by content, decode in parallel, join labels.
+
+Every regular file under the export is seen once. DICOM is recognised by content. Headers are
+read first (pixels deferred) and filtered by the site policy. Survivors are decoded strictly and
+cached. A re-run on an unchanged export only stats files. Every unused file gets a reason code in
+the quarantine report, which names files only by a salted hash of their SOP Instance UID (or of
+their content): no patient names, IDs, dates, accession numbers or paths.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from clinfl.data.labels import CXR14_LABELS
+from clinfl.errors import DataError
+from site_agent.ingest import reasons
+from site_agent.ingest.index import IngestIndex, Outcome, file_sha256, site_salt
+from site_agent.ingest.labels import find_label_table, read_labels
+from site_agent.ingest.worker import FileJob, process_file
+
+QUARANTINE_FILE = "quarantine.json"
+SUMMARY_FILE = "ingest_summary.json"
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass(frozen=True)
+class IngestOptions:
+    """How to ingest: training size, strictness, policy filters, label key, workers."""
+
+    image_size: int = 64
+    lenient: bool = False
+    modalities: tuple[str, ...] = ("CR", "DX")
+    body_parts: tuple[str, ...] = ("CHEST",)
+    views: tuple[str, ...] = ("PA", "AP")
+    label_key: str = "sop"
+    workers: int = 2
+
+    @property
+    def cache_key(self) -> tuple[int, bool, str]:
+        """What an outcome depends on besides the file's content."""
+        filters = "|".join(
+            [",".join(self.modalities), ",".join(self.body_parts), ",".join(self.views)]
+        )
+        return (self.image_size, self.lenient, filters)
+
+
+@dataclass
+class IngestResult:
+    """The accepted, labelled images and the summary."""
+
+    images: np.ndarray
+    targets: np.ndarray
+    groups: np.ndarray
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def _walk(data_dir: Path) -> list[Path]:
+    files: list[Path] = []
+    for root, dirs, names in os.walk(data_dir, followlinks=False):
+        dirs.sort()
+        for name in sorted(names):
+            path = Path(root) / name
+            if path.is_file() and not path.is_symlink():
+                files.append(path)
+    return files
+
+
+def _outcomes(
+    files: list[Path],
+    index: IngestIndex,
+    options: IngestOptions,
+    salt: bytes,
+    progress: Progress | None,
+) -> tuple[dict[Path, str], dict[str, Outcome], int]:
+    """Hash (or recall) every file and process new content; return path->sha, sha->outcome."""
+    shas: dict[Path, str] = {}
+    outcomes: dict[str, Outcome] = {}
+    jobs: list[FileJob] = []
+    for done, path in enumerate(files, start=1):
+        stat = path.stat()
+        sha = index.known_sha(str(path), stat.st_size, stat.st_mtime_ns)
+        if sha is None:
+            sha = file_sha256(path)
+            index.remember_path(str(path), stat.st_size, stat.st_mtime_ns, sha)
+        shas[path] = sha
+        if sha not in outcomes:
+            known = index.outcome(sha, options.cache_key)
+            if known is not None:
+                outcomes[sha] = known
+            elif all(job.sha256 != sha for job in jobs[-1:]):
+                jobs.append(
+                    FileJob(
+                        path=str(path),
+                        sha256=sha,
+                        cache_file=str(index.cache_path(sha, options.image_size)),
+                        size=options.image_size,
+                        lenient=options.lenient,
+                        modalities=options.modalities,
+                        body_parts=options.body_parts,
+                        views=options.views,
+                        salt=salt,
+                    )
+                )
+        if progress is not None:
+            progress("indexing", done, len(files))
+    index.commit()
+    pending = {job.sha256: job for job in jobs if job.sha256 not in outcomes}
+    work = list(pending.values())
+    if options.workers > 1 and len(work) > 1:
+        with ProcessPoolExecutor(max_workers=options.workers) as pool:
+            results = pool.map(process_file, work, chunksize=4)
+            for done, (job, outcome) in enumerate(zip(work, results, strict=True), start=1):
+                outcomes[job.sha256] = outcome
+                index.store(job.sha256, options.cache_key, outcome)
+                if progress is not None:
+                    progress("decoding", done, len(work))
+    else:
+        for done, job in enumerate(work, start=1):
+            outcomes[job.sha256] = process_file(job)
+            index.store(job.sha256, options.cache_key, outcomes[job.sha256])
+            if progress is not None:
+                progress("decoding", done, len(work))
+    index.commit()
+    return shas, outcomes, len(work)
+
+
+def ingest_export(
+    data_dir: Path,
+    *,
+    state_dir: Path,
+    options: IngestOptions,
+    labels: Path | None = None,
+    progress: Progress | None = None,
+) -> IngestResult:
+    """Ingest a DICOM export into training arrays and write the quarantine report.
+
+    Raises:
+        DataError: if ``data_dir`` is not a folder, or the label table cannot be read.
+        LabelError: for unknown label names or a missing key column.
+    """
+    if not data_dir.is_dir():
+        raise DataError(f"export folder {data_dir} does not exist", remedy="pass --data DIR")
+    started = time.perf_counter()
+    salt = site_salt(state_dir)
+    label_path = find_label_table(data_dir, labels)
+    label_rows = read_labels(label_path, key=options.label_key, salt=salt) if label_path else {}
+    files = [
+        p for p in _walk(data_dir) if label_path is None or p.resolve() != label_path.resolve()
+    ]
+    index = IngestIndex(state_dir)
+    try:
+        shas, outcomes, decoded = _outcomes(files, index, options, salt, progress)
+        images, targets, groups, quarantine = [], [], [], []
+        accepted_shas: set[str] = set()
+        for path in files:
+            sha = shas[path]
+            outcome = outcomes[sha]
+            name = outcome.sop_hash or f"content-{sha[:20]}"
+            if outcome.status != "accepted":
+                quarantine.append(
+                    {"file": name, "reason": outcome.reason, "detail": outcome.detail}
+                )
+                continue
+            if sha in accepted_shas:
+                quarantine.append({"file": name, "reason": reasons.DUPLICATE, "detail": ""})
+                continue
+            key = {
+                "sop": outcome.sop_hash,
+                "study": outcome.study_hash,
+                "accession": outcome.accession_hash,
+            }[options.label_key]
+            target = label_rows.get(key)
+            if target is None:
+                quarantine.append({"file": name, "reason": reasons.NO_LABEL, "detail": ""})
+                continue
+            accepted_shas.add(sha)
+            images.append(index.load_image(sha, options.image_size))
+            targets.append(target)
+            groups.append(int(outcome.study_hash[:12] or sha[:12], 16))
+    finally:
+        index.close()
+    counts = Counter(entry["reason"] for entry in quarantine)
+    target_matrix = (
+        np.stack(targets) if targets else np.zeros((0, len(CXR14_LABELS)), dtype=np.uint8)
+    )
+    summary = {
+        "files_seen": len(files)
+        + (1 if label_path is not None and label_path.is_relative_to(data_dir) else 0),
+        "label_table": label_path.name if label_path else None,
+        "accepted": len(images),
+        "quarantined": dict(sorted(counts.items())),
+        "quarantined_total": len(quarantine),
+        "label_counts": dict(
+            zip(CXR14_LABELS, (int(v) for v in target_matrix.sum(axis=0)), strict=True)
+        ),
+        "decoded_this_run": decoded,
+        "reused_from_index": len(files) - decoded,
+        "image_size": options.image_size,
+        "lenient": options.lenient,
+        "seconds": time.perf_counter() - started,
+    }
+    (state_dir / QUARANTINE_FILE).write_text(
+        json.dumps({"reasons": reasons.DESCRIPTIONS, "files": quarantine}, indent=2)
+    )
+    (state_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
+    empty = np.zeros((0, options.image_size, options.image_size), dtype=np.uint8)
+    return IngestResult(
+        images=np.stack(images) if images else empty,
+        targets=target_matrix.astype(np.uint8),
+        groups=np.asarray(groups, dtype=np.int64),
+        summary=summary,
+    )
