@@ -18,7 +18,7 @@ from clinfl.audit.render import FORMATS, federation_html, federation_markdown, r
 from clinfl.config import RunConfig, SecAggConfig, validate_run_config
 from clinfl.data.imageset import SplitData
 from clinfl.data.partition import Partition, partition_label_skew
-from clinfl.errors import PartitionError
+from clinfl.errors import DataError, PartitionError
 from clinfl.federation.messages import RoundRecord, RoundSettings
 from clinfl.simulation.datasets import load_split_data, resolve_defaults
 from clinfl.simulation.sites import SimulatedSites, build_sites
@@ -92,6 +92,22 @@ def _build_results(
     }
 
 
+def _check_evaluable(data: SplitData) -> None:
+    """Refuse held-out sets on which no metric is defined (no class with both outcomes).
+
+    Raises:
+        DataError: naming the split.
+    """
+    for name, part in (("validation", data.val), ("test", data.test)):
+        truth = part.targets.astype(bool)
+        if len(part) == 0 or not (truth.any(axis=0) & (~truth).any(axis=0)).any():
+            raise DataError(
+                f"the {name} split ({len(part)} images) has no finding with both positive and "
+                "negative images, so no AUC can be computed",
+                remedy="use more data (a larger export, --max-samples, or more composites)",
+            )
+
+
 def write_audit_reports(
     out_dir: Path, sites: SimulatedSites, summary: dict[str, Any]
 ) -> dict[str, str]:
@@ -151,6 +167,7 @@ def run_simulation(
     data = load_split_data(
         config, progress=listener.images_read if listener else None, state_dir=out_dir / "ingest"
     )
+    _check_evaluable(data)
     partition = partition_label_skew(
         data.train.targets,
         num_sites=fed.sites,

@@ -54,7 +54,9 @@ def _window(values: np.ndarray, dataset: Any) -> np.ndarray:
     has_voi = "VOILUTSequence" in dataset or "WindowCenter" in dataset
     if has_voi:
         try:
-            windowed = np.asarray(apply_voi_lut(values, dataset, index=0), dtype=np.float64)
+            integral = np.array_equal(values, np.round(values))
+            source = values.astype(np.int64) if integral else values  # LUTs index integers
+            windowed = np.asarray(apply_voi_lut(source, dataset, index=0), dtype=np.float64)
             low, high = float(windowed.min()), float(windowed.max())
             if high > low:
                 return (windowed - low) / (high - low)
