@@ -39,6 +39,7 @@ test-slow: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/secagg.py --quick
 	$(BIN)/python benchmarks/privacy.py --quick
+	$(BIN)/python benchmarks/ingest.py
 	$(BIN)/python benchmarks/accuracy.py
 
 clean:

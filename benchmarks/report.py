@@ -7,6 +7,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from benchmarks.ingest_report import render_ingest
 from benchmarks.privacy_report import render_privacy
 from benchmarks.secagg_report import render_secagg
 
@@ -176,7 +177,10 @@ def write_docs(docs: Path = DOCS, results_dir: Path = RESULTS_DIR) -> None:
 
     docs.write_text(
         render_report(
-            load("accuracy.json"), secagg=load("secagg.json"), privacy=load("privacy.json")
+            load("accuracy.json"),
+            secagg=load("secagg.json"),
+            privacy=load("privacy.json"),
+            ingest=load("ingest.json"),
         )
     )
 
@@ -186,6 +190,7 @@ def render_report(
     *,
     secagg: dict[str, Any] | None = None,
     privacy: dict[str, Any] | None = None,
+    ingest: dict[str, Any] | None = None,
 ) -> str:
     """Return the Markdown report for ``results`` (accuracy) and ``secagg`` (secure aggregation)."""
     runs = results.get("runs", [])
@@ -225,4 +230,5 @@ def render_report(
     out += ["", *render_privacy(privacy or {})]
     if PRIVACY_NOTES.is_file() and privacy:
         out += ["", PRIVACY_NOTES.read_text().strip()]
+    out += ["", *render_ingest(ingest or {})]
     return "\n".join(out).rstrip() + "\n"
