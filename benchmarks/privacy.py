@@ -264,27 +264,33 @@ def main() -> None:
         return
     previous = json.loads(args.results.read_text()) if args.results.is_file() else {}
     steps = previous.get("steps", []) if args.skip_steps else measure_steps((32, 64, 128))
-    accuracy = []
+    accuracy: list[dict[str, Any]] = []
+
+    def save() -> None:
+        document = {
+            "machine": machine_info(),
+            "preset": "full" if args.full else "quick",
+            "delta": DELTA,
+            "steps": steps,
+            "accuracy": accuracy,
+        }
+        args.results.parent.mkdir(parents=True, exist_ok=True)
+        args.results.write_text(json.dumps(document, indent=2))
+
+    save()
     for dataset, base in accuracy_configs(args.full):
         for method in ("fedavg", "fedncalign"):
             for budget in BUDGETS:
                 row = measure_accuracy(dataset, method, budget, base)
                 accuracy.append(row)
+                save()
                 label = "inf" if budget is None else f"{budget:g}"
                 print(
                     f"{dataset} {method} eps {label}: macro-AUC {row['macro_auc']:.4f} "
                     f"({row['seconds']:.0f}s)",
                     flush=True,
                 )
-    document = {
-        "machine": machine_info(),
-        "preset": "full" if args.full else "quick",
-        "delta": DELTA,
-        "steps": steps,
-        "accuracy": accuracy,
-    }
-    args.results.parent.mkdir(parents=True, exist_ok=True)
-    args.results.write_text(json.dumps(document, indent=2))
+    save()
     write_docs()
     print(f"wrote {args.results} and docs/benchmarks.md")
 

@@ -241,6 +241,8 @@ class PrivateSite:
                 step += 1
                 if self._on_step is not None:
                     self._on_step(self._site_id, step, steps)
+        # drop the per-sample gradients (batch x parameters) until the next round
+        self._optimizer.zero_grad(set_to_none=True)
         local = self._algorithm.travelling_state(self.inner_model)
         delta = {name: local[name] - reference[name] for name in reference}
         return LocalUpdate(
