@@ -256,6 +256,11 @@ def main() -> None:
     preset.add_argument("--quick", action="store_true", help="steps at 32/64 px, digits (default)")
     preset.add_argument("--full", action="store_true", help="adds NIH1000 accuracy")
     parser.add_argument("--skip-steps", action="store_true", help="keep the saved step cells")
+    parser.add_argument(
+        "--datasets",
+        default=None,
+        help="only these accuracy data sets (comma-separated); keep the saved rows of the others",
+    )
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args()
     if args.cell:
@@ -264,7 +269,12 @@ def main() -> None:
         return
     previous = json.loads(args.results.read_text()) if args.results.is_file() else {}
     steps = previous.get("steps", []) if args.skip_steps else measure_steps((32, 64, 128))
-    accuracy: list[dict[str, Any]] = []
+    chosen = None if args.datasets is None else set(args.datasets.split(","))
+    accuracy: list[dict[str, Any]] = [
+        row
+        for row in previous.get("accuracy", [])
+        if chosen is not None and row["dataset"] not in chosen
+    ]
 
     def save() -> None:
         document = {
@@ -278,7 +288,9 @@ def main() -> None:
         args.results.write_text(json.dumps(document, indent=2))
 
     save()
-    for dataset, base in accuracy_configs(args.full):
+    for dataset, base in accuracy_configs(args.full or bool(chosen and "nih1000" in chosen)):
+        if chosen is not None and dataset not in chosen:
+            continue
         for method in ("fedavg", "fedncalign"):
             for budget in BUDGETS:
                 row = measure_accuracy(dataset, method, budget, base)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +28,7 @@ from coordinator.checkpoints import CheckpointStore, write_atomically
 from coordinator.federation_report import build_federation_report
 from coordinator.rounds import Coordinator, FederationOutcome
 from coordinator.secure_aggregation import SecureAggregator
-from site_agent.audit_report import build_site_report, shareable_summary
+from site_agent.audit_report import INGEST_FILE, build_site_report, shareable_summary
 from site_agent.evaluation import HeldOutEvaluator
 
 RESULTS_FILE = "results.json"
@@ -201,6 +202,10 @@ def run_simulation(
         on_step=listener.site_step if listener is not None else None,
         on_audit=listener.site_audit if listener is not None else None,
     )
+    ingest_summary = out_dir / "ingest" / INGEST_FILE
+    if ingest_summary.is_file():  # the simulated sites share one export: each reports it
+        for state_dir in sites.state_dirs.values():
+            shutil.copyfile(ingest_summary, state_dir / INGEST_FILE)
     evaluator = HeldOutEvaluator(data.val, data.test, algorithm, spec)
     initial = algorithm.travelling_state(algorithm.build_model(spec))
     coordinator = Coordinator(

@@ -195,3 +195,5 @@ def test_a_federation_trains_on_the_export(tmp_path: Path) -> None:
     assert "300 accepted, 5 quarantined" in summary["data"]
     assert summary["rounds"][0]["sites"] == 3
     assert (tmp_path / "run" / "ingest" / "quarantine.json").is_file()
+    report = json.loads((tmp_path / "run" / "sites" / "site-1" / "audit_report.json").read_text())
+    assert report["data"]["ingestion"]["quarantined"]["truncated"] == 1
