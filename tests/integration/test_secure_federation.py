@@ -15,12 +15,11 @@ from clinfl.data.digits import load_digit_composites
 from clinfl.federation import RoundSettings
 from clinfl.secagg.settings import largest_safe_scale
 from clinfl.simulation import run_simulation
-from clinfl.simulation.runner import build_site_agents
+from clinfl.simulation.sites import build_sites
 from coordinator.checkpoints import CheckpointStore
 from coordinator.rounds import Coordinator
 from coordinator.secure_aggregation import SecureAggregator
 from site_agent.evaluation import HeldOutEvaluator
-from site_agent.training import LocalSite
 from tests.support.recording import RecordingParticipant
 
 FEDERATION = FederationConfig(sites=3, rounds=1, batch_size=32, seed=0)
@@ -97,18 +96,15 @@ def test_the_etf_and_its_seed_never_appear_in_any_message(tmp_path: Path) -> Non
     algorithm = create_algorithm(config.method)
     spec = ModelSpec(num_classes=10, image_size=16, federation_seed=20240917, init_seed=0)
     thirds = np.array_split(np.arange(90), 3)
-    trainers = [
-        LocalSite(
-            f"site-{k + 1}",
-            split.train.subset(idx),
-            algorithm,
-            spec,
-            weight_decay=0.01,
-            shuffle_seed=k,
-        )
-        for k, idx in enumerate(thirds)
-    ]
-    sites = [RecordingParticipant(a) for a in build_site_agents(config, trainers)]
+    built = build_sites(
+        config,
+        [split.train.subset(idx) for idx in thirds],
+        algorithm,
+        spec,
+        out_dir=tmp_path,
+        run_id="etf-scan",
+    )
+    sites = [RecordingParticipant(a) for a in built.participants]
     coordinator = Coordinator(
         sites,
         SecureAggregator(config.secagg),
