@@ -168,14 +168,14 @@ class SiteLedger:
         """
         with self._transaction() as db:
             history = self.history()
-            spent = epsilon_of(history, delta=delta, accountant=accountant)
             entry = (noise_multiplier, sample_rate, steps)
             after = epsilon_of([*history, entry], delta=delta, accountant=accountant)
             now = time.time()
             if after > budget:
+                spent = epsilon_of(history, delta=delta, accountant=accountant)
                 reason = (
-                    f"round {round_number} would bring epsilon to {after:.3f} at delta {delta:g}, "
-                    f"past the budget {budget:g} (spent so far {spent:.3f})"
+                    f"round {round_number}: it would bring epsilon to {after:.3f} at delta "
+                    f"{delta:g}, past the budget {budget:g} (spent so far {spent:.3f})"
                 )
                 db.execute(
                     "INSERT INTO refusals (run_id, round, reason, epsilon_spent, "
@@ -204,7 +204,7 @@ class SiteLedger:
                 )
         if after > budget:
             raise BudgetExhausted(
-                f"site refuses {reason}",
+                f"refuses {reason}",
                 remedy="the site has spent its privacy budget for this federation",
             )
         assert cursor.lastrowid is not None

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from clinfl.algorithms import Algorithm, ModelSpec
 from clinfl.data.batching import to_input_tensor
 from clinfl.data.imageset import ImageSet
-from clinfl.errors import FederationError, ModelError
+from clinfl.errors import BudgetExhausted, FederationError, ModelError
 from clinfl.federation.messages import RoundSettings
 from clinfl.model.networks import LearnableRows
 from clinfl.privacy.accounting import noise_for_round_epsilon
@@ -192,7 +192,21 @@ class PrivateSite:
             FederationError: if the global state does not fit or the loss diverges.
         """
         steps = settings.local_epochs * len(self._loader)
-        self._reservation = self._ledger.reserve(
+        try:
+            self._reservation = self._reserve(settings, steps)
+        except BudgetExhausted as refusal:
+            raise BudgetExhausted(
+                f"{self._site_id} {refusal.message}", remedy=refusal.remedy
+            ) from None
+        try:
+            load_travelling_state(self.inner_model, global_state)
+        except BaseException:
+            self._ledger.release(self._reservation.row_id)  # no step was taken
+            raise
+        return self._train_after_reservation(global_state, settings, steps)
+
+    def _reserve(self, settings: RoundSettings, steps: int) -> Reservation:
+        return self._ledger.reserve(
             run_id=self._run_id,
             round_number=settings.round,
             noise_multiplier=self.noise_multiplier,
@@ -203,11 +217,10 @@ class PrivateSite:
             accountant=self._dp.accountant,
             grad_sample_mode=self._dp.grad_sample_mode,
         )
-        try:
-            load_travelling_state(self.inner_model, global_state)
-        except BaseException:
-            self._ledger.release(self._reservation.row_id)  # no step was taken
-            raise
+
+    def _train_after_reservation(
+        self, global_state: StateDict, settings: RoundSettings, steps: int
+    ) -> LocalUpdate:
         reference = {name: value.clone() for name, value in global_state.items()}
         for group in self._optimizer.param_groups:
             group["lr"] = settings.lr

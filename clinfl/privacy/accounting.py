@@ -31,7 +31,11 @@ def make_accountant(kind: str, history: Iterable[HistoryEntry] = ()) -> Any:
 
 def epsilon_of(history: Iterable[HistoryEntry], *, delta: float, accountant: str) -> float:
     """Return the epsilon spent by ``history`` at ``delta`` (0 for an empty history)."""
-    entries = [entry for entry in history if entry[2] > 0]
+    merged: dict[tuple[float, float], int] = {}
+    for noise, rate, steps in history:
+        if steps > 0:  # composition only depends on how many steps ran at each (noise, rate)
+            merged[(noise, rate)] = merged.get((noise, rate), 0) + steps
+    entries = [(noise, rate, steps) for (noise, rate), steps in merged.items()]
     if not entries:
         return 0.0
     with warnings.catch_warnings():

@@ -87,6 +87,7 @@ def main() -> None:
 
     optimizer.step = step_with_truth
     state = algorithm.travelling_state(algorithm.build_model(spec))
+    ledger.epsilon(delta=1e-5, accountant="rdp")  # warm up the accountant's imports
     print("ready", flush=True)
     round_number = len(ledger.rounds()) + 1
     while True:
