@@ -17,6 +17,7 @@ DOCS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 NOTES = Path(__file__).resolve().parent / "accuracy_notes.md"
 SECAGG_NOTES = Path(__file__).resolve().parent / "secagg_notes.md"
 PRIVACY_NOTES = Path(__file__).resolve().parent / "privacy_notes.md"
+INGEST_NOTES = Path(__file__).resolve().parent / "ingest_notes.md"
 METRICS = ("macro_auc", "micro_auc", "macro_f1", "micro_f1")
 LABELS = {
     "centralized": "Centralized",
@@ -231,4 +232,6 @@ def render_report(
     if PRIVACY_NOTES.is_file() and privacy:
         out += ["", PRIVACY_NOTES.read_text().strip()]
     out += ["", *render_ingest(ingest or {})]
+    if INGEST_NOTES.is_file() and ingest:
+        out += ["", INGEST_NOTES.read_text().strip()]
     return "\n".join(out).rstrip() + "\n"
