@@ -85,7 +85,7 @@ def _outcomes(
     """Hash (or recall) every file and process new content; return path->sha, sha->outcome."""
     shas: dict[Path, str] = {}
     outcomes: dict[str, Outcome] = {}
-    jobs: list[FileJob] = []
+    jobs: dict[str, FileJob] = {}  # one job per new content hash
     for done, path in enumerate(files, start=1):
         stat = path.stat()
         sha = index.known_sha(str(path), stat.st_size, stat.st_mtime_ns)
@@ -97,25 +97,22 @@ def _outcomes(
             known = index.outcome(sha, options.cache_key)
             if known is not None:
                 outcomes[sha] = known
-            elif all(job.sha256 != sha for job in jobs[-1:]):
-                jobs.append(
-                    FileJob(
-                        path=str(path),
-                        sha256=sha,
-                        cache_file=str(index.cache_path(sha, options.image_size)),
-                        size=options.image_size,
-                        lenient=options.lenient,
-                        modalities=options.modalities,
-                        body_parts=options.body_parts,
-                        views=options.views,
-                        salt=salt,
-                    )
+            elif sha not in jobs:
+                jobs[sha] = FileJob(
+                    path=str(path),
+                    sha256=sha,
+                    cache_file=str(index.cache_path(sha, options.image_size)),
+                    size=options.image_size,
+                    lenient=options.lenient,
+                    modalities=options.modalities,
+                    body_parts=options.body_parts,
+                    views=options.views,
+                    salt=salt,
                 )
         if progress is not None:
             progress("indexing", done, len(files))
     index.commit()
-    pending = {job.sha256: job for job in jobs if job.sha256 not in outcomes}
-    work = list(pending.values())
+    work = list(jobs.values())
     if options.workers > 1 and len(work) > 1:
         with ProcessPoolExecutor(max_workers=options.workers) as pool:
             results = pool.map(process_file, work, chunksize=4)
