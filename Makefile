@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.clinfl-installed
 
-.PHONY: demo test test-fast test-slow lint typecheck bench clean
+.PHONY: demo demo-dicom test test-fast test-slow lint typecheck bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -15,8 +15,24 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 ## The default federation: digits composites, 5 sites, FedNCAlign-ML, on the CPU.
+## `make demo DATA=dicom` takes the DICOM path instead (the same as `make demo-dicom`).
+DATA ?= digits
+ifeq ($(DATA),dicom)
+demo: demo-dicom
+else
 demo: $(STAMP)
 	$(BIN)/clinfl simulate --out runs/demo
+endif
+
+## The same digits written as a PACS-like DICOM export (with broken files), ingested by a site
+## (quarantine table), then a federation trained on that export.
+demo-dicom: $(STAMP)
+	rm -rf runs/demo-dicom
+	$(BIN)/clinfl data make-export --digits --out runs/demo-dicom/export
+	$(BIN)/clinfl site ingest --data runs/demo-dicom/export --state runs/demo-dicom/site-state \
+		--label-space digits --image-size 16
+	$(BIN)/clinfl simulate --dataset dicom --label-space digits --images runs/demo-dicom/export \
+		--out runs/demo-dicom/run
 
 lint: $(STAMP)
 	$(BIN)/ruff check clinfl site_agent coordinator tests benchmarks

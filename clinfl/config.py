@@ -23,6 +23,7 @@ QueryKind = Literal["fixed", "learnable"]
 SelectionRule = Literal["best", "last"]
 
 DATASETS: tuple[str, ...] = ("digits", "cxr14", "dicom")
+LABEL_SPACE_NAMES: tuple[str, ...] = ("cxr14", "digits")
 BACKBONES: tuple[str, ...] = ("auto", "standard", "small")
 NORMS: tuple[str, ...] = ("group", "batch")
 CLASSIFIERS: tuple[str, ...] = ("etf", "learnable")
@@ -47,6 +48,7 @@ class DataConfig:
     dataset: DatasetName = "digits"
     images: Path | None = None
     labels: Path | None = None
+    label_space: str = "cxr14"
     split_dir: Path | None = None
     image_size: int | None = None
     alpha: float = 0.5
@@ -178,6 +180,7 @@ def _check_int(
 def _data_violations(data: DataConfig) -> list[Violation]:
     out: list[Violation] = []
     _check_choice(out, "dataset", data.dataset, DATASETS)
+    _check_choice(out, "label_space", data.label_space, LABEL_SPACE_NAMES)
     if data.image_size is not None:
         _check_int(out, "image_size", data.image_size, 16, 1024)
     if not data.alpha > 0:

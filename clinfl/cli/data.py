@@ -1,4 +1,4 @@
-"""``clinfl data make-export``: a realistic DICOM export from PNGs and their labels."""
+"""``clinfl data make-export``: a realistic DICOM export from PNGs and labels, or the digits."""
 
 from __future__ import annotations
 
@@ -11,32 +11,54 @@ from rich.console import Console
 from rich.progress import Progress
 
 from clinfl.cli.errors import cli_errors
-from clinfl.data.make_export import make_export
+from clinfl.data.make_export import make_digits_export, make_export
+from clinfl.errors import ConfigError
 
 data_app = typer.Typer(help="Data preparation for demos and tests.", no_args_is_help=True)
 
 
 @data_app.command("make-export")
 def make_export_command(
-    images: Annotated[Path, typer.Option(help="Folder of PNG images (searched recursively).")],
-    labels: Annotated[
-        Path, typer.Option(help="ChestX-ray14-style CSV: Image Index, Finding Labels.")
-    ],
     out: Annotated[Path, typer.Option(help="New folder for the DICOM export.")],
+    images: Annotated[
+        Path | None, typer.Option(help="Folder of PNG images (searched recursively).")
+    ] = None,
+    labels: Annotated[
+        Path | None, typer.Option(help="ChestX-ray14-style CSV: Image Index, Finding Labels.")
+    ] = None,
+    digits: Annotated[
+        bool,
+        typer.Option(
+            "--digits",
+            help="Export the bundled digit composites instead of PNGs (labels in the digits "
+            "label space: ingest and simulate with --label-space digits).",
+        ),
+    ] = False,
     limit: Annotated[int | None, typer.Option(help="Export at most this many images.")] = None,
 ) -> None:
     """Write a PACS-like DICOM export (mixed modalities, bit depths, codecs) with labels.csv."""
     with cli_errors(as_json=False):
+        if digits == (images is not None or labels is not None) or (
+            not digits and (images is None or labels is None)
+        ):
+            raise ConfigError(
+                "give either --images DIR --labels CSV, or --digits",
+                remedy="clinfl data make-export --digits --out export/",
+            )
+        if limit is not None and limit < 1:
+            raise ConfigError(f"--limit must be >= 1, got {limit}", remedy="--limit 100")
         with Progress(transient=True) as bar:
             task = bar.add_task("writing DICOM", total=None)
-            counts = make_export(
-                images,
-                labels,
-                out,
-                limit=limit,
-                progress=lambda done, total: bar.update(task, completed=done, total=total),
-            )
-        Console().print(
+
+            def progress(done: int, total: int) -> None:
+                bar.update(task, completed=done, total=total)
+
+            if digits:
+                counts = make_digits_export(out, limit=limit, progress=progress)
+            else:
+                assert images is not None and labels is not None
+                counts = make_export(images, labels, out, limit=limit, progress=progress)
+        Console(stderr=True).print(
             f"wrote {counts['images']} images and {counts['broken']} broken files to {out}"
         )
         print(json.dumps(counts))

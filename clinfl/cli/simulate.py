@@ -46,6 +46,13 @@ def simulate(
         Path | None,
         typer.Option(help="cxr14: folder with train_val_list.txt and test_list.txt."),
     ] = None,
+    label_space: Annotated[
+        str,
+        typer.Option(
+            help="dicom: the labels the export's labels.csv uses: cxr14 (the 14 findings) or "
+            "digits (an export made with `clinfl data make-export --digits`)."
+        ),
+    ] = "cxr14",
     method: Annotated[str, typer.Option(help=f"Algorithm. {_METHODS}.")] = "fedncalign",
     sites: Annotated[
         int, typer.Option(help="Number of sites K (1 = centralized, no aggregation).")
@@ -64,7 +71,9 @@ def simulate(
     ] = 0.5,
     image_size: Annotated[
         int | None,
-        typer.Option(help="Training image size in px (default: 16 for digits, 64 for cxr14)."),
+        typer.Option(
+            help="Training image size in px (default: 16 for digits, 64 for cxr14 and dicom)."
+        ),
     ] = None,
     seed: Annotated[
         int, typer.Option(help="Seed for data split, partition, initialisation, shuffling.")
@@ -189,6 +198,7 @@ def simulate(
                 dataset=dataset,  # type: ignore[arg-type]
                 images=images,
                 labels=labels,
+                label_space=label_space,
                 split_dir=split_dir,
                 image_size=image_size,
                 alpha=alpha,

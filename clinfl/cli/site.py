@@ -12,6 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from clinfl.cli.errors import cli_errors
+from clinfl.data.labels import LABEL_SPACES
 from clinfl.errors import ConfigError
 from clinfl.policy import load_policy
 from site_agent.ingest.labels import KEY_COLUMNS
@@ -60,6 +61,12 @@ def ingest(
     label_key: Annotated[
         str, typer.Option(help="Match labels by sop (SOPInstanceUID), study or accession.")
     ] = "sop",
+    label_space: Annotated[
+        str,
+        typer.Option(
+            help="cxr14 (the 14 ChestX-ray14 findings) or digits (`make-export --digits` demos)."
+        ),
+    ] = "cxr14",
     image_size: Annotated[int, typer.Option(help="Training image size in px.")] = 64,
     workers: Annotated[int, typer.Option(help="Decoding processes.")] = 2,
     lenient: Annotated[
@@ -75,6 +82,11 @@ def ingest(
                 f"--label-key must be sop, study or accession, got {label_key!r}",
                 remedy="--label-key sop",
             )
+        if label_space not in LABEL_SPACES:
+            raise ConfigError(
+                f"--label-space must be cxr14 or digits, got {label_space!r}",
+                remedy="--label-space cxr14",
+            )
         if workers < 1 or not 16 <= image_size <= 1024:
             raise ConfigError(
                 "--workers must be >= 1 and --image-size 16..1024", remedy="use the defaults"
@@ -84,6 +96,7 @@ def ingest(
             image_size=image_size,
             lenient=lenient,
             label_key=label_key,
+            label_space=label_space,
             workers=workers,
             **(
                 {}

@@ -10,8 +10,8 @@ from sklearn.datasets import load_digits
 
 from clinfl.data.composites import build_composites
 from clinfl.data.imageset import ImageSet, SplitData
+from clinfl.data.labels import DIGIT_CLASSES
 
-DIGIT_CLASSES: tuple[str, ...] = tuple(str(d) for d in range(10))
 DEFAULT_DIGITS_SIZE = 16
 
 

@@ -1,4 +1,4 @@
-"""The ChestX-ray14 label space and label parsing (always by name, never by column position)."""
+"""Label spaces (ChestX-ray14, the demo digits) and label parsing (by name, never by position)."""
 
 from __future__ import annotations
 
@@ -24,6 +24,8 @@ CXR14_LABELS: tuple[str, ...] = (
     "Pneumonia",
     "Pneumothorax",
 )
+DIGIT_CLASSES: tuple[str, ...] = tuple(str(d) for d in range(10))
+LABEL_SPACES: dict[str, tuple[str, ...]] = {"cxr14": CXR14_LABELS, "digits": DIGIT_CLASSES}
 NO_FINDING = "No Finding"
 FINDING_COLUMN = "Finding Labels"
 
@@ -61,34 +63,40 @@ def parse_finding_labels(
     if unknown:
         raise LabelError(
             f"unknown label name(s) in '{FINDING_COLUMN}': {', '.join(sorted(unknown))}",
-            remedy=f"use only the 14 ChestX-ray14 names ({', '.join(classes)}) or '{NO_FINDING}'",
+            remedy=f"use only the label names ({', '.join(classes)}) or '{NO_FINDING}'",
         )
     return out
 
 
-def named_label_columns(header: Sequence[str]) -> dict[str, str] | None:
-    """Map each canonical class name to its column in ``header`` when all 14 are present.
+def named_label_columns(
+    header: Sequence[str], *, classes: Sequence[str] = CXR14_LABELS
+) -> dict[str, str] | None:
+    """Map each class name to its column in ``header`` when every class has a column.
 
-    Returns None when the table does not hold all 14 named columns.
+    Returns None when the table does not hold a column for every class.
     """
+    wanted = set(classes)
     found: dict[str, str] = {}
     for column in header:
-        name = canonical_label(column)
-        if name is not None:
+        name = canonical_label(column) or column.strip()
+        if name in wanted:
             found[name] = column
-    return found if len(found) == len(CXR14_LABELS) else None
+    return found if len(found) == len(wanted) else None
 
 
 def parse_label_columns(
-    rows: Sequence[Mapping[str, str]], columns: Mapping[str, str]
+    rows: Sequence[Mapping[str, str]],
+    columns: Mapping[str, str],
+    *,
+    classes: Sequence[str] = CXR14_LABELS,
 ) -> np.ndarray:
-    """Read 14 named 0/1 columns into a ``[N, 14]`` uint8 matrix in the canonical order.
+    """Read one named 0/1 column per class into a ``[N, C]`` uint8 matrix in ``classes`` order.
 
     Raises:
         LabelError: if a cell is not 0 or 1.
     """
-    out = np.zeros((len(rows), len(CXR14_LABELS)), dtype=np.uint8)
-    for k, name in enumerate(CXR14_LABELS):
+    out = np.zeros((len(rows), len(classes)), dtype=np.uint8)
+    for k, name in enumerate(classes):
         column = columns[name]
         for i, row in enumerate(rows):
             cell = (row.get(column) or "").strip()

@@ -1,5 +1,8 @@
 """``make_export``: a realistic PACS-style DICOM export from a PNG data set and its labels.
 
+``make_digits_export`` writes the same kind of export from the bundled digit composites, so the
+default demo can exercise the DICOM path on data that every install carries.
+
 The export mixes CR and DX, MONOCHROME1 and MONOCHROME2, 8, 12 and 16 bits, five transfer
 syntaxes (explicit and implicit little endian, deflated, RLE lossless, JPEG 2000 lossless), a
 VOI window or a rescale intercept on some files, PACS-like nested folders with extension-less
@@ -11,7 +14,8 @@ from __future__ import annotations
 
 import csv
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +23,14 @@ import numpy as np
 from PIL import Image
 
 from clinfl.data.chestxray14 import INDEX_COLUMN, PATIENT_COLUMN, read_label_table
-from clinfl.data.labels import FINDING_COLUMN
+from clinfl.data.digits import load_digit_composites
+from clinfl.data.labels import DIGIT_CLASSES, FINDING_COLUMN
 from clinfl.data.png_reader import IMAGE_SUFFIXES
 from clinfl.errors import DataError
 
 Progress = Callable[[int, int], None]
 BITS = (8, 12, 16)
+DIGITS_EXPORT_SIZE = 64
 
 
 def _syntaxes() -> list[Any]:
@@ -100,6 +106,59 @@ def _image_paths(images_dir: Path) -> dict[str, Path]:
     }
 
 
+@dataclass(frozen=True)
+class ExportItem:
+    """One image to export: 8-bit grayscale pixels, its patient key and ``Finding Labels``."""
+
+    gray: np.ndarray
+    patient: str
+    findings: str
+
+
+def write_export(
+    items: Sequence[ExportItem], out_dir: Path, *, progress: Progress | None = None
+) -> dict[str, Any]:
+    """Write ``items`` as a PACS-like DICOM tree with broken files and ``labels.csv``.
+
+    Raises:
+        DataError: if there is nothing to write or ``out_dir`` is not empty.
+    """
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise DataError(f"{out_dir} is not empty", remedy="choose a new --out folder")
+    if not items:
+        raise DataError("there are no images to export", remedy="check the source data")
+    syntaxes = _syntaxes()
+    labels: list[tuple[str, str]] = []
+    written = {"images": 0, "broken": 0}
+    first_file: Path | None = None
+    for i, item in enumerate(items):
+        bits, monochrome1 = BITS[i % len(BITS)], i % 4 == 1
+        pixels = _pixels(item.gray, bits=bits, monochrome1=monochrome1)
+        ds = _dataset(
+            pixels,
+            modality="CR" if i % 2 else "DX",
+            photometric="MONOCHROME1" if monochrome1 else "MONOCHROME2",
+            bits=bits,
+        )
+        ds.ViewPosition = "PA" if i % 5 else "AP"
+        if i % 6 == 0:
+            ds.WindowCenter, ds.WindowWidth = (1 << bits) // 2, (1 << bits) - 1
+        path = _folder(out_dir, item.patient, i) / f"IM{i:05d}"
+        _encode(ds, pixels, syntaxes[i % len(syntaxes)], path)
+        labels.append((str(ds.SOPInstanceUID), item.findings))
+        first_file = first_file or path
+        written["images"] += 1
+        if progress is not None:
+            progress(i + 1, len(items))
+    assert first_file is not None
+    written["broken"] = _broken_files(out_dir, first_file, items[-1].gray)
+    with open(out_dir / "labels.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["SOPInstanceUID", FINDING_COLUMN])
+        writer.writerows(labels)
+    return written
+
+
 def make_export(
     images_dir: Path,
     labels_csv: Path,
@@ -108,7 +167,7 @@ def make_export(
     limit: int | None = None,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
-    """Write the export; return counts of what was written.
+    """Write the export of a PNG data set; return counts of what was written.
 
     Raises:
         DataError: if the images or labels are missing, or ``out_dir`` is not empty.
@@ -129,37 +188,45 @@ def make_export(
         raise DataError(
             f"no image of {labels_csv.name} was found in {images_dir}", remedy="check --images"
         )
-    syntaxes = _syntaxes()
-    labels: list[tuple[str, str]] = []
-    written = {"images": 0, "broken": 0}
-    first_file: Path | None = None
-    for i, row in enumerate(rows):
-        gray = np.asarray(Image.open(paths[row[INDEX_COLUMN]]).convert("L"))
-        bits, monochrome1 = BITS[i % len(BITS)], i % 4 == 1
-        pixels = _pixels(gray, bits=bits, monochrome1=monochrome1)
-        ds = _dataset(
-            pixels,
-            modality="CR" if i % 2 else "DX",
-            photometric="MONOCHROME1" if monochrome1 else "MONOCHROME2",
-            bits=bits,
+    items = [
+        ExportItem(
+            gray=np.asarray(Image.open(paths[row[INDEX_COLUMN]]).convert("L")),
+            patient=row.get(PATIENT_COLUMN, str(i)),
+            findings=row[FINDING_COLUMN],
         )
-        ds.ViewPosition = "PA" if i % 5 else "AP"
-        if i % 6 == 0:
-            ds.WindowCenter, ds.WindowWidth = (1 << bits) // 2, (1 << bits) - 1
-        path = _folder(out_dir, row.get(PATIENT_COLUMN, str(i)), i) / f"IM{i:05d}"
-        _encode(ds, pixels, syntaxes[i % len(syntaxes)], path)
-        labels.append((str(ds.SOPInstanceUID), row[FINDING_COLUMN]))
-        first_file = first_file or path
-        written["images"] += 1
-        if progress is not None:
-            progress(i + 1, len(rows))
-    assert first_file is not None
-    written["broken"] = _broken_files(out_dir, first_file, gray)
-    with open(out_dir / "labels.csv", "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["SOPInstanceUID", FINDING_COLUMN])
-        writer.writerows(labels)
-    return written
+        for i, row in enumerate(rows)
+    ]
+    return write_export(items, out_dir, progress=progress)
+
+
+def make_digits_export(
+    out_dir: Path,
+    *,
+    seed: int = 0,
+    image_size: int = DIGITS_EXPORT_SIZE,
+    limit: int | None = None,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Write the bundled digit composites (every split) as a DICOM export labelled by digit.
+
+    The labels use the ``digits`` label space (``Finding Labels`` such as ``3|7``), so ingest
+    and simulate it with ``--label-space digits``.
+
+    Raises:
+        DataError: if ``out_dir`` is not empty.
+    """
+    split = load_digit_composites(seed=seed, image_size=image_size)
+    items: list[ExportItem] = []
+    for part in (split.train, split.val, split.test):
+        for image, target, group in zip(part.images, part.targets, part.groups, strict=True):
+            names = [DIGIT_CLASSES[k] for k in np.flatnonzero(target)]
+            items.append(
+                ExportItem(
+                    gray=np.asarray(image), patient=f"digits-{group}", findings="|".join(names)
+                )
+            )
+    order = np.random.default_rng(seed).permutation(len(items))
+    return write_export([items[k] for k in order][:limit], out_dir, progress=progress)
 
 
 def _broken_files(out_dir: Path, good: Path, gray: np.ndarray) -> int:

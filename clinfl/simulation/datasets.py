@@ -12,7 +12,7 @@ from clinfl.config import RunConfig
 from clinfl.data.chestxray14 import DEFAULT_CXR14_SIZE, ProgressCallback, load_chestxray14
 from clinfl.data.digits import DEFAULT_DIGITS_SIZE, load_digit_composites
 from clinfl.data.imageset import ImageSet, SplitData, split_by_group
-from clinfl.data.labels import CXR14_LABELS
+from clinfl.data.labels import LABEL_SPACES
 from clinfl.errors import DataError
 from site_agent.ingest.pipeline import IngestOptions, ingest_export
 
@@ -23,11 +23,11 @@ def resolve_defaults(config: RunConfig) -> RunConfig:
     A single site (centralized training) aggregates nothing, so secure aggregation is off.
     """
     data, method = config.data, config.method
+    clean = data.dataset == "digits" or (data.dataset == "dicom" and data.label_space == "digits")
     if data.image_size is None:
-        size = DEFAULT_DIGITS_SIZE if data.dataset == "digits" else DEFAULT_CXR14_SIZE
+        size = DEFAULT_DIGITS_SIZE if clean else DEFAULT_CXR14_SIZE
         data = replace(data, image_size=size)
     if method.lambda_rej is None:
-        clean = data.dataset == "digits"
         method = replace(
             method,
             lambda_rej=CLEAN_BACKGROUND_LAMBDA_REJ if clean else COMPLEX_BACKGROUND_LAMBDA_REJ,
@@ -49,7 +49,7 @@ def load_dicom_export(config: RunConfig, state_dir: Path) -> SplitData:
     result = ingest_export(
         data.images,
         state_dir=state_dir,
-        options=IngestOptions(image_size=data.image_size),
+        options=IngestOptions(image_size=data.image_size, label_space=data.label_space),
         labels=data.labels,
     )
     if len(result.images) < 10:
@@ -57,7 +57,8 @@ def load_dicom_export(config: RunConfig, state_dir: Path) -> SplitData:
             f"the export gave only {len(result.images)} labelled images",
             remedy=f"see the quarantine report in {state_dir}",
         )
-    everything = ImageSet(result.images, result.targets, result.groups, CXR14_LABELS)
+    classes = LABEL_SPACES[data.label_space]
+    everything = ImageSet(result.images, result.targets, result.groups, classes)
     rng = np.random.default_rng(config.federation.seed)
     rest, test = split_by_group(everything.groups, fraction=0.2, rng=rng)
     train, val = split_by_group(everything.groups[rest], fraction=data.val_fraction, rng=rng)

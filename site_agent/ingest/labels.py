@@ -1,6 +1,7 @@
 """The export's label table: keyed by SOPInstanceUID (or StudyInstanceUID / AccessionNumber).
 
-It holds either a ChestX-ray14-style ``Finding Labels`` column or the 14 named 0/1 columns.
+It holds either a ChestX-ray14-style ``Finding Labels`` column or one named 0/1 column per class
+of the label space (the 14 ChestX-ray14 findings, or the ten digits of the bundled demo).
 Keys are compared through the site's salted hash, so raw identifiers never leave this module.
 """
 
@@ -37,8 +38,10 @@ def find_label_table(data_dir: Path, given: Path | None) -> Path | None:
     return candidate if candidate.is_file() else None
 
 
-def read_labels(path: Path, *, key: str, salt: bytes) -> dict[str, np.ndarray]:
-    """Return ``{salted key hash: 14-vector}`` from the label table.
+def read_labels(
+    path: Path, *, key: str, salt: bytes, classes: tuple[str, ...] = CXR14_LABELS
+) -> dict[str, np.ndarray]:
+    """Return ``{salted key hash: C-vector}`` from the label table, in ``classes`` order.
 
     Raises:
         DataError: if the table cannot be read.
@@ -51,15 +54,18 @@ def read_labels(path: Path, *, key: str, salt: bytes) -> dict[str, np.ndarray]:
             f"label table {path.name} has no '{column}' column to match images by",
             remedy=f"add a '{column}' column, or another --label-key (sop, study, accession)",
         )
-    named = named_label_columns(header)
+    named = named_label_columns(header, classes=classes)
     if named is not None:
-        targets = parse_label_columns(rows, named)
+        targets = parse_label_columns(rows, named, classes=classes)
     elif FINDING_COLUMN in header:
-        targets = parse_finding_labels([row.get(FINDING_COLUMN) or "" for row in rows])
+        targets = parse_finding_labels(
+            [row.get(FINDING_COLUMN) or "" for row in rows], classes=classes
+        )
     else:
         raise LabelError(
-            f"label table {path.name} has neither '{FINDING_COLUMN}' nor the 14 named columns",
-            remedy="add a 'Finding Labels' column or 0/1 columns named " + ", ".join(CXR14_LABELS),
+            f"label table {path.name} has neither '{FINDING_COLUMN}' "
+            f"nor the {len(classes)} named columns",
+            remedy="add a 'Finding Labels' column or 0/1 columns named " + ", ".join(classes),
         )
     return {
         salted_hash(salt, row.get(column) or ""): targets[i]

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from clinfl.data.labels import CXR14_LABELS
+from clinfl.data.labels import LABEL_SPACES
 from clinfl.errors import DataError
 from site_agent.ingest import reasons
 from site_agent.ingest.index import IngestIndex, Outcome, file_sha256, site_salt
@@ -35,7 +35,7 @@ Progress = Callable[[str, int, int], None]
 
 @dataclass(frozen=True)
 class IngestOptions:
-    """How to ingest: training size, strictness, policy filters, label key, workers."""
+    """How to ingest: training size, strictness, policy filters, label key and space, workers."""
 
     image_size: int = 64
     lenient: bool = False
@@ -43,7 +43,13 @@ class IngestOptions:
     body_parts: tuple[str, ...] = ("CHEST",)
     views: tuple[str, ...] = ("PA", "AP")
     label_key: str = "sop"
+    label_space: str = "cxr14"
     workers: int = 2
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        """The class names of the label space, in target order."""
+        return LABEL_SPACES[self.label_space]
 
     @property
     def cache_key(self) -> tuple[int, bool, str]:
@@ -150,7 +156,11 @@ def ingest_export(
     started = time.perf_counter()
     salt = site_salt(state_dir)
     label_path = find_label_table(data_dir, labels)
-    label_rows = read_labels(label_path, key=options.label_key, salt=salt) if label_path else {}
+    label_rows = (
+        read_labels(label_path, key=options.label_key, salt=salt, classes=options.classes)
+        if label_path
+        else {}
+    )
     files = [
         p for p in _walk(data_dir) if label_path is None or p.resolve() != label_path.resolve()
     ]
@@ -188,7 +198,7 @@ def ingest_export(
         index.close()
     counts = Counter(entry["reason"] for entry in quarantine)
     target_matrix = (
-        np.stack(targets) if targets else np.zeros((0, len(CXR14_LABELS)), dtype=np.uint8)
+        np.stack(targets) if targets else np.zeros((0, len(options.classes)), dtype=np.uint8)
     )
     summary = {
         "files_seen": len(files)
@@ -198,10 +208,11 @@ def ingest_export(
         "quarantined": dict(sorted(counts.items())),
         "quarantined_total": len(quarantine),
         "label_counts": dict(
-            zip(CXR14_LABELS, (int(v) for v in target_matrix.sum(axis=0)), strict=True)
+            zip(options.classes, (int(v) for v in target_matrix.sum(axis=0)), strict=True)
         ),
         "decoded_this_run": decoded,
         "reused_from_index": len(files) - decoded,
+        "label_space": options.label_space,
         "image_size": options.image_size,
         "lenient": options.lenient,
         "seconds": time.perf_counter() - started,

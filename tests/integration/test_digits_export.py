@@ -1,0 +1,139 @@
+"""The DICOM path on the bundled digits (no shared data): make-export --digits -> ingest -> train."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from clinfl.cli.app import app
+from clinfl.data.labels import DIGIT_CLASSES, named_label_columns, parse_label_columns
+from clinfl.errors import LabelError
+from site_agent.ingest.labels import read_labels
+from site_agent.ingest.pipeline import IngestOptions, ingest_export
+
+runner = CliRunner()
+LIMIT = 120
+
+
+@pytest.fixture(scope="module")
+def digits_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("digits") / "pacs"
+    result = runner.invoke(
+        app, ["data", "make-export", "--digits", "--out", str(out), "--limit", str(LIMIT)]
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == {"images": LIMIT, "broken": 5}
+    return out
+
+
+def test_digits_export_ingests_in_the_digits_label_space(
+    digits_export: Path, tmp_path: Path
+) -> None:
+    result = runner.invoke(
+        app,
+        [
+            "site",
+            "ingest",
+            "--data",
+            str(digits_export),
+            "--state",
+            str(tmp_path / "state"),
+            "--label-space",
+            "digits",
+            "--image-size",
+            "16",
+            "--json",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["accepted"] == LIMIT
+    assert summary["label_space"] == "digits"
+    assert list(summary["label_counts"]) == list(DIGIT_CLASSES)
+    assert sum(summary["label_counts"].values()) >= LIMIT  # composites carry two digits
+    assert summary["quarantined"] == {
+        "colour": 1,
+        "no_label": 1,
+        "not_dicom": 1,
+        "truncated": 1,
+        "wrong_modality": 1,
+    }
+
+
+def test_digits_labels_are_unknown_in_the_cxr14_space(digits_export: Path, tmp_path: Path) -> None:
+    result = runner.invoke(
+        app,
+        ["site", "ingest", "--data", str(digits_export), "--state", str(tmp_path / "s"), "--json"],
+    )
+    assert result.exit_code != 0
+    error = json.loads(result.stdout)
+    assert error["error"] == "LabelError" and "unknown label name" in error["message"]
+
+
+def test_ingested_digits_match_their_labels(digits_export: Path, tmp_path: Path) -> None:
+    """A digit composite's pixels follow its label: images with digit 1 differ from those without."""
+    result = ingest_export(
+        digits_export,
+        state_dir=tmp_path,
+        options=IngestOptions(image_size=16, label_space="digits", workers=1),
+    )
+    assert result.images.shape == (LIMIT, 16, 16) and result.targets.shape == (LIMIT, 10)
+    assert result.targets.sum(axis=1).min() >= 1
+    # MONOCHROME1 files were inverted back: the background (corners) is dark in every image.
+    corners = result.images[:, [0, 0, -1, -1], [0, -1, 0, -1]].astype(np.int64)
+    assert corners.max() < 64
+
+
+def test_named_digit_columns_and_bad_cells(tmp_path: Path) -> None:
+    table = tmp_path / "labels.csv"
+    table.write_text(
+        "SOPInstanceUID," + ",".join(DIGIT_CLASSES) + "\n1.2.3," + ",".join("0100000001") + "\n"
+    )
+    rows = read_labels(table, key="sop", salt=b"s" * 16, classes=DIGIT_CLASSES)
+    (vector,) = rows.values()
+    assert vector.tolist() == [0, 1, 0, 0, 0, 0, 0, 0, 0, 1]
+    header = ["SOPInstanceUID", *DIGIT_CLASSES]
+    columns = named_label_columns(header, classes=DIGIT_CLASSES)
+    assert columns is not None
+    with pytest.raises(LabelError, match="not 0 or 1"):
+        parse_label_columns([{name: "2" for name in header}], columns, classes=DIGIT_CLASSES)
+    assert named_label_columns(header[:-1], classes=DIGIT_CLASSES) is None
+
+
+def test_make_export_needs_one_source(tmp_path: Path) -> None:
+    for args in ([], ["--digits", "--images", str(tmp_path)]):
+        result = runner.invoke(app, ["data", "make-export", "--out", str(tmp_path / "x"), *args])
+        assert result.exit_code != 0
+        assert "--digits" in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.slow
+def test_a_federation_trains_on_the_digits_export(digits_export: Path, tmp_path: Path) -> None:
+    result = runner.invoke(
+        app,
+        [
+            "simulate",
+            "--dataset",
+            "dicom",
+            "--label-space",
+            "digits",
+            "--images",
+            str(digits_export),
+            "--sites",
+            "3",
+            "--rounds",
+            "1",
+            "--out",
+            str(tmp_path / "run"),
+            "--json",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert f"{LIMIT} accepted, 5 quarantined" in summary["data"]
+    assert summary["config"]["data"]["image_size"] == 16
+    assert summary["rounds"][0]["sites"] == 3
