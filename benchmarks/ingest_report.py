@@ -28,7 +28,14 @@ def render_ingest(results: dict[str, Any]) -> list[str]:
             f"| first ingest, {workers} worker(s) | {run['first_files_per_second']:.0f} "
             f"({run['first_seconds']:.1f} s) |"
         )
-    lines.append(f"| cached epoch read | {results['cached_epoch_images_per_second']:.0f} |")
+    lines.append(
+        f"| cached epoch read (the site's pack) | {results['cached_epoch_images_per_second']:.0f} |"
+    )
+    if "cached_file_per_image_images_per_second" in results:
+        lines.append(
+            "| cached epoch read (one file per image) | "
+            f"{results['cached_file_per_image_images_per_second']:.0f} |"
+        )
     lines += [
         "",
         "Re-running on the unchanged export: "

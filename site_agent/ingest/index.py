@@ -3,7 +3,9 @@
 ``ingest.sqlite`` maps each path (with its size and modification time) to the SHA-256 of its
 content, and each content hash to its outcome: accepted (with the keying UIDs, salted and
 hashed) or quarantined (with its reason). Accepted images are cached as ``cache/<sha>.npy``
-(uint8, read back with ``allow_pickle=False``). A re-run on an unchanged export only stats files.
+(uint8, read back with ``allow_pickle=False``), and the whole accepted set, in order, as one
+``cache/pack-<size>-<digest>.npy`` that a re-run or a training epoch reads in one go. Both tables
+are read once when the index opens, so a re-run on an unchanged export only stats files.
 """
 
 from __future__ import annotations
@@ -83,6 +85,14 @@ class IngestIndex:
         self._db = sqlite3.connect(state_dir / INDEX_FILE)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.executescript(_SCHEMA)
+        self._paths = {
+            str(path): (int(size), int(mtime), str(sha))
+            for path, size, mtime, sha in self._db.execute("SELECT * FROM paths")
+        }
+        self._outcomes = {
+            (str(row[0]), int(row[1]), bool(row[2]), str(row[3])): Outcome(*row[4:])
+            for row in self._db.execute("SELECT * FROM outcomes")
+        }
 
     def close(self) -> None:
         """Commit and close."""
@@ -91,14 +101,14 @@ class IngestIndex:
 
     def known_sha(self, path: str, size: int, mtime_ns: int) -> str | None:
         """Return the recorded hash when the path is unchanged (same size and mtime)."""
-        row = self._db.execute(
-            "SELECT sha256 FROM paths WHERE path = ? AND size = ? AND mtime_ns = ?",
-            (path, size, mtime_ns),
-        ).fetchone()
-        return None if row is None else str(row[0])
+        known = self._paths.get(path)
+        if known is None or known[:2] != (size, mtime_ns):
+            return None
+        return known[2]
 
     def remember_path(self, path: str, size: int, mtime_ns: int, sha: str) -> None:
         """Record a path's hash."""
+        self._paths[path] = (size, mtime_ns, sha)
         self._db.execute(
             "INSERT OR REPLACE INTO paths (path, size, mtime_ns, sha256) VALUES (?, ?, ?, ?)",
             (path, size, mtime_ns, sha),
@@ -106,20 +116,16 @@ class IngestIndex:
 
     def outcome(self, sha: str, key: tuple[int, bool, str]) -> Outcome | None:
         """Return the stored outcome of this content under these settings."""
-        row = self._db.execute(
-            "SELECT status, reason, detail, transfer_syntax, sop_hash, study_hash, accession_hash "
-            "FROM outcomes WHERE sha256 = ? AND image_size = ? AND lenient = ? AND filters = ?",
-            (sha, key[0], int(key[1]), key[2]),
-        ).fetchone()
-        if row is None:
+        outcome = self._outcomes.get((sha, *key))
+        if outcome is None:
             return None
-        outcome = Outcome(*row)
         if outcome.status == "accepted" and not self.cache_path(sha, key[0]).is_file():
             return None  # the cached image went missing: decode again
         return outcome
 
     def store(self, sha: str, key: tuple[int, bool, str], outcome: Outcome) -> None:
         """Record an outcome."""
+        self._outcomes[(sha, *key)] = outcome
         self._db.execute(
             "INSERT OR REPLACE INTO outcomes VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
@@ -149,3 +155,30 @@ class IngestIndex:
         """Read a cached image (never unpickles)."""
         image: np.ndarray = np.load(self.cache_path(sha, size), allow_pickle=False)
         return image
+
+    def pack_path(self, shas: list[str], size: int) -> Path:
+        """Return where the pack of these images, in this order, at this size lives."""
+        digest = hashlib.sha256("\n".join(shas).encode()).hexdigest()[:24]
+        return self.cache_dir / f"pack-{size}-{digest}.npy"
+
+    def load_images(self, shas: list[str], size: int) -> np.ndarray:
+        """Return the ``[N, size, size]`` cached images of ``shas``, in order, as one array.
+
+        They come from the pack when one matches; otherwise they are read one by one and packed
+        (replacing older packs at this size) for the next time.
+        """
+        if not shas:
+            return np.zeros((0, size, size), dtype=np.uint8)
+        pack = self.pack_path(shas, size)
+        if pack.is_file():
+            images: np.ndarray = np.load(pack, allow_pickle=False)
+            if images.shape == (len(shas), size, size):
+                return images
+        images = np.stack([self.load_image(sha, size) for sha in shas])
+        for old in self.cache_dir.glob(f"pack-{size}-*.npy"):
+            old.unlink(missing_ok=True)
+        partial = pack.with_suffix(".partial")
+        with open(partial, "wb") as handle:
+            np.save(handle, images, allow_pickle=False)
+        os.replace(partial, pack)
+        return images

@@ -70,34 +70,38 @@ class IngestResult:
     summary: dict[str, Any] = field(default_factory=dict)
 
 
-def _walk(data_dir: Path) -> list[Path]:
-    files: list[Path] = []
-    for root, dirs, names in os.walk(data_dir, followlinks=False):
-        dirs.sort()
-        for name in sorted(names):
-            path = Path(root) / name
-            if path.is_file() and not path.is_symlink():
-                files.append(path)
+def _walk(data_dir: str) -> list[tuple[str, os.stat_result]]:
+    """Every regular file under ``data_dir`` (symlinks not followed), sorted, with its stat."""
+    files: list[tuple[str, os.stat_result]] = []
+    try:
+        with os.scandir(data_dir) as scan:
+            entries = sorted(scan, key=lambda entry: entry.name)
+    except OSError:  # an unreadable folder is skipped, as os.walk does
+        return files
+    for entry in entries:
+        if entry.is_dir(follow_symlinks=False):
+            files.extend(_walk(entry.path))
+        elif entry.is_file(follow_symlinks=False):
+            files.append((entry.path, entry.stat(follow_symlinks=False)))
     return files
 
 
 def _outcomes(
-    files: list[Path],
+    files: list[tuple[str, os.stat_result]],
     index: IngestIndex,
     options: IngestOptions,
     salt: bytes,
     progress: Progress | None,
-) -> tuple[dict[Path, str], dict[str, Outcome], int]:
+) -> tuple[dict[str, str], dict[str, Outcome], int]:
     """Hash (or recall) every file and process new content; return path->sha, sha->outcome."""
-    shas: dict[Path, str] = {}
+    shas: dict[str, str] = {}
     outcomes: dict[str, Outcome] = {}
     jobs: dict[str, FileJob] = {}  # one job per new content hash
-    for done, path in enumerate(files, start=1):
-        stat = path.stat()
-        sha = index.known_sha(str(path), stat.st_size, stat.st_mtime_ns)
+    for done, (path, stat) in enumerate(files, start=1):
+        sha = index.known_sha(path, stat.st_size, stat.st_mtime_ns)
         if sha is None:
-            sha = file_sha256(path)
-            index.remember_path(str(path), stat.st_size, stat.st_mtime_ns, sha)
+            sha = file_sha256(Path(path))
+            index.remember_path(path, stat.st_size, stat.st_mtime_ns, sha)
         shas[path] = sha
         if sha not in outcomes:
             known = index.outcome(sha, options.cache_key)
@@ -105,7 +109,7 @@ def _outcomes(
                 outcomes[sha] = known
             elif sha not in jobs:
                 jobs[sha] = FileJob(
-                    path=str(path),
+                    path=path,
                     sha256=sha,
                     cache_file=str(index.cache_path(sha, options.image_size)),
                     size=options.image_size,
@@ -154,6 +158,7 @@ def ingest_export(
     if not data_dir.is_dir():
         raise DataError(f"export folder {data_dir} does not exist", remedy="pass --data DIR")
     started = time.perf_counter()
+    data_dir = data_dir.resolve()
     salt = site_salt(state_dir)
     label_path = find_label_table(data_dir, labels)
     label_rows = (
@@ -161,15 +166,15 @@ def ingest_export(
         if label_path
         else {}
     )
-    files = [
-        p for p in _walk(data_dir) if label_path is None or p.resolve() != label_path.resolve()
-    ]
+    label_file = label_path.resolve() if label_path is not None else None
+    files = [(path, stat) for path, stat in _walk(str(data_dir)) if path != str(label_file)]
     index = IngestIndex(state_dir)
     try:
         shas, outcomes, decoded = _outcomes(files, index, options, salt, progress)
-        images, targets, groups, quarantine = [], [], [], []
+        images: list[str] = []  # the accepted content hashes, in file order
+        targets, groups, quarantine = [], [], []
         accepted_shas: set[str] = set()
-        for path in files:
+        for path, _ in files:
             sha = shas[path]
             outcome = outcomes[sha]
             name = outcome.sop_hash or f"content-{sha[:20]}"
@@ -191,9 +196,10 @@ def ingest_export(
                 quarantine.append({"file": name, "reason": reasons.NO_LABEL, "detail": ""})
                 continue
             accepted_shas.add(sha)
-            images.append(index.load_image(sha, options.image_size))
+            images.append(sha)
             targets.append(target)
             groups.append(int(outcome.study_hash[:12] or sha[:12], 16))
+        image_array = index.load_images(images, options.image_size)
     finally:
         index.close()
     counts = Counter(entry["reason"] for entry in quarantine)
@@ -202,7 +208,7 @@ def ingest_export(
     )
     summary = {
         "files_seen": len(files)
-        + (1 if label_path is not None and label_path.is_relative_to(data_dir) else 0),
+        + (1 if label_file is not None and label_file.is_relative_to(data_dir) else 0),
         "label_table": label_path.name if label_path else None,
         "accepted": len(images),
         "quarantined": dict(sorted(counts.items())),
@@ -221,9 +227,8 @@ def ingest_export(
         json.dumps({"reasons": reasons.DESCRIPTIONS, "files": quarantine}, indent=2)
     )
     (state_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
-    empty = np.zeros((0, options.image_size, options.image_size), dtype=np.uint8)
     return IngestResult(
-        images=np.stack(images) if images else empty,
+        images=image_array,
         targets=target_matrix.astype(np.uint8),
         groups=np.asarray(groups, dtype=np.int64),
         summary=summary,

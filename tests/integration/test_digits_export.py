@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -137,3 +138,25 @@ def test_a_federation_trains_on_the_digits_export(digits_export: Path, tmp_path:
     assert f"{LIMIT} accepted, 5 quarantined" in summary["data"]
     assert summary["config"]["data"]["image_size"] == 16
     assert summary["rounds"][0]["sites"] == 3
+
+
+def test_rerun_reads_one_pack_and_a_changed_export_repacks(
+    digits_export: Path, tmp_path: Path
+) -> None:
+    export = tmp_path / "export"
+    shutil.copytree(digits_export, export)
+    options = IngestOptions(image_size=16, label_space="digits", workers=1)
+    first = ingest_export(export, state_dir=tmp_path / "state", options=options)
+    packs = list((tmp_path / "state" / "cache").glob("pack-16-*.npy"))
+    assert len(packs) == 1
+    again = ingest_export(export, state_dir=tmp_path / "state", options=options)
+    assert again.summary["decoded_this_run"] == 0
+    np.testing.assert_array_equal(again.images, first.images)
+    assert list((tmp_path / "state" / "cache").glob("pack-16-*.npy")) == packs
+    victim = next(p for p in sorted(export.rglob("IM0*")) if p.is_file())
+    victim.unlink()
+    fewer = ingest_export(export, state_dir=tmp_path / "state", options=options)
+    assert fewer.summary["accepted"] == LIMIT - 1 and len(fewer.images) == LIMIT - 1
+    assert fewer.summary["decoded_this_run"] == 0
+    now = list((tmp_path / "state" / "cache").glob("pack-16-*.npy"))
+    assert len(now) == 1 and now != packs
