@@ -76,6 +76,7 @@ class MethodConfig:
     tau_rej: float = 0.3
     temperature: float = 0.07
     prox_mu: float = 0.01
+    fedcurv_lambda: float = 1000.0
 
 
 @dataclass(frozen=True)
@@ -212,7 +213,7 @@ def _method_violations(method: MethodConfig, known_methods: tuple[str, ...]) -> 
     _check_choice(out, "queries", method.queries, QUERIES)
     if method.heads < 1 or 512 % method.heads:
         out.append(Violation("heads", method.heads, "a divisor of 512", "use 4 (the paper)"))
-    for name in ("lambda_con", "tau_rej", "prox_mu"):
+    for name in ("lambda_con", "tau_rej", "prox_mu", "fedcurv_lambda"):
         if getattr(method, name) < 0:
             out.append(Violation(name, getattr(method, name), ">= 0", f"set {name} >= 0"))
     if method.lambda_rej is not None and method.lambda_rej < 0:

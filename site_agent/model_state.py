@@ -7,16 +7,20 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
+from clinfl.algorithms.base import is_auxiliary
 from clinfl.errors import FederationError
 
 
 def load_travelling_state(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
     """Copy ``state`` into the matching parameters and buffers of ``model`` in place.
 
+    Auxiliary algorithm entries (``aux/...``) are not model tensors and are skipped.
+
     Raises:
         FederationError: if ``state`` names a tensor the model lacks or has a different shape.
     """
     own = dict(model.named_parameters()) | dict(model.named_buffers())
+    state = {name: value for name, value in state.items() if not is_auxiliary(name)}
     unknown = sorted(set(state) - set(own))
     if unknown:
         raise FederationError(

@@ -19,6 +19,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from clinfl.algorithms import Algorithm, ModelSpec
+from clinfl.algorithms.base import RoundContext
 from clinfl.data.batching import to_input_tensor
 from clinfl.data.imageset import ImageSet
 from clinfl.errors import BudgetExhausted, FederationError, ModelError
@@ -30,7 +31,7 @@ from clinfl.privacy.settings import DPSettings
 from clinfl.typing import StateDict
 from site_agent.ledger import Reservation, SiteLedger
 from site_agent.model_state import load_travelling_state
-from site_agent.training import LocalUpdate
+from site_agent.training import LocalUpdate, site_update
 
 StepCallback = Callable[[str, int, int], None]
 
@@ -81,10 +82,13 @@ class PrivateSite:
             )
         model = algorithm.build_model(spec)
         problems = dp_incompatibilities(model)
+        if algorithm.dp_incompatibility is not None:
+            problems.append(f"{algorithm.name}: {algorithm.dp_incompatibility}")
         if problems:
             raise ModelError(
                 f"{site_id}: the model cannot be trained with DP-SGD: " + "; ".join(problems),
-                remedy="use the default FedNCAlign-ML options, or a policy without DP",
+                remedy="use FedNCAlign-ML (any option but the learnable ones), FedAvg or FedProx, "
+                "or a policy without DP",
             )
         self._site_id = site_id
         self._algorithm = algorithm
@@ -93,6 +97,7 @@ class PrivateSite:
         self._run_id = run_id
         self._on_step = on_step
         self._reservation: Reservation | None = None
+        self._memory: dict[str, torch.Tensor] = {}  # the algorithm's site state (SCAFFOLD's c_i)
         inputs = to_input_tensor(data.images)
         targets = torch.from_numpy(data.targets).to(torch.float32)
         self._num_samples = int(inputs.shape[0])
@@ -174,7 +179,7 @@ class PrivateSite:
         Opacus replaces parameter gradients by the clipped, noised per-sample sum, so a
         parameter-only term must be applied outside it. It reads no data, so it costs no privacy.
         """
-        penalty = self._algorithm.regulariser(self.inner_model, reference)
+        penalty = self._algorithm.regulariser(self.inner_model, reference, self._memory)
         if penalty is None:
             return
         params = [p for p in self.inner_model.parameters() if p.requires_grad]
@@ -256,8 +261,14 @@ class PrivateSite:
                     self._on_step(self._site_id, step, steps)
         # drop the per-sample gradients (batch x parameters) until the next round
         self._optimizer.zero_grad(set_to_none=True)
+        auxiliary = self._algorithm.auxiliary_update(
+            self.inner_model,
+            reference,
+            self._memory,
+            RoundContext(steps=step, lr=settings.lr, batches=lambda: iter(())),
+        )
         local = self._algorithm.travelling_state(self.inner_model)
-        delta = {name: local[name] - reference[name] for name in reference}
+        delta = site_update(reference, local, auxiliary)
         return LocalUpdate(
             delta=delta,
             num_samples=self._num_samples,

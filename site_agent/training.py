@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
 
 from clinfl.algorithms import Algorithm, ModelSpec
+from clinfl.algorithms.base import RoundContext, is_auxiliary
 from clinfl.data.batching import shuffled_batches, to_input_tensor
 from clinfl.data.imageset import ImageSet
 from clinfl.errors import FederationError
@@ -26,6 +27,24 @@ class LocalUpdate:
     num_samples: int
     mean_loss: float
     steps: int
+
+
+def site_update(reference: StateDict, local: StateDict, auxiliary: StateDict) -> StateDict:
+    """Return the update over every global-state entry.
+
+    Model tensors change by ``local - reference``; auxiliary entries as the algorithm reported
+    them (zero when it did not); a model tensor the algorithm reported (SphereFed's calibration
+    statistics) as reported.
+    """
+    delta: StateDict = {}
+    for name, value in reference.items():
+        if name in auxiliary:
+            delta[name] = auxiliary[name].to(value.dtype)
+        elif is_auxiliary(name):
+            delta[name] = torch.zeros_like(value)
+        else:
+            delta[name] = local[name] - value
+    return delta
 
 
 class LocalSite:
@@ -61,6 +80,8 @@ class LocalSite:
         self._optimizer: torch.optim.AdamW | None = None
         self._generator = torch.Generator().manual_seed(shuffle_seed)
         self._on_step = on_step
+        self._memory: dict[str, torch.Tensor] = {}  # the algorithm's site state (SCAFFOLD's c_i)
+        self._batch_size = 32
 
     @property
     def site_id(self) -> str:
@@ -86,6 +107,11 @@ class LocalSite:
             group["lr"] = lr
         return self._optimizer
 
+    def _in_order(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for start in range(0, self.num_samples, self._batch_size):
+            stop = start + self._batch_size
+            yield self._inputs[start:stop], self._targets[start:stop]
+
     def train_round(self, global_state: StateDict, settings: RoundSettings) -> LocalUpdate:
         """Train from ``global_state`` and return this site's update.
 
@@ -105,7 +131,7 @@ class LocalSite:
                 n, batch_size=settings.batch_size, generator=self._generator
             ):
                 loss = self._algorithm.local_loss(
-                    self._model, self._inputs[batch], self._targets[batch], reference
+                    self._model, self._inputs[batch], self._targets[batch], reference, self._memory
                 )
                 if not torch.isfinite(loss):
                     raise FederationError(
@@ -116,12 +142,20 @@ class LocalSite:
                 optimizer.zero_grad(set_to_none=True)
                 torch.autograd.backward(loss)
                 optimizer.step()
+                self._algorithm.after_step(self._model, reference, self._memory)
                 loss_sum += float(loss.detach())
                 step += 1
                 if self._on_step is not None:
                     self._on_step(self._site_id, step, total_steps)
+        self._batch_size = settings.batch_size
+        auxiliary = self._algorithm.auxiliary_update(
+            self._model,
+            reference,
+            self._memory,
+            RoundContext(steps=step, lr=settings.lr, batches=self._in_order),
+        )
         local = self._algorithm.travelling_state(self._model)
-        delta = {name: local[name] - reference[name] for name in reference}
+        delta = site_update(reference, local, auxiliary)
         return LocalUpdate(
             delta=delta, num_samples=n, mean_loss=loss_sum / max(step, 1), steps=step
         )

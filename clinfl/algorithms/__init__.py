@@ -4,7 +4,7 @@ Adding an algorithm means adding one module that subclasses :class:`Algorithm`, 
 :func:`register_algorithm`, and importing that module here.
 """
 
-from clinfl.algorithms import fedavg, fedncalign, fedprox
+from clinfl.algorithms import fedavg, fedcurv, fedncalign, fedprox, scaffold, spherefed
 from clinfl.algorithms.base import Algorithm, ModelSpec
 from clinfl.algorithms.registry import (
     algorithm_summaries,
@@ -22,7 +22,10 @@ __all__ = [
     "available_algorithms",
     "create_algorithm",
     "fedavg",
+    "fedcurv",
     "fedncalign",
     "fedprox",
     "register_algorithm",
+    "scaffold",
+    "spherefed",
 ]

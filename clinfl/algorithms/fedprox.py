@@ -19,7 +19,10 @@ class FedProx(FedAvg):
     summary = "FedProx: FedAvg + (mu/2)||w - w_global||^2 (--prox-mu)"
 
     def regulariser(
-        self, model: nn.Module, global_state: Mapping[str, torch.Tensor]
+        self,
+        model: nn.Module,
+        global_state: Mapping[str, torch.Tensor],
+        memory: Mapping[str, torch.Tensor],
     ) -> torch.Tensor | None:
         """Return ``(mu/2) * sum ||w - w_global||^2`` over the trainable parameters."""
         mu = self.method.prox_mu

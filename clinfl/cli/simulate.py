@@ -110,6 +110,13 @@ def simulate(
     ] = None,
     lambda_con: Annotated[float, typer.Option(help="Weight of L_con (0 disables).")] = 1.0,
     prox_mu: Annotated[float, typer.Option(help="fedprox: proximal weight mu.")] = 0.01,
+    fedcurv_lambda: Annotated[
+        float,
+        typer.Option(
+            help="fedcurv: weight lambda of the Fisher (EWC) penalty; each site's Fisher is "
+            "scaled to a largest entry of 1, hence the large default."
+        ),
+    ] = 1000.0,
     composites_per_pair: Annotated[
         int, typer.Option(help="digits: train composites per digit pair.")
     ] = 12,
@@ -218,6 +225,7 @@ def simulate(
                 lambda_rej=lambda_rej,
                 lambda_con=lambda_con,
                 prox_mu=prox_mu,
+                fedcurv_lambda=fedcurv_lambda,
             ),
             federation=FederationConfig(
                 sites=sites,

@@ -207,7 +207,7 @@ def run_simulation(
         for state_dir in sites.state_dirs.values():
             shutil.copyfile(ingest_summary, state_dir / INGEST_FILE)
     evaluator = HeldOutEvaluator(data.val, data.test, algorithm, spec)
-    initial = algorithm.travelling_state(algorithm.build_model(spec))
+    initial = algorithm.initial_state(algorithm.build_model(spec))
     coordinator = Coordinator(
         sites.participants,
         build_aggregator(sites.secagg),

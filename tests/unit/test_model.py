@@ -146,11 +146,11 @@ def test_fedprox_penalty_is_zero_at_global_weights_and_positive_away() -> None:
     algorithm = create_algorithm(MethodConfig(name="fedprox", prox_mu=0.5))
     model = algorithm.build_model(SPEC)
     state = {k: v.clone() for k, v in algorithm.travelling_state(model).items()}
-    penalty = algorithm.regulariser(model, state)
+    penalty = algorithm.regulariser(model, state, {})
     assert penalty is not None and penalty.item() == 0.0
     with torch.no_grad():
         next(model.parameters()).add_(1.0)
-    moved = algorithm.regulariser(model, state)
+    moved = algorithm.regulariser(model, state, {})
     assert moved is not None
     expected = 0.5 * 0.5 * next(model.parameters()).numel()
     assert moved.item() == pytest.approx(expected, rel=1e-4)
