@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.clinfl-installed
 
-.PHONY: demo demo-dicom test test-fast test-slow lint typecheck bench clean
+.PHONY: demo demo-dicom bench-full test test-fast test-slow lint typecheck bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -51,12 +51,14 @@ test-fast: lint typecheck
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
 
-## The benchmarks (write benchmarks/results/*.json and regenerate docs/benchmarks.md).
+## Every benchmark with its quick preset (about 30 minutes on 2 cores): writes
+## benchmarks/results/*.json and regenerates docs/benchmarks.md with its figures.
 bench: $(STAMP)
-	$(BIN)/python benchmarks/secagg.py --quick
-	$(BIN)/python benchmarks/privacy.py --quick
-	$(BIN)/python benchmarks/ingest.py
-	$(BIN)/python benchmarks/accuracy.py
+	$(BIN)/python benchmarks/run_all.py --quick
+
+## The same with the full presets (hours on a CPU).
+bench-full: $(STAMP)
+	$(BIN)/python benchmarks/run_all.py --full
 
 clean:
 	rm -rf $(VENV) runs .mypy_cache .ruff_cache .pytest_cache

@@ -1,12 +1,16 @@
-"""Accuracy benchmark: centralized, FedAvg, FedProx and FedNCAlign-ML under label skew.
+"""Accuracy benchmark: the paper's comparison under two label-skew settings, plus its ablations.
 
-Runs every (data set, method, seed) combination through the in-process federation, appends each
-finished run to a JSON results file at once (a crash loses at most the run in progress; rerun with
---resume to continue), measures the local training step's throughput per method, and regenerates
-docs/benchmarks.md from the JSON.
+Methods: centralized, FedAvg, FedProx, SCAFFOLD, FedCurv, SphereFed and FedNCAlign-ML, on the
+digits composites and NIH1000, in setting 1 (alpha 0.5, rho 0.5) and setting 2 (alpha 0.1,
+rho 0.3), over 3 seeds; and FedNCAlign-ML's ablations (ETF classifier, LADM, fixed queries,
+L_rej, L_con) on digits in setting 1. Every finished cell is appended to the JSON results at
+once (a crash loses at most the cells in progress; rerun with --resume to continue). Cells run
+in parallel worker processes. Then the local training step's throughput is measured per method
+and docs/benchmarks.md is regenerated, with plots.
 
-    python benchmarks/accuracy.py                      # both data sets, 3 seeds
-    python benchmarks/accuracy.py --datasets digits --seeds 0 --resume
+    python benchmarks/accuracy.py --quick              # small presets, about 15 min on 2 cores
+    python benchmarks/accuracy.py --full               # the full data, 10 rounds (hours on a CPU)
+    python benchmarks/accuracy.py --quick --resume     # keep finished cells, run the rest
     python benchmarks/accuracy.py --render-only        # rebuild the Markdown from the JSON
 """
 
@@ -17,7 +21,9 @@ import json
 import sys
 import tempfile
 import time
-from dataclasses import replace
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field, replace
+from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
@@ -26,52 +32,137 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.machine import machine_info  # noqa: E402
 from benchmarks.report import write_docs  # noqa: E402
-from benchmarks.throughput import measure_throughput  # noqa: E402
 from clinfl.config import DataConfig, FederationConfig, MethodConfig, RunConfig  # noqa: E402
-from clinfl.simulation import run_simulation  # noqa: E402
 
 NIH1000 = ROOT.parent / "shared" / "data" / "nih1000"
-METHODS = ("centralized", "fedavg", "fedprox", "fedncalign", "fedncalign_no_rej")
-DEFAULT_RESULTS = ROOT / "benchmarks" / "results" / "accuracy.json"
-DEFAULT_DOCS = ROOT / "docs" / "benchmarks.md"
+METHODS = ("centralized", "fedavg", "fedprox", "scaffold", "fedcurv", "spherefed", "fedncalign")
+SETTINGS = {"s1": (0.5, 0.5), "s2": (0.1, 0.3)}  # (alpha, rho)
+ABLATIONS: dict[str, dict[str, Any]] = {
+    "fedncalign": {},
+    "no_etf": {"classifier": "learnable"},
+    "no_ladm": {"ladm": False},
+    "learnable_queries": {"queries": "learnable"},
+    "no_rej": {"lambda_rej": 0.0},
+    "no_con": {"lambda_con": 0.0},
+}
+RESULTS = ROOT / "benchmarks" / "results" / "accuracy.json"
 
 
-def dataset_config(name: str) -> tuple[DataConfig, int]:
-    """Return the data config and number of rounds of a benchmark data set."""
-    if name == "digits":
-        return DataConfig(dataset="digits", alpha=0.5, rho=0.5), 6
-    if name == "nih1000":
+@dataclass(frozen=True)
+class Preset:
+    """Data sizes, rounds and seeds of one preset."""
+
+    name: str
+    digits: dict[str, Any]
+    nih1000: dict[str, Any]
+    rounds: int
+    seeds: tuple[int, ...] = (0, 1, 2)
+    ablation_seeds: tuple[int, ...] = (0, 1, 2)
+    nih1000_method: dict[str, Any] = field(default_factory=dict)
+
+
+PRESETS = {
+    "quick": Preset(
+        "quick",
+        digits={"max_samples": 300, "composites_per_pair": 3},
+        nih1000={"image_size": 32},
+        rounds=3,
+        ablation_seeds=(0,),
+        nih1000_method={"backbone": "standard"},
+    ),
+    "full": Preset("full", digits={}, nih1000={"image_size": 64}, rounds=10),
+}
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One benchmark run: data set, skew setting, method (or ablation), seed."""
+
+    dataset: str
+    setting: str
+    method: str
+    seed: int
+    ablation: str | None = None
+
+    @property
+    def key(self) -> str:
+        """A stable identifier of the cell in the results file."""
+        return f"{self.dataset}/{self.setting}/{self.ablation or self.method}/{self.seed}"
+
+
+def cells(preset: Preset, datasets: list[str]) -> list[Cell]:
+    """Every cell of ``preset`` on ``datasets`` (centralized once per seed: it has no skew)."""
+    out = []
+    for dataset in datasets:
+        for seed in preset.seeds:
+            out.append(Cell(dataset, "none", "centralized", seed))
+            for setting in SETTINGS:
+                out += [Cell(dataset, setting, m, seed) for m in METHODS if m != "centralized"]
+    if "digits" in datasets:
+        for seed in preset.ablation_seeds:
+            out += [
+                Cell("digits", "s1", "fedncalign", seed, ablation=name)
+                for name in ABLATIONS
+                if name != "fedncalign"
+            ]
+    return out
+
+
+def run_config(cell: Cell, preset: Preset) -> RunConfig:
+    """Build the run config of one cell (K=5 sites)."""
+    if cell.dataset == "digits":
+        data = DataConfig(dataset="digits", **preset.digits)
+    elif cell.dataset == "nih1000":
         if not (NIH1000 / "labels.csv").is_file():
             raise SystemExit(
                 f"{NIH1000} is absent: NIH1000 needs ../shared/data beside the checkout"
             )
         data = DataConfig(
-            dataset="cxr14",
-            images=NIH1000,
-            labels=NIH1000 / "labels.csv",
-            image_size=64,
-            alpha=0.5,
-            rho=0.5,
+            dataset="cxr14", images=NIH1000, labels=NIH1000 / "labels.csv", **preset.nih1000
         )
-        return data, 10
-    raise SystemExit(f"unknown data set {name!r}: use digits or nih1000")
-
-
-def run_config(dataset: str, method: str, seed: int, rounds: int | None) -> RunConfig:
-    """Build the run config of one benchmark cell (K=5, alpha=0.5, rho=0.5)."""
-    data, default_rounds = dataset_config(dataset)
-    federation = FederationConfig(sites=5, rounds=rounds or default_rounds, seed=seed)
-    if method == "centralized":
+    else:
+        raise SystemExit(f"unknown data set {cell.dataset!r}: use digits or nih1000")
+    federation = FederationConfig(sites=5, rounds=preset.rounds, seed=cell.seed)
+    shape = preset.nih1000_method if cell.dataset == "nih1000" else {}
+    if cell.method == "centralized":
         return RunConfig(
             data=replace(data, rho=1.0),
-            method=MethodConfig(name="fedavg"),
+            method=MethodConfig(name="fedavg", **shape),
             federation=replace(federation, sites=1),
         )
-    if method == "fedncalign_no_rej":  # the paper's L_rej ablation
-        return RunConfig(
-            data=data, method=MethodConfig(name="fedncalign", lambda_rej=0.0), federation=federation
-        )
-    return RunConfig(data=data, method=MethodConfig(name=method), federation=federation)
+    alpha, rho = SETTINGS[cell.setting]
+    options = {**shape, **ABLATIONS.get(cell.ablation or "", {})}
+    return RunConfig(
+        data=replace(data, alpha=alpha, rho=rho),
+        method=MethodConfig(name=cell.method, **options),
+        federation=federation,
+    )
+
+
+def run_cell(cell: Cell, preset: Preset, threads: int) -> dict[str, Any]:
+    """Run one cell in this (worker) process and return its record."""
+    import torch
+
+    from clinfl.errors import ClinflError
+    from clinfl.simulation import run_simulation
+
+    torch.set_num_threads(threads)
+    started = time.perf_counter()
+    record: dict[str, Any] = {"key": cell.key, **cell.__dict__}
+    try:
+        with tempfile.TemporaryDirectory() as run_dir:
+            summary = run_simulation(run_config(cell, preset), Path(run_dir)).summary
+    except ClinflError as error:  # recorded and shown in the report, never hidden
+        return {**record, "error": error.one_line(), "seconds": time.perf_counter() - started}
+    record.update(
+        seconds=time.perf_counter() - started,
+        config=summary["config"],
+        data=summary["data"],
+        partition=summary["partition"],
+        rounds=summary["rounds"],
+        best=summary["best"],
+    )
+    return record
 
 
 def load_results(path: Path) -> dict[str, Any]:
@@ -90,69 +181,74 @@ def save_results(path: Path, results: dict[str, Any]) -> None:
     temporary.replace(path)
 
 
+def run_cells(
+    todo: list[Cell], preset: Preset, args: argparse.Namespace, results: dict[str, Any]
+) -> None:
+    """Run ``todo`` on ``args.workers`` processes, saving after every finished cell."""
+    threads = max(1, args.threads // args.workers)
+    with ProcessPoolExecutor(args.workers, mp_context=get_context("spawn")) as pool:
+        futures = {pool.submit(run_cell, cell, preset, threads): cell for cell in todo}
+        for done, future in enumerate(as_completed(futures), start=1):
+            record = future.result()
+            results["runs"].append(record)
+            save_results(args.results, results)
+            best = record.get("best") or {}
+            outcome = (
+                f"error: {record['error']}"
+                if "error" in record
+                else f"macro-AUC {100 * best.get('macro_auc', float('nan')):.2f} "
+                f"macro-F1 {100 * best.get('macro_f1', float('nan')):.2f}"
+            )
+            print(
+                f"[{done}/{len(todo)}] {record['key']:34s} {outcome} ({record['seconds']:.0f} s)",
+                flush=True,
+            )
+
+
 def main() -> None:
     """Parse arguments, run the missing cells, measure throughput, render the report."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    preset_group = parser.add_mutually_exclusive_group()
+    preset_group.add_argument("--quick", action="store_true", help="small presets (default)")
+    preset_group.add_argument("--full", action="store_true", help="full data, 10 rounds")
     parser.add_argument("--datasets", default="digits,nih1000")
-    parser.add_argument("--methods", default=",".join(METHODS))
-    parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--rounds", type=int, default=None, help="override the per-data-set rounds")
-    parser.add_argument("--results", type=Path, default=DEFAULT_RESULTS)
-    parser.add_argument("--docs", type=Path, default=DEFAULT_DOCS)
-    parser.add_argument("--resume", action="store_true", help="keep finished runs, run the rest")
+    parser.add_argument("--workers", type=int, default=2, help="parallel worker processes")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads in all")
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--resume", action="store_true", help="keep finished cells, run the rest")
     parser.add_argument("--render-only", action="store_true")
     args = parser.parse_args()
-
-    results = (
-        load_results(args.results)
-        if (args.resume or args.render_only)
-        else {"runs": [], "throughput": []}
-    )
-    results["machine"] = machine_info()
+    preset = PRESETS["full" if args.full else "quick"]
+    fresh = not (args.resume or args.render_only)
+    results = {"runs": [], "throughput": []} if fresh else load_results(args.results)
     if not args.render_only:
-        done = {(r["dataset"], r["method"], r["seed"]) for r in results["runs"]}
+        import torch
+
+        from benchmarks.throughput import measure_throughput
+
         datasets = args.datasets.split(",")
-        for dataset in datasets:
-            for seed in (int(s) for s in args.seeds.split(",")):
-                for method in args.methods.split(","):
-                    if (dataset, method, seed) in done:
-                        continue
-                    config = run_config(dataset, method, seed, args.rounds)
-                    started = time.perf_counter()
-                    with tempfile.TemporaryDirectory() as run_dir:
-                        outcome = run_simulation(config, Path(run_dir))
-                    summary = outcome.summary
-                    results["runs"].append(
-                        {
-                            "dataset": dataset,
-                            "method": method,
-                            "seed": seed,
-                            "seconds": time.perf_counter() - started,
-                            "config": summary["config"],
-                            "data": summary["data"],
-                            "partition": summary["partition"],
-                            "rounds": summary["rounds"],
-                            "best": summary["best"],
-                        }
-                    )
-                    save_results(args.results, results)
-                    best = summary["best"]
-                    print(
-                        f"{dataset:8s} {method:12s} seed {seed}: macro-AUC {100 * best['macro_auc']:.2f} "
-                        f"macro-F1 {100 * best['macro_f1']:.2f} (round {best['round']}, "
-                        f"{time.perf_counter() - started:.0f}s)",
-                        flush=True,
-                    )
+        if "nih1000" in datasets and not NIH1000.is_dir():
+            print(f"{NIH1000} is absent: NIH1000 cells are skipped", flush=True)
+            datasets.remove("nih1000")
+        results.update(machine=machine_info(), preset=preset.name, workers=args.workers)
+        results["machine"]["torch_threads"] = max(1, args.threads // args.workers)
+        done = {r["key"] for r in results["runs"] if "error" not in r}
+        results["runs"] = [r for r in results["runs"] if r["key"] in done]
+        todo = [cell for cell in cells(preset, datasets) if cell.key not in done]
+        started = time.perf_counter()
+        run_cells(todo, preset, args, results)
+        results["cells_seconds"] = time.perf_counter() - started
+        torch.set_num_threads(args.threads)
         results["throughput"] = [
-            measure_throughput(dataset, method, run_config(dataset, method, 0, None))
+            measure_throughput(dataset, method, run_config(Cell(dataset, "s1", method, 0), preset))
             for dataset in datasets
-            for method in args.methods.split(",")
+            for method in METHODS[1:]
         ]
         save_results(args.results, results)
-    write_docs(args.docs)
-    print(f"wrote {args.results} and {args.docs}")
+    write_docs()
+    print(f"wrote {args.results} and docs/benchmarks.md")
 
 
 if __name__ == "__main__":

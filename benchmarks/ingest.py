@@ -1,6 +1,6 @@
 """Ingestion speed on an export made with `clinfl data make-export` from NIH1000.
 
-    python benchmarks/ingest.py            # needs ../shared/data/nih1000
+    python benchmarks/ingest.py            # needs ../shared/data/nih1000 (--quick = --full)
 
 Measures header scan, decode per transfer syntax, a whole first ingest with 1 and 2 workers, a
 re-run on the unchanged export, and a cached epoch read: every accepted image from the site's
@@ -121,6 +121,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    preset = parser.add_mutually_exclusive_group()
+    preset.add_argument("--quick", action="store_true", help="all 1,000 images (the default)")
+    preset.add_argument("--full", action="store_true", help="the same: NIH1000 is small")
     parser.add_argument("--limit", type=int, default=None, help="export at most this many images")
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args()

@@ -1,8 +1,8 @@
 """Privacy cost: DP-SGD step time and memory per Opacus mode, accuracy at several budgets, and
 clinfl's epsilon next to Opacus' own accountant.
 
-    python benchmarks/privacy.py --quick   # step costs at 32/64 px; digits accuracy (1 seed)
-    python benchmarks/privacy.py --full    # adds NIH1000 accuracy (needs ../shared/data)
+    python benchmarks/privacy.py --quick   # steps at 32/64 px; FedNCAlign-ML, 300 digits
+    python benchmarks/privacy.py --full    # steps up to 128 px; FedAvg too, 600 digits, NIH1000
 
 Each step-time cell runs in its own process, so its peak resident memory is its own. Accuracy
 runs use `clinfl simulate`'s code path with a policy per budget: the noise multiplier is chosen
@@ -199,6 +199,9 @@ def measure_accuracy(dataset: str, method: str, budget: float | None, base: Any)
                     "site": site,
                     "clinfl_epsilon": report["dp"]["epsilon_spent"],
                     "opacus_epsilon": _opacus_epsilon(report["rounds"]),
+                    "epsilon_by_round": [
+                        [row["round"], row["epsilon_cumulative"]] for row in report["rounds"]
+                    ],
                 }
             )
     best = result.summary["best"] or {}
@@ -225,7 +228,7 @@ def accuracy_configs(full: bool) -> list[tuple[str, Any]]:
         (
             "digits",
             RunConfig(
-                data=DataConfig(max_samples=600),
+                data=DataConfig(max_samples=600 if full else 300),
                 federation=FederationConfig(sites=5, rounds=3, seed=0),
             ),
         )
@@ -268,7 +271,8 @@ def main() -> None:
         print(json.dumps(one_step_cell(mode, int(size), int(steps))))
         return
     previous = json.loads(args.results.read_text()) if args.results.is_file() else {}
-    steps = previous.get("steps", []) if args.skip_steps else measure_steps((32, 64, 128))
+    sizes = (32, 64, 128) if args.full else (32, 64)
+    steps = previous.get("steps", []) if args.skip_steps else measure_steps(sizes)
     chosen = None if args.datasets is None else set(args.datasets.split(","))
     accuracy: list[dict[str, Any]] = [
         row
@@ -291,7 +295,7 @@ def main() -> None:
     for dataset, base in accuracy_configs(args.full or bool(chosen and "nih1000" in chosen)):
         if chosen is not None and dataset not in chosen:
             continue
-        for method in ("fedavg", "fedncalign"):
+        for method in ("fedavg", "fedncalign") if args.full else ("fedncalign",):
             for budget in BUDGETS:
                 row = measure_accuracy(dataset, method, budget, base)
                 accuracy.append(row)

@@ -25,7 +25,7 @@ def measure_throughput(dataset: str, method: str, config: RunConfig) -> dict[str
     algorithm = create_algorithm(config.method)
     spec = ModelSpec(num_classes=classes, image_size=size, federation_seed=1, init_seed=0)
     model = algorithm.build_model(spec)
-    reference = {k: v.clone() for k, v in algorithm.travelling_state(model).items()}
+    reference = {k: v.clone() for k, v in algorithm.initial_state(model).items()}
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     generator = torch.Generator().manual_seed(0)
     images = torch.randn(BATCH, 1, size, size, generator=generator)

@@ -1,9 +1,15 @@
 from __future__ import annotations
 
+from pathlib import Path
+
+from benchmarks.accuracy import PRESETS, cells
+from benchmarks.plots import draw_all
 from benchmarks.report import render_report
 
 
-def _run(method: str, seed: int, macro_auc: float) -> dict[str, object]:
+def _run(
+    method: str, seed: int, macro_auc: float, setting: str = "s1", ablation: str | None = None
+) -> dict[str, object]:
     best = {"macro_auc": macro_auc, "micro_auc": 0.5, "macro_f1": 0.25, "micro_f1": 0.5, "round": 3}
     config = {
         "federation": {
@@ -14,44 +20,135 @@ def _run(method: str, seed: int, macro_auc: float) -> dict[str, object]:
             "lr": 0.001,
             "weight_decay": 0.01,
         },
-        "data": {"alpha": 0.5, "rho": 0.5},
+        "data": {"alpha": 0.5, "rho": 0.5, "image_size": 16},
         "method": {"backbone": "auto", "norm": "group", "lambda_rej": 1.0, "lambda_con": 1.0},
     }
+    rounds = [
+        {"round": r, "macro_auc": macro_auc - 0.1 * (3 - r), "macro_f1": 0.2} for r in (1, 2, 3)
+    ]
+    partition = {
+        "class_names": ["0", "1"],
+        "site_by_class_counts": [[3, 0], [0, 4]],
+        "dropped": 7,
+    }
     return {
+        "key": f"digits/{setting}/{ablation or method}/{seed}",
         "dataset": "digits",
+        "setting": "none" if method == "centralized" else setting,
         "method": method,
+        "ablation": ablation,
         "seed": seed,
         "best": best,
         "config": config,
         "data": "digits",
-        "partition": {"dropped": 7},
-        "rounds": [],
+        "partition": partition,
+        "rounds": rounds,
     }
 
 
-def test_report_tables_means_and_gains_come_from_the_runs() -> None:
-    results = {
-        "machine": {"cpu": "TestCPU", "cores": 2, "torch": "x", "torch_threads": 2, "cuda": False},
-        "runs": [
-            _run("fedavg", 0, 0.80),
-            _run("fedavg", 1, 0.90),
-            _run("fedncalign", 0, 0.86),
-            _run("fedncalign", 1, 0.92),
-        ],
-        "throughput": [
-            {
-                "dataset": "digits",
-                "method": "fedavg",
-                "image_size": 16,
-                "images_per_second": 50.0,
-                "median_step_seconds": 0.64,
-            }
-        ],
-    }
-    text = render_report(results)
+RESULTS = {
+    "machine": {"cpu": "TestCPU", "cores": 2, "torch": "x", "torch_threads": 1, "cuda": False},
+    "preset": "quick",
+    "workers": 2,
+    "runs": [
+        _run("centralized", 0, 0.95),
+        _run("fedavg", 0, 0.80),
+        _run("fedavg", 1, 0.90),
+        _run("fedncalign", 0, 0.86),
+        _run("fedncalign", 1, 0.92),
+        _run("scaffold", 0, 0.70, setting="s2"),
+        _run("fedncalign", 0, 0.60, ablation="no_rej"),
+        {
+            "key": "digits/s2/spherefed/0",
+            "dataset": "digits",
+            "setting": "s2",
+            "method": "spherefed",
+            "seed": 0,
+            "error": "PartitionError: site-3 got nothing",
+        },
+    ],
+    "throughput": [
+        {
+            "dataset": "digits",
+            "method": "fedavg",
+            "image_size": 16,
+            "images_per_second": 50.0,
+            "median_step_seconds": 0.64,
+        }
+    ],
+}
+
+
+def test_report_tables_means_gains_ablations_and_failures_come_from_the_runs() -> None:
+    text = render_report(RESULTS)
     assert "TestCPU" in text
     assert "| FedAvg | 2 | 85.00 ± 7.07 |" in text
     assert "| FedNCAlign-ML | 2 | 89.00 ± 4.24 |" in text
-    assert "| macro_auc | +4.00 | +6.00, +2.00 | +5.26 |" in text
+    assert "| SCAFFOLD | 1 | 70.00 ± 0.00 |" in text
+    assert "| macro_auc | +4.00 | +6.00, +2.00 | +5.26 |" in text  # ML-CIFAR-10 setting 1
+    assert "The paper, ML-DermaMNIST, setting 2" in text
+    # the ablation table compares against the full method on the ablation's seeds only
+    assert "| FedNCAlign-ML (all parts) | 1 | 86.00 ± 0.00 |" in text
+    assert "| no L_rej | 1 | 60.00 ± 0.00 |" in text
+    assert "digits/s2/spherefed/0: PartitionError" in text
     assert "| digits | FedAvg | 16 | 50.0 | 640 |" in text
-    assert "Dropped by the partition: 7" in text
+
+
+def test_figures_are_drawn_and_linked(tmp_path: Path) -> None:
+    privacy = {
+        "delta": 1e-5,
+        "accuracy": [
+            {
+                "dataset": "digits",
+                "method": "fedavg",
+                "budget": 3.0,
+                "noise_multiplier": 1.5,
+                "rounds": 3,
+                "macro_auc": 0.6,
+                "macro_f1": 0.1,
+                "selected_round": 3,
+                "seconds": 60.0,
+                "sites": [
+                    {
+                        "site": "site-1",
+                        "clinfl_epsilon": 2.7,
+                        "opacus_epsilon": 2.7,
+                        "epsilon_by_round": [[1, 1.0], [2, 1.9], [3, 2.7]],
+                    }
+                ],
+            }
+        ],
+    }
+    plots = draw_all(tmp_path / "figures", accuracy=RESULTS, privacy=privacy, secagg={})
+    assert set(plots) == {"curves-digits", "partition-digits", "epsilon"}
+    for relative in plots.values():
+        assert (tmp_path / relative).stat().st_size > 1000
+    text = render_report(RESULTS, privacy=privacy, plots=plots)
+    assert "](figures/curves-digits.png)" in text and "](figures/epsilon-rounds.png)" in text
+
+
+def test_quick_preset_covers_every_table_cell() -> None:
+    quick = cells(PRESETS["quick"], ["digits", "nih1000"])
+    methods = {c.method for c in quick if not c.ablation}
+    assert methods == {
+        "centralized",
+        "fedavg",
+        "fedprox",
+        "scaffold",
+        "fedcurv",
+        "spherefed",
+        "fedncalign",
+    }
+    for dataset in ("digits", "nih1000"):
+        for setting in ("s1", "s2"):
+            for method in methods - {"centralized"}:
+                seeds = {
+                    c.seed
+                    for c in quick
+                    if (c.dataset, c.setting, c.method) == (dataset, setting, method)
+                    and not c.ablation
+                }
+                assert seeds == {0, 1, 2}
+    ablations = {c.ablation for c in quick if c.ablation}
+    assert ablations == {"no_etf", "no_ladm", "learnable_queries", "no_rej", "no_con"}
+    assert len({c.key for c in quick}) == len(quick)
