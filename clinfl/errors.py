@@ -122,3 +122,9 @@ class PolicyViolation(ClinflError):  # noqa: N818 - reads as an event, like Prot
 
 class BudgetExhausted(PolicyViolation):
     """A round would take a site past its epsilon budget; it is refused before any step."""
+
+
+class PKIError(ClinflError):
+    """The federation's PKI folder is missing, incomplete, or would be overwritten."""
+
+    exit_code = 9

@@ -6,6 +6,7 @@ import typer
 
 from clinfl.cli.audit import audit_app
 from clinfl.cli.data import data_app
+from clinfl.cli.pki import pki_app
 from clinfl.cli.policy import policy_app
 from clinfl.cli.simulate import simulate
 from clinfl.cli.site import site_app
@@ -22,6 +23,7 @@ app.add_typer(policy_app, name="policy")
 app.add_typer(audit_app, name="audit")
 app.add_typer(site_app, name="site")
 app.add_typer(data_app, name="data")
+app.add_typer(pki_app, name="pki")
 
 
 @app.callback()
