@@ -70,10 +70,15 @@ def cell(values: list[float]) -> str:
 def select(
     runs: list[dict[str, Any]], dataset: str, setting: str
 ) -> dict[str, list[dict[str, Any]]]:
-    """Group the successful, non-ablation runs of one data set and setting by method."""
+    """Group the successful, non-ablation runs of one data set and setting by method.
+
+    Runs without a ``setting`` (results written before settings existed) are left out.
+    """
     grouped: dict[str, list[dict[str, Any]]] = {}
     for run in runs:
         if run["dataset"] != dataset or "error" in run or run.get("ablation"):
+            continue
+        if "setting" not in run:
             continue
         if run["setting"] == setting or run["method"] == "centralized":
             grouped.setdefault(run["method"], []).append(run)
@@ -84,7 +89,7 @@ def select_ablations(runs: list[dict[str, Any]]) -> dict[str, list[dict[str, Any
     """Group the digits setting-1 ablation runs, with the full method on the same seeds."""
     grouped: dict[str, list[dict[str, Any]]] = {}
     for run in runs:
-        wanted = run["dataset"] == "digits" and run["setting"] == "s1"
+        wanted = run["dataset"] == "digits" and run.get("setting") == "s1"
         if wanted and run.get("ablation") and "error" not in run:
             grouped.setdefault(run["ablation"], []).append(run)
     seeds = {r["seed"] for group in grouped.values() for r in group}

@@ -36,7 +36,12 @@ def write_atomically(path: Path, data: bytes) -> None:
 class CheckpointStore:
     """``<run dir>/checkpoints/round-NNNN.safetensors`` and ``manifest.json`` listing them."""
 
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, *, resume: bool = False) -> None:
+        """Open the run's checkpoint folder; with ``resume``, keep the rounds already listed.
+
+        Raises:
+            CheckpointError: if the folder cannot be created or its manifest read.
+        """
         self.directory = run_dir / "checkpoints"
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
@@ -45,6 +50,14 @@ class CheckpointStore:
                 f"cannot create {self.directory}: {exc}", remedy="choose a writable --out folder"
             ) from exc
         self._entries: list[dict[str, object]] = []
+        existing = self.directory / MANIFEST
+        if resume and existing.is_file():  # a restarted run keeps the rounds it wrote
+            try:
+                self._entries = list(json.loads(existing.read_text())["checkpoints"])
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                raise CheckpointError(
+                    f"cannot read {existing}: {exc}", remedy="check the run folder"
+                ) from exc
 
     def save(self, round_number: int, state: StateDict, metrics: dict[str, object]) -> Path:
         """Write the global state after ``round_number`` and update the manifest.
@@ -60,10 +73,16 @@ class CheckpointStore:
             os.replace(temporary, path)
         except OSError as exc:
             raise CheckpointError(f"cannot write {path}: {exc}", remedy="check disk space") from exc
+        self._entries = [e for e in self._entries if e.get("round") != round_number]
         self._entries.append({"round": round_number, "file": path.name, "metrics": metrics})
         manifest = {"checkpoints": self._entries}
         write_atomically(self.directory / MANIFEST, json.dumps(manifest, indent=2).encode())
         return path
+
+    def last_round(self) -> int | None:
+        """Return the last round with a checkpoint (None before the first)."""
+        rounds = [int(str(e["round"])) for e in self._entries]
+        return max(rounds) if rounds else None
 
     def load(self, round_number: int) -> StateDict:
         """Read the checkpoint of ``round_number`` (no unpickling).

@@ -13,6 +13,7 @@ from clinfl.federation.roles import GlobalEvaluator, TrainingParticipant
 from clinfl.typing import StateDict
 from coordinator.aggregation import Aggregator
 from coordinator.checkpoints import CheckpointStore
+from coordinator.control import RunControl
 
 RoundCallback = Callable[[RoundRecord], None]
 
@@ -42,12 +43,31 @@ class Coordinator:
         checkpoints: CheckpointStore,
         *,
         selection: SelectionRule = "best",
+        control: RunControl | None = None,
     ) -> None:
         self._participants = tuple(participants)
         self._aggregator = aggregator
         self._evaluator = evaluator
         self._checkpoints = checkpoints
         self._selection = selection
+        self._control = control
+
+    def _boundary(self, round_number: int, rounds: int) -> str | None:
+        """Honour the operator's request at a round boundary; return why to stop, if so."""
+        control = self._control
+        if control is None:
+            return None
+        request = control.requested()
+        if request == "pause":
+            control.set_status("paused", current_round=round_number - 1, total_rounds=rounds)
+            request = control.wait_while_paused()
+        if request in ("stop", "stop-now"):
+            return f"stopped by the operator before round {round_number}"
+        control.set_status("running", current_round=round_number, total_rounds=rounds)
+        return None
+
+    def _stop_now(self) -> bool:
+        return self._control is not None and self._control.requested() == "stop-now"
 
     def run(
         self,
@@ -56,8 +76,14 @@ class Coordinator:
         rounds: int,
         settings_for: Callable[[int], RoundSettings],
         on_round: RoundCallback | None = None,
+        first_round: int = 1,
     ) -> FederationOutcome:
-        """Run ``rounds`` rounds from ``initial_state`` and select one.
+        """Run rounds ``first_round`` to ``rounds`` from ``initial_state`` and select one.
+
+        With a :class:`RunControl`, the operator's requests are honoured at each round boundary
+        (pause, resume, stop); ``stop-now`` also abandons the round in progress before anything
+        is applied. Each round's record and the budgets sites reported go to the control
+        database for ``clinfl coordinator status``.
 
         The selected round is the best completed round on validation macro-AUC (or the last,
         with ``selection='last'``). A round the aggregator abandons
@@ -73,7 +99,18 @@ class Coordinator:
         state = {name: value.clone() for name, value in initial_state.items()}
         records: list[RoundRecord] = []
         stopped: str | None = None
-        for round_number in range(1, rounds + 1):
+        budgets: dict[str, float] = {}
+        if self._control is not None:
+            self._control.set_status(
+                "running",
+                current_round=first_round,
+                total_rounds=rounds,
+                sites=[p.site_id for p in self._participants],
+            )
+        for round_number in range(first_round, rounds + 1):
+            stopped = self._boundary(round_number, rounds)
+            if stopped is not None:
+                break
             started = time.perf_counter()
             settings = settings_for(round_number)
             reports: dict[str, TrainingReport] = {}
@@ -91,6 +128,9 @@ class Coordinator:
             if refusals and not trained:
                 stopped = f"stopped before round {round_number}: " + "; ".join(refusals)
                 break
+            budgets.update(
+                {s: r.epsilon_spent for s, r in reports.items() if r.epsilon_spent is not None}
+            )
             aborted: str | None = None
             included: frozenset[str] = frozenset()
             num_samples = 0
@@ -101,8 +141,11 @@ class Coordinator:
             except RoundAborted as error:
                 aborted = error.message
             else:
-                state = {name: state[name] + aggregate.mean_delta[name] for name in state}
-                included, num_samples = aggregate.site_ids, aggregate.num_samples
+                if self._stop_now():
+                    aborted = "stopped by the operator (stop --now): nothing applied"
+                else:
+                    state = {name: state[name] + aggregate.mean_delta[name] for name in state}
+                    included, num_samples = aggregate.site_ids, aggregate.num_samples
             report = self._evaluator.evaluate(state)
             losses = [reports[site].mean_loss for site in included]
             record = RoundRecord(
@@ -116,8 +159,16 @@ class Coordinator:
             )
             self._checkpoints.save(round_number, state, record.to_json_dict())
             records.append(record)
+            if self._control is not None:
+                self._control.record_round(round_number, record.to_json_dict())
+                self._control.set_status("running", budgets=budgets, sites_seen=sorted(reports))
             if on_round is not None:
                 on_round(record)
+            if self._stop_now():
+                stopped = f"stopped by the operator during round {round_number}"
+                break
+        if self._control is not None:
+            self._control.set_status("stopped" if stopped else "finished", stopped=stopped)
         completed = [r for r in records if r.aborted is None] or records
         selected: RoundRecord | None = None
         if completed and self._selection == "last":

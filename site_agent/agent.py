@@ -82,6 +82,7 @@ class SiteAgent:
         requirements: SecAggRequirements,
         audit: AuditHook | None = None,
         min_samples: int = 1,
+        share_epsilon: bool = False,
         rng: np.random.Generator | None = None,
     ) -> None:
         if identity.site_id != trainer.site_id:
@@ -92,6 +93,7 @@ class SiteAgent:
         self._requirements = requirements
         self._audit = audit
         self._min_samples = min_samples
+        self._share_epsilon = share_epsilon
         self._rng = rng if rng is not None else np.random.default_rng(secrets.randbits(128))
         self._pending: LocalUpdate | None = None
         self._template: StateDict | None = None
@@ -123,7 +125,9 @@ class SiteAgent:
             raise PolicyViolation(reason, remedy="add data at the site or relax data.min_samples")
         self._pending = self._trainer.train_round(global_state, settings)
         self._template = global_state
-        return TrainingReport(self.site_id, self._pending.mean_loss, self._pending.steps)
+        epsilon = getattr(self._trainer, "epsilon", None)
+        spent = float(epsilon()) if self._share_epsilon and callable(epsilon) else None
+        return TrainingReport(self.site_id, self._pending.mean_loss, self._pending.steps, spent)
 
     def _take_pending(self) -> tuple[LocalUpdate, StateDict]:
         if self._pending is None or self._template is None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from clinfl.cli.audit import audit_app
+from clinfl.cli.coordinator import coordinator_app
 from clinfl.cli.data import data_app
 from clinfl.cli.pki import pki_app
 from clinfl.cli.policy import policy_app
@@ -24,6 +25,7 @@ app.add_typer(audit_app, name="audit")
 app.add_typer(site_app, name="site")
 app.add_typer(data_app, name="data")
 app.add_typer(pki_app, name="pki")
+app.add_typer(coordinator_app, name="coordinator")
 
 
 @app.callback()

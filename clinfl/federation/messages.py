@@ -20,11 +20,16 @@ class RoundSettings:
 
 @dataclass(frozen=True)
 class TrainingReport:
-    """What a site says after local training: no update, no sample count, only its loss."""
+    """What a site says after local training: no update, no sample count, only its loss.
+
+    ``epsilon_spent`` is the site's cumulative privacy spend, present only when it trains with
+    DP-SGD and its policy's ``reporting.metrics`` includes ``epsilon``.
+    """
 
     site_id: str
     mean_loss: float
     steps: int
+    epsilon_spent: float | None = None
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from clinfl.simulation.datasets import load_split_data, resolve_defaults
 from clinfl.simulation.sites import SimulatedSites, build_sites
 from coordinator.aggregation import Aggregator, PlainAggregator
 from coordinator.checkpoints import CheckpointStore, write_atomically
+from coordinator.control import RunControl
 from coordinator.federation_report import build_federation_report
 from coordinator.rounds import Coordinator, FederationOutcome
 from coordinator.secure_aggregation import SecureAggregator
@@ -208,12 +209,15 @@ def run_simulation(
             shutil.copyfile(ingest_summary, state_dir / INGEST_FILE)
     evaluator = HeldOutEvaluator(data.val, data.test, algorithm, spec)
     initial = algorithm.initial_state(algorithm.build_model(spec))
+    control = RunControl(out_dir)
+    control.reset()
     coordinator = Coordinator(
         sites.participants,
         build_aggregator(sites.secagg),
         evaluator,
         CheckpointStore(out_dir),
         selection=fed.selection,
+        control=control,
     )
 
     def settings_for(round_number: int) -> RoundSettings:
@@ -225,9 +229,12 @@ def run_simulation(
         if listener is not None:
             listener.round_finished(record, fed.rounds)
 
-    outcome = coordinator.run(
-        initial, rounds=fed.rounds, settings_for=settings_for, on_round=on_round
-    )
+    try:
+        outcome = coordinator.run(
+            initial, rounds=fed.rounds, settings_for=settings_for, on_round=on_round
+        )
+    finally:
+        control.close()
     summary = _build_results(config, data, partition, outcome, time.perf_counter() - started)
     summary["run_id"] = run_id
     summary["sites"] = {

@@ -189,6 +189,7 @@ def build_sites(
             requirements=policy.secagg_requirements,
             audit=audit,
             min_samples=policy.data.min_samples,
+            share_epsilon="epsilon" in policy.reporting.metrics,
         )
         participants.append(DroppingParticipant(agent, config.drops) if config.drops else agent)
     return SimulatedSites(participants, policies, state_dirs, trainers, secagg, mode)
