@@ -157,7 +157,14 @@ def gains(grouped: dict[str, list[dict[str, Any]]], title: str) -> list[str]:
 
 
 def _setup(runs: list[dict[str, Any]], dataset: str) -> str:
-    sample = next((r for r in runs if r["dataset"] == dataset and "config" in r), None)
+    sample = next(
+        (
+            r
+            for r in runs
+            if r["dataset"] == dataset and "config" in r and r["method"] == "fedncalign"
+        ),
+        None,
+    )
     if sample is None:
         return ""
     cfg = sample["config"]

@@ -134,7 +134,12 @@ def main() -> None:
         export = Path(folder) / "export"
         make_export(nih, nih / "labels.csv", export, limit=args.limit)
         result = measure(export, Path(folder))
-    document = {"machine": machine_info(), "source": "NIH1000 via make-export", **result}
+    document = {
+        "machine": machine_info(),
+        "preset": "full" if args.full else "quick",
+        "source": "NIH1000 via make-export",
+        **result,
+    }
     args.results.parent.mkdir(parents=True, exist_ok=True)
     args.results.write_text(json.dumps(document, indent=2))
     write_docs()

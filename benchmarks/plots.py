@@ -10,6 +10,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+from matplotlib.ticker import MaxNLocator
 
 from benchmarks.accuracy_report import LABELS, SETTING_TITLES, select
 
@@ -41,6 +42,7 @@ def auc_curves(runs: list[dict[str, Any]], dataset: str, path: Path) -> bool:
             style = "--" if method == "centralized" else "-"
             axis.plot(range(1, rounds + 1), means, style, marker="o", label=label)
         axis.set_title(f"{dataset}, {SETTING_TITLES[setting]}")
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.set_xlabel("round")
         axis.set_ylabel("test macro-AUC (%)")
         axis.grid(alpha=0.3)
@@ -104,6 +106,7 @@ def epsilon_rounds(privacy: dict[str, Any], path: Path) -> bool:
             label=f"{row['dataset']} {row['method']}, budget {row['budget']:g}",
         )
         axis.axhline(row["budget"], color=line[0].get_color(), linestyle=":", alpha=0.6)
+    axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     axis.set_xlabel("round")
     axis.set_ylabel(f"cumulative epsilon (delta {privacy.get('delta', '?')})")
     axis.set_title("privacy spent by site-1 (ledger), budget dotted")

@@ -152,3 +152,9 @@ def test_quick_preset_covers_every_table_cell() -> None:
     ablations = {c.ablation for c in quick if c.ablation}
     assert ablations == {"no_etf", "no_ladm", "learnable_queries", "no_rej", "no_con"}
     assert len({c.key for c in quick}) == len(quick)
+
+
+def test_runs_from_an_older_results_format_are_left_out() -> None:
+    old = {key: value for key, value in _run("fedavg", 0, 0.5).items() if key != "setting"}
+    text = render_report({**RESULTS, "runs": [*RESULTS["runs"], old]})  # type: ignore[list-item]
+    assert "| FedAvg | 2 | 85.00 ± 7.07 |" in text
