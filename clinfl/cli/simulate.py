@@ -23,6 +23,7 @@ from clinfl.config import (
     RunConfig,
     SecAggConfig,
 )
+from clinfl.config_file import load_run_config
 from clinfl.errors import ConfigError
 from clinfl.simulation import run_simulation
 from clinfl.simulation.dropouts import parse_dropout
@@ -30,7 +31,41 @@ from clinfl.simulation.dropouts import parse_dropout
 _METHODS = "; ".join(f"{name}: {text}" for name, text in algorithm_summaries().items())
 
 
+_FILE_COMPATIBLE = {"ctx", "config_file", "out", "as_json", "threads"}
+
+
+def _config_from_file(ctx: typer.Context, path: Path) -> RunConfig:
+    """Load ``--config``; refuse run options given with it (they would be silently ignored).
+
+    Raises:
+        ConfigError: naming the options given alongside the file, or a missing or bad file.
+        ValidationError: for unknown keys or mistyped values in the file.
+    """
+    clashing = [
+        "--" + name.replace("_", "-")
+        for name in ctx.params
+        if name not in _FILE_COMPATIBLE
+        and getattr(ctx.get_parameter_source(name), "name", "") == "COMMANDLINE"
+    ]
+    if clashing:
+        raise ConfigError(
+            f"--config cannot be combined with {', '.join(clashing)}",
+            remedy="put those settings in the config file",
+        )
+    return load_run_config(path)
+
+
 def simulate(
+    ctx: typer.Context,
+    config_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            help="Federation config file (TOML, tables [data] [method] [federation] [secagg] "
+            "[privacy] [[drops]]); it replaces the run options, so only --out, --json and "
+            "--threads may go with it.",
+        ),
+    ] = None,
     dataset: Annotated[
         str, typer.Option(help="digits (bundled demo data), cxr14 (PNGs) or dicom (a PACS export).")
     ] = "digits",
@@ -183,7 +218,8 @@ def simulate(
     out: Annotated[
         Path | None,
         typer.Option(
-            help="Run folder for checkpoints and results.json (default: runs/METHOD-TIME)."
+            help="Run folder for checkpoints, results.json and control.sqlite "
+            "(default: runs/METHOD-TIME)."
         ),
     ] = None,
     as_json: Annotated[
@@ -200,55 +236,61 @@ def simulate(
                 f"--secagg-graph must be sparse or complete, got {secagg_graph!r}",
                 remedy="--secagg-graph sparse",
             )
-        config = RunConfig(
-            data=DataConfig(
-                dataset=dataset,  # type: ignore[arg-type]
-                images=images,
-                labels=labels,
-                label_space=label_space,
-                split_dir=split_dir,
-                image_size=image_size,
-                alpha=alpha,
-                rho=rho,
-                composites_per_pair=composites_per_pair,
-                max_samples=max_samples,
-            ),
-            method=MethodConfig(
-                name=method,
-                backbone=backbone,  # type: ignore[arg-type]
-                norm=norm,  # type: ignore[arg-type]
-                weights=weights,
-                classifier=classifier,  # type: ignore[arg-type]
-                classifier_bias=classifier_bias,
-                ladm=ladm,
-                queries=queries,  # type: ignore[arg-type]
-                lambda_rej=lambda_rej,
-                lambda_con=lambda_con,
-                prox_mu=prox_mu,
-                fedcurv_lambda=fedcurv_lambda,
-            ),
-            federation=FederationConfig(
-                sites=sites,
-                rounds=rounds,
-                local_epochs=local_epochs,
-                batch_size=batch_size,
-                lr=lr,
-                weight_decay=weight_decay,
-                seed=seed,
-                federation_seed=federation_seed,
-                selection=selection,  # type: ignore[arg-type]
-                threads=threads,
-            ),
-            secagg=SecAggConfig(
-                enabled=secagg == "on",
-                min_sites=secagg_min_sites,
-                bits=secagg_bits,
-                clip=secagg_clip,
-                degree=max(sites - 1, 1) if secagg_graph == "complete" else None,
-            ),
-            privacy=PrivacyConfig(policy=policy, policy_dir=policy_dir, grad_sample_mode=dp_mode),
-            drops=tuple(parse_dropout(text) for text in drop or ()),
-        )
+        if config_file is not None:
+            config = _config_from_file(ctx, config_file)
+            method = config.method.name
+        else:
+            config = RunConfig(
+                data=DataConfig(
+                    dataset=dataset,  # type: ignore[arg-type]
+                    images=images,
+                    labels=labels,
+                    label_space=label_space,
+                    split_dir=split_dir,
+                    image_size=image_size,
+                    alpha=alpha,
+                    rho=rho,
+                    composites_per_pair=composites_per_pair,
+                    max_samples=max_samples,
+                ),
+                method=MethodConfig(
+                    name=method,
+                    backbone=backbone,  # type: ignore[arg-type]
+                    norm=norm,  # type: ignore[arg-type]
+                    weights=weights,
+                    classifier=classifier,  # type: ignore[arg-type]
+                    classifier_bias=classifier_bias,
+                    ladm=ladm,
+                    queries=queries,  # type: ignore[arg-type]
+                    lambda_rej=lambda_rej,
+                    lambda_con=lambda_con,
+                    prox_mu=prox_mu,
+                    fedcurv_lambda=fedcurv_lambda,
+                ),
+                federation=FederationConfig(
+                    sites=sites,
+                    rounds=rounds,
+                    local_epochs=local_epochs,
+                    batch_size=batch_size,
+                    lr=lr,
+                    weight_decay=weight_decay,
+                    seed=seed,
+                    federation_seed=federation_seed,
+                    selection=selection,  # type: ignore[arg-type]
+                    threads=threads,
+                ),
+                secagg=SecAggConfig(
+                    enabled=secagg == "on",
+                    min_sites=secagg_min_sites,
+                    bits=secagg_bits,
+                    clip=secagg_clip,
+                    degree=max(sites - 1, 1) if secagg_graph == "complete" else None,
+                ),
+                privacy=PrivacyConfig(
+                    policy=policy, policy_dir=policy_dir, grad_sample_mode=dp_mode
+                ),
+                drops=tuple(parse_dropout(text) for text in drop or ()),
+            )
         if threads is not None:
             torch.set_num_threads(threads)
         run_dir = out or Path("runs") / f"{method}-{time.strftime('%Y%m%d-%H%M%S')}"
