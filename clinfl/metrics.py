@@ -8,6 +8,7 @@ evaluated set (METHOD.md section 7).
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 
@@ -58,6 +59,17 @@ class MultiLabelMetrics:
         data = asdict(self)
         data["per_class_auc"] = list(self.per_class_auc)
         return data
+
+    @classmethod
+    def from_json_dict(cls, data: dict[str, Any]) -> MultiLabelMetrics:
+        """Rebuild metrics written by :meth:`to_json_dict`."""
+        return cls(
+            macro_auc=float(data["macro_auc"]),
+            micro_auc=float(data["micro_auc"]),
+            macro_f1=float(data["macro_f1"]),
+            micro_f1=float(data["micro_f1"]),
+            per_class_auc=tuple(None if v is None else float(v) for v in data["per_class_auc"]),
+        )
 
 
 def multilabel_metrics(

@@ -77,13 +77,15 @@ class Coordinator:
         settings_for: Callable[[int], RoundSettings],
         on_round: RoundCallback | None = None,
         first_round: int = 1,
+        previous: Sequence[RoundRecord] = (),
     ) -> FederationOutcome:
         """Run rounds ``first_round`` to ``rounds`` from ``initial_state`` and select one.
 
         With a :class:`RunControl`, the operator's requests are honoured at each round boundary
         (pause, resume, stop); ``stop-now`` also abandons the round in progress before anything
         is applied. Each round's record and the budgets sites reported go to the control
-        database for ``clinfl coordinator status``.
+        database for ``clinfl coordinator status``. A resumed run passes the rounds it already
+        completed as ``previous`` (they count for the selection) and starts at ``first_round``.
 
         The selected round is the best completed round on validation macro-AUC (or the last,
         with ``selection='last'``). A round the aggregator abandons
@@ -97,7 +99,7 @@ class Coordinator:
             CheckpointError: if a checkpoint cannot be written.
         """
         state = {name: value.clone() for name, value in initial_state.items()}
-        records: list[RoundRecord] = []
+        records: list[RoundRecord] = list(previous)
         stopped: str | None = None
         budgets: dict[str, float] = {}
         if self._control is not None:
@@ -160,7 +162,7 @@ class Coordinator:
             self._checkpoints.save(round_number, state, record.to_json_dict())
             records.append(record)
             if self._control is not None:
-                self._control.record_round(round_number, record.to_json_dict())
+                self._control.record_round(round_number, record.to_full_json_dict())
                 self._control.set_status("running", budgets=budgets, sites_seen=sorted(reports))
             if on_round is not None:
                 on_round(record)

@@ -27,19 +27,19 @@ from clinfl.config_file import load_run_config
 from clinfl.errors import ConfigError
 from clinfl.simulation import run_simulation
 from clinfl.simulation.dropouts import parse_dropout
+from clinfl.simulation.resume import load_saved_run_config
 
 _METHODS = "; ".join(f"{name}: {text}" for name, text in algorithm_summaries().items())
 
 
-_FILE_COMPATIBLE = {"ctx", "config_file", "out", "as_json", "threads"}
+_FILE_COMPATIBLE = {"ctx", "config_file", "resume", "out", "as_json", "threads"}
 
 
-def _config_from_file(ctx: typer.Context, path: Path) -> RunConfig:
-    """Load ``--config``; refuse run options given with it (they would be silently ignored).
+def _refuse_run_options(ctx: typer.Context, flag: str, remedy: str) -> None:
+    """Refuse run options given with ``--config`` or ``--resume`` (they would be ignored).
 
     Raises:
-        ConfigError: naming the options given alongside the file, or a missing or bad file.
-        ValidationError: for unknown keys or mistyped values in the file.
+        ConfigError: naming the options given alongside.
     """
     clashing = [
         "--" + name.replace("_", "-")
@@ -48,10 +48,17 @@ def _config_from_file(ctx: typer.Context, path: Path) -> RunConfig:
         and getattr(ctx.get_parameter_source(name), "name", "") == "COMMANDLINE"
     ]
     if clashing:
-        raise ConfigError(
-            f"--config cannot be combined with {', '.join(clashing)}",
-            remedy="put those settings in the config file",
-        )
+        raise ConfigError(f"{flag} cannot be combined with {', '.join(clashing)}", remedy=remedy)
+
+
+def _config_from_file(ctx: typer.Context, path: Path) -> RunConfig:
+    """Load ``--config``.
+
+    Raises:
+        ConfigError: for run options given alongside, or a missing or bad file.
+        ValidationError: for unknown keys or mistyped values in the file.
+    """
+    _refuse_run_options(ctx, "--config", "put those settings in the config file")
     return load_run_config(path)
 
 
@@ -64,6 +71,14 @@ def simulate(
             help="Federation config file (TOML, tables [data] [method] [federation] [secagg] "
             "[privacy] [[drops]]); it replaces the run options, so only --out, --json and "
             "--threads may go with it.",
+        ),
+    ] = None,
+    resume: Annotated[
+        Path | None,
+        typer.Option(
+            help="Continue the run in this folder after its last completed round (after a crash "
+            "or a stop), with the configuration it saved; only --json and --threads may go "
+            "with it.",
         ),
     ] = None,
     dataset: Annotated[
@@ -236,7 +251,16 @@ def simulate(
                 f"--secagg-graph must be sparse or complete, got {secagg_graph!r}",
                 remedy="--secagg-graph sparse",
             )
-        if config_file is not None:
+        if resume is not None:
+            _refuse_run_options(ctx, "--resume", "resume with the run's own configuration")
+            if out is not None or config_file is not None:
+                raise ConfigError(
+                    "--resume takes the run folder itself; --out and --config do not apply",
+                    remedy=f"clinfl simulate --resume {resume}",
+                )
+            config, out = load_saved_run_config(resume), resume
+            method = config.method.name
+        elif config_file is not None:
             config = _config_from_file(ctx, config_file)
             method = config.method.name
         else:
@@ -295,7 +319,7 @@ def simulate(
             torch.set_num_threads(threads)
         run_dir = out or Path("runs") / f"{method}-{time.strftime('%Y%m%d-%H%M%S')}"
         with ProgressListener(console, show_tables=not as_json) as listener:
-            result = run_simulation(config, run_dir, listener=listener)
+            result = run_simulation(config, run_dir, listener=listener, resume=resume is not None)
         if as_json:
             print(json.dumps(result.summary, indent=2))
             return

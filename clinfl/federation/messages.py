@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from clinfl.metrics import MultiLabelMetrics
 from clinfl.typing import StateDict
@@ -82,3 +83,30 @@ class RoundRecord:
             "mean_train_loss": self.mean_loss,
             "aborted": self.aborted,
         }
+
+    def to_full_json_dict(self) -> dict[str, Any]:
+        """Return :meth:`to_json_dict` plus both metric sets in full (to rebuild the record)."""
+        return {
+            **self.to_json_dict(),
+            "report": {
+                "validation": self.report.validation.to_json_dict(),
+                "test": self.report.test.to_json_dict(),
+            },
+        }
+
+    @classmethod
+    def from_full_json_dict(cls, data: dict[str, Any]) -> RoundRecord:
+        """Rebuild a record written by :meth:`to_full_json_dict`."""
+        report = EvaluationReport(
+            validation=MultiLabelMetrics.from_json_dict(data["report"]["validation"]),
+            test=MultiLabelMetrics.from_json_dict(data["report"]["test"]),
+        )
+        return cls(
+            round=int(data["round"]),
+            report=report,
+            seconds=float(data["seconds"]),
+            sites=int(data["sites"]),
+            num_samples=int(data["num_samples"]),
+            mean_loss=float(data["mean_train_loss"]),
+            aborted=data.get("aborted"),
+        )

@@ -22,6 +22,7 @@ from clinfl.data.partition import Partition, partition_label_skew
 from clinfl.errors import DataError, PartitionError
 from clinfl.federation.messages import RoundRecord, RoundSettings
 from clinfl.simulation.datasets import load_split_data, resolve_defaults
+from clinfl.simulation.resume import ResumePoint, resume_point, save_run_config
 from clinfl.simulation.sites import SimulatedSites, build_sites
 from coordinator.aggregation import Aggregator, PlainAggregator
 from coordinator.checkpoints import CheckpointStore, write_atomically
@@ -155,9 +156,16 @@ def build_aggregator(secagg: SecAggConfig) -> Aggregator:
 
 
 def run_simulation(
-    config: RunConfig, out_dir: Path, *, listener: SimulationListener | None = None
+    config: RunConfig,
+    out_dir: Path,
+    *,
+    listener: SimulationListener | None = None,
+    resume: bool = False,
 ) -> SimulationResult:
     """Run the configured federation in-process and write checkpoints and ``results.json``.
+
+    With ``resume``, continue the run in ``out_dir`` after its last checkpointed round (see
+    :mod:`clinfl.simulation.resume`); ``config`` must be the one it saved.
 
     Raises:
         ClinflError: any configuration, data, partition, federation or checkpoint error.
@@ -210,12 +218,20 @@ def run_simulation(
     evaluator = HeldOutEvaluator(data.val, data.test, algorithm, spec)
     initial = algorithm.initial_state(algorithm.build_model(spec))
     control = RunControl(out_dir)
-    control.reset()
+    store = CheckpointStore(out_dir, resume=resume)
+    if resume:
+        control.request("run")  # a stop requested before the crash does not carry over
+        point = resume_point(store, control)
+        initial = point.state if point.state is not None else initial
+    else:
+        control.reset()
+        save_run_config(out_dir, config)
+        point = ResumePoint(first_round=1, state=None, previous=())
     coordinator = Coordinator(
         sites.participants,
         build_aggregator(sites.secagg),
         evaluator,
-        CheckpointStore(out_dir),
+        store,
         selection=fed.selection,
         control=control,
     )
@@ -231,7 +247,12 @@ def run_simulation(
 
     try:
         outcome = coordinator.run(
-            initial, rounds=fed.rounds, settings_for=settings_for, on_round=on_round
+            initial,
+            rounds=fed.rounds,
+            settings_for=settings_for,
+            on_round=on_round,
+            first_round=point.first_round,
+            previous=point.previous,
         )
     finally:
         control.close()
