@@ -15,6 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from clinfl.cli.app import app
+from coordinator.control import RunControl
 
 runner = CliRunner()
 CONFIG = """
@@ -86,3 +87,62 @@ def test_resume_refuses_run_options_and_unknown_folders(tmp_path: Path) -> None:
     missing = runner.invoke(app, ["simulate", "--resume", str(tmp_path)])
     assert missing.exit_code == 6 and "run_config.json is missing" in missing.output
     assert "Traceback" not in refused.output + missing.output
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    command = "from clinfl.cli.app import main; main()"
+    return subprocess.run(
+        [sys.executable, "-c", command, *args], capture_output=True, text=True, timeout=120
+    )
+
+
+def _status(run: Path) -> dict:
+    """Read the status as `clinfl coordinator status` does (polling through the CLI is slow)."""
+    control = RunControl(run, create=False)
+    try:
+        return control.status()
+    finally:
+        control.close()
+
+
+def _wait_for(predicate, what: str, seconds: float = 300) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.3)
+
+
+@pytest.mark.slow
+def test_pause_resume_and_stop_from_another_process(tmp_path: Path) -> None:
+    config, run = tmp_path / "federation.toml", tmp_path / "run"
+    config.write_text(CONFIG.replace("rounds = 4", "rounds = 30"))
+    command = "from clinfl.cli.app import main; main()"
+    process = subprocess.Popen(
+        [sys.executable, "-c", command, "simulate", "--config", str(config), "--out", str(run)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        _wait_for(lambda: (run / "control.sqlite").is_file(), "the control database")
+        _wait_for(lambda: _status(run)["rounds_done"] >= 1, "the first round")
+        assert _cli("coordinator", "pause", "--run-dir", str(run)).returncode == 0
+        _wait_for(lambda: _status(run)["state"] == "paused", "the pause")
+        paused_at = _status(run)["rounds_done"]
+        time.sleep(3)
+        assert _status(run)["rounds_done"] == paused_at  # nothing runs while paused
+        assert _cli("coordinator", "resume", "--run-dir", str(run)).returncode == 0
+        _wait_for(lambda: _status(run)["rounds_done"] > paused_at, "a round after resuming")
+        assert _cli("coordinator", "stop", "--run-dir", str(run)).returncode == 0
+        assert process.wait(timeout=300) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+    shown = _cli("coordinator", "status", "--run-dir", str(run), "--json")
+    assert shown.returncode == 0, shown.stderr
+    status = json.loads(shown.stdout)
+    assert status["state"] == "stopped" and "stopped by the operator" in status["stopped"]
+    results = json.loads((run / "results.json").read_text())
+    assert "stopped by the operator" in results["stopped"]
+    assert len(results["rounds"]) == status["rounds_done"] < 30
+    late = _cli("coordinator", "pause", "--run-dir", str(run))
+    assert late.returncode == 0 and "already stopped" in late.stderr
