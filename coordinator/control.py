@@ -12,12 +12,13 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, Literal
 
 from clinfl.errors import CheckpointError
+from clinfl.sqlite_transaction import immediate_transaction
 
 CONTROL_FILE = "control.sqlite"
 Request = Literal["run", "pause", "stop", "stop-now"]
@@ -60,15 +61,8 @@ class RunControl:
         """Close the database."""
         self._db.close()
 
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield self._db
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+    def _transaction(self) -> AbstractContextManager[sqlite3.Connection]:
+        return immediate_transaction(self._db)
 
     def _get(self, key: str) -> Any:
         row = self._db.execute("SELECT value FROM control WHERE key = ?", (key,)).fetchone()
@@ -116,8 +110,8 @@ class RunControl:
 
     def status(self) -> dict[str, Any]:
         """Return everything ``clinfl coordinator status`` shows."""
-        keys = [row[0] for row in self._db.execute("SELECT key FROM control")]
-        status = {key: self._get(key) for key in keys}
+        rows = self._db.execute("SELECT key, value FROM control").fetchall()
+        status = {key: json.loads(value) for key, value in rows}
         rounds = self.rounds()
         status["rounds_done"] = sum(1 for r in rounds if not r.get("aborted"))
         status["rounds_abandoned"] = sum(1 for r in rounds if r.get("aborted"))

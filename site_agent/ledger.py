@@ -12,13 +12,13 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
 from clinfl.errors import BudgetExhausted, CheckpointError
 from clinfl.privacy.accounting import HistoryEntry, epsilon_of
+from clinfl.sqlite_transaction import immediate_transaction
 
 LEDGER_FILE = "ledger.sqlite"
 _SCHEMA = """
@@ -116,15 +116,8 @@ class SiteLedger:
         """Close the database."""
         self._db.close()
 
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield self._db
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+    def _transaction(self) -> AbstractContextManager[sqlite3.Connection]:
+        return immediate_transaction(self._db)
 
     def set_meta(self, key: str, value: str) -> None:
         """Record a fact about the site (its id, its policy's hash)."""

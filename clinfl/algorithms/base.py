@@ -30,6 +30,15 @@ def is_auxiliary(name: str) -> bool:
     return name.startswith(AUX_PREFIX)
 
 
+def zeros_per_trainable(model: nn.Module, prefix: str) -> StateDict:
+    """Return ``{prefix + name: zeros}`` for every trainable parameter of ``model``."""
+    return {
+        prefix + name: torch.zeros_like(param.detach())
+        for name, param in model.named_parameters()
+        if param.requires_grad
+    }
+
+
 @dataclass(frozen=True)
 class RoundContext:
     """What :meth:`Algorithm.auxiliary_update` may use after a site's local training.

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from clinfl.algorithms.base import AUX_PREFIX, RoundContext, SiteMemory
+from clinfl.algorithms.base import AUX_PREFIX, RoundContext, SiteMemory, zeros_per_trainable
 from clinfl.algorithms.fedavg import FedAvg
 from clinfl.algorithms.registry import register_algorithm
 from clinfl.typing import StateDict
@@ -43,12 +43,11 @@ class FedCurv(FedAvg):
 
     def initial_state(self, model: nn.Module) -> StateDict:
         """The travelling tensors plus zero Fisher sums (no penalty in the first round)."""
-        state = self.travelling_state(model)
-        for name, param in model.named_parameters():
-            if param.requires_grad:
-                state[FISHER_PREFIX + name] = torch.zeros_like(param.detach())
-                state[WEIGHTED_PREFIX + name] = torch.zeros_like(param.detach())
-        return state
+        return (
+            self.travelling_state(model)
+            | zeros_per_trainable(model, FISHER_PREFIX)
+            | zeros_per_trainable(model, WEIGHTED_PREFIX)
+        )
 
     def regulariser(
         self,

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from clinfl.algorithms.base import AUX_PREFIX, RoundContext, SiteMemory
+from clinfl.algorithms.base import AUX_PREFIX, RoundContext, SiteMemory, zeros_per_trainable
 from clinfl.algorithms.fedavg import FedAvg
 from clinfl.algorithms.registry import register_algorithm
 from clinfl.typing import StateDict
@@ -47,11 +47,7 @@ class Scaffold(FedAvg):
 
     def initial_state(self, model: nn.Module) -> StateDict:
         """The model's travelling tensors plus a zero server variate per trainable parameter."""
-        state = self.travelling_state(model)
-        for name, param in model.named_parameters():
-            if param.requires_grad:
-                state[variate_key(name)] = torch.zeros_like(param.detach())
-        return state
+        return self.travelling_state(model) | zeros_per_trainable(model, VARIATE_PREFIX)
 
     @staticmethod
     def _correction(

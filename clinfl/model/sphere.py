@@ -6,6 +6,8 @@ computed from (summed) feature statistics.
 
 from __future__ import annotations
 
+import hashlib
+
 import torch
 from torch import nn
 from torch.nn import functional
@@ -74,6 +76,23 @@ class SphereNet(nn.Module):
         self.register_buffer("calibration_gram", torch.zeros(dim + 1, dim + 1))
         self.register_buffer("calibration_cross", torch.zeros(dim + 1, classes))
         self.register_buffer("calibration_ready", torch.zeros(1))
+        self._solved: tuple[bytes, torch.Tensor] | None = None  # (statistics digest, W*)
+
+    def calibrated_weights(self) -> torch.Tensor:
+        """Return ``W*`` for the current statistics, solved once per distinct statistics."""
+        digest = hashlib.blake2b(digest_size=16)
+        for statistic in (self.calibration_gram, self.calibration_cross):
+            digest.update(statistic.detach().cpu().contiguous().numpy().tobytes())
+        key = digest.digest()
+        if self._solved is None or self._solved[0] != key:
+            # an ordinary tensor even when first asked for under inference mode
+            with torch.inference_mode(False), torch.no_grad():
+                weights = calibrated_classifier(
+                    self.calibration_gram / STATISTICS_SCALE,
+                    self.calibration_cross / STATISTICS_SCALE,
+                )
+            self._solved = (key, weights)
+        return self._solved[1]
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """Return the unit-norm pooled features ``[B, d]``."""
@@ -84,9 +103,6 @@ class SphereNet(nn.Module):
         """Return the logits (calibrated in evaluation mode when statistics are set)."""
         features = self.features(images)
         if not self.training and float(self.calibration_ready) > 0:
-            weights = calibrated_classifier(
-                self.calibration_gram / STATISTICS_SCALE, self.calibration_cross / STATISTICS_SCALE
-            )
-            return NetOutput(augmented(features) @ weights)
+            return NetOutput(augmented(features) @ self.calibrated_weights())
         logits = LOGIT_SCALE * features @ self.classifier.T + self.bias(images)
         return NetOutput(logits)

@@ -26,11 +26,12 @@ CONFIG_FILE = "run_config.json"
 PATH_KEYS = frozenset({"images", "labels", "split_dir", "weights", "policy", "policy_dir"})
 
 
-def _absolute(value: Any, key: str = "") -> Any:
+def _portable(value: Any, key: str = "") -> Any:
+    """Drop unset (None) fields and make paths absolute, so the file loads anywhere."""
     if isinstance(value, dict):
-        return {k: _absolute(v, k) for k, v in value.items() if v is not None}
+        return {k: _portable(v, k) for k, v in value.items() if v is not None}
     if isinstance(value, list):
-        return [_absolute(v) for v in value]
+        return [_portable(v) for v in value]
     if key in PATH_KEYS and isinstance(value, str):
         return str(Path(value).resolve())
     return value
@@ -42,7 +43,7 @@ def save_run_config(out_dir: Path, config: RunConfig) -> None:
     Raises:
         CheckpointError: if the file cannot be written.
     """
-    document = _absolute(config.to_json_dict())
+    document = _portable(config.to_json_dict())
     write_atomically(out_dir / CONFIG_FILE, json.dumps(document, indent=2).encode())
 
 
@@ -74,15 +75,19 @@ class ResumePoint:
 
 
 def resume_point(store: CheckpointStore, control: RunControl) -> ResumePoint:
-    """Return the round after the last one with a checkpoint, with that checkpoint's state.
+    """Return the round after the last completed one, with that round's checkpoint.
+
+    A round is completed when its checkpoint is in the manifest and its record is in the
+    control database (written in that order); a crash between the two runs the round again.
 
     Raises:
         CheckpointError: if the checkpoint cannot be read.
     """
-    last = store.last_round()
-    if last is None:
+    records = {int(r["round"]): r for r in control.rounds()}
+    last = min(store.last_round() or 0, max(records, default=0))
+    if last == 0:
         return ResumePoint(first_round=1, state=None, previous=())
     previous = tuple(
-        RoundRecord.from_full_json_dict(r) for r in control.rounds() if int(r["round"]) <= last
+        RoundRecord.from_full_json_dict(records[r]) for r in sorted(records) if r <= last
     )
     return ResumePoint(first_round=last + 1, state=store.load(last), previous=previous)

@@ -171,7 +171,7 @@ def ingest_export(
     index = IngestIndex(state_dir)
     try:
         shas, outcomes, decoded = _outcomes(files, index, options, salt, progress)
-        images: list[str] = []  # the accepted content hashes, in file order
+        image_shas: list[str] = []  # the accepted content hashes, in file order
         targets, groups, quarantine = [], [], []
         accepted_shas: set[str] = set()
         for path, _ in files:
@@ -196,10 +196,10 @@ def ingest_export(
                 quarantine.append({"file": name, "reason": reasons.NO_LABEL, "detail": ""})
                 continue
             accepted_shas.add(sha)
-            images.append(sha)
+            image_shas.append(sha)
             targets.append(target)
             groups.append(int(outcome.study_hash[:12] or sha[:12], 16))
-        image_array = index.load_images(images, options.image_size)
+        images = index.load_images(image_shas, options.image_size)
     finally:
         index.close()
     counts = Counter(entry["reason"] for entry in quarantine)
@@ -228,7 +228,7 @@ def ingest_export(
     )
     (state_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
     return IngestResult(
-        images=image_array,
+        images=images,
         targets=target_matrix.astype(np.uint8),
         groups=np.asarray(groups, dtype=np.int64),
         summary=summary,

@@ -155,6 +155,24 @@ def test_spherefed_calibration_from_summed_statistics_is_pooled_least_squares() 
     torch.testing.assert_close(federated.double(), pooled, atol=1e-3, rtol=1e-3)
 
 
+def test_spherefed_solves_its_classifier_once_per_statistics() -> None:
+    model = create_algorithm(MethodConfig(name="spherefed")).build_model(SPEC)
+    assert isinstance(model, SphereNet)
+    with torch.no_grad():
+        model.calibration_gram.copy_(torch.eye(model.calibration_gram.shape[0]) * 0.25)
+        model.calibration_cross.fill_(0.01)
+    with torch.inference_mode():
+        first = model.calibrated_weights()
+    assert model.calibrated_weights() is first  # same statistics: no new solve
+    expected = calibrated_classifier(model.calibration_gram * 4, model.calibration_cross * 4)
+    torch.testing.assert_close(first, expected)
+    with torch.no_grad():
+        model.calibration_cross.fill_(0.02)
+    changed = model.calibrated_weights()
+    assert changed is not first
+    torch.testing.assert_close(changed, 2 * first)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["scaffold", "fedcurv", "spherefed"])
 def test_secure_aggregation_gives_the_plain_result(method: str, tmp_path: Path) -> None:

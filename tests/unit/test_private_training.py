@@ -172,14 +172,24 @@ def test_fedprox_trains_under_dp_with_its_proximal_step(tmp_path: Path) -> None:
     assert any(v.abs().max() > 0 for v in update.delta.values())
 
 
-def test_learnable_query_ablation_is_refused_with_the_reason(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("method", "reason"),
+    [
+        (MethodConfig(name="fedncalign", queries="learnable"), "no per-sample gradient"),
+        (MethodConfig(name="scaffold"), "before DP noise"),
+        (MethodConfig(name="fedcurv"), "Fisher information"),
+        (MethodConfig(name="spherefed"), "feature statistics"),
+    ],
+)
+def test_what_dp_cannot_cover_is_refused_with_the_reason(
+    method: MethodConfig, reason: str, tmp_path: Path
+) -> None:
     dp = DPSettings.from_policy(DPPolicy(), grad_sample_mode="hooks")
-    algorithm = create_algorithm(MethodConfig(name="fedncalign", queries="learnable"))
-    with pytest.raises(ModelError, match="no per-sample gradient"):
+    with pytest.raises(ModelError, match=reason):
         PrivateSite(
             "site-1",
             _images(8),
-            algorithm,
+            create_algorithm(method),
             SPEC,
             dp=dp,
             ledger=SiteLedger(tmp_path),
@@ -214,30 +224,3 @@ def test_secure_noise_replaces_opacus_noise_on_one_optimizer() -> None:
 def test_default_mode_follows_the_measured_table() -> None:
     assert default_grad_sample_mode(16) == default_grad_sample_mode(32) == "hooks"
     assert default_grad_sample_mode(64) == default_grad_sample_mode(128) == "ew"
-
-
-@pytest.mark.parametrize(
-    ("method", "reason"),
-    [
-        ("scaffold", "before DP noise"),
-        ("fedcurv", "Fisher information"),
-        ("spherefed", "feature statistics"),
-    ],
-)
-def test_baselines_dp_cannot_cover_are_refused_with_the_reason(
-    method: str, reason: str, tmp_path: Path
-) -> None:
-    dp = DPSettings.from_policy(DPPolicy(), grad_sample_mode="hooks")
-    with pytest.raises(ModelError, match=reason):
-        PrivateSite(
-            "site-1",
-            _images(8),
-            create_algorithm(MethodConfig(name=method)),
-            SPEC,
-            dp=dp,
-            ledger=SiteLedger(tmp_path),
-            run_id="r",
-            batch_size=4,
-            local_epochs=1,
-            weight_decay=0.0,
-        )

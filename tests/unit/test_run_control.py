@@ -156,3 +156,16 @@ def test_checkpoint_store_resumes_its_manifest(tmp_path: Path) -> None:
     (tmp_path / "checkpoints" / "manifest.json").write_text("{not json")
     with pytest.raises(CheckpointError):
         CheckpointStore(tmp_path, resume=True)
+
+
+def test_a_round_checkpointed_but_not_recorded_runs_again(tmp_path: Path) -> None:
+    from clinfl.simulation.resume import resume_point
+
+    control = RunControl(tmp_path)
+    outcome = _run(_coordinator(tmp_path, control, 99, lambda: None), rounds=2)
+    store = CheckpointStore(tmp_path, resume=True)
+    store.save(3, outcome.final_state, {"round": 3})  # the crash came before its record
+    point = resume_point(store, control)
+    assert point.first_round == 3 and [r.round for r in point.previous] == [1, 2]
+    assert point.previous[1].report == outcome.records[1].report
+    assert point.state is not None and torch.equal(point.state["w"], outcome.final_state["w"])
