@@ -128,3 +128,13 @@ class PKIError(ClinflError):
     """The federation's PKI folder is missing, incomplete, or would be overwritten."""
 
     exit_code = 9
+
+
+class DeploymentError(ClinflError):
+    """The Flower deployment cannot start or lost a process it needs (SuperLink, SuperNode)."""
+
+    exit_code = 10
+
+
+class WireError(ProtocolViolation):
+    """A message from the network cannot be decoded into one of clinfl's message types."""

@@ -2,10 +2,10 @@
 
 ``init_pki`` writes a new CA (ECDSA P-256), the coordinator's TLS server certificate for the
 host names and addresses it will be reached at, and ``manifest.json``. ``add_site`` writes a
-site's TLS client certificate (signed by the CA), its Flower node key (ECDSA P-256, for
-SuperNode authentication) and its Ed25519 signing key (for secure aggregation), and adds only
-their public parts to the manifest. Private keys are created with mode 0600, never printed and
-never written to the manifest.
+site's TLS client certificate (signed by the CA), its Flower node key (ECDSA P-256 in the
+OpenSSH format Flower reads, for SuperNode authentication) and its Ed25519 signing key (for
+secure aggregation), and adds only their public parts to the manifest. Private keys are
+created with mode 0600, never printed and never written to the manifest.
 """
 
 from __future__ import annotations
@@ -85,9 +85,13 @@ def _builder(subject: x509.Name, issuer: x509.Name, public_key: Any, days: int) 
     )
 
 
+LOOPBACK_NAMES = ("127.0.0.1", "localhost")
+
+
 def _alternative_names(hosts: list[str]) -> x509.SubjectAlternativeName:
+    """Every host given, plus loopback: the coordinator's own tools reach its Control API there."""
     names: list[x509.GeneralName] = []
-    for host in hosts:
+    for host in dict.fromkeys([*hosts, *LOOPBACK_NAMES]):
         try:
             names.append(x509.IPAddress(ipaddress.ip_address(host)))
         except ValueError:
@@ -216,11 +220,18 @@ def add_site(pki_dir: Path, name: str, *, days: int = 825) -> SiteFiles:
         signing_key=folder / "signing.key",
     )
     _write_private(files.tls_key, _pem_private(tls_key))
-    _write_private(files.node_key, _pem_private(node_key))
+    _write_private(
+        files.node_key,
+        node_key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.OpenSSH,
+            serialization.NoEncryption(),
+        ),
+    )
     _write_private(files.signing_key, _pem_private(signing_key))
     files.tls_cert.write_bytes(tls_cert.public_bytes(serialization.Encoding.PEM))
     node_public = node_key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
     )
     files.node_public_key.write_bytes(node_public)
     (folder / CA_CERT).write_bytes((pki_dir / CA_CERT).read_bytes())

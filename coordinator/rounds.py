@@ -5,9 +5,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 from clinfl.config import SelectionRule
 from clinfl.errors import PolicyViolation, RoundAborted, SiteUnavailable
+from clinfl.federation.fanout import Fanout, in_turn
 from clinfl.federation.messages import RoundRecord, RoundSettings, TrainingReport
 from clinfl.federation.roles import GlobalEvaluator, TrainingParticipant
 from clinfl.typing import StateDict
@@ -44,7 +46,9 @@ class Coordinator:
         *,
         selection: SelectionRule = "best",
         control: RunControl | None = None,
+        fanout: Fanout = in_turn,
     ) -> None:
+        self._fanout = fanout
         self._participants = tuple(participants)
         self._aggregator = aggregator
         self._evaluator = evaluator
@@ -118,15 +122,24 @@ class Coordinator:
             reports: dict[str, TrainingReport] = {}
             trained = []
             refusals: list[str] = []
-            for participant in self._participants:
+
+            def train(
+                participant: TrainingParticipant,
+                state: StateDict = state,
+                settings: RoundSettings = settings,
+            ) -> TrainingReport | SiteUnavailable | PolicyViolation:
                 try:
-                    reports[participant.site_id] = participant.train_round(state, settings)
-                except SiteUnavailable:
-                    continue
-                except PolicyViolation as refusal:
-                    refusals.append(refusal.message)
-                    continue
-                trained.append(participant)
+                    return participant.train_round(state, settings)
+                except (SiteUnavailable, PolicyViolation) as failure:
+                    return failure
+
+            outcomes = self._fanout([partial(train, p) for p in self._participants])
+            for participant, outcome in zip(self._participants, outcomes, strict=True):
+                if isinstance(outcome, PolicyViolation):
+                    refusals.append(outcome.message)
+                elif isinstance(outcome, TrainingReport):
+                    reports[participant.site_id] = outcome
+                    trained.append(participant)
             if refusals and not trained:
                 stopped = f"stopped before round {round_number}: " + "; ".join(refusals)
                 break

@@ -9,16 +9,17 @@ abandoned with :class:`~clinfl.errors.RoundAborted` and nothing is applied.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import TypeVar
 
 from clinfl.config import DEFAULT_MIN_SITES, SecAggConfig
 from clinfl.errors import ProtocolViolation, RoundAborted, SiteUnavailable
+from clinfl.federation.fanout import Fanout, in_turn
 from clinfl.federation.roles import TrainingParticipant
 from clinfl.federation.vectors import unflatten_state, vector_length
 from clinfl.secagg.encoding import decode_sum
-from clinfl.secagg.messages import EncryptedShare, MaskedInput
+from clinfl.secagg.messages import MaskedInput
 from clinfl.secagg.server_session import ServerSession
 from clinfl.secagg.settings import plan_round
 from clinfl.typing import StateDict
@@ -30,8 +31,10 @@ T = TypeVar("T")
 class SecureAggregator:
     """Runs one secure-aggregation round per call of :meth:`aggregate`."""
 
-    def __init__(self, config: SecAggConfig) -> None:
+    def __init__(self, config: SecAggConfig, *, fanout: Fanout = in_turn) -> None:
+        """Aggregate with ``config``; ``fanout`` asks a stage's sites (in turn by default)."""
         self._config = config
+        self._fanout = fanout
         self.stage_seconds: dict[str, float] = {}
 
     def aggregate(
@@ -94,32 +97,37 @@ class SecureAggregator:
                 return None
 
         clock = time.perf_counter()
-        adverts = [ask(s, partial(by_id[s].secagg_advertise, params)) for s in params.site_ids]
+        fanout = self._fanout
+        adverts = fanout(
+            [partial(ask, s, partial(by_id[s].secagg_advertise, params)) for s in params.site_ids]
+        )
         relayed = server.relay_advertisements([a for a in adverts if a is not None])
         clock = self._lap("advertise", clock)
-        shares: dict[str, list[EncryptedShare]] = {}
-        for advert in relayed:
-            sent = ask(advert.site_id, partial(by_id[advert.site_id].secagg_share, relayed))
-            if sent is not None:
-                shares[advert.site_id] = sent
+        sharers = [advert.site_id for advert in relayed]
+        sent = fanout([partial(ask, s, partial(by_id[s].secagg_share, relayed)) for s in sharers])
+        shares = {s: out for s, out in zip(sharers, sent, strict=True) if out is not None}
         inbox = server.route_shares(shares)
         clock = self._lap("share", clock)
 
-        def arriving() -> Iterator[MaskedInput]:
-            for site in sorted(server.sharers):
-                masked = ask(site, partial(by_id[site].secagg_masked_input, inbox[site]))
-                if masked is not None:
-                    yield masked
-
-        survivors = server.add_masked_inputs(arriving())
+        arrived: list[MaskedInput | None] = fanout(
+            [
+                partial(ask, s, partial(by_id[s].secagg_masked_input, inbox[s]))
+                for s in sorted(server.sharers)
+            ]
+        )
+        survivors = server.add_masked_inputs(m for m in arrived if m is not None)
         clock = self._lap("masked-input", clock)
-        signatures = [ask(s, partial(by_id[s].secagg_sign, survivors)) for s in sorted(survivors)]
+        signatures = fanout(
+            [partial(ask, s, partial(by_id[s].secagg_sign, survivors)) for s in sorted(survivors)]
+        )
         server.collect_signatures([s for s in signatures if s is not None])
         clock = self._lap("consistency", clock)
-        revealed = [
-            ask(s, partial(by_id[s].secagg_reveal, server.unmask_request(s)))
-            for s in sorted(server.signers)
-        ]
+        revealed = fanout(
+            [
+                partial(ask, s, partial(by_id[s].secagg_reveal, server.unmask_request(s)))
+                for s in sorted(server.signers)
+            ]
+        )
         total = server.unmask([r for r in revealed if r is not None])
         decoded = decode_sum(total, params=params)
         mean = unflatten_state(decoded.mean, template=template)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from clinfl.cli import deploy  # noqa: F401 - registers `coordinator start` and `site run`
 from clinfl.cli.audit import audit_app
 from clinfl.cli.coordinator import coordinator_app
 from clinfl.cli.data import data_app

@@ -11,10 +11,9 @@ from clinfl.algorithms.fedncalign import CLEAN_BACKGROUND_LAMBDA_REJ, COMPLEX_BA
 from clinfl.config import RunConfig
 from clinfl.data.chestxray14 import DEFAULT_CXR14_SIZE, ProgressCallback, load_chestxray14
 from clinfl.data.digits import DEFAULT_DIGITS_SIZE, load_digit_composites
-from clinfl.data.imageset import ImageSet, SplitData, split_by_group
-from clinfl.data.labels import LABEL_SPACES
-from clinfl.errors import DataError
-from site_agent.ingest.pipeline import IngestOptions, ingest_export
+from clinfl.data.imageset import SplitData
+from site_agent.ingest.pipeline import IngestOptions
+from site_agent.ingest.split import ingest_and_split
 
 
 def resolve_defaults(config: RunConfig) -> RunConfig:
@@ -42,35 +41,17 @@ def load_dicom_export(config: RunConfig, state_dir: Path) -> SplitData:
     """Ingest a DICOM export (as one site would) and split it by study into train/val/test.
 
     Raises:
-        DataError, LabelError: see :func:`~site_agent.ingest.pipeline.ingest_export`.
+        DataError, LabelError: see :func:`~site_agent.ingest.split.ingest_and_split`.
     """
     data = config.data
     assert data.images is not None and data.image_size is not None
-    result = ingest_export(
+    return ingest_and_split(
         data.images,
         state_dir=state_dir,
         options=IngestOptions(image_size=data.image_size, label_space=data.label_space),
         labels=data.labels,
-    )
-    if len(result.images) < 10:
-        raise DataError(
-            f"the export gave only {len(result.images)} labelled images",
-            remedy=f"see the quarantine report in {state_dir}",
-        )
-    classes = LABEL_SPACES[data.label_space]
-    everything = ImageSet(result.images, result.targets, result.groups, classes)
-    rng = np.random.default_rng(config.federation.seed)
-    rest, test = split_by_group(everything.groups, fraction=0.2, rng=rng)
-    train, val = split_by_group(everything.groups[rest], fraction=data.val_fraction, rng=rng)
-    summary = result.summary
-    return SplitData(
-        train=everything.subset(rest[train]),
-        val=everything.subset(rest[val]),
-        test=everything.subset(test),
-        description=(
-            f"DICOM export {data.images.name}: {summary['files_seen']} files, "
-            f"{summary['accepted']} accepted, {summary['quarantined_total']} quarantined"
-        ),
+        val_fraction=data.val_fraction,
+        seed=config.federation.seed,
     )
 
 

@@ -10,17 +10,16 @@ again, and a round cut off by the crash runs again from the same global state.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from clinfl.config import RunConfig
 from clinfl.config_file import run_config_from_mapping
 from clinfl.errors import CheckpointError
-from clinfl.federation.messages import RoundRecord
-from clinfl.typing import StateDict
-from coordinator.checkpoints import CheckpointStore, write_atomically
-from coordinator.control import RunControl
+from coordinator.checkpoints import write_atomically
+from coordinator.resume import ResumePoint, resume_point
+
+__all__ = ["ResumePoint", "load_saved_run_config", "resume_point", "save_run_config"]
 
 CONFIG_FILE = "run_config.json"
 PATH_KEYS = frozenset({"images", "labels", "split_dir", "weights", "policy", "policy_dir"})
@@ -63,31 +62,3 @@ def load_saved_run_config(out_dir: Path) -> RunConfig:
             remedy="resume a folder that `clinfl simulate` wrote",
         ) from None
     return run_config_from_mapping(document, base=out_dir)
-
-
-@dataclass(frozen=True)
-class ResumePoint:
-    """Where a resumed run starts: the first round to run, its global state, earlier records."""
-
-    first_round: int
-    state: StateDict | None
-    previous: tuple[RoundRecord, ...]
-
-
-def resume_point(store: CheckpointStore, control: RunControl) -> ResumePoint:
-    """Return the round after the last completed one, with that round's checkpoint.
-
-    A round is completed when its checkpoint is in the manifest and its record is in the
-    control database (written in that order); a crash between the two runs the round again.
-
-    Raises:
-        CheckpointError: if the checkpoint cannot be read.
-    """
-    records = {int(r["round"]): r for r in control.rounds()}
-    last = min(store.last_round() or 0, max(records, default=0))
-    if last == 0:
-        return ResumePoint(first_round=1, state=None, previous=())
-    previous = tuple(
-        RoundRecord.from_full_json_dict(records[r]) for r in sorted(records) if r <= last
-    )
-    return ResumePoint(first_round=last + 1, state=store.load(last), previous=previous)

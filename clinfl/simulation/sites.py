@@ -8,9 +8,8 @@ requires DP; and a fresh Ed25519 identity for secure aggregation.
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -22,16 +21,13 @@ from clinfl.errors import ConfigError, PolicyViolation
 from clinfl.federation.roles import TrainingParticipant
 from clinfl.policy import DPPolicy, PrivacyRequest, SecAggPolicy, SitePolicy, apply_request
 from clinfl.policy import load_policy as read_policy
-from clinfl.privacy.settings import DPSettings, default_grad_sample_mode
+from clinfl.privacy.settings import default_grad_sample_mode
 from clinfl.simulation.dropouts import DroppingParticipant
-from site_agent.agent import LocalTrainer, SiteAgent, SiteIdentity
-from site_agent.ledger import SiteLedger
-from site_agent.private_training import PrivateSite
-from site_agent.training import LocalSite
+from site_agent.agent import LocalTrainer, SiteIdentity
+from site_agent.assembly import AuditListener, assemble_site
+from site_agent.training import StepCallback
 
 SITES_DIR = "sites"
-AuditListener = Callable[[str, str], None]
-StepCallback = Callable[[str, int, int], None]
 
 
 @dataclass(frozen=True)
@@ -103,17 +99,6 @@ def coordinator_secagg(config: RunConfig, policies: dict[str, SitePolicy]) -> Se
     return resolved
 
 
-def _record_policy(ledger: SiteLedger, site: str, policy: SitePolicy, samples: int) -> None:
-    ledger.set_meta("site_id", site)
-    ledger.set_meta("policy", json.dumps(asdict(policy)))
-    ledger.set_meta("samples", str(samples))
-    if policy.dp.required and policy.dp.delta >= 1 / max(samples, 1):
-        ledger.set_meta(
-            "warning:delta",
-            f"delta {policy.dp.delta:g} is not below 1/n = 1/{samples}: the guarantee is weak",
-        )
-
-
 def build_sites(
     config: RunConfig,
     site_data: Sequence[ImageSet],
@@ -144,52 +129,24 @@ def build_sites(
     trainers: dict[str, LocalTrainer] = {}
     state_dirs: dict[str, Path] = {}
     for k, (identity, data) in enumerate(zip(identities, site_data, strict=True)):
-        site, policy = identity.site_id, policies[identity.site_id]
+        site = identity.site_id
         state_dirs[site] = out_dir / SITES_DIR / site
-        ledger = SiteLedger(state_dirs[site])
-        _record_policy(ledger, site, policy, len(data))
-        trainer: LocalTrainer
-        if policy.dp.required:
-            trainer = PrivateSite(
-                site,
-                data,
-                algorithm,
-                spec,
-                dp=DPSettings.from_policy(policy.dp, grad_sample_mode=mode),
-                ledger=ledger,
-                run_id=run_id,
-                batch_size=fed.batch_size,
-                local_epochs=fed.local_epochs,
-                weight_decay=fed.weight_decay,
-                on_step=on_step,
-            )
-        else:
-            trainer = LocalSite(
-                site,
-                data,
-                algorithm,
-                spec,
-                weight_decay=fed.weight_decay,
-                shuffle_seed=fed.seed * 1000 + k,
-                on_step=on_step,
-            )
-        trainers[site] = trainer
-
-        def audit(
-            round_id: int, message: str, site: str = site, ledger: SiteLedger = ledger
-        ) -> None:
-            ledger.record_refusal(run_id=run_id, round_number=round_id, reason=message)
-            if on_audit is not None:
-                on_audit(site, message)
-
-        agent = SiteAgent(
-            trainer,
-            identity=identity,
+        assembled = assemble_site(
+            identity,
+            data,
+            policies[site],
+            algorithm,
+            spec,
+            federation=fed,
             directory=directory,
-            requirements=policy.secagg_requirements,
-            audit=audit,
-            min_samples=policy.data.min_samples,
-            share_epsilon="epsilon" in policy.reporting.metrics,
+            state_dir=state_dirs[site],
+            run_id=run_id,
+            grad_sample_mode=mode,
+            shuffle_seed=fed.seed * 1000 + k,
+            on_step=on_step,
+            on_audit=on_audit,
         )
+        trainers[site] = assembled.trainer
+        agent = assembled.agent
         participants.append(DroppingParticipant(agent, config.drops) if config.drops else agent)
     return SimulatedSites(participants, policies, state_dirs, trainers, secagg, mode)

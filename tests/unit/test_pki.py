@@ -30,8 +30,11 @@ def test_init_makes_a_ca_and_a_server_certificate_for_the_hosts(tmp_path: Path) 
     ca, server = _cert(tmp_path / "pki" / "ca.crt"), _cert(tmp_path / "pki" / "coordinator.crt")
     server.verify_directly_issued_by(ca)
     names = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    assert names.get_values_for_type(x509.DNSName) == ["coord.example.org"]
-    assert names.get_values_for_type(x509.IPAddress) == [ipaddress.ip_address("10.0.0.5")]
+    assert names.get_values_for_type(x509.DNSName) == ["coord.example.org", "localhost"]
+    assert names.get_values_for_type(x509.IPAddress) == [
+        ipaddress.ip_address("10.0.0.5"),
+        ipaddress.ip_address("127.0.0.1"),
+    ]
     usage = server.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     assert ExtendedKeyUsageOID.SERVER_AUTH in usage
     assert ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
@@ -52,7 +55,7 @@ def test_add_site_writes_keys_and_only_public_parts_to_the_manifest(tmp_path: Pa
     for path in (files.tls_key, files.node_key, files.signing_key):
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
     signing = serialization.load_pem_private_key(files.signing_key.read_bytes(), None)
-    node = serialization.load_pem_private_key(files.node_key.read_bytes(), None)
+    node = serialization.load_ssh_private_key(files.node_key.read_bytes(), None)
     assert isinstance(signing, ed25519.Ed25519PrivateKey)
     assert isinstance(node, ec.EllipticCurvePrivateKey)
     entry = load_manifest(pki)["sites"]["site-1"]

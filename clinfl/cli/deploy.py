@@ -1,0 +1,180 @@
+"""``clinfl coordinator start`` and ``clinfl site run``: the federation as real processes on Flower.
+
+Both commands stay in the foreground. The coordinator's returns when the run finishes or stops;
+the site's serves until interrupted (Ctrl-C or SIGTERM), and the SuperNode it started stops with it.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+from types import FrameType
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from clinfl.algorithms import available_algorithms
+from clinfl.cli.coordinator import coordinator_app
+from clinfl.cli.errors import cli_errors
+from clinfl.cli.site import site_app
+from clinfl.config import validate_run_config
+from clinfl.config_file import load_run_config
+from clinfl.data.labels import LABEL_SPACES
+from clinfl.errors import ConfigError, FederationError
+from clinfl.pki import load_manifest
+from clinfl.policy import load_policy
+from clinfl.simulation.datasets import resolve_defaults
+from clinfl.transport.processes import split_address
+from coordinator.flower_link import Timeouts
+from coordinator.launcher import CoordinatorOptions, start_coordinator
+from coordinator.superlink import DEFAULT_ADDRESS
+from site_agent.deployed_site import SiteData
+from site_agent.ingest.pipeline import IngestOptions, ingest_export
+from site_agent.site_runner import read_site_keys, run_site
+
+
+@coordinator_app.command("start")
+def start(
+    config: Annotated[Path, typer.Option(help="Federation config (TOML, as `simulate --config`).")],
+    pki: Annotated[Path, typer.Option(help="The folder `clinfl pki init` wrote.")],
+    run_dir: Annotated[Path, typer.Option(help="Run folder: checkpoints, control, results.")],
+    address: Annotated[
+        str, typer.Option(help="Where the SuperLink listens for sites (HTTPS), HOST:PORT.")
+    ] = DEFAULT_ADDRESS,
+    join_wait: Annotated[
+        float, typer.Option(help="Seconds to wait for every site before round 1.")
+    ] = 300.0,
+    train_timeout: Annotated[
+        float, typer.Option(help="Seconds a site may train a round.")
+    ] = 1800.0,
+    stage_timeout: Annotated[
+        float, typer.Option(help="Seconds a site may take per secure-aggregation stage.")
+    ] = 120.0,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the final status as JSON.")
+    ] = False,
+) -> None:
+    """Start the SuperLink, register the sites' keys, run the federation, stop when it ends."""
+    console = Console(stderr=True)
+    with cli_errors(as_json=as_json):
+        split_address(address)
+        if min(join_wait, train_timeout, stage_timeout) <= 0:
+            raise ConfigError("timeouts must be positive", remedy="use the defaults")
+        run_config = load_run_config(config)
+        sites = len(load_manifest(pki)["sites"])
+        data = replace(run_config.data, dataset="dicom", images=run_dir)
+        checked = validate_run_config(
+            replace(
+                run_config,
+                data=data,
+                federation=replace(run_config.federation, sites=max(sites, 1)),
+            ),
+            known_methods=available_algorithms(),
+        )
+        resolved = resolve_defaults(checked)
+        resolved = replace(resolved, data=replace(resolved.data, images=None, labels=None))
+        options = CoordinatorOptions(
+            address=address,
+            timeouts=Timeouts(train=train_timeout, stage=stage_timeout),
+            join_wait=join_wait,
+        )
+        status = start_coordinator(
+            resolved,
+            pki_dir=pki,
+            run_dir=run_dir,
+            options=options,
+            notify=lambda line: console.print(f"[{time.strftime('%H:%M:%S')}] {line}"),
+        )
+        if as_json:
+            print(json.dumps(status, indent=2, default=str))
+        state = status.get("state")
+        if state == "failed":
+            raise FederationError(
+                f"the federation failed: {status.get('stopped')}",
+                remedy=f"see {run_dir / 'flower' / 'superlink.log'}",
+            )
+        console.print(
+            f"{state}: {status.get('stopped') or 'all rounds done'}; results in {run_dir}"
+        )
+
+
+def _stop_on_signals(stop: threading.Event) -> None:
+    def handler(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+@site_app.command("run")
+def run(
+    data: Annotated[Path, typer.Option(help="The PACS export folder (searched recursively).")],
+    policy: Annotated[Path, typer.Option(help="The site's privacy policy (TOML).")],
+    coordinator: Annotated[str, typer.Option(help="The coordinator's address, HOST:PORT.")],
+    pki: Annotated[Path, typer.Option(help="Folder with manifest.json, ca.crt and sites/NAME/.")],
+    state: Annotated[Path, typer.Option(help="The site's state folder (ledger, cache, reports).")],
+    site: Annotated[
+        str | None, typer.Option(help="The site's name (needed if the PKI folder has several).")
+    ] = None,
+    labels: Annotated[
+        Path | None, typer.Option(help="Label CSV (default: labels.csv at the top of --data).")
+    ] = None,
+    label_space: Annotated[str, typer.Option(help="cxr14 or digits.")] = "cxr14",
+    label_key: Annotated[
+        str, typer.Option(help="Match labels by sop, study or accession.")
+    ] = "sop",
+    image_size: Annotated[int, typer.Option(help="Image size of the first ingest.")] = 64,
+    runtime_port: Annotated[
+        int, typer.Option(help="Local port of the SuperNode's Runtime API (loopback).")
+    ] = 9094,
+    threads: Annotated[
+        int | None, typer.Option(help="CPU threads for training (default: torch's choice).")
+    ] = None,
+) -> None:
+    """Ingest the export, start the SuperNode, and answer the coordinator until stopped."""
+    console = Console(stderr=True)
+    with cli_errors(as_json=False):
+        split_address(coordinator)
+        if threads is not None and threads < 1:
+            raise ConfigError(f"--threads must be >= 1, got {threads}", remedy="--threads 1")
+        if label_space not in LABEL_SPACES:
+            raise ConfigError(
+                f"--label-space must be cxr14 or digits, got {label_space!r}",
+                remedy="--label-space cxr14",
+            )
+        site_policy = load_policy(policy)
+        keys = read_site_keys(pki, site)
+        filters = site_policy.data
+        options = IngestOptions(
+            image_size=image_size,
+            label_key=label_key,
+            label_space=label_space,
+            modalities=filters.modalities,
+            body_parts=filters.body_parts,
+            views=filters.views,
+        )
+        result = ingest_export(data, state_dir=state / "ingest", options=options, labels=labels)
+        summary = result.summary
+        console.print(
+            f"{keys.site_id}: ingested {summary['accepted']} of {summary['files_seen']} files "
+            f"({summary['quarantined_total']} quarantined; report in {state / 'ingest'})"
+        )
+        stop = threading.Event()
+        _stop_on_signals(stop)
+        run_site(
+            keys,
+            policy=site_policy,
+            data=SiteData(data, labels, options),
+            state_dir=state,
+            coordinator=coordinator,
+            runtime_port=runtime_port,
+            stop=stop,
+            notify=lambda line: console.print(f"[{time.strftime('%H:%M:%S')}] {line}"),
+            threads=threads,
+        )
+        console.print(f"{keys.site_id}: stopped; audit report in {state / 'audit_report.html'}")

@@ -1,0 +1,178 @@
+"""A deployed federation's run, as the coordinator's ServerApp drives it.
+
+``clinfl coordinator start`` writes the run's plan (``<run dir>/deployment.json``: the run
+configuration, the sites the PKI lists, the timeouts) and submits clinfl's ServerApp, which calls
+:func:`run_deployment`. The rounds are the same :class:`~coordinator.rounds.Coordinator` as in the
+in-process federation; only the participants are remote. Each round's checkpoint and record are
+written as it ends, so a coordinator started again continues after the last completed round.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from flwr.serverapp import Grid
+
+from clinfl.config import DEFAULT_MIN_SITES, RunConfig
+from clinfl.config_file import run_config_from_mapping
+from clinfl.data.labels import LABEL_SPACES
+from clinfl.errors import CheckpointError, FederationError
+from clinfl.federation.fanout import ThreadedFanout
+from clinfl.federation.messages import RoundRecord, RoundSettings
+from clinfl.transport.calls import JoinRequest
+from coordinator.aggregation import Aggregator, PlainAggregator
+from coordinator.checkpoints import CheckpointStore, write_atomically
+from coordinator.control import RunControl
+from coordinator.flower_link import FlowerLink, RemoteEvaluator, RemoteSite, SiteRoster, Timeouts
+from coordinator.resume import resume_point
+from coordinator.rounds import Coordinator
+from coordinator.secure_aggregation import SecureAggregator
+
+PLAN_FILE = "deployment.json"
+RESULTS_FILE = "results.json"
+log = logging.getLogger("clinfl.coordinator")
+
+
+@dataclass(frozen=True)
+class DeploymentPlan:
+    """What the ServerApp needs: the run, the expected sites, how long to wait for them."""
+
+    run_id: str
+    run_config: dict[str, Any]
+    sites: tuple[str, ...]
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    join_wait: float = 300.0
+
+    def save(self, run_dir: Path) -> None:
+        """Write the plan to ``<run_dir>/deployment.json``.
+
+        Raises:
+            CheckpointError: if it cannot be written.
+        """
+        document = asdict(self)
+        document["sites"] = list(self.sites)
+        write_atomically(run_dir / PLAN_FILE, json.dumps(document, indent=2).encode())
+
+    @classmethod
+    def load(cls, run_dir: Path) -> DeploymentPlan:
+        """Read the plan ``clinfl coordinator start`` wrote.
+
+        Raises:
+            CheckpointError: if it is missing or unreadable.
+        """
+        path = run_dir / PLAN_FILE
+        try:
+            document = json.loads(path.read_text())
+            return cls(
+                run_id=str(document["run_id"]),
+                run_config=dict(document["run_config"]),
+                sites=tuple(str(s) for s in document["sites"]),
+                timeouts=Timeouts(**document["timeouts"]),
+                join_wait=float(document["join_wait"]),
+            )
+        except (OSError, ValueError, KeyError, TypeError):
+            raise CheckpointError(
+                f"{path} is missing or unreadable",
+                remedy="start the federation with `clinfl coordinator start`",
+            ) from None
+
+
+def _aggregator(config: RunConfig) -> Aggregator:
+    secagg = config.secagg
+    if not secagg.enabled:
+        return PlainAggregator()
+    min_sites = secagg.min_sites or DEFAULT_MIN_SITES
+    return SecureAggregator(replace(secagg, min_sites=min_sites), fanout=ThreadedFanout())
+
+
+def run_deployment(grid: Grid, run_dir: Path) -> dict[str, Any]:
+    """Run (or continue) the deployed federation of ``run_dir``; return its results.
+
+    Raises:
+        CheckpointError: if the plan, a checkpoint or the control database cannot be used.
+        FederationError: if no site joins, or none provides the initial model.
+    """
+    started = time.perf_counter()
+    plan = DeploymentPlan.load(run_dir)
+    config = run_config_from_mapping(plan.run_config, base=run_dir)
+    fed = config.federation
+    link = FlowerLink(grid)
+    roster = SiteRoster(
+        link,
+        JoinRequest(plan.run_id, plan.run_config),
+        expected=frozenset(plan.sites),
+        timeout=plan.timeouts.join,
+    )
+    control = RunControl(run_dir)
+    store = CheckpointStore(run_dir, resume=True)
+    point = resume_point(store, control)
+    if point.first_round == 1:
+        control.reset()
+    control.request("run")  # a request left from before a restart does not carry over
+    control.set_status("waiting for sites", sites=list(plan.sites), total_rounds=fed.rounds)
+    roster.wait_for_sites(deadline_seconds=plan.join_wait)
+    control.set_status("running", sites_joined=roster.joined(), refusals=roster.refusals)
+    initial = point.state if point.state is not None else roster.initial_state
+    if initial is None:
+        control.set_status("stopped", stopped="no site joined", refusals=roster.refusals)
+        control.close()
+        raise FederationError(
+            "no site joined the federation, so there is no model to train: "
+            + ("; ".join(f"{s}: {r}" for s, r in sorted(roster.refusals.items())) or "none came"),
+            remedy="start the site agents (`clinfl site run`) and check their policies",
+        )
+    sites = [RemoteSite(site, roster, link, plan.timeouts) for site in plan.sites]
+    evaluator = RemoteEvaluator(sites, len(LABEL_SPACES[config.data.label_space]))
+    coordinator = Coordinator(
+        sites,
+        _aggregator(config),
+        evaluator,
+        store,
+        selection=fed.selection,
+        control=control,
+        fanout=ThreadedFanout(),
+    )
+
+    def settings_for(round_number: int) -> RoundSettings:
+        return RoundSettings(
+            round=round_number, local_epochs=fed.local_epochs, batch_size=fed.batch_size, lr=fed.lr
+        )
+
+    def on_round(record: RoundRecord) -> None:
+        control.set_status(
+            "running",
+            refusals=roster.refusals,
+            sites_joined=roster.joined(),
+            evaluated_by=evaluator.evaluated_by,
+        )
+        log.info("round %d: %s", record.round, record.to_json_dict())
+
+    try:
+        outcome = coordinator.run(
+            initial,
+            rounds=fed.rounds,
+            settings_for=settings_for,
+            on_round=on_round,
+            first_round=point.first_round,
+            previous=point.previous,
+        )
+    finally:
+        control.close()
+    results = {
+        "run_id": plan.run_id,
+        "method": config.method.name,
+        "config": config.to_json_dict(),
+        "rounds": [r.to_json_dict() for r in outcome.records],
+        "best": outcome.selected.to_json_dict() if outcome.selected else None,
+        "stopped": outcome.stopped,
+        "refusals": roster.refusals,
+        "sites_joined": roster.joined(),
+        "seconds": time.perf_counter() - started,
+    }
+    write_atomically(run_dir / RESULTS_FILE, json.dumps(results, indent=2).encode())
+    return results

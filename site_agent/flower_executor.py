@@ -1,0 +1,140 @@
+"""The site's own executor for its SuperNode: it takes each message and answers it in this process.
+
+clinfl starts the SuperNode with ``--isolation process``, so the SuperNode launches nothing: no
+``flwr-clientapp`` process, no bundle installation, no runtime dependency installation. This
+loop asks the SuperNode's local Runtime API (on 127.0.0.1, behind a shared secret) for the next
+task, reads its message and the run's bundle, hands both to
+:class:`~site_agent.deployed_site.DeployedSite` (which checks the bundle and never runs it), and
+pushes the reply. Keeping one long-lived process is what lets a secure-aggregation round keep its
+secrets in memory from stage to stage.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Protocol
+
+from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.common.constant import SubStatus
+from flwr.proto.runtime_pb2 import AcquireTaskRequest  # pylint: disable=E0611
+from flwr.supercore.constant import TaskType
+from flwr.supercore.heartbeat import HeartbeatSender, make_task_heartbeat_fn_http
+from flwr.supercore.interceptors import (
+    RuntimeTokenHttpInterceptor,
+    RuntimeVersionHttpInterceptor,
+    SuperExecAuthHttpInterceptor,
+)
+from flwr.supercore.retry import make_simple_http_retry_invoker
+from flwr.supercore.runtime import RuntimeHttpClient
+from flwr.supernode.runtime.run_clientapp import pull_task_input, push_message, push_task_output
+
+RECORD = "clinfl"
+log = logging.getLogger("clinfl.site")
+
+
+class CallHandler(Protocol):
+    """Answers one call (see :meth:`~site_agent.deployed_site.DeployedSite.handle`)."""
+
+    def handle(
+        self, *, flower_run: int, bundle: bytes, bundle_hash: str, call: str, body: bytes
+    ) -> bytes:
+        """Return the reply body."""
+        ...
+
+
+def message_call(message: Message) -> tuple[str, bytes]:
+    """Return the call name and body a coordinator's message carries ('' if it has none)."""
+    record = message.content.config_records.get(RECORD) if message.has_content() else None
+    if record is None:
+        return "", b""
+    call, body = record.get("call"), record.get("body")
+    return (call if isinstance(call, str) else ""), (body if isinstance(body, bytes) else b"")
+
+
+class SiteExecutor:
+    """Pulls tasks from the SuperNode at ``runtime_address`` and answers them one at a time."""
+
+    def __init__(
+        self,
+        runtime_address: str,
+        handler: CallHandler,
+        *,
+        superexec_secret: bytes,
+        poll_seconds: float = 0.2,
+        on_task: Callable[[str], None] | None = None,
+    ) -> None:
+        self._address = runtime_address
+        self._handler = handler
+        self._poll = poll_seconds
+        self._on_task = on_task
+        self._acquirer = RuntimeHttpClient.from_server_address(
+            server_address=runtime_address,
+            insecure=True,
+            root_certificates=None,
+            interceptors=[
+                RuntimeVersionHttpInterceptor(component_name="SuperExec"),
+                SuperExecAuthHttpInterceptor(
+                    master_secret=superexec_secret,
+                    protected_methods=frozenset({"/flwr.proto.Runtime/AcquireTask"}),
+                ),
+            ],
+            retry_invoker=make_simple_http_retry_invoker(),
+        )
+
+    def run(self, stop: threading.Event) -> None:
+        """Serve tasks until ``stop`` is set."""
+        while not stop.is_set():
+            if not self.serve_one():
+                stop.wait(self._poll)
+        self._acquirer.close()
+
+    def serve_one(self) -> bool:
+        """Serve the next task if there is one; return whether there was."""
+        acquired = self._acquirer.AcquireTask(
+            AcquireTaskRequest(supported_task_types=[TaskType.CLIENT_APP.value])
+        )
+        if not acquired.HasField("task") or not acquired.token:
+            return False
+        self._serve(acquired.token)
+        return True
+
+    def _serve(self, token: str) -> None:
+        client = RuntimeHttpClient.from_server_address(
+            server_address=self._address,
+            insecure=True,
+            root_certificates=None,
+            interceptors=[
+                RuntimeVersionHttpInterceptor(component_name="flwr-clientapp"),
+                RuntimeTokenHttpInterceptor(token),
+            ],
+            retry_invoker=make_simple_http_retry_invoker(),
+        )
+        heartbeat = HeartbeatSender(make_task_heartbeat_fn_http(client))
+        heartbeat.start()
+        context = None
+        status, details = SubStatus.FAILED, "the clinfl site could not answer"
+        try:
+            message, context, run, fab = pull_task_input(client)
+            call, body = message_call(message)
+            if self._on_task is not None:
+                self._on_task(call)
+            reply_body = self._handler.handle(
+                flower_run=run.run_id,
+                bundle=fab.content,
+                bundle_hash=fab.hash_str,
+                call=call,
+                body=body,
+            )
+            reply = Message(
+                RecordDict({RECORD: ConfigRecord({"body": reply_body})}), reply_to=message
+            )
+            push_message(client, reply, context)
+            status, details = SubStatus.COMPLETED, ""
+        except Exception:  # a broken task must not end the site: log it and take the next
+            log.exception("task failed")
+        finally:
+            push_task_output(client=client, context=context, sub_status=status, details=details)
+            heartbeat.stop()
+            client.close()

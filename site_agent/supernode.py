@@ -1,0 +1,112 @@
+"""The site's SuperNode: TLS to the coordinator, node-key authentication, and no code execution.
+
+:class:`SuperNode` starts ``flower-supernode`` with:
+
+- ``--root-certificates`` the federation's CA (the coordinator must present a certificate the
+  federation's CA signed for the address the site dials);
+- ``--auth-supernode-private-key`` the site's node key, which the coordinator registered from the
+  PKI manifest; an unregistered key is refused by the SuperLink;
+- ``--isolation process``: the SuperNode starts no ClientApp process of its own, so no bundle is
+  ever installed or imported; the site's executor (:mod:`site_agent.flower_executor`) answers;
+- a fresh random secret (``--superexec-auth-secret-file``) that only this site's executor knows,
+  so no other local process can take its tasks; the Runtime API listens on 127.0.0.1 only.
+
+Runtime dependency installation stays off (Flower's default; clinfl never passes
+``--allow-runtime-dependency-installation``).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+from pathlib import Path
+
+from clinfl.errors import DeploymentError
+from clinfl.transport.processes import (
+    flower_command,
+    flower_environment,
+    start_logged,
+    stop_process,
+    wait_for_port,
+)
+
+SECRET_FILE = "superexec.secret"
+
+
+class SuperNode:
+    """One ``flower-supernode`` process for a site."""
+
+    def __init__(
+        self,
+        state_dir: Path,
+        *,
+        coordinator: str,
+        ca_cert: Path,
+        node_key: Path,
+        runtime_port: int,
+    ) -> None:
+        for path in (ca_cert, node_key):
+            if not path.is_file():
+                raise DeploymentError(
+                    f"{path} is missing",
+                    remedy="pass the site's PKI folder (from `clinfl pki add-site`) as --pki",
+                )
+        self._state_dir = state_dir
+        self._coordinator = coordinator
+        self._ca = ca_cert
+        self._node_key = node_key
+        self._port = runtime_port
+        self._process: subprocess.Popen[bytes] | None = None
+        self.secret = secrets.token_bytes(32)
+
+    @property
+    def runtime_address(self) -> str:
+        """The SuperNode's Runtime API (loopback)."""
+        return f"127.0.0.1:{self._port}"
+
+    @property
+    def log_file(self) -> Path:
+        """The SuperNode's log."""
+        return self._state_dir / "flower" / "supernode.log"
+
+    def _write_secret(self) -> Path:
+        path = self._state_dir / "flower" / SECRET_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.unlink(missing_ok=True)
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(self.secret)
+        return path
+
+    def start(self, *, timeout: float = 60.0) -> None:
+        """Start the SuperNode and wait until its Runtime API listens.
+
+        Raises:
+            DeploymentError: if it exits or does not listen within ``timeout`` seconds.
+        """
+        secret_file = self._write_secret()
+        command = [
+            flower_command("flower-supernode"),
+            "--superlink", self._coordinator,
+            "--root-certificates", str(self._ca.resolve()),
+            "--auth-supernode-private-key", str(self._node_key.resolve()),
+            "--isolation", "process",
+            "--host", "127.0.0.1",
+            "--port", str(self._port),
+            "--superexec-auth-secret-file", str(secret_file),
+        ]  # fmt: skip
+        env = flower_environment(self._state_dir / "flower")
+        self._process = start_logged(command, log_file=self.log_file, env=env)
+        wait_for_port(
+            self.runtime_address, timeout=timeout, process=self._process, name="the SuperNode"
+        )
+
+    def alive(self) -> bool:
+        """Whether the SuperNode process is running."""
+        return self._process is not None and self._process.poll() is None
+
+    def stop(self) -> None:
+        """Stop the SuperNode (SIGTERM, then SIGKILL)."""
+        if self._process is not None:
+            stop_process(self._process)
