@@ -15,7 +15,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from flwr.app import ConfigRecord, RecordDict
 from flwr.serverapp import Grid
@@ -61,6 +61,18 @@ class Timeouts:
     train: float = 1800.0
     stage: float = 120.0
     evaluate: float = 600.0
+
+
+class Link(Protocol):
+    """Reaches sites: which nodes are connected, and one call to one node."""
+
+    def node_ids(self) -> set[int]:
+        """Return the nodes connected now."""
+        ...
+
+    def call(self, node_id: int, call: str, body: bytes, *, timeout: float) -> bytes:
+        """Send ``call`` to ``node_id`` and return the reply body (SiteUnavailable if none)."""
+        ...
 
 
 class FlowerLink:
@@ -116,7 +128,7 @@ class SiteRoster:
     """Which node is which site, and which sites declined the run and why."""
 
     def __init__(
-        self, link: FlowerLink, join: JoinRequest, *, expected: frozenset[str], timeout: float
+        self, link: Link, join: JoinRequest, *, expected: frozenset[str], timeout: float
     ) -> None:
         self._link = link
         self._join = join
@@ -197,9 +209,7 @@ class SiteRoster:
 class RemoteSite:
     """One deployed site as a :class:`~clinfl.federation.roles.TrainingParticipant`."""
 
-    def __init__(
-        self, site_id: str, roster: SiteRoster, link: FlowerLink, timeouts: Timeouts
-    ) -> None:
+    def __init__(self, site_id: str, roster: SiteRoster, link: Link, timeouts: Timeouts) -> None:
         self._site_id = site_id
         self._roster = roster
         self._link = link

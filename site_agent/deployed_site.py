@@ -175,10 +175,13 @@ class DeployedSite:
                 f"run trains on {config.data.label_space!r}",
                 remedy="start the site with the run's --label-space",
             )
-        policy = apply_request(
-            self._policy,
-            PrivacyRequest(secagg=config.secagg.enabled, min_sites=config.secagg.min_sites),
-        )
+        asked = PrivacyRequest(secagg=config.secagg.enabled, min_sites=config.secagg.min_sites)
+        try:
+            policy = apply_request(self._policy, asked)
+        except PolicyViolation as refusal:
+            raise PolicyViolation(
+                f"{self.site_id} declines the run: {refusal.message}", remedy=refusal.remedy
+            ) from None
         size = config.data.image_size or site_data.options.image_size
         if self._threads is not None:
             torch.set_num_threads(self._threads)

@@ -16,6 +16,7 @@ import threading
 from collections.abc import Callable
 from typing import Protocol
 
+import httpx
 from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.common.constant import SubStatus
 from flwr.proto.runtime_pb2 import AcquireTaskRequest  # pylint: disable=E0611
@@ -31,6 +32,7 @@ from flwr.supercore.runtime import RuntimeHttpClient
 from flwr.supernode.runtime.run_clientapp import pull_task_input, push_message, push_task_output
 
 RECORD = "clinfl"
+ACQUIRE_RETRY_SECONDS = 5.0
 log = logging.getLogger("clinfl.site")
 
 
@@ -69,6 +71,8 @@ class SiteExecutor:
         self._handler = handler
         self._poll = poll_seconds
         self._on_task = on_task
+        acquire_retries = make_simple_http_retry_invoker()
+        acquire_retries.max_time = ACQUIRE_RETRY_SECONDS  # then the loop checks `stop` again
         self._acquirer = RuntimeHttpClient.from_server_address(
             server_address=runtime_address,
             insecure=True,
@@ -80,13 +84,18 @@ class SiteExecutor:
                     protected_methods=frozenset({"/flwr.proto.Runtime/AcquireTask"}),
                 ),
             ],
-            retry_invoker=make_simple_http_retry_invoker(),
+            retry_invoker=acquire_retries,
         )
 
     def run(self, stop: threading.Event) -> None:
-        """Serve tasks until ``stop`` is set."""
+        """Serve tasks until ``stop`` is set (a SuperNode that is restarting is waited for)."""
         while not stop.is_set():
-            if not self.serve_one():
+            try:
+                served = self.serve_one()
+            except httpx.HTTPError as error:
+                log.debug("the SuperNode's Runtime API is not answering: %s", error)
+                served = False
+            if not served:
                 stop.wait(self._poll)
         self._acquirer.close()
 

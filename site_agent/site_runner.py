@@ -8,7 +8,11 @@ secure aggregation checks the other sites' messages against.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +29,8 @@ from site_agent.flower_executor import SiteExecutor
 from site_agent.supernode import SuperNode
 
 Notify = Callable[[str], None]
+RESTART_DELAY = 5.0
+STABLE_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -88,8 +94,14 @@ def run_site(
     stop: threading.Event,
     notify: Notify,
     threads: int | None = None,
+    connect_timeout: float = 900.0,
+    crash_at: str | None = None,
 ) -> None:
     """Serve the federation until ``stop`` is set; the SuperNode is stopped on the way out.
+
+    ``connect_timeout`` bounds how long the SuperNode keeps retrying an unreachable coordinator.
+    ``crash_at`` is fault injection for tests: on receiving that call, the site kills its own
+    process group (agent and SuperNode) at once, as a power cut would.
 
     Raises:
         DeploymentError: if the SuperNode cannot start or exits while serving.
@@ -108,30 +120,65 @@ def run_site(
         ca_cert=keys.ca_cert,
         node_key=keys.node_key,
         runtime_port=runtime_port,
+        connect_timeout=connect_timeout,
     )
     notify(f"{keys.site_id}: starting the SuperNode for {coordinator} (log: {supernode.log_file})")
     supernode.start()
+
+    def on_task(call: str) -> None:
+        notify(f"{keys.site_id}: {call or 'unknown call'}")
+        if crash_at is not None and call == crash_at:
+            notify(f"{keys.site_id}: crashing on {call} (fault injection)")
+            os.killpg(os.getpgrp(), signal.SIGKILL)
+
     executor = SiteExecutor(
         supernode.runtime_address,
         site,
         superexec_secret=supernode.secret,
-        on_task=lambda call: notify(f"{keys.site_id}: {call or 'unknown call'}"),
+        on_task=on_task,
     )
-    watcher = threading.Thread(target=_watch, args=(supernode, stop), daemon=True)
-    watcher.start()
+    serving = threading.Thread(target=executor.run, args=(stop,), daemon=True)
+    serving.start()
     try:
         notify(f"{keys.site_id}: serving")
-        executor.run(stop)
-        if not supernode.alive():
-            raise DeploymentError(
-                "the SuperNode exited", remedy=f"see {supernode.log_file} for the reason"
-            )
+        _supervise(supernode, stop, connect_timeout=connect_timeout, notify=notify)
     finally:
+        stop.set()
         supernode.stop()
+        serving.join(timeout=30)
         site.write_audit_report()
 
 
-def _watch(supernode: SuperNode, stop: threading.Event) -> None:
+def _supervise(
+    supernode: SuperNode, stop: threading.Event, *, connect_timeout: float, notify: Notify
+) -> None:
+    """Restart the SuperNode whenever it exits, until it has failed for ``connect_timeout`` s.
+
+    It exits when the coordinator is down, or does not know this site's node key (yet).
+
+    Raises:
+        DeploymentError: when the SuperNode cannot stay connected for that long.
+    """
+    failing_since: float | None = None
+    started_at = time.monotonic()
     while not stop.wait(1.0):
-        if not supernode.alive():
-            stop.set()
+        now = time.monotonic()
+        if supernode.alive():
+            if failing_since is not None and now - started_at > STABLE_SECONDS:
+                failing_since = None  # connected and stayed up
+            continue
+        reason = supernode.exit_reason()
+        failing_since = failing_since if failing_since is not None else now
+        if now - failing_since > connect_timeout:
+            raise DeploymentError(
+                f"the SuperNode could not connect to the coordinator for {connect_timeout:g} s: "
+                f"{reason}",
+                remedy="check the coordinator's address, that it runs, and that this site's node "
+                "key is in the coordinator's PKI manifest (`clinfl pki add-site`)",
+            )
+        notify(f"the SuperNode exited ({reason}); starting it again in {RESTART_DELAY:g} s")
+        if stop.wait(RESTART_DELAY):
+            return
+        started_at = time.monotonic()
+        with contextlib.suppress(DeploymentError):  # an exit while starting is seen next turn
+            supernode.start()

@@ -45,6 +45,7 @@ class SuperNode:
         ca_cert: Path,
         node_key: Path,
         runtime_port: int,
+        connect_timeout: float = 900.0,
     ) -> None:
         for path in (ca_cert, node_key):
             if not path.is_file():
@@ -57,6 +58,7 @@ class SuperNode:
         self._ca = ca_cert
         self._node_key = node_key
         self._port = runtime_port
+        self._connect_timeout = connect_timeout
         self._process: subprocess.Popen[bytes] | None = None
         self.secret = secrets.token_bytes(32)
 
@@ -95,12 +97,25 @@ class SuperNode:
             "--host", "127.0.0.1",
             "--port", str(self._port),
             "--superexec-auth-secret-file", str(secret_file),
+            "--max-wait-time", f"{self._connect_timeout:g}",
         ]  # fmt: skip
         env = flower_environment(self._state_dir / "flower")
         self._process = start_logged(command, log_file=self.log_file, env=env)
         wait_for_port(
             self.runtime_address, timeout=timeout, process=self._process, name="the SuperNode"
         )
+
+    def exit_reason(self) -> str:
+        """Return why the SuperNode exited, from the end of its log (Flower's exit message)."""
+        try:
+            tail = self.log_file.read_text(errors="replace")[-4000:]
+        except OSError:
+            return "no log"
+        lines = [line.strip() for line in tail.splitlines() if line.strip()]
+        for k in range(len(lines) - 1, -1, -1):
+            if "Exit Code" in lines[k]:
+                return " ".join(lines[k : k + 3])[:300]
+        return lines[-1][:300] if lines else "no output"
 
     def alive(self) -> bool:
         """Whether the SuperNode process is running."""

@@ -53,6 +53,12 @@ def _status_table(status: dict[str, Any]) -> Table:
                 + (f" (abandoned: {last['aborted']})" if last.get("aborted") else ""),
             )
         )
+    if status.get("sites_joined") is not None:
+        rows.append(("sites joined", ", ".join(status["sites_joined"]) or "-"))
+    if status.get("evaluated_by"):
+        rows.append(("evaluated by", str(status["evaluated_by"])))
+    for site, reason in sorted((status.get("refusals") or {}).items()):
+        rows.append((f"{site} declined", str(reason)))
     for site, epsilon in sorted((status.get("budgets") or {}).items()):
         rows.append((f"{site} epsilon spent", f"{epsilon:.3f}"))
     if status.get("stopped"):

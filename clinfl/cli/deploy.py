@@ -135,11 +135,19 @@ def run(
     threads: Annotated[
         int | None, typer.Option(help="CPU threads for training (default: torch's choice).")
     ] = None,
+    connect_timeout: Annotated[
+        float, typer.Option(help="Seconds to keep retrying an unreachable coordinator.")
+    ] = 900.0,
+    crash_at: Annotated[
+        str | None, typer.Option(hidden=True, help="Fault injection: die on this call.")
+    ] = None,
 ) -> None:
     """Ingest the export, start the SuperNode, and answer the coordinator until stopped."""
     console = Console(stderr=True)
     with cli_errors(as_json=False):
         split_address(coordinator)
+        if connect_timeout <= 0:
+            raise ConfigError("--connect-timeout must be positive", remedy="--connect-timeout 900")
         if threads is not None and threads < 1:
             raise ConfigError(f"--threads must be >= 1, got {threads}", remedy="--threads 1")
         if label_space not in LABEL_SPACES:
@@ -176,5 +184,7 @@ def run(
             stop=stop,
             notify=lambda line: console.print(f"[{time.strftime('%H:%M:%S')}] {line}"),
             threads=threads,
+            connect_timeout=connect_timeout,
+            crash_at=crash_at,
         )
         console.print(f"{keys.site_id}: stopped; audit report in {state / 'audit_report.html'}")

@@ -53,6 +53,7 @@ def test_a_killed_run_resumes_after_its_last_checkpoint(tmp_path: Path) -> None:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+
     def rounds_recorded() -> int:
         try:
             return len(_finished_at(run)) if (run / "control.sqlite").is_file() else 0
