@@ -115,7 +115,8 @@ def run_deployment(grid: Grid, run_dir: Path) -> dict[str, Any]:
         control.reset()
     control.request("run")  # a request left from before a restart does not carry over
     control.set_status("waiting for sites", sites=list(plan.sites), total_rounds=fed.rounds)
-    roster.wait_for_sites(deadline_seconds=plan.join_wait)
+    quorum = (config.secagg.min_sites or DEFAULT_MIN_SITES) if config.secagg.enabled else 1
+    roster.wait_for_sites(deadline_seconds=plan.join_wait, quorum=quorum)
     control.set_status("running", sites_joined=roster.joined(), refusals=roster.refusals)
     initial = point.state if point.state is not None else roster.initial_state
     if initial is None:

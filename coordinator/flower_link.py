@@ -173,12 +173,29 @@ class SiteRoster:
             self.initial_state = reply.initial_state
         log.info("%s joined as node %d", reply.site_id, node)
 
-    def wait_for_sites(self, *, deadline_seconds: float, poll_seconds: float = 1.0) -> None:
-        """Refresh until every expected site joined or declined, or the deadline passes."""
-        deadline = time.monotonic() + deadline_seconds
-        while time.monotonic() < deadline:
+    def wait_for_sites(
+        self,
+        *,
+        deadline_seconds: float,
+        quorum: int,
+        settle_seconds: float = 20.0,
+        poll_seconds: float = 1.0,
+    ) -> None:
+        """Refresh until every expected site joined or declined, or the deadline passes.
+
+        Once ``quorum`` sites have joined, a site that has not come ``settle_seconds`` after
+        the last one joined is not waited for (it may join any later round).
+        """
+        now = time.monotonic()
+        deadline, last_change, seen = now + deadline_seconds, now, 0
+        while (now := time.monotonic()) < deadline:
             self.refresh()
-            if set(self._nodes) | set(self.refusals) >= self._expected:
+            answered = set(self._nodes) | set(self.refusals)
+            if answered >= self._expected:
+                return
+            if len(answered) != seen:
+                seen, last_change = len(answered), now
+            if len(self._nodes) >= quorum and now - last_change >= settle_seconds:
                 return
             time.sleep(poll_seconds)
 

@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from clinfl.errors import DeploymentError
+from clinfl.errors import ConfigError, DeploymentError
 
 
 def flower_command(name: str) -> str:
@@ -41,11 +41,11 @@ def split_address(address: str) -> tuple[str, int]:
     """Split ``HOST:PORT`` (IPv6 in brackets) into host and port.
 
     Raises:
-        DeploymentError: for an address without a valid port.
+        ConfigError: for an address without a valid port.
     """
     host, _, port = address.rpartition(":")
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise DeploymentError(
+        raise ConfigError(
             f"{address!r} is not HOST:PORT", remedy="give an address like coordinator.org:9092"
         )
     return host.strip("[]"), int(port)

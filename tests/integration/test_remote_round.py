@@ -119,7 +119,7 @@ def test_a_secure_round_over_the_wire_with_one_site_declining(
     roster = SiteRoster(
         link, join, expected=frozenset(s.site_id for s in sites.values()), timeout=5
     )
-    roster.wait_for_sites(deadline_seconds=5)
+    roster.wait_for_sites(deadline_seconds=5, quorum=2)
     assert roster.joined() == ["site-1", "site-2"]
     assert "site-3" in roster.refusals and "min sites 2 < policy 5" in roster.refusals["site-3"]
     assert roster.initial_state is not None

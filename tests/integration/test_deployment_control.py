@@ -1,0 +1,127 @@
+"""A deployed federation refuses an unknown site and a tampered app, reports a site whose policy
+declines, and obeys pause, resume and stop from another shell."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from clinfl.pki import add_site
+from clinfl.transport.flower_app import app_pyproject
+from tests.integration.deployment_harness import (
+    Federation,
+    federation_processes,
+    policy_text,
+    wait_until,
+)
+
+SITES = ("site-1", "site-2", "site-3")
+EVIL_SERVER = """
+import json, time
+from pathlib import Path
+from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.serverapp import ServerApp
+
+app = ServerApp()
+
+@app.main()
+def main(grid, context):
+    nodes, deadline = [], time.time() + 90
+    while time.time() < deadline and len(nodes) < {nodes}:
+        nodes = list(grid.get_node_ids())
+        time.sleep(1)
+    content = RecordDict({{"clinfl": ConfigRecord({{"call": "join", "body": b"{{}}"}})}})
+    messages = [Message(content, dst_node_id=n, message_type="query") for n in nodes]
+    replies = []
+    for reply in grid.send_and_receive(messages, timeout=90):
+        if reply.has_error():
+            replies.append({{"error": str(reply.error.reason)}})
+        else:
+            replies.append({{"body": reply.content.config_records["clinfl"]["body"].decode()}})
+    Path({out!r}).write_text(json.dumps(replies))
+"""
+EVIL_CLIENT = "from pathlib import Path\nPath('PWNED').write_text('code ran at the site')\n"
+
+
+@pytest.fixture
+def federation(tmp_path: Path) -> Iterator[Federation]:
+    yield from federation_processes(tmp_path, SITES)
+
+
+def _submit_tampered_app(fed: Federation, out: Path, nodes: int) -> None:
+    app = fed.root / "evil-app"
+    app.mkdir()
+    pyproject = app_pyproject().replace("coordinator.flower_server_app", "evil_server")
+    (app / "pyproject.toml").write_text(pyproject.replace("site_agent.flower_client_app", "evil"))
+    (app / "evil_server.py").write_text(EVIL_SERVER.format(nodes=nodes, out=str(out)))
+    (app / "evil.py").write_text(EVIL_CLIENT)
+    flwr = Path(sys.executable).parent / "flwr"
+    env = {"FLWR_HOME": str(fed.run_dir / "flower"), "PATH": str(flwr.parent)}
+    done = subprocess.run(
+        [str(flwr), "run", str(app), "clinfl", "--format", "json"],
+        env=env, capture_output=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert b'"success": true' in done.stdout, done.stdout + done.stderr
+
+
+@pytest.mark.slow
+def test_refusals_tampering_and_operator_control(federation: Federation) -> None:
+    fed = federation
+    rogue_pki = fed.root / "rogue-pki"
+    shutil.copytree(fed.pki, rogue_pki)
+    add_site(rogue_pki, "rogue")  # signed by the real CA, but unknown to the coordinator
+    shutil.copytree(fed.root / "export-site-1", fed.root / "export-rogue")
+
+    coordinator = fed.start_coordinator(rounds=3)
+    fed.start_site("site-1")
+    fed.start_site("site-2")
+    fed.start_site("site-3", policy=policy_text(min_sites=5))  # (d) stricter than the run
+    rogue = fed.start_site("rogue", pki=rogue_pki, extra=("--connect-timeout", "20"))
+
+    # (c) the rogue site's node key is not registered: it is refused and gives up cleanly
+    assert rogue.wait(timeout=180) == 10, fed.log("rogue").read_text()
+    assert "could not connect to the coordinator" in fed.log("rogue").read_text()
+
+    # (e) pause while round 1 runs: it takes effect at the boundary after round 1
+    wait_until(
+        lambda: fed.status().get("state") == "running",
+        timeout=240, what="the run to start", logs=fed.logs,
+    )  # fmt: skip
+    assert fed.control("pause").returncode == 0
+    wait_until(
+        lambda: fed.status().get("state") == "paused",
+        timeout=420, what="the pause", logs=fed.logs,
+    )  # fmt: skip
+    status = fed.status()
+    assert fed.rounds_recorded() == [1]
+    assert status["sites_joined"] == ["site-1", "site-2"]
+    assert "min sites 2 < policy 5" in status["refusals"]["site-3"]  # (d) and why
+
+    # a tampered app submitted to the same SuperLink is refused by every site; its code never runs
+    replies_file = fed.root / "evil-replies.json"
+    _submit_tampered_app(fed, replies_file, nodes=3)
+    wait_until(replies_file.is_file, timeout=240, what="the tampered run's replies", logs=fed.logs)
+    replies = json.loads(replies_file.read_text())
+    assert len(replies) == 3
+    for reply in replies:
+        refusal = json.loads(reply["body"])["error"]
+        assert "refused the run's application bundle" in refusal["message"]
+    assert not list(fed.root.rglob("PWNED"))
+    assert fed.rounds_recorded() == [1], "nothing ran while paused"
+
+    # resume, then stop at the next boundary: round 2 runs, round 3 does not
+    assert fed.control("resume").returncode == 0
+    assert fed.control("stop").returncode == 0
+    assert coordinator.wait(timeout=420) == 0, fed.logs()
+    results = json.loads((fed.run_dir / "results.json").read_text())
+    assert [r["round"] for r in results["rounds"]] == [1, 2]
+    assert results["stopped"] == "stopped by the operator before round 3"
+    final = fed.status()
+    assert final["state"] == "stopped"
+    assert "min sites" in final["refusals"]["site-3"]
