@@ -11,6 +11,7 @@ secrets in memory from stage to stage.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Callable
@@ -18,7 +19,8 @@ from typing import Protocol
 
 import httpx
 from flwr.app import ConfigRecord, Message, RecordDict
-from flwr.common.constant import SubStatus
+from flwr.app.error import Error
+from flwr.common.constant import ErrorCode, SubStatus
 from flwr.proto.runtime_pb2 import AcquireTaskRequest  # pylint: disable=E0611
 from flwr.supercore.constant import TaskType
 from flwr.supercore.heartbeat import HeartbeatSender, make_task_heartbeat_fn_http
@@ -123,6 +125,7 @@ class SiteExecutor:
         heartbeat = HeartbeatSender(make_task_heartbeat_fn_http(client))
         heartbeat.start()
         context = None
+        message: Message | None = None
         status, details = SubStatus.FAILED, "the clinfl site could not answer"
         try:
             message, context, run, fab = pull_task_input(client)
@@ -143,6 +146,11 @@ class SiteExecutor:
             status, details = SubStatus.COMPLETED, ""
         except Exception:  # a broken task must not end the site: log it and take the next
             log.exception("task failed")
+            if message is not None and context is not None:
+                # the SuperNode waits for a reply before it takes the next message: always send one
+                failure = Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=details)
+                with contextlib.suppress(Exception):
+                    push_message(client, Message(failure, reply_to=message), context)
         finally:
             push_task_output(client=client, context=context, sub_status=status, details=details)
             heartbeat.stop()

@@ -18,6 +18,7 @@ Runtime dependency installation stays off (Flower's default; clinfl never passes
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import subprocess
 from pathlib import Path
@@ -32,6 +33,7 @@ from clinfl.transport.processes import (
 )
 
 SECRET_FILE = "superexec.secret"
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
 
 
 class SuperNode:
@@ -111,7 +113,8 @@ class SuperNode:
             tail = self.log_file.read_text(errors="replace")[-4000:]
         except OSError:
             return "no log"
-        lines = [line.strip() for line in tail.splitlines() if line.strip()]
+        plain = ANSI_ESCAPE.sub("", tail)
+        lines = [line.strip() for line in plain.splitlines() if line.strip()]
         for k in range(len(lines) - 1, -1, -1):
             if "Exit Code" in lines[k]:
                 return " ".join(lines[k : k + 3])[:300]

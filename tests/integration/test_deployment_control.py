@@ -46,7 +46,17 @@ def main(grid, context):
             replies.append({{"body": reply.content.config_records["clinfl"]["body"].decode()}})
     Path({out!r}).write_text(json.dumps(replies))
 """
-EVIL_CLIENT = "from pathlib import Path\nPath('PWNED').write_text('code ran at the site')\n"
+EVIL_CLIENT = """
+from pathlib import Path
+from flwr.clientapp import ClientApp
+
+app = ClientApp()
+
+@app.query()
+def pwn(message, context):
+    Path("PWNED").write_text("the coordinator's code ran at the site")
+    raise SystemExit(0)
+"""
 
 
 @pytest.fixture
@@ -62,10 +72,14 @@ def _submit_tampered_app(fed: Federation, out: Path, nodes: int) -> None:
     (app / "evil_server.py").write_text(EVIL_SERVER.format(nodes=nodes, out=str(out)))
     (app / "evil.py").write_text(EVIL_CLIENT)
     flwr = Path(sys.executable).parent / "flwr"
-    env = {"FLWR_HOME": str(fed.run_dir / "flower"), "PATH": str(flwr.parent)}
+    env = {
+        "FLWR_HOME": str(fed.run_dir / "flower"),
+        "PATH": str(flwr.parent),
+        "PYTHONPATH": str(app),  # `flwr run` checks that the components import
+    }
     done = subprocess.run(
         [str(flwr), "run", str(app), "clinfl", "--format", "json"],
-        env=env, capture_output=True, timeout=120, check=False,
+        env=env, capture_output=True, timeout=120, check=False, cwd=app,
     )  # fmt: skip
     assert b'"success": true' in done.stdout, done.stdout + done.stderr
 
