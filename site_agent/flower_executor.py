@@ -18,23 +18,38 @@ from collections.abc import Callable
 from typing import Protocol
 
 import httpx
-from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.app.error import Error
 from flwr.common.constant import ErrorCode, SubStatus
-from flwr.proto.runtime_pb2 import AcquireTaskRequest  # pylint: disable=E0611
+from flwr.common.serde import context_from_proto, fab_from_proto, run_from_proto
+from flwr.proto.node_pb2 import Node  # pylint: disable=E0611
+from flwr.proto.runtime_pb2 import (  # pylint: disable=E0611
+    AcquireTaskRequest,
+    PullAppMessagesRequest,
+    PullTaskInputRequest,
+)
 from flwr.supercore.constant import TaskType
+from flwr.supercore.fab import Fab
 from flwr.supercore.heartbeat import HeartbeatSender, make_task_heartbeat_fn_http
+from flwr.supercore.inflatable.inflatable_protobuf_utils import (
+    make_confirm_message_received_fn_protobuf,
+    make_pull_object_fn_protobuf,
+)
+from flwr.supercore.inflatable.inflatable_utils import pull_and_inflate_object_from_tree
 from flwr.supercore.interceptors import (
     RuntimeTokenHttpInterceptor,
     RuntimeVersionHttpInterceptor,
     SuperExecAuthHttpInterceptor,
 )
 from flwr.supercore.retry import make_simple_http_retry_invoker
+from flwr.supercore.run import Run
 from flwr.supercore.runtime import RuntimeHttpClient
-from flwr.supernode.runtime.run_clientapp import pull_task_input, push_message, push_task_output
+from flwr.supercore.task_identity import TaskIdentity
+from flwr.supernode.runtime.run_clientapp import push_message, push_task_output
 
 RECORD = "clinfl"
 ACQUIRE_RETRY_SECONDS = 5.0
+PULL_SECONDS = 60.0  # Flower's own default is 2 hours: a message whose run ended never arrives
 log = logging.getLogger("clinfl.site")
 
 
@@ -46,6 +61,40 @@ class CallHandler(Protocol):
     ) -> bytes:
         """Return the reply body."""
         ...
+
+
+def pull_task_input(client: RuntimeHttpClient) -> tuple[Message, Context, Run, Fab]:
+    """Pull the task's message, context, run and bundle (Flower's own steps, with a deadline).
+
+    Raises:
+        ObjectPullError: if the message's parts do not all arrive within ``PULL_SECONDS``.
+        RuntimeError: if the task has no message.
+    """
+    task = client.PullTaskInput(PullTaskInputRequest())
+    TaskIdentity.task_id = task.task_id  # one task at a time in this process, as in Flower's
+    TaskIdentity.run_id = task.run.run_id
+    TaskIdentity.node_id = task.context.node_id
+    context, run, fab = (
+        context_from_proto(task.context),
+        run_from_proto(task.run),
+        fab_from_proto(task.fab),
+    )
+    pulled = client.PullMessages(PullAppMessagesRequest())
+    if not pulled.messages_list:
+        raise RuntimeError("the task has no message")
+    node = Node(node_id=context.node_id)
+    tree = pulled.message_object_trees[0]
+    message = pull_and_inflate_object_from_tree(
+        tree,
+        make_pull_object_fn_protobuf(client.PullObject, node, context.run_id),
+        make_confirm_message_received_fn_protobuf(
+            client.ConfirmMessageReceived, node, context.run_id
+        ),
+        return_type=Message,
+        max_time=PULL_SECONDS,
+    )
+    message.metadata.__dict__["_message_id"] = tree.object_id  # as Flower's own pull does
+    return message, context, run, fab
 
 
 def message_call(message: Message) -> tuple[str, bytes]:

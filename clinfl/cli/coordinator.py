@@ -1,5 +1,7 @@
 """``clinfl coordinator``: watch and steer a running federation from another shell.
 
+(``clinfl coordinator start``, which runs a deployed federation, is in :mod:`clinfl.cli.deploy`.)
+
 The commands read and write ``<run dir>/control.sqlite``. Requests take effect at the next round
 boundary; ``stop --now`` also abandons the round in progress without applying anything.
 """
@@ -19,11 +21,14 @@ from clinfl.cli.errors import cli_errors
 from coordinator.control import Request, RunControl
 
 coordinator_app = typer.Typer(
-    help="Watch and steer a running federation (status, pause, resume, stop).",
+    help="Start a deployed federation; watch and steer one (status, pause, resume, stop).",
     no_args_is_help=True,
 )
 RunDir = Annotated[
-    Path, typer.Option(help="The federation's run folder (`clinfl simulate --out`).")
+    Path,
+    typer.Option(
+        help="The federation's run folder (`coordinator start --run-dir`, `simulate --out`)."
+    ),
 ]
 
 
