@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.clinfl-installed
 
-.PHONY: demo demo-dicom bench-full test test-fast test-slow lint typecheck bench clean
+.PHONY: demo demo-dicom demo-deploy bench-full test test-fast test-slow lint typecheck bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,11 @@ demo-dicom: $(STAMP)
 		--label-space digits --image-size 16
 	$(BIN)/clinfl simulate --dataset dicom --label-space digits --images runs/demo-dicom/export \
 		--out runs/demo-dicom/run
+
+## A deployed federation on this machine: a coordinator and three sites as separate processes on
+## 127.0.0.1 (TLS, node keys, DP-SGD, secure aggregation), each site with its own DICOM export.
+demo-deploy: $(STAMP)
+	CLINFL=$(BIN)/clinfl examples/loopback_deployment.sh runs/deploy-demo
 
 lint: $(STAMP)
 	$(BIN)/ruff check clinfl site_agent coordinator tests benchmarks

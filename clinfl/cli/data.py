@@ -35,6 +35,9 @@ def make_export_command(
         ),
     ] = False,
     limit: Annotated[int | None, typer.Option(help="Export at most this many images.")] = None,
+    seed: Annotated[
+        int, typer.Option(help="With --digits: which composites, in which order (one per site).")
+    ] = 0,
 ) -> None:
     """Write a PACS-like DICOM export (mixed modalities, bit depths, codecs) with labels.csv."""
     with cli_errors(as_json=False):
@@ -54,7 +57,7 @@ def make_export_command(
                 bar.update(task, completed=done, total=total)
 
             if digits:
-                counts = make_digits_export(out, limit=limit, progress=progress)
+                counts = make_digits_export(out, seed=seed, limit=limit, progress=progress)
             else:
                 assert images is not None and labels is not None
                 counts = make_export(images, labels, out, limit=limit, progress=progress)

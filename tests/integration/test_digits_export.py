@@ -160,3 +160,15 @@ def test_rerun_reads_one_pack_and_a_changed_export_repacks(
     assert fewer.summary["decoded_this_run"] == 0
     now = list((tmp_path / "state" / "cache").glob("pack-16-*.npy"))
     assert len(now) == 1 and now != packs
+
+
+def test_a_digits_seed_picks_other_composites(digits_export: Path, tmp_path: Path) -> None:
+    out = tmp_path / "seed-1"
+    args = ["data", "make-export", "--digits", "--limit", str(LIMIT), "--seed", "1"]
+    assert runner.invoke(app, [*args, "--out", str(out)]).exit_code == 0
+    tables = [
+        read_labels(folder / "labels.csv", key="sop", salt=b"s", classes=DIGIT_CLASSES)
+        for folder in (digits_export, out)
+    ]
+    first, other = (sorted(tuple(v) for v in table.values()) for table in tables)
+    assert first != other
