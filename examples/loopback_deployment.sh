@@ -3,7 +3,7 @@
 # processes on 127.0.0.1, with TLS, node-key authentication, DP-SGD and secure aggregation.
 # Each site has its own DICOM export, written from the digit composites that ship with clinfl.
 #
-#   examples/loopback_deployment.sh [OUT_DIR]      (default runs/deploy-demo; about 3 minutes on 2 cores)
+#   examples/loopback_deployment.sh [OUT_DIR]      (default runs/deploy-demo; about 4 minutes on 2 cores)
 #
 # On real machines the same commands run on different hosts: see docs/coordinator.md and
 # docs/site.md.
