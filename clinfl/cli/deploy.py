@@ -22,10 +22,10 @@ from clinfl.algorithms import available_algorithms
 from clinfl.cli.coordinator import coordinator_app
 from clinfl.cli.errors import cli_errors
 from clinfl.cli.site import site_app
-from clinfl.config import validate_run_config
+from clinfl.config import RunConfig, validate_run_config
 from clinfl.config_file import load_run_config
 from clinfl.data.labels import LABEL_SPACES
-from clinfl.errors import ConfigError, FederationError
+from clinfl.errors import ConfigError, FederationError, ValidationError, Violation
 from clinfl.pki import load_manifest
 from clinfl.policy import load_policy
 from clinfl.simulation.datasets import resolve_defaults
@@ -36,6 +36,41 @@ from coordinator.superlink import DEFAULT_ADDRESS
 from site_agent.deployed_site import SiteData
 from site_agent.ingest.pipeline import IngestOptions, ingest_export
 from site_agent.site_runner import read_site_keys, run_site
+
+SITE_SIDE = {
+    "data.dataset": "each site reads its own DICOM export",
+    "data.images": "each site reads its own export (`clinfl site run --data`)",
+    "data.labels": "each site reads its own label table (`clinfl site run --labels`)",
+    "data.split_dir": "each site splits its own studies",
+    "data.alpha": "a deployment's label skew is the sites' real data",
+    "data.rho": "a deployment's label skew is the sites' real data",
+    "data.composites_per_pair": "the sites' data is their own",
+    "data.max_samples": "the sites' data is their own",
+    "federation.sites": "the sites are the PKI manifest's",
+    "federation.threads": "each site sets its own (`clinfl site run --threads`)",
+    "privacy.policy": "each site enforces its own policy (`clinfl site run --policy`)",
+    "privacy.policy_dir": "each site enforces its own policy (`clinfl site run --policy`)",
+    "drops": "dropouts are real in a deployment",
+}
+
+
+def refuse_site_settings(config: RunConfig, path: Path) -> None:
+    """Refuse, all at once, settings a deployment cannot honour because they belong to sites.
+
+    Raises:
+        ValidationError: naming each such setting and why.
+    """
+    defaults = RunConfig()
+    violations = []
+    for name, why in SITE_SIDE.items():
+        section, _, field = name.partition(".")
+        given, default = getattr(config, section), getattr(defaults, section)
+        if field:
+            given, default = getattr(given, field), getattr(default, field)
+        if given != default and not (name == "data.dataset" and given == "dicom"):
+            violations.append(Violation(name, given, "not set", f"remove it from {path}: {why}"))
+    if violations:
+        raise ValidationError(f"deployment config {path}", violations)
 
 
 @coordinator_app.command("start")
@@ -66,6 +101,7 @@ def start(
         if min(join_wait, train_timeout, stage_timeout) <= 0:
             raise ConfigError("timeouts must be positive", remedy="use the defaults")
         run_config = load_run_config(config)
+        refuse_site_settings(run_config, config)
         sites = len(load_manifest(pki)["sites"])
         data = replace(run_config.data, dataset="dicom", images=run_dir)
         checked = validate_run_config(

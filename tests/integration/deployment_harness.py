@@ -35,7 +35,6 @@ image_size = 16
 rounds = {rounds}
 local_epochs = 1
 batch_size = 16
-threads = 1
 
 [secagg]
 min_sites = 2

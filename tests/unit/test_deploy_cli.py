@@ -71,3 +71,21 @@ def test_coordinator_start_refuses_a_missing_pki_and_a_bad_config(tmp_path: Path
     result = runner.invoke(app, [*base, "--pki", str(tmp_path / "pki")])
     assert result.exit_code == 10 and "lists no sites" in result.output, result.output
     assert not (tmp_path / "run" / "flower").exists(), "no SuperLink was started"
+
+
+def test_coordinator_start_refuses_every_setting_that_belongs_to_the_sites(tmp_path: Path) -> None:
+    config = tmp_path / "federation.toml"
+    config.write_text(
+        '[data]\nimages = "/pacs"\nalpha = 0.1\n[federation]\nsites = 4\n'
+        '[privacy]\npolicy = "p.toml"\n'
+    )
+    init_pki(tmp_path / "pki", hosts=["127.0.0.1"])
+    result = runner.invoke(
+        app,
+        ["coordinator", "start", "--config", str(config), "--pki", str(tmp_path / "pki"),
+         "--run-dir", str(tmp_path / "run")],
+    )  # fmt: skip
+    assert result.exit_code == 2, result.output
+    output = " ".join(result.output.split())
+    for name in ("data.images", "data.alpha", "federation.sites", "privacy.policy"):
+        assert name in output
