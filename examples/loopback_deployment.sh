@@ -33,7 +33,6 @@ image_size = 16
 [federation]
 rounds = 2
 batch_size = 16
-threads = 1
 
 [secagg]
 min_sites = 2
