@@ -21,7 +21,7 @@ from rich.console import Console
 from clinfl.algorithms import available_algorithms
 from clinfl.cli.coordinator import coordinator_app
 from clinfl.cli.errors import cli_errors
-from clinfl.cli.site import site_app
+from clinfl.cli.site import ingest_with_progress, site_app
 from clinfl.config import RunConfig, validate_run_config
 from clinfl.config_file import load_run_config
 from clinfl.data.labels import LABEL_SPACES
@@ -34,7 +34,7 @@ from coordinator.flower_link import Timeouts
 from coordinator.launcher import CoordinatorOptions, start_coordinator
 from coordinator.superlink import DEFAULT_ADDRESS
 from site_agent.deployed_site import SiteData
-from site_agent.ingest.pipeline import IngestOptions, ingest_export
+from site_agent.ingest.pipeline import IngestOptions
 from site_agent.site_runner import read_site_keys, run_site
 
 SITE_SIDE = {
@@ -202,7 +202,7 @@ def run(
             body_parts=filters.body_parts,
             views=filters.views,
         )
-        result = ingest_export(data, state_dir=state / "ingest", options=options, labels=labels)
+        result = ingest_with_progress(data, state / "ingest", options, labels, console)
         summary = result.summary
         console.print(
             f"{keys.site_id}: ingested {summary['accepted']} of {summary['files_seen']} files "

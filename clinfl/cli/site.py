@@ -16,7 +16,7 @@ from clinfl.data.labels import LABEL_SPACES
 from clinfl.errors import ConfigError
 from clinfl.policy import load_policy
 from site_agent.ingest.labels import KEY_COLUMNS
-from site_agent.ingest.pipeline import QUARANTINE_FILE, IngestOptions, ingest_export
+from site_agent.ingest.pipeline import QUARANTINE_FILE, IngestOptions, IngestResult, ingest_export
 from site_agent.ingest.reasons import DESCRIPTIONS
 
 site_app = typer.Typer(help="What runs at a hospital.", no_args_is_help=True)
@@ -46,6 +46,33 @@ def _tables(summary: dict[str, object]) -> list[Table]:
     for name, count in dict(summary["label_counts"]).items():  # type: ignore[call-overload]
         labels.add_row(name, str(count))
     return [totals, quarantine, labels]
+
+
+def ingest_with_progress(
+    data: Path, state: Path, options: IngestOptions, labels: Path | None, console: Console
+) -> IngestResult:
+    """Ingest ``data`` into ``state`` with a progress bar (indexing, decoding, packing).
+
+    Raises:
+        DataError, LabelError: see :func:`~site_agent.ingest.pipeline.ingest_export`.
+    """
+    bar = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    )
+    task = bar.add_task("indexing", total=None)
+
+    def progress(stage: str, done: int, total: int) -> None:
+        bar.update(task, description=stage, completed=done, total=total)
+
+    with bar:
+        return ingest_export(
+            data, state_dir=state, options=options, labels=labels, progress=progress
+        )
 
 
 @site_app.command("ingest")
@@ -108,23 +135,7 @@ def ingest(
                 }
             ),
         )
-        bar = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=console,
-            transient=True,
-        )
-        task = bar.add_task("indexing", total=None)
-
-        def progress(stage: str, done: int, total: int) -> None:
-            bar.update(task, description=stage, completed=done, total=total)
-
-        with bar:
-            result = ingest_export(
-                data, state_dir=state, options=options, labels=labels, progress=progress
-            )
+        result = ingest_with_progress(data, state, options, labels, console)
         if as_json:
             print(json.dumps(result.summary, indent=2))
             return
