@@ -3,13 +3,18 @@ and an exit code, before any process starts."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from clinfl.cli.app import app
+from clinfl.config import RunConfig
+from clinfl.errors import CheckpointError
 from clinfl.pki import add_site, init_pki
+from coordinator.deployment import DeploymentPlan
+from coordinator.launcher import portable_run_config
 
 runner = CliRunner()
 ROOT = Path(__file__).resolve().parents[2]
@@ -89,3 +94,20 @@ def test_coordinator_start_refuses_every_setting_that_belongs_to_the_sites(tmp_p
     output = " ".join(result.output.split())
     for name in ("data.images", "data.alpha", "federation.sites", "privacy.policy"):
         assert name in output
+
+
+def test_sites_receive_the_run_without_any_coordinator_path(tmp_path: Path) -> None:
+    base = RunConfig()
+    config = replace(
+        base,
+        data=replace(base.data, images=tmp_path / "secret-images", labels=tmp_path / "l.csv"),
+        privacy=replace(base.privacy, policy=tmp_path / "p.toml"),
+    )
+    document = portable_run_config(config)
+    assert str(tmp_path) not in repr(document)
+    plan = DeploymentPlan("run-1", document, ("site-1", "site-2"))
+    plan.save(tmp_path)
+    assert DeploymentPlan.load(tmp_path) == plan
+    (tmp_path / "deployment.json").write_text("{")
+    with pytest.raises(CheckpointError):
+        DeploymentPlan.load(tmp_path)
