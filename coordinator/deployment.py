@@ -12,26 +12,26 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from flwr.serverapp import Grid
 
-from clinfl.config import DEFAULT_MIN_SITES, RunConfig
+from clinfl.config import DEFAULT_MIN_SITES
 from clinfl.config_file import run_config_from_mapping
 from clinfl.data.labels import LABEL_SPACES
 from clinfl.errors import CheckpointError, FederationError
 from clinfl.federation.fanout import ThreadedFanout
 from clinfl.federation.messages import RoundRecord, RoundSettings
 from clinfl.transport.calls import JoinRequest
-from coordinator.aggregation import Aggregator, PlainAggregator
 from coordinator.checkpoints import CheckpointStore, write_atomically
 from coordinator.control import RunControl
 from coordinator.flower_link import FlowerLink, RemoteEvaluator, RemoteSite, SiteRoster, Timeouts
 from coordinator.resume import resume_point
 from coordinator.rounds import Coordinator
-from coordinator.secure_aggregation import SecureAggregator
+from coordinator.secure_aggregation import build_aggregator
 
 PLAN_FILE = "deployment.json"
 RESULTS_FILE = "results.json"
@@ -55,7 +55,6 @@ class DeploymentPlan:
             CheckpointError: if it cannot be written.
         """
         document = asdict(self)
-        document["sites"] = list(self.sites)
         write_atomically(run_dir / PLAN_FILE, json.dumps(document, indent=2).encode())
 
     @classmethod
@@ -80,14 +79,6 @@ class DeploymentPlan:
                 f"{path} is missing or unreadable",
                 remedy="start the federation with `clinfl coordinator start`",
             ) from None
-
-
-def _aggregator(config: RunConfig) -> Aggregator:
-    secagg = config.secagg
-    if not secagg.enabled:
-        return PlainAggregator()
-    min_sites = secagg.min_sites or DEFAULT_MIN_SITES
-    return SecureAggregator(replace(secagg, min_sites=min_sites), fanout=ThreadedFanout())
 
 
 def run_deployment(grid: Grid, run_dir: Path) -> dict[str, Any]:
@@ -131,18 +122,13 @@ def run_deployment(grid: Grid, run_dir: Path) -> dict[str, Any]:
     evaluator = RemoteEvaluator(sites, len(LABEL_SPACES[config.data.label_space]))
     coordinator = Coordinator(
         sites,
-        _aggregator(config),
+        build_aggregator(config.secagg, fanout=ThreadedFanout()),
         evaluator,
         store,
         selection=fed.selection,
         control=control,
         fanout=ThreadedFanout(),
     )
-
-    def settings_for(round_number: int) -> RoundSettings:
-        return RoundSettings(
-            round=round_number, local_epochs=fed.local_epochs, batch_size=fed.batch_size, lr=fed.lr
-        )
 
     def on_round(record: RoundRecord) -> None:
         control.set_status(
@@ -157,7 +143,7 @@ def run_deployment(grid: Grid, run_dir: Path) -> dict[str, Any]:
         outcome = coordinator.run(
             initial,
             rounds=fed.rounds,
-            settings_for=settings_for,
+            settings_for=partial(RoundSettings.for_round, fed),
             on_round=on_round,
             first_round=point.first_round,
             previous=point.previous,

@@ -42,9 +42,10 @@ from clinfl.transport.calls import (
     JoinReply,
     JoinRequest,
     Nothing,
+    Refusal,
     TrainRequest,
     decode_reply,
-    read_refusal,
+    open_reply,
 )
 from clinfl.transport.wire import encode
 from clinfl.typing import StateDict
@@ -153,16 +154,15 @@ class SiteRoster:
             join = JoinRequest(join.run_id, join.run_config, send_initial_state=True)
         try:
             data = self._link.call(node, "join", encode(join), timeout=self._timeout)
-            refusal = read_refusal(data)
-            if refusal is not None:
-                site = refusal.site_id or f"node {node}"
-                self.refusals[site] = refusal.error.message
-                log.warning("%s declined the run: %s", site, refusal.error.message)
-                return
-            reply: JoinReply = decode_reply(data, JoinReply)
+            reply = open_reply(data, JoinReply)
         except ClinflError as error:
             self._asked.discard(node)  # ask again at the next refresh
             log.warning("node %d did not join: %s", node, error.message)
+            return
+        if isinstance(reply, Refusal):
+            site = reply.site_id or f"node {node}"
+            self.refusals[site] = reply.error.message
+            log.warning("%s declined the run: %s", site, reply.error.message)
             return
         if reply.site_id not in self._expected or reply.site_id in self._nodes:
             log.warning("node %d claims site %r, which is unknown or taken", node, reply.site_id)

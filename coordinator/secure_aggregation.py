@@ -23,7 +23,7 @@ from clinfl.secagg.messages import MaskedInput
 from clinfl.secagg.server_session import ServerSession
 from clinfl.secagg.settings import plan_round
 from clinfl.typing import StateDict
-from coordinator.aggregation import AggregateUpdate
+from coordinator.aggregation import AggregateUpdate, Aggregator, PlainAggregator
 
 T = TypeVar("T")
 
@@ -138,3 +138,10 @@ class SecureAggregator:
         now = time.perf_counter()
         self.stage_seconds[stage] = now - since
         return now
+
+
+def build_aggregator(secagg: SecAggConfig, *, fanout: Fanout = in_turn) -> Aggregator:
+    """Return the secure aggregator, or the plain one when secure aggregation is off."""
+    if secagg.enabled:
+        return SecureAggregator(secagg, fanout=fanout)
+    return PlainAggregator()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from contextlib import closing
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -68,7 +69,6 @@ class SiteData:
 
 @dataclass
 class _Joined:
-    run_id: str
     agent: SiteAgent
     evaluator: HeldOutEvaluator
 
@@ -132,8 +132,8 @@ class DeployedSite:
 
     def _audit(self, reason: str) -> None:
         try:
-            ledger = SiteLedger(self._state_dir)
-            ledger.record_refusal(run_id="deployment", round_number=0, reason=reason)
+            with closing(SiteLedger(self._state_dir)) as ledger:
+                ledger.record_refusal(run_id="deployment", round_number=0, reason=reason)
         except ClinflError:
             log.exception("cannot write the refusal to the ledger")
 
@@ -215,7 +215,7 @@ class DeployedSite:
             shuffle_seed=config.federation.seed,
         )
         evaluator = HeldOutEvaluator(split.val, split.test, algorithm, spec)
-        self._runs = {flower_run: _Joined(request.run_id, assembled.agent, evaluator)}
+        self._runs = {flower_run: _Joined(assembled.agent, evaluator)}
         log.info(
             "%s joined run %s (%d training images)", self.site_id, request.run_id, len(split.train)
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from clinfl.config import FederationConfig
 from clinfl.metrics import MultiLabelMetrics
 from clinfl.typing import StateDict
 
@@ -17,6 +18,16 @@ class RoundSettings:
     local_epochs: int
     batch_size: int
     lr: float
+
+    @classmethod
+    def for_round(cls, federation: FederationConfig, round_number: int) -> RoundSettings:
+        """Return round ``round_number``'s settings from the federation's configuration."""
+        return cls(
+            round=round_number,
+            local_epochs=federation.local_epochs,
+            batch_size=federation.batch_size,
+            lr=federation.lr,
+        )
 
 
 @dataclass(frozen=True)

@@ -11,12 +11,13 @@ import secrets
 import shutil
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
 from clinfl.algorithms import ModelSpec, available_algorithms, create_algorithm
 from clinfl.audit.render import FORMATS, federation_html, federation_markdown, render_site
-from clinfl.config import RunConfig, SecAggConfig, validate_run_config
+from clinfl.config import RunConfig, validate_run_config
 from clinfl.data.imageset import SplitData
 from clinfl.data.partition import Partition, partition_label_skew
 from clinfl.errors import DataError, PartitionError
@@ -24,12 +25,11 @@ from clinfl.federation.messages import RoundRecord, RoundSettings
 from clinfl.simulation.datasets import load_split_data, resolve_defaults
 from clinfl.simulation.resume import ResumePoint, resume_point, save_run_config
 from clinfl.simulation.sites import SimulatedSites, build_sites
-from coordinator.aggregation import Aggregator, PlainAggregator
 from coordinator.checkpoints import CheckpointStore, write_atomically
 from coordinator.control import RunControl
 from coordinator.federation_report import build_federation_report
 from coordinator.rounds import Coordinator, FederationOutcome
-from coordinator.secure_aggregation import SecureAggregator
+from coordinator.secure_aggregation import build_aggregator
 from site_agent.audit_report import INGEST_FILE, build_site_report, shareable_summary
 from site_agent.evaluation import HeldOutEvaluator
 
@@ -148,13 +148,6 @@ def write_audit_reports(
     return written
 
 
-def build_aggregator(secagg: SecAggConfig) -> Aggregator:
-    """Return the secure aggregator, or the plain one when secure aggregation is off."""
-    if secagg.enabled:
-        return SecureAggregator(secagg)
-    return PlainAggregator()
-
-
 def run_simulation(
     config: RunConfig,
     out_dir: Path,
@@ -236,11 +229,6 @@ def run_simulation(
         control=control,
     )
 
-    def settings_for(round_number: int) -> RoundSettings:
-        return RoundSettings(
-            round=round_number, local_epochs=fed.local_epochs, batch_size=fed.batch_size, lr=fed.lr
-        )
-
     def on_round(record: RoundRecord) -> None:
         if listener is not None:
             listener.round_finished(record, fed.rounds)
@@ -249,7 +237,7 @@ def run_simulation(
         outcome = coordinator.run(
             initial,
             rounds=fed.rounds,
-            settings_for=settings_for,
+            settings_for=partial(RoundSettings.for_round, fed),
             on_round=on_round,
             first_round=point.first_round,
             previous=point.previous,

@@ -8,7 +8,6 @@ remote site behaves exactly like an in-process one.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,7 +37,7 @@ from clinfl.secagg.messages import (
     UnmaskRequest,
 )
 from clinfl.secagg.settings import RoundParameters
-from clinfl.transport.wire import decode, from_json_value, to_json_value
+from clinfl.transport.wire import decode, encode, from_json_value
 
 
 @dataclass(frozen=True)
@@ -124,13 +123,13 @@ def check_call(name: str) -> tuple[Any, Any]:
 
 def encode_reply(value: object) -> bytes:
     """Return a successful reply."""
-    return json.dumps({"ok": to_json_value(value)}, separators=(",", ":")).encode()
+    return encode({"ok": value})
 
 
 def encode_refusal(error: ClinflError, *, site_id: str | None) -> bytes:
     """Return a refusal or failure reply: its kind, message and remedy, and the site's name."""
     body = {"kind": _kind(error), "message": error.message, "remedy": error.remedy}
-    return json.dumps({"error": body, "site": site_id}).encode()
+    return encode({"error": body, "site": site_id})
 
 
 @dataclass(frozen=True)
@@ -141,6 +140,22 @@ class Refusal:
     site_id: str | None
 
 
+def open_reply(data: bytes, expected: Any) -> Any:
+    """Return the reply's value decoded as ``expected``, or the :class:`Refusal` it carries.
+
+    The reply is parsed once, however large (a model state, a masked vector).
+
+    Raises:
+        WireError: if the reply is malformed.
+    """
+    document: dict[str, Any] = decode(data, dict[str, Any])
+    if "error" in document:
+        return _refusal(document)
+    if set(document) != {"ok"}:
+        raise WireError("malformed reply", remedy="check that both sides run the same clinfl")
+    return from_json_value(document["ok"], expected, "reply")
+
+
 def decode_reply(data: bytes, expected: Any) -> Any:
     """Return the reply's value, or raise the site's refusal as the matching clinfl error.
 
@@ -148,13 +163,10 @@ def decode_reply(data: bytes, expected: Any) -> Any:
         ClinflError: the site's refusal (PolicyViolation, ProtocolViolation, SiteUnavailable...).
         WireError: if the reply is malformed.
     """
-    refusal = read_refusal(data)
-    if refusal is not None:
-        raise refusal.error
-    document: dict[str, Any] = decode(data, dict[str, Any])
-    if set(document) != {"ok"}:
-        raise WireError("malformed reply", remedy="check that both sides run the same clinfl")
-    return from_json_value(document["ok"], expected, "reply")
+    value = open_reply(data, expected)
+    if isinstance(value, Refusal):
+        raise value.error
+    return value
 
 
 def read_refusal(data: bytes) -> Refusal | None:
@@ -164,8 +176,10 @@ def read_refusal(data: bytes) -> Refusal | None:
         WireError: if the reply is malformed.
     """
     document: dict[str, Any] = decode(data, dict[str, Any])
-    if "error" not in document:
-        return None
+    return _refusal(document) if "error" in document else None
+
+
+def _refusal(document: dict[str, Any]) -> Refusal:
     body, site = document.get("error"), document.get("site")
     if not isinstance(body, dict) or not (site is None or isinstance(site, str)):
         raise WireError("malformed refusal", remedy="check that both sides run the same clinfl")
