@@ -23,7 +23,7 @@ from clinfl.secagg.hazmat.keys import (
     verify,
 )
 from clinfl.secagg.hazmat.prg import add_mask_stream, mask_stream, residue_dtype
-from clinfl.secagg.hazmat.quantize import check_no_overflow, dequantize_sum, quantize
+from clinfl.secagg.hazmat.quantize import CHUNK, check_no_overflow, dequantize_sum, quantize
 from clinfl.secagg.hazmat.shamir import PRIME, Share, reconstruct_secret, split_secret
 
 SEED = bytes(range(32))
@@ -106,6 +106,23 @@ def test_stochastic_rounding_is_unbiased() -> None:
     q = quantize(values, clip=1.0, scale=1.0, bits=8, rng=rng)
     assert set(np.unique(q).tolist()) == {1, 2}
     assert abs(q.astype(float).mean() - 1.3) < 0.01
+
+
+def _one_pass_quantize(values: np.ndarray, clip: float, scale: float, seed: int) -> np.ndarray:
+    """The definition, in one pass over the whole vector."""
+    shifted = np.clip(values * scale + clip * scale, 0.0, 2 * clip * scale)
+    return np.floor(shifted + np.random.default_rng(seed).random(values.shape)).astype(np.uint32)
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    length=st.sampled_from([0, 1, CHUNK - 1, CHUNK, CHUNK + 1, 3 * CHUNK + 17]),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_chunked_quantisation_equals_the_one_pass_definition(length: int, seed: int) -> None:
+    values = np.random.default_rng(seed).normal(0.0, 0.3, length)
+    q = quantize(values, clip=0.5, scale=2.0**20, bits=32, rng=np.random.default_rng(seed))
+    assert np.array_equal(q, _one_pass_quantize(values, 0.5, 2.0**20, seed))
 
 
 def test_overflow_is_refused_with_the_numbers() -> None:

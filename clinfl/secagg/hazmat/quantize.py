@@ -13,6 +13,9 @@ import numpy as np
 
 from clinfl.secagg.hazmat.prg import residue_dtype
 
+CHUNK = 1 << 16
+"""Values quantised per pass (512 KiB of float64)."""
+
 
 def check_no_overflow(*, clip: float, scale: float, bits: int, sites: int) -> None:
     """Refuse settings whose sum over ``sites`` could wrap modulo ``2**bits``.
@@ -38,19 +41,28 @@ def quantize(
     """Return ``values`` as integers in ``[0, ceil(2 c s)]`` (stochastic rounding).
 
     The dtype is the working residue dtype for ``bits`` (uint32 up to 32 bits, else uint64).
+    The work is done ``CHUNK`` values at a time in one reused buffer, so the passes stay in the
+    cache; ``rng`` is drawn in order, so the result equals the one-pass computation exactly.
 
     Raises:
         ValueError: if one site's value could already wrap the modulus.
     """
     check_no_overflow(clip=clip, scale=scale, bits=bits, sites=1)
-    shifted: np.ndarray = np.multiply(values, scale, dtype=np.float64)
-    shifted += clip * scale
-    np.clip(shifted, 0.0, 2 * clip * scale, out=shifted)
-    # floor(x + u) with u ~ U[0, 1) rounds x up with probability frac(x): stochastic rounding
-    shifted += rng.random(shifted.shape)
-    np.floor(shifted, out=shifted)
-    result: np.ndarray = shifted.astype(residue_dtype(bits))
-    return result
+    flat = np.asarray(values).reshape(-1)
+    result: np.ndarray = np.empty(flat.shape[0], dtype=residue_dtype(bits))
+    buffer = np.empty(min(CHUNK, flat.shape[0]), dtype=np.float64)
+    offset, top = clip * scale, 2 * clip * scale
+    for start in range(0, flat.shape[0], CHUNK):
+        stop = min(start + CHUNK, flat.shape[0])
+        shifted = buffer[: stop - start]
+        np.multiply(flat[start:stop], scale, out=shifted, dtype=np.float64)
+        shifted += offset
+        np.clip(shifted, 0.0, top, out=shifted)
+        # floor(x + u) with u ~ U[0, 1) rounds x up with probability frac(x): stochastic rounding
+        shifted += rng.random(stop - start)
+        np.floor(shifted, out=shifted)
+        result[start:stop] = shifted
+    return result.reshape(np.shape(values))
 
 
 def dequantize_sum(total: np.ndarray, *, clip: float, scale: float, sites: int) -> np.ndarray:
