@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from clinfl.device import is_device_name
 from clinfl.errors import ValidationError, Violation
 
 DatasetName = Literal["digits", "cxr14", "dicom"]
@@ -93,6 +94,7 @@ class FederationConfig:
     federation_seed: int = 20240917
     selection: SelectionRule = "best"
     threads: int | None = None
+    device: str = "cpu"
 
 
 @dataclass(frozen=True)
@@ -240,6 +242,8 @@ def _federation_violations(fed: FederationConfig) -> list[Violation]:
     _check_choice(out, "selection", fed.selection, SELECTIONS)
     if fed.threads is not None:
         _check_int(out, "threads", fed.threads, 1, 256)
+    if not is_device_name(fed.device):
+        out.append(Violation("device", fed.device, "cpu, auto, cuda or cuda:N", "use cpu"))
     return out
 
 

@@ -16,6 +16,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from clinfl.algorithms import Algorithm, ModelSpec
 from clinfl.config import FederationConfig
 from clinfl.data.imageset import ImageSet
+from clinfl.device import resolve_device
+from clinfl.errors import ConfigError
 from clinfl.policy import SitePolicy
 from clinfl.privacy.settings import DPSettings
 from site_agent.agent import LocalTrainer, SiteAgent, SiteIdentity
@@ -67,9 +69,16 @@ def assemble_site(
 
     Raises:
         ClinflError: for a model that cannot run DP-SGD, an algorithm the policy's DP excludes,
-            or an unwritable state directory.
+            a device this machine lacks or DP-SGD asked of an accelerator, or an unwritable
+            state directory.
     """
     site = identity.site_id
+    device = resolve_device(federation.device)
+    if policy.dp.required and device.type != "cpu":
+        raise ConfigError(
+            f"{site}'s policy requires DP-SGD, which clinfl runs on the CPU only (device {device})",
+            remedy="use --device cpu for federations with DP-SGD",
+        )
     ledger = SiteLedger(state_dir)
     record_policy(ledger, site, policy, len(data))
     trainer: LocalTrainer
@@ -96,6 +105,7 @@ def assemble_site(
             weight_decay=federation.weight_decay,
             shuffle_seed=shuffle_seed,
             on_step=on_step,
+            device=device,
         )
 
     def audit(round_id: int, message: str) -> None:

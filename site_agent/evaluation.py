@@ -20,9 +20,16 @@ class HeldOutEvaluator:
     """Holds validation and test sets and a local copy of the model (ETF derived locally)."""
 
     def __init__(
-        self, validation: ImageSet, test: ImageSet, algorithm: Algorithm, spec: ModelSpec
+        self,
+        validation: ImageSet,
+        test: ImageSet,
+        algorithm: Algorithm,
+        spec: ModelSpec,
+        *,
+        device: torch.device | None = None,
     ) -> None:
-        self._model = algorithm.build_model(spec)
+        self._device = torch.device("cpu") if device is None else device
+        self._model = algorithm.build_model(spec).to(self._device)
         self._sets = {
             "validation": (to_input_tensor(validation.images), validation.targets),
             "test": (to_input_tensor(test.images), test.targets),
@@ -39,7 +46,8 @@ class HeldOutEvaluator:
         outputs = []
         with torch.inference_mode():
             for window in ordered_batches(inputs.shape[0], batch_size=EVAL_BATCH):
-                outputs.append(torch.sigmoid(self._model(inputs[window]).logits))
+                logits = self._model(inputs[window].to(self._device)).logits
+                outputs.append(torch.sigmoid(logits).cpu())
         return torch.cat(outputs).numpy().astype(np.float64)
 
     def _metrics(self, split: str) -> MultiLabelMetrics:

@@ -65,6 +65,7 @@ class LocalSite:
         weight_decay: float,
         shuffle_seed: int,
         on_step: StepCallback | None = None,
+        device: torch.device | None = None,
     ) -> None:
         if len(data) == 0:
             raise FederationError(
@@ -73,7 +74,8 @@ class LocalSite:
             )
         self._site_id = site_id
         self._algorithm = algorithm
-        self._model = algorithm.build_model(spec)
+        self._device = torch.device("cpu") if device is None else device
+        self._model = algorithm.build_model(spec).to(self._device)
         self._inputs = to_input_tensor(data.images)
         self._targets = torch.from_numpy(data.targets).to(torch.float32)
         self._weight_decay = weight_decay
@@ -110,7 +112,10 @@ class LocalSite:
     def _in_order(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for start in range(0, self.num_samples, self._batch_size):
             stop = start + self._batch_size
-            yield self._inputs[start:stop], self._targets[start:stop]
+            yield self._batch(slice(start, stop))
+
+    def _batch(self, rows: slice | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._inputs[rows].to(self._device), self._targets[rows].to(self._device)
 
     def train_round(self, global_state: StateDict, settings: RoundSettings) -> LocalUpdate:
         """Train from ``global_state`` and return this site's update.
@@ -119,7 +124,9 @@ class LocalSite:
             FederationError: if the global state does not fit the local model or the loss diverges.
         """
         load_travelling_state(self._model, global_state)
-        reference = {name: value.clone() for name, value in global_state.items()}
+        reference = {
+            name: value.to(self._device, copy=True) for name, value in global_state.items()
+        }
         optimizer = self._optimizer_for(settings.lr)
         self._model.train()
         n = self.num_samples
@@ -130,8 +137,9 @@ class LocalSite:
             for batch in shuffled_batches(
                 n, batch_size=settings.batch_size, generator=self._generator
             ):
+                images, targets = self._batch(batch)
                 loss = self._algorithm.local_loss(
-                    self._model, self._inputs[batch], self._targets[batch], reference, self._memory
+                    self._model, images, targets, reference, self._memory
                 )
                 if not torch.isfinite(loss):
                     raise FederationError(
@@ -155,7 +163,9 @@ class LocalSite:
             RoundContext(steps=step, lr=settings.lr, batches=self._in_order),
         )
         local = self._algorithm.travelling_state(self._model)
-        delta = site_update(reference, local, auxiliary)
+        delta = {
+            name: value.cpu() for name, value in site_update(reference, local, auxiliary).items()
+        }
         return LocalUpdate(
             delta=delta, num_samples=n, mean_loss=loss_sum / max(step, 1), steps=step
         )

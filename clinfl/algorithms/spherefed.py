@@ -89,6 +89,6 @@ class SphereFed(Algorithm):
         new = {
             "calibration_gram": gram * STATISTICS_SCALE,
             "calibration_cross": cross * STATISTICS_SCALE,
-            "calibration_ready": torch.full((1,), STATISTICS_SCALE),
+            "calibration_ready": gram.new_full((1,), STATISTICS_SCALE),
         }
         return {name: new[name] - global_state[name] for name in STATISTICS}

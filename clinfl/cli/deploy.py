@@ -48,6 +48,7 @@ SITE_SIDE = {
     "data.max_samples": "the sites' data is their own",
     "federation.sites": "the sites are the PKI manifest's",
     "federation.threads": "each site sets its own (`clinfl site run --threads`)",
+    "federation.device": "each site trains on its own hardware (the CPU in a deployment)",
     "privacy.policy": "each site enforces its own policy (`clinfl site run --policy`)",
     "privacy.policy_dir": "each site enforces its own policy (`clinfl site run --policy`)",
     "drops": "dropouts are real in a deployment",

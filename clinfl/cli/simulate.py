@@ -180,6 +180,13 @@ def simulate(
     threads: Annotated[
         int | None, typer.Option(help="Torch CPU threads (default: torch's choice).")
     ] = None,
+    device: Annotated[
+        str,
+        typer.Option(
+            help="Where sites train and evaluate: cpu (default), auto (CUDA when present), "
+            "cuda or cuda:N. Updates, masks and ledgers stay on the CPU; DP-SGD needs cpu."
+        ),
+    ] = "cpu",
     secagg: Annotated[
         str,
         typer.Option(
@@ -302,6 +309,7 @@ def simulate(
                     federation_seed=federation_seed,
                     selection=selection,  # type: ignore[arg-type]
                     threads=threads,
+                    device=device,
                 ),
                 secagg=SecAggConfig(
                     enabled=secagg == "on",

@@ -49,7 +49,7 @@ def calibrated_classifier(gram: torch.Tensor, cross: torch.Tensor) -> torch.Tens
     ``gram`` is the mean of ``[h, 1][h, 1]^T`` and ``cross`` the mean of ``[h, 1] (2y - 1)^T``.
     """
     g = gram.to(torch.float64)
-    eye = torch.eye(g.shape[0], dtype=torch.float64)
+    eye = torch.eye(g.shape[0], dtype=torch.float64, device=g.device)
     solution: torch.Tensor = torch.linalg.solve(g + RIDGE * eye, cross.to(torch.float64))
     return solution.to(torch.float32)
 

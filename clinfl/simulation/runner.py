@@ -20,6 +20,7 @@ from clinfl.audit.render import FORMATS, federation_html, federation_markdown, r
 from clinfl.config import RunConfig, validate_run_config
 from clinfl.data.imageset import SplitData
 from clinfl.data.partition import Partition, partition_label_skew
+from clinfl.device import resolve_device
 from clinfl.errors import DataError, PartitionError
 from clinfl.federation.messages import RoundRecord, RoundSettings
 from clinfl.simulation.datasets import load_split_data, resolve_defaults
@@ -167,6 +168,7 @@ def run_simulation(
     config = resolve_defaults(validate_run_config(config, known_methods=available_algorithms()))
     fed, data_cfg = config.federation, config.data
     assert data_cfg.image_size is not None
+    device = resolve_device(fed.device)  # before any data is read
     data = load_split_data(
         config, progress=listener.images_read if listener else None, state_dir=out_dir / "ingest"
     )
@@ -208,7 +210,7 @@ def run_simulation(
     if ingest_summary.is_file():  # the simulated sites share one export: each reports it
         for state_dir in sites.state_dirs.values():
             shutil.copyfile(ingest_summary, state_dir / INGEST_FILE)
-    evaluator = HeldOutEvaluator(data.val, data.test, algorithm, spec)
+    evaluator = HeldOutEvaluator(data.val, data.test, algorithm, spec, device=device)
     initial = algorithm.initial_state(algorithm.build_model(spec))
     control = RunControl(out_dir)
     store = CheckpointStore(out_dir, resume=resume)
