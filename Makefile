@@ -56,7 +56,8 @@ test-fast: lint typecheck
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
 
-## Every benchmark with its quick preset (about 30 minutes on 2 cores): writes
+## Every benchmark with its quick preset (under 30 minutes on 2 cores; where torch sees CUDA,
+## the accuracy benchmark's accelerator preset follows): writes
 ## benchmarks/results/*.json and regenerates docs/benchmarks.md with its figures.
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py --quick

@@ -8,8 +8,9 @@ once (a crash loses at most the cells in progress; rerun with --resume to contin
 in parallel worker processes. Then the local training step's throughput is measured per method
 and docs/benchmarks.md is regenerated, with plots.
 
-    python benchmarks/accuracy.py --quick              # small presets, about 15 min on 2 cores
+    python benchmarks/accuracy.py --quick              # small presets, about 23 min on 2 cores
     python benchmarks/accuracy.py --full               # the full data, 10 rounds (hours on a CPU)
+    python benchmarks/accuracy.py --accelerator        # CUDA: larger images, 20 rounds (own file)
     python benchmarks/accuracy.py --quick --resume     # keep finished cells, run the rest
     python benchmarks/accuracy.py --render-only        # rebuild the Markdown from the JSON
 """
@@ -46,6 +47,7 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "no_con": {"lambda_con": 0.0},
 }
 RESULTS = ROOT / "benchmarks" / "results" / "accuracy.json"
+ACCELERATOR_RESULTS = ROOT / "benchmarks" / "results" / "accuracy-accelerator.json"
 RELATIVE_COST = {"fedcurv": 2.0, "scaffold": 1.3, "centralized": 0.8}
 """A cell's run time relative to FedAvg's (measured in the quick run; FedCurv adds a Fisher pass)."""
 
@@ -61,6 +63,7 @@ class Preset:
     seeds: tuple[int, ...] = (0, 1, 2)
     ablation_seeds: tuple[int, ...] = (0, 1, 2)
     nih1000_method: dict[str, Any] = field(default_factory=dict)
+    device: str = "cpu"
 
 
 PRESETS = {
@@ -73,6 +76,15 @@ PRESETS = {
         nih1000_method={"backbone": "standard"},
     ),
     "full": Preset("full", digits={}, nih1000={"image_size": 64}, rounds=10),
+    # CUDA only (the CPU presets stay the reference): every digits composite at 32 px instead of
+    # 16, NIH1000 at its full 64 px, and twice the full preset's rounds
+    "accelerator": Preset(
+        "accelerator",
+        digits={"image_size": 32},
+        nih1000={"image_size": 64},
+        rounds=20,
+        device="cuda",
+    ),
 }
 
 
@@ -124,7 +136,9 @@ def run_config(cell: Cell, preset: Preset) -> RunConfig:
         )
     else:
         raise SystemExit(f"unknown data set {cell.dataset!r}: use digits or nih1000")
-    federation = FederationConfig(sites=5, rounds=preset.rounds, seed=cell.seed)
+    federation = FederationConfig(
+        sites=5, rounds=preset.rounds, seed=cell.seed, device=preset.device
+    )
     shape = preset.nih1000_method if cell.dataset == "nih1000" else {}
     if cell.method == "centralized":
         return RunConfig(
@@ -209,6 +223,24 @@ def run_cells(
             )
 
 
+def choose_preset(args: argparse.Namespace) -> Preset:
+    """Return the preset the arguments name, on the device they name (checked here).
+
+    Raises:
+        SystemExit: for a device this machine lacks, or the accelerator preset without CUDA.
+    """
+    from clinfl.device import resolve_device
+    from clinfl.errors import ClinflError
+
+    preset = PRESETS["accelerator" if args.accelerator else "full" if args.full else "quick"]
+    device = args.device or preset.device
+    try:
+        resolved = resolve_device(device)
+    except ClinflError as error:
+        raise SystemExit(f"{error.one_line()} (the CPU presets need no accelerator)") from None
+    return replace(preset, device=str(resolved))
+
+
 def main() -> None:
     """Parse arguments, run the missing cells, measure throughput, render the report."""
     parser = argparse.ArgumentParser(
@@ -217,27 +249,41 @@ def main() -> None:
     preset_group = parser.add_mutually_exclusive_group()
     preset_group.add_argument("--quick", action="store_true", help="small presets (default)")
     preset_group.add_argument("--full", action="store_true", help="full data, 10 rounds")
+    preset_group.add_argument(
+        "--accelerator",
+        action="store_true",
+        help="CUDA preset: digits at 32 px, NIH1000 at 64 px, 20 rounds; 1 worker; results in "
+        "accuracy-accelerator.json",
+    )
+    parser.add_argument(
+        "--device", default=None, help="cpu, auto, cuda or cuda:N (default: the preset's)"
+    )
     parser.add_argument("--datasets", default="digits,nih1000")
-    parser.add_argument("--workers", type=int, default=2, help="parallel worker processes")
+    parser.add_argument("--workers", type=int, default=None, help="worker processes (2; 1 on CUDA)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads in all")
-    parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--results", type=Path, default=None)
     parser.add_argument("--resume", action="store_true", help="keep finished cells, run the rest")
     parser.add_argument("--render-only", action="store_true")
     args = parser.parse_args()
-    preset = PRESETS["full" if args.full else "quick"]
+    args.results = args.results or (ACCELERATOR_RESULTS if args.accelerator else RESULTS)
     fresh = not (args.resume or args.render_only)
     results = {"runs": [], "throughput": []} if fresh else load_results(args.results)
     if not args.render_only:
         import torch
 
         from benchmarks.throughput import measure_throughput
+        from clinfl.device import device_description
 
+        preset = choose_preset(args)
+        on_cpu = preset.device == "cpu"
+        args.workers = args.workers or (2 if on_cpu else 1)  # one process per GPU
         datasets = args.datasets.split(",")
         if "nih1000" in datasets and not NIH1000.is_dir():
             print(f"{NIH1000} is absent: NIH1000 cells are skipped", flush=True)
             datasets.remove("nih1000")
         results.update(machine=machine_info(), preset=preset.name, workers=args.workers)
         results["machine"]["torch_threads"] = max(1, args.threads // args.workers)
+        results["device"] = device_description(torch.device(preset.device))
         done = {r["key"] for r in results["runs"] if "error" not in r}
         results["runs"] = [r for r in results["runs"] if r["key"] in done]
         todo = [cell for cell in cells(preset, datasets) if cell.key not in done]

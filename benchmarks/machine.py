@@ -9,7 +9,7 @@ import torch
 
 
 def machine_info() -> dict[str, object]:
-    """Return CPU model, core count, torch version and thread count."""
+    """Return CPU model, core count, torch version, thread count and the CUDA device, if any."""
     cpu = platform.processor() or "unknown"
     try:
         with open("/proc/cpuinfo") as handle:
@@ -26,4 +26,5 @@ def machine_info() -> dict[str, object]:
         "torch_threads": torch.get_num_threads(),
         "python": platform.python_version(),
         "cuda": torch.cuda.is_available(),
+        "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from benchmarks.accuracy_report import LABELS, render_accuracy
+from benchmarks.accuracy_report import LABELS, render_accelerator, render_accuracy
 from benchmarks.ingest_report import render_ingest
 from benchmarks.plots import draw_all
 from benchmarks.privacy_report import render_privacy
@@ -47,7 +47,7 @@ def _machine_line(name: str, results: dict[str, Any]) -> str:
     return (
         f"| {name} | {results.get('preset', '-')} | {machine.get('cpu', '?')} | "
         f"{machine.get('cores', '?')} | {machine.get('torch', '?')} | "
-        f"{machine.get('torch_threads', '?')} | {'yes' if machine.get('cuda') else 'no'} |"
+        f"{machine.get('torch_threads', '?')} | {machine.get('cuda_device') or 'none'} |"
     )
 
 
@@ -63,7 +63,12 @@ def write_docs(docs: Path = DOCS, results_dir: Path = RESULTS_DIR) -> None:
     plots = draw_all(docs.parent / FIGURES_DIR, accuracy=accuracy, privacy=privacy, secagg=secagg)
     docs.write_text(
         render_report(
-            accuracy, secagg=secagg, privacy=privacy, ingest=load("ingest.json"), plots=plots
+            accuracy,
+            secagg=secagg,
+            privacy=privacy,
+            ingest=load("ingest.json"),
+            plots=plots,
+            accelerator=load("accuracy-accelerator.json"),
         )
     )
 
@@ -75,11 +80,14 @@ def render_report(
     privacy: dict[str, Any] | None = None,
     ingest: dict[str, Any] | None = None,
     plots: dict[str, str] | None = None,
+    accelerator: dict[str, Any] | None = None,
 ) -> str:
-    """Return the Markdown report: accuracy (``results``), secure aggregation, privacy, ingest."""
+    """Return the Markdown report: accuracy (``results``, then ``accelerator``), secure
+    aggregation, privacy, ingestion."""
     plots = plots or {}
     sources = [
         ("accuracy", results),
+        ("accuracy (accelerator)", accelerator or {}),
         ("secure aggregation", secagg or {}),
         ("privacy", privacy or {}),
         ("ingestion", ingest or {}),
@@ -95,7 +103,7 @@ def render_report(
         "",
         "Where each section's numbers were measured:",
         "",
-        "| section | preset | CPU | cores | torch | torch threads | CUDA |",
+        "| section | preset | CPU | cores | torch | torch threads | CUDA device |",
         "| --- | --- | --- | --- | --- | --- | --- |",
         *[_machine_line(name, data) for name, data in sources if data],
         "",
@@ -104,6 +112,7 @@ def render_report(
     out += ["", *_throughput_lines(results.get("throughput", []))]
     if NOTES.is_file() and results.get("runs"):
         out += ["", NOTES.read_text().strip()]
+    out += ["", *render_accelerator(accelerator or {})]
     out += ["", *render_secagg(secagg or {})]
     if "secagg" in plots:
         out += ["", f"![secure aggregation cost against sites]({plots['secagg']})"]

@@ -4,9 +4,12 @@
     python benchmarks/run_all.py --full     # hours on a CPU
 
 Runs secure aggregation, privacy, ingestion and accuracy with the chosen preset, one process
-each, then regenerates docs/benchmarks.md and its figures from the JSON results. A script that
-fails (or that lacks ../shared/data) is reported and the others still run; the exit status is
-non-zero if any failed. Timings go to benchmarks/results/run_all.json.
+each, then regenerates docs/benchmarks.md and its figures from the JSON results. Where torch
+sees a CUDA device it then runs the accuracy benchmark's accelerator preset as well (larger
+images, more rounds, results in accuracy-accelerator.json, reported with the device named);
+``--accelerator off`` skips it and ``on`` demands it. A script that fails (or that lacks
+../shared/data) is reported and the others still run; the exit status is non-zero if any
+failed. Timings go to benchmarks/results/run_all.json.
 """
 
 from __future__ import annotations
@@ -28,6 +31,14 @@ SCRIPTS = ("secagg.py", "privacy.py", "ingest.py", "accuracy.py")
 RESULTS = ROOT / "benchmarks" / "results" / "run_all.json"
 
 
+def plan(preset: str, scripts: list[str], *, accelerator: str, cuda: bool) -> list[list[str]]:
+    """Return the argument lists to run: each script with the preset, then the accelerator's."""
+    steps = [[script, f"--{preset}"] for script in scripts]
+    if accelerator == "on" or (accelerator == "auto" and cuda):
+        steps.append(["accuracy.py", "--accelerator"])
+    return steps
+
+
 def main() -> None:
     """Run every script with the preset, record how each went, rebuild the report."""
     parser = argparse.ArgumentParser(
@@ -37,20 +48,30 @@ def main() -> None:
     preset_group.add_argument("--quick", action="store_true", help="quick presets (default)")
     preset_group.add_argument("--full", action="store_true", help="full presets")
     parser.add_argument("--only", default=",".join(SCRIPTS), help="comma-separated scripts")
+    parser.add_argument(
+        "--accelerator",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="the accuracy benchmark's CUDA preset: when torch sees a GPU (auto), always, never",
+    )
     args = parser.parse_args()
     preset = "full" if args.full else "quick"
     record: dict[str, object] = {"preset": preset, "machine": machine_info(), "scripts": []}
     failed = []
     started = time.perf_counter()
-    for script in args.only.split(","):
-        print(f"== {script} --{preset}", flush=True)
+    cuda = bool(record["machine"]["cuda"])  # type: ignore[index]
+    for script, *options in plan(
+        preset, args.only.split(","), accelerator=args.accelerator, cuda=cuda
+    ):
+        name = " ".join([script, *options])
+        print(f"== {name}", flush=True)
         begun = time.perf_counter()
-        code = subprocess.call([sys.executable, str(ROOT / "benchmarks" / script), f"--{preset}"])
+        code = subprocess.call([sys.executable, str(ROOT / "benchmarks" / script), *options])
         seconds = time.perf_counter() - begun
-        record["scripts"].append({"script": script, "exit_code": code, "seconds": seconds})  # type: ignore[attr-defined]
-        print(f"== {script}: exit {code} after {seconds / 60:.1f} min", flush=True)
+        record["scripts"].append({"script": name, "exit_code": code, "seconds": seconds})  # type: ignore[attr-defined]
+        print(f"== {name}: exit {code} after {seconds / 60:.1f} min", flush=True)
         if code != 0:
-            failed.append(script)
+            failed.append(name)
     record["seconds"] = time.perf_counter() - started
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(record, indent=2))

@@ -24,12 +24,14 @@ def measure_throughput(dataset: str, method: str, config: RunConfig) -> dict[str
     classes = 10 if config.data.dataset == "digits" else 14
     algorithm = create_algorithm(config.method)
     spec = ModelSpec(num_classes=classes, image_size=size, federation_seed=1, init_seed=0)
+    device = torch.device(config.federation.device)
     model = algorithm.build_model(spec)
-    reference = {k: v.clone() for k, v in algorithm.initial_state(model).items()}
+    reference = {k: v.to(device, copy=True) for k, v in algorithm.initial_state(model).items()}
+    model.to(device)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     generator = torch.Generator().manual_seed(0)
-    images = torch.randn(BATCH, 1, size, size, generator=generator)
-    targets = (torch.rand(BATCH, classes, generator=generator) < 0.2).float()
+    images = torch.randn(BATCH, 1, size, size, generator=generator).to(device)
+    targets = (torch.rand(BATCH, classes, generator=generator) < 0.2).float().to(device)
     timings = []
     model.train()
     for step in range(WARMUP_STEPS + TIMED_STEPS):
@@ -38,6 +40,8 @@ def measure_throughput(dataset: str, method: str, config: RunConfig) -> dict[str
         optimizer.zero_grad(set_to_none=True)
         torch.autograd.backward(loss)
         optimizer.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)  # CUDA runs asynchronously: time the finished step
         if step >= WARMUP_STEPS:
             timings.append(time.perf_counter() - started)
     median = statistics.median(timings)
@@ -50,4 +54,5 @@ def measure_throughput(dataset: str, method: str, config: RunConfig) -> dict[str
         "median_step_seconds": median,
         "images_per_second": BATCH / median,
         "threads": torch.get_num_threads(),
+        "device": str(device),
     }

@@ -1,10 +1,16 @@
 from __future__ import annotations
 
+import argparse
+import dataclasses
 from pathlib import Path
 
-from benchmarks.accuracy import PRESETS, cells
+import pytest
+import torch
+
+from benchmarks.accuracy import PRESETS, Cell, cells, choose_preset, run_cell
 from benchmarks.plots import draw_all
 from benchmarks.report import render_report
+from benchmarks.run_all import plan
 
 
 def _run(
@@ -158,3 +164,56 @@ def test_runs_from_an_older_results_format_are_left_out() -> None:
     old = {key: value for key, value in _run("fedavg", 0, 0.5).items() if key != "setting"}
     text = render_report({**RESULTS, "runs": [*RESULTS["runs"], old]})  # type: ignore[list-item]
     assert "| FedAvg | 2 | 85.00 ± 7.07 |" in text
+
+
+@pytest.mark.parametrize(
+    ("accelerator", "cuda", "runs_it"),
+    [("auto", True, True), ("auto", False, False), ("off", True, False), ("on", False, True)],
+)
+def test_the_bench_command_adds_the_accelerator_preset_where_cuda_is(
+    accelerator: str, cuda: bool, runs_it: bool
+) -> None:
+    steps = plan("quick", ["secagg.py", "accuracy.py"], accelerator=accelerator, cuda=cuda)
+    assert steps[:2] == [["secagg.py", "--quick"], ["accuracy.py", "--quick"]]
+    assert (["accuracy.py", "--accelerator"] in steps) is runs_it
+
+
+def test_without_cuda_the_accelerator_preset_refuses_and_the_report_says_why(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    arguments = argparse.Namespace(accelerator=True, full=False, device=None)
+    with pytest.raises(SystemExit, match="torch sees 0 CUDA device"):
+        choose_preset(arguments)
+    assert choose_preset(argparse.Namespace(accelerator=False, full=False, device=None)).device == (
+        "cpu"
+    )
+    assert "Not run: the machine that generated this report had no CUDA device" in render_report(
+        RESULTS
+    )
+
+
+def test_an_accelerator_cell_runs_on_the_device_it_names_and_the_report_names_it() -> None:
+    """A real (tiny) cell of the accelerator preset, forced onto the CPU: it runs at the preset's
+    larger image size on the named device, and its section is rendered from its own numbers."""
+    preset = dataclasses.replace(
+        choose_preset(argparse.Namespace(accelerator=True, full=False, device="cpu")),
+        rounds=1,
+        digits={"image_size": 32, "max_samples": 60, "composites_per_pair": 1},
+    )
+    assert preset.name == "accelerator" and preset.device == "cpu"
+    threads = torch.get_num_threads()
+    try:  # run_cell sets the (worker) process's thread count
+        record = run_cell(Cell("digits", "s1", "fedavg", 0), preset, threads=threads)
+    finally:
+        torch.set_num_threads(threads)
+    assert "error" not in record, record.get("error")
+    assert record["config"]["federation"]["device"] == "cpu"
+    assert record["config"]["data"]["image_size"] == 32
+    results = {"runs": [record], "device": "cpu", "preset": "accelerator", "workers": 1}
+    text = render_report(RESULTS, accelerator=results)
+    assert "## Accuracy on an accelerator: cpu" in text
+    assert "Not run" not in text
+    expected = f"{100 * record['best']['macro_auc']:.2f} ± 0.00"
+    assert f"| FedAvg | 1 | {expected} |" in text
