@@ -250,3 +250,32 @@ def render_accelerator(results: dict[str, Any]) -> list[str]:
         "worker on the GPU) and its tables appear here with the device named. The CPU tables "
         "above stay the reference.",
     ]
+
+
+def render_fedcurv_lambda(document: dict[str, Any]) -> list[str]:
+    """Return the table of FedCurv's lambda grid, chosen on validation (``fedcurv_lambda.py``)."""
+    runs = document.get("runs", [])
+    if not runs:
+        return []
+    by_value: dict[float, list[dict[str, Any]]] = {}
+    for run in runs:
+        by_value.setdefault(run["lambda"], []).append(run)
+    lines = [
+        "### FedCurv's lambda, chosen on validation",
+        "",
+        "`python benchmarks/fedcurv_lambda.py`: FedCurv on the quick digits cells of setting 1, "
+        f"seeds {', '.join(str(s) for s in sorted({r['seed'] for r in runs}))}, for each lambda; "
+        "the default is the lambda with the highest mean validation macro-AUC. Test macro-AUC "
+        "is shown, and played no part in the choice.",
+        "",
+        "| lambda | validation macro-AUC | test macro-AUC | chosen |",
+        "| --- | --- | --- | --- |",
+    ]
+    for value in sorted(by_value):
+        group = by_value[value]
+        chosen = "yes" if value == document.get("chosen") else ""
+        lines.append(
+            f"| {value:g} | {cell([r['val_macro_auc'] for r in group])} | "
+            f"{cell([r['test_macro_auc'] for r in group])} | {chosen} |"
+        )
+    return lines

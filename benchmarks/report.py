@@ -6,7 +6,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-from benchmarks.accuracy_report import LABELS, render_accelerator, render_accuracy
+from benchmarks.accuracy_report import (
+    LABELS,
+    render_accelerator,
+    render_accuracy,
+    render_fedcurv_lambda,
+)
 from benchmarks.ingest_report import render_ingest
 from benchmarks.plots import draw_all
 from benchmarks.privacy_report import render_privacy
@@ -69,6 +74,7 @@ def write_docs(docs: Path = DOCS, results_dir: Path = RESULTS_DIR) -> None:
             ingest=load("ingest.json"),
             plots=plots,
             accelerator=load("accuracy-accelerator.json"),
+            fedcurv_lambda=load("fedcurv_lambda.json"),
         )
     )
 
@@ -81,6 +87,7 @@ def render_report(
     ingest: dict[str, Any] | None = None,
     plots: dict[str, str] | None = None,
     accelerator: dict[str, Any] | None = None,
+    fedcurv_lambda: dict[str, Any] | None = None,
 ) -> str:
     """Return the Markdown report: accuracy (``results``, then ``accelerator``), secure
     aggregation, privacy, ingestion."""
@@ -110,6 +117,7 @@ def render_report(
         *render_accuracy(results, plots),
     ]
     out += ["", *_throughput_lines(results.get("throughput", []))]
+    out += ["", *render_fedcurv_lambda(fedcurv_lambda or {})]
     if NOTES.is_file() and results.get("runs"):
         out += ["", NOTES.read_text().strip()]
     out += ["", *render_accelerator(accelerator or {})]

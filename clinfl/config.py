@@ -77,7 +77,7 @@ class MethodConfig:
     tau_rej: float = 0.3
     temperature: float = 0.07
     prox_mu: float = 0.01
-    fedcurv_lambda: float = 1000.0
+    fedcurv_lambda: float = 1e5
 
 
 @dataclass(frozen=True)

@@ -164,9 +164,10 @@ def simulate(
         float,
         typer.Option(
             help="fedcurv: weight lambda of the Fisher (EWC) penalty; each site's Fisher is "
-            "scaled to a largest entry of 1, hence the large default."
+            "scaled to a largest entry of 1, hence the large default (chosen on validation "
+            "data by benchmarks/fedcurv_lambda.py)."
         ),
-    ] = 1000.0,
+    ] = 1e5,
     composites_per_pair: Annotated[
         int, typer.Option(help="digits: train composites per digit pair.")
     ] = 12,

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from benchmarks.accuracy import PRESETS, Cell, cells, choose_preset, run_cell
+from benchmarks.fedcurv_lambda import choose
 from benchmarks.plots import draw_all
 from benchmarks.report import render_report
 from benchmarks.run_all import plan
@@ -217,3 +218,20 @@ def test_an_accelerator_cell_runs_on_the_device_it_names_and_the_report_names_it
     assert "Not run" not in text
     expected = f"{100 * record['best']['macro_auc']:.2f} ± 0.00"
     assert f"| FedAvg | 1 | {expected} |" in text
+
+
+def test_fedcurv_lambda_is_chosen_on_validation_never_on_test() -> None:
+    def run(value: float, seed: int, val: float, test: float) -> dict[str, float]:
+        return {"lambda": value, "seed": seed, "val_macro_auc": val, "test_macro_auc": test}
+
+    runs = [
+        run(10.0, 0, 0.70, 0.60),
+        run(10.0, 1, 0.74, 0.62),
+        run(1000.0, 0, 0.71, 0.90),  # best on test, worse on validation (mean 0.70)
+        run(1000.0, 1, 0.69, 0.91),
+    ]
+    assert choose(runs) == 10.0
+    assert choose([run(1.0, 0, 0.7, 0.1), run(5.0, 0, 0.7, 0.9)]) == 1.0  # a tie: the smaller
+    text = render_report(RESULTS, fedcurv_lambda={"runs": runs, "chosen": choose(runs)})
+    assert "| 10 | 72.00 ± 2.83 | 61.00 ± 1.41 | yes |" in text
+    assert "| 1000 | 70.00 ± 1.41 | 90.50 ± 0.71 |  |" in text
