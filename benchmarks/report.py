@@ -47,6 +47,21 @@ def _throughput_lines(throughput: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _run_all_lines(record: dict[str, Any]) -> list[str]:
+    """One line on how long the last ``run_all.py`` took, script by script, and how each ended."""
+    scripts = record.get("scripts", [])
+    if not scripts:
+        return []
+    parts = ", ".join(
+        f"`{s['script']}` {s['seconds'] / 60:.1f} min (exit {s['exit_code']})" for s in scripts
+    )
+    return [
+        f"The last `run_all.py --{record.get('preset', 'quick')}` took "
+        f"{record.get('seconds', 0) / 60:.1f} min in all: {parts}.",
+        "",
+    ]
+
+
 def _machine_line(name: str, results: dict[str, Any]) -> str:
     machine = results.get("machine", {})
     return (
@@ -75,6 +90,7 @@ def write_docs(docs: Path = DOCS, results_dir: Path = RESULTS_DIR) -> None:
             plots=plots,
             accelerator=load("accuracy-accelerator.json"),
             fedcurv_lambda=load("fedcurv_lambda.json"),
+            run_all=load("run_all.json"),
         )
     )
 
@@ -88,6 +104,7 @@ def render_report(
     plots: dict[str, str] | None = None,
     accelerator: dict[str, Any] | None = None,
     fedcurv_lambda: dict[str, Any] | None = None,
+    run_all: dict[str, Any] | None = None,
 ) -> str:
     """Return the Markdown report: accuracy (``results``, then ``accelerator``), secure
     aggregation, privacy, ingestion."""
@@ -114,6 +131,7 @@ def render_report(
         "| --- | --- | --- | --- | --- | --- | --- |",
         *[_machine_line(name, data) for name, data in sources if data],
         "",
+        *_run_all_lines(run_all or {}),
         *render_accuracy(results, plots),
     ]
     out += ["", *_throughput_lines(results.get("throughput", []))]

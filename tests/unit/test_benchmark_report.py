@@ -235,3 +235,17 @@ def test_fedcurv_lambda_is_chosen_on_validation_never_on_test() -> None:
     text = render_report(RESULTS, fedcurv_lambda={"runs": runs, "chosen": choose(runs)})
     assert "| 10 | 72.00 ± 2.83 | 61.00 ± 1.41 | yes |" in text
     assert "| 1000 | 70.00 ± 1.41 | 90.50 ± 0.71 |  |" in text
+
+
+def test_the_report_says_how_long_the_bench_command_took_and_how_each_script_ended() -> None:
+    record = {
+        "preset": "quick",
+        "seconds": 1770.0,
+        "scripts": [
+            {"script": "secagg.py --quick", "exit_code": 0, "seconds": 108.0},
+            {"script": "accuracy.py --quick", "exit_code": 1, "seconds": 1346.0},
+        ],
+    }
+    text = render_report(RESULTS, run_all=record)
+    assert "The last `run_all.py --quick` took 29.5 min in all:" in text
+    assert "`secagg.py --quick` 1.8 min (exit 0), `accuracy.py --quick` 22.4 min (exit 1)." in text
