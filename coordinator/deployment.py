@@ -13,7 +13,6 @@ import json
 import logging
 import time
 from dataclasses import asdict, dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,7 @@ from clinfl.config_file import run_config_from_mapping
 from clinfl.data.labels import LABEL_SPACES
 from clinfl.errors import CheckpointError, FederationError
 from clinfl.federation.fanout import ThreadedFanout
-from clinfl.federation.messages import RoundRecord, RoundSettings
+from clinfl.federation.messages import RoundRecord
 from clinfl.transport.calls import JoinRequest
 from coordinator.checkpoints import CheckpointStore, write_atomically
 from coordinator.control import RunControl
@@ -140,14 +139,7 @@ def run_deployment(grid: Grid, run_dir: Path) -> dict[str, Any]:
         log.info("round %d: %s", record.round, record.to_json_dict())
 
     try:
-        outcome = coordinator.run(
-            initial,
-            rounds=fed.rounds,
-            settings_for=partial(RoundSettings.for_round, fed),
-            on_round=on_round,
-            first_round=point.first_round,
-            previous=point.previous,
-        )
+        outcome = coordinator.run_from(point, initial, fed, on_round=on_round)
     finally:
         control.close()
     results = {

@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 
-from clinfl.config import SelectionRule
+from clinfl.config import FederationConfig, SelectionRule
 from clinfl.errors import PolicyViolation, RoundAborted, SiteUnavailable
 from clinfl.federation.fanout import Fanout, in_turn
 from clinfl.federation.messages import RoundRecord, RoundSettings, TrainingReport
@@ -16,6 +16,7 @@ from clinfl.typing import StateDict
 from coordinator.aggregation import Aggregator
 from coordinator.checkpoints import CheckpointStore
 from coordinator.control import RunControl
+from coordinator.resume import ResumePoint
 
 RoundCallback = Callable[[RoundRecord], None]
 
@@ -72,6 +73,28 @@ class Coordinator:
 
     def _stop_now(self) -> bool:
         return self._control is not None and self._control.requested() == "stop-now"
+
+    def run_from(
+        self,
+        point: ResumePoint,
+        initial_state: StateDict,
+        federation: FederationConfig,
+        *,
+        on_round: RoundCallback | None = None,
+    ) -> FederationOutcome:
+        """Run ``federation``'s rounds from ``point`` (a fresh run's point is round 1).
+
+        ``initial_state`` is the global state at ``point``: its checkpoint on a resume.
+        Raises what :meth:`run` raises.
+        """
+        return self.run(
+            initial_state,
+            rounds=federation.rounds,
+            settings_for=partial(RoundSettings.for_round, federation),
+            on_round=on_round,
+            first_round=point.first_round,
+            previous=point.previous,
+        )
 
     def run(
         self,

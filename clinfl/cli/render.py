@@ -50,20 +50,25 @@ def rounds_table(records: tuple[RoundRecord, ...], selected_round: int, method: 
     return table
 
 
+def progress_bar(console: Console) -> Progress:
+    """Return the CLI's progress display: description, bar, done/total, elapsed (transient)."""
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    )
+
+
 class ProgressListener:
     """Draws a rounds bar and a local-training bar while a simulation runs."""
 
     def __init__(self, console: Console, *, show_tables: bool) -> None:
         self._console = console
         self._show_tables = show_tables
-        self._progress = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=console,
-            transient=True,
-        )
+        self._progress = progress_bar(console)
         self._rounds = self._progress.add_task("rounds", total=None)
         self._steps = self._progress.add_task("local training", total=None)
         self._site: str | None = None

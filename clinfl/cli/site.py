@@ -8,10 +8,10 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from clinfl.cli.errors import cli_errors
+from clinfl.cli.render import progress_bar
 from clinfl.data.labels import LABEL_SPACES
 from clinfl.errors import ConfigError
 from clinfl.policy import load_policy
@@ -56,14 +56,7 @@ def ingest_with_progress(
     Raises:
         DataError, LabelError: see :func:`~site_agent.ingest.pipeline.ingest_export`.
     """
-    bar = Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-    )
+    bar = progress_bar(console)
     task = bar.add_task("indexing", total=None)
 
     def progress(stage: str, done: int, total: int) -> None:

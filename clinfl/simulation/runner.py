@@ -11,7 +11,6 @@ import secrets
 import shutil
 import time
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -22,7 +21,7 @@ from clinfl.data.imageset import SplitData
 from clinfl.data.partition import Partition, partition_label_skew
 from clinfl.device import resolve_device
 from clinfl.errors import DataError, PartitionError
-from clinfl.federation.messages import RoundRecord, RoundSettings
+from clinfl.federation.messages import RoundRecord
 from clinfl.simulation.datasets import load_split_data, resolve_defaults
 from clinfl.simulation.resume import ResumePoint, resume_point, save_run_config
 from clinfl.simulation.sites import SimulatedSites, build_sites
@@ -236,14 +235,7 @@ def run_simulation(
             listener.round_finished(record, fed.rounds)
 
     try:
-        outcome = coordinator.run(
-            initial,
-            rounds=fed.rounds,
-            settings_for=partial(RoundSettings.for_round, fed),
-            on_round=on_round,
-            first_round=point.first_round,
-            previous=point.previous,
-        )
+        outcome = coordinator.run_from(point, initial, fed, on_round=on_round)
     finally:
         control.close()
     summary = _build_results(config, data, partition, outcome, time.perf_counter() - started)
