@@ -35,6 +35,7 @@ GRAD_SAMPLE_CHOICES: tuple[str, ...] = ("auto", "hooks", "ew", "ghost", "functor
 DROP_STAGES: tuple[str, ...] = (
     "train",
     "advertise",
+    "graph",
     "share",
     "masked-input",
     "consistency",
@@ -106,7 +107,10 @@ class SecAggConfig:
     sites (SecAgg+ graph of
     degree about 2 log2 n, complete for small n; threshold a strict majority of each
     neighbourhood and at least ``min_sites``). A degree of at least n - 1 is full SecAgg (the
-    complete graph).
+    complete graph); up to 64 sites the graph is always complete. ``max_colluders`` is the
+    number of sites the coordinator plans for colluding (sites check with their own policy's
+    ``secagg.max_colluders``): the threshold is then ``t > (h + c) / 2`` and a sum needs at
+    least ``min_sites + max_colluders`` survivors.
     """
 
     enabled: bool = True
@@ -116,6 +120,7 @@ class SecAggConfig:
     weight_cap: int = 10_000
     degree: int | None = None
     threshold: int | None = None
+    max_colluders: int = 1
 
 
 @dataclass(frozen=True)
@@ -255,6 +260,7 @@ def _secagg_violations(secagg: SecAggConfig, sites: int) -> list[Violation]:
     _check_int(out, "secagg.min_sites", min_sites, 2)
     _check_int(out, "secagg.bits", secagg.bits, 16, 64)
     _check_int(out, "secagg.weight_cap", secagg.weight_cap, 1)
+    _check_int(out, "secagg.max_colluders", secagg.max_colluders, 0)
     if not secagg.clip > 0:
         out.append(Violation("secagg.clip", secagg.clip, "> 0", "use 0.5"))
     complete = secagg.degree is not None and secagg.degree >= sites - 1
@@ -267,6 +273,15 @@ def _secagg_violations(secagg: SecAggConfig, sites: int) -> list[Violation]:
     if secagg.threshold is not None and secagg.threshold < min_sites:
         out.append(
             Violation("secagg.threshold", secagg.threshold, ">= min_sites", "leave it unset")
+        )
+    if sites >= min_sites and sites < min_sites + secagg.max_colluders:
+        out.append(
+            Violation(
+                "sites",
+                sites,
+                f">= secagg.min_sites + secagg.max_colluders ({min_sites + secagg.max_colluders})",
+                "use more sites: a sum must cover min_sites honest sites besides any colluders",
+            )
         )
     if sites < min_sites:
         out.append(

@@ -22,12 +22,17 @@ from clinfl.typing import StateDict
 
 @dataclass(frozen=True)
 class AggregateUpdate:
-    """The mean update of a round, which sites it covers, and their total sample weight."""
+    """The mean update of a round, which sites it covers, and their total sample weight.
+
+    ``mean_loss`` is the mean training loss of the sites whose policy lets them report it
+    (None when none does); with secure aggregation the coordinator learns only its sum.
+    """
 
     mean_delta: StateDict
     site_ids: frozenset[str]
     num_samples: int
     refusals: dict[str, str] = field(default_factory=dict)
+    mean_loss: float | None = None
 
     @property
     def sites(self) -> int:
@@ -67,6 +72,7 @@ class PlainAggregator:
         included: set[str] = set()
         refusals: dict[str, str] = {}
         total = 0
+        losses: list[float] = []
         for participant in participants:
             try:
                 contribution = participant.upload_plain()
@@ -79,6 +85,8 @@ class PlainAggregator:
                 summed[name] += contribution.weighted_delta[name].to(summed[name].dtype)
             total += contribution.weight
             included.add(contribution.site_id)
+            if contribution.mean_loss is not None:
+                losses.append(contribution.mean_loss)
         if len(included) < self._min_sites or total <= 0:
             reasons = "; ".join(refusals.values())
             raise RoundAborted(
@@ -88,4 +96,5 @@ class PlainAggregator:
                 remedy="bring more sites online, or turn secure aggregation on if sites require it",
             )
         mean = {name: value / float(total) for name, value in summed.items()}
-        return AggregateUpdate(mean, frozenset(included), total, refusals)
+        mean_loss = sum(losses) / len(losses) if losses else None
+        return AggregateUpdate(mean, frozenset(included), total, refusals, mean_loss=mean_loss)

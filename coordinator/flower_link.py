@@ -31,6 +31,7 @@ from clinfl.metrics import MultiLabelMetrics
 from clinfl.secagg.messages import (
     Advertisement,
     EncryptedShare,
+    GraphReveal,
     MaskedInput,
     RevealedShares,
     SurvivorSignature,
@@ -258,23 +259,28 @@ class RemoteSite:
         advert: Advertisement = self._call("secagg_advertise", params, self._timeouts.stage)
         return advert
 
-    def secagg_share(self, adverts: tuple[Advertisement, ...]) -> list[EncryptedShare]:
+    def secagg_graph(self, adverts: tuple[Advertisement, ...]) -> GraphReveal:
         """Secure aggregation, stage 2."""
-        shares: list[EncryptedShare] = self._call("secagg_share", adverts, self._timeouts.stage)
+        reveal: GraphReveal = self._call("secagg_graph", adverts, self._timeouts.stage)
+        return reveal
+
+    def secagg_share(self, reveals: tuple[GraphReveal, ...]) -> list[EncryptedShare]:
+        """Secure aggregation, stage 3."""
+        shares: list[EncryptedShare] = self._call("secagg_share", reveals, self._timeouts.stage)
         return shares
 
     def secagg_masked_input(self, shares: list[EncryptedShare]) -> MaskedInput:
-        """Secure aggregation, stage 3."""
+        """Secure aggregation, stage 4."""
         masked: MaskedInput = self._call("secagg_masked_input", shares, self._timeouts.stage)
         return masked
 
     def secagg_sign(self, survivors: frozenset[str]) -> SurvivorSignature:
-        """Secure aggregation, stage 4."""
+        """Secure aggregation, stage 5."""
         signature: SurvivorSignature = self._call("secagg_sign", survivors, self._timeouts.stage)
         return signature
 
     def secagg_reveal(self, request: UnmaskRequest) -> RevealedShares:
-        """Secure aggregation, stage 5."""
+        """Secure aggregation, stage 6."""
         revealed: RevealedShares = self._call("secagg_reveal", request, self._timeouts.stage)
         return revealed
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from functools import partial
 
 from clinfl.config import FederationConfig, SelectionRule
-from clinfl.errors import PolicyViolation, RoundAborted, SiteUnavailable
+from clinfl.errors import PolicyViolation, ProtocolViolation, RoundAborted, SiteUnavailable
 from clinfl.federation.fanout import Fanout, in_turn
 from clinfl.federation.messages import RoundRecord, RoundSettings, TrainingReport
 from clinfl.federation.roles import GlobalEvaluator, TrainingParticipant
@@ -150,15 +150,15 @@ class Coordinator:
                 participant: TrainingParticipant,
                 state: StateDict = state,
                 settings: RoundSettings = settings,
-            ) -> TrainingReport | SiteUnavailable | PolicyViolation:
+            ) -> TrainingReport | SiteUnavailable | PolicyViolation | ProtocolViolation:
                 try:
                     return participant.train_round(state, settings)
-                except (SiteUnavailable, PolicyViolation) as failure:
+                except (SiteUnavailable, PolicyViolation, ProtocolViolation) as failure:
                     return failure
 
             outcomes = self._fanout([partial(train, p) for p in self._participants])
             for participant, outcome in zip(self._participants, outcomes, strict=True):
-                if isinstance(outcome, PolicyViolation):
+                if isinstance(outcome, PolicyViolation | ProtocolViolation):
                     refusals.append(outcome.message)
                 elif isinstance(outcome, TrainingReport):
                     reports[participant.site_id] = outcome
@@ -172,6 +172,7 @@ class Coordinator:
             aborted: str | None = None
             included: frozenset[str] = frozenset()
             num_samples = 0
+            mean_loss = float("nan")
             try:
                 aggregate = self._aggregator.aggregate(
                     trained, round_id=round_number, template=state
@@ -184,15 +185,16 @@ class Coordinator:
                 else:
                     state = {name: state[name] + aggregate.mean_delta[name] for name in state}
                     included, num_samples = aggregate.site_ids, aggregate.num_samples
+                    if aggregate.mean_loss is not None:
+                        mean_loss = aggregate.mean_loss
             report = self._evaluator.evaluate(state)
-            losses = [reports[site].mean_loss for site in included]
             record = RoundRecord(
                 round=round_number,
                 report=report,
                 seconds=time.perf_counter() - started,
                 sites=len(included),
                 num_samples=num_samples,
-                mean_loss=sum(losses) / len(losses) if losses else float("nan"),
+                mean_loss=mean_loss,
                 aborted=aborted,
             )
             self._checkpoints.save(round_number, state, record.to_json_dict())

@@ -1,7 +1,8 @@
 """The default aggregator: SecAgg / SecAgg+ over the trained participants.
 
-The coordinator relays keys and sealed shares, adds masked vectors into a running sum as they
-arrive, and unmasks only the sum. Sites that stop answering at any stage are dropouts; sites that
+The coordinator relays keys, graph reveals and sealed shares, adds masked vectors into a running
+sum as they arrive, and unmasks only the sum (whose metadata slots carry the total sample weight
+and the sites' summed losses). Sites that stop answering at any stage are dropouts; sites that
 refuse a request are recorded with their reason. If fewer than the threshold remain, the round is
 abandoned with :class:`~clinfl.errors.RoundAborted` and nothing is applied.
 """
@@ -31,10 +32,11 @@ T = TypeVar("T")
 class SecureAggregator:
     """Runs one secure-aggregation round per call of :meth:`aggregate`."""
 
-    def __init__(self, config: SecAggConfig, *, fanout: Fanout = in_turn) -> None:
-        """Aggregate with ``config``; ``fanout`` asks a stage's sites (in turn by default)."""
+    def __init__(self, config: SecAggConfig, *, fanout: Fanout = in_turn, run_id: str = "") -> None:
+        """Aggregate with ``config`` for run ``run_id``; ``fanout`` asks a stage's sites."""
         self._config = config
         self._fanout = fanout
+        self._run_id = run_id
         self.stage_seconds: dict[str, float] = {}
 
     def aggregate(
@@ -75,10 +77,12 @@ class SecureAggregator:
                 remedy="bring more sites online",
             )
         params = plan_round(
+            run_id=self._run_id,
             round_id=round_id,
             site_ids=tuple(by_id),
             vector_length=vector_length(template),
             min_sites=min_sites,
+            max_colluders=config.max_colluders,
             bits=config.bits,
             clip=config.clip,
             weight_cap=config.weight_cap,
@@ -103,9 +107,16 @@ class SecureAggregator:
         )
         relayed = server.relay_advertisements([a for a in adverts if a is not None])
         clock = self._lap("advertise", clock)
-        sharers = [advert.site_id for advert in relayed]
-        sent = fanout([partial(ask, s, partial(by_id[s].secagg_share, relayed)) for s in sharers])
-        shares = {s: out for s, out in zip(sharers, sent, strict=True) if out is not None}
+        advertised = [advert.site_id for advert in relayed]
+        opened = fanout(
+            [partial(ask, s, partial(by_id[s].secagg_graph, relayed)) for s in advertised]
+        )
+        reveals = server.relay_graph_reveals([r for r in opened if r is not None])
+        clock = self._lap("graph", clock)
+        sent = fanout(
+            [partial(ask, s, partial(by_id[s].secagg_share, reveals)) for s in advertised]
+        )
+        shares = {s: out for s, out in zip(advertised, sent, strict=True) if out is not None}
         inbox = server.route_shares(shares)
         clock = self._lap("share", clock)
 
@@ -132,7 +143,9 @@ class SecureAggregator:
         decoded = decode_sum(total, params=params)
         mean = unflatten_state(decoded.mean, template=template)
         self._lap("unmask", clock)
-        return AggregateUpdate(mean, survivors, decoded.total_weight, refusals)
+        return AggregateUpdate(
+            mean, survivors, decoded.total_weight, refusals, mean_loss=decoded.mean_loss
+        )
 
     def _lap(self, stage: str, since: float) -> float:
         now = time.perf_counter()
@@ -140,8 +153,10 @@ class SecureAggregator:
         return now
 
 
-def build_aggregator(secagg: SecAggConfig, *, fanout: Fanout = in_turn) -> Aggregator:
-    """Return the secure aggregator, or the plain one when secure aggregation is off."""
+def build_aggregator(
+    secagg: SecAggConfig, *, fanout: Fanout = in_turn, run_id: str = ""
+) -> Aggregator:
+    """Return the secure aggregator for run ``run_id``, or the plain one when it is off."""
     if secagg.enabled:
-        return SecureAggregator(secagg, fanout=fanout)
+        return SecureAggregator(secagg, fanout=fanout, run_id=run_id)
     return PlainAggregator()

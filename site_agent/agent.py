@@ -11,18 +11,20 @@ from __future__ import annotations
 import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NoReturn, Protocol
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from clinfl.errors import FederationError, PolicyViolation, ProtocolViolation
+from clinfl.errors import ClinflError, FederationError, PolicyViolation, ProtocolViolation
+from clinfl.federation.digests import round_parameters_digest, state_digest
 from clinfl.federation.messages import RoundSettings, SiteContribution, TrainingReport
 from clinfl.federation.vectors import flatten_state
 from clinfl.secagg.encoding import encode_update
 from clinfl.secagg.messages import (
     Advertisement,
     EncryptedShare,
+    GraphReveal,
     MaskedInput,
     RevealedShares,
     SurvivorSignature,
@@ -30,10 +32,13 @@ from clinfl.secagg.messages import (
 )
 from clinfl.secagg.settings import RoundParameters, SecAggRequirements
 from clinfl.secagg.site_session import SiteSession
+from clinfl.secagg.transcript import RoundBinding, directory_hash
 from clinfl.typing import StateDict
+from site_agent.round_guard import MemoryRoundStore, RoundStore, accept_round
 from site_agent.training import LocalUpdate
 
 AuditHook = Callable[[int, str], None]  # (round id, why the site refused)
+SettingsCheck = Callable[[RoundSettings], None]  # raises PolicyViolation outside the bounds
 
 
 class LocalTrainer(Protocol):
@@ -64,14 +69,30 @@ class LocalTrainer(Protocol):
 
 @dataclass(frozen=True)
 class SiteIdentity:
-    """A site's name and long-term Ed25519 signing key (its public half is in the directory)."""
+    """A site's name and long-term Ed25519 signing key (its public half is in the roster)."""
 
     site_id: str
     signing_key: Ed25519PrivateKey
 
 
+@dataclass(frozen=True)
+class _Received:
+    """What the site received for the round it is in: the hashes it binds into its advert."""
+
+    settings: RoundSettings
+    model_hash: bytes
+
+
 class SiteAgent:
-    """One hospital's participant: a local trainer plus the policy-checked upload paths."""
+    """One hospital's participant: a local trainer plus the policy-checked upload paths.
+
+    ``report_loss`` and ``report_counts`` say whether the policy's ``reporting.metrics`` lets
+    the training loss and the sample count leave the site; even then they travel only inside
+    the masked vector (the coordinator learns federation-wide sums). Without ``report_counts``
+    the site contributes with weight 1. ``roster_hash`` is the hash of the roster the site
+    pinned (the directory's hash when None); ``round_store`` persists the last round id of each
+    run (in memory when None).
+    """
 
     def __init__(
         self,
@@ -80,9 +101,15 @@ class SiteAgent:
         identity: SiteIdentity,
         directory: Mapping[str, Ed25519PublicKey],
         requirements: SecAggRequirements,
+        run_id: str = "local",
+        roster_hash: bytes | None = None,
+        round_store: RoundStore | None = None,
         audit: AuditHook | None = None,
         min_samples: int = 1,
         share_epsilon: bool = False,
+        report_loss: bool = False,
+        report_counts: bool = False,
+        check_settings: SettingsCheck | None = None,
         rng: np.random.Generator | None = None,
     ) -> None:
         if identity.site_id != trainer.site_id:
@@ -91,43 +118,76 @@ class SiteAgent:
         self._identity = identity
         self._directory = dict(directory)
         self._requirements = requirements
+        self._run_id = run_id
+        self._roster_hash = roster_hash if roster_hash is not None else directory_hash(directory)
+        self._rounds: RoundStore = round_store if round_store is not None else MemoryRoundStore()
         self._audit = audit
         self._min_samples = min_samples
         self._share_epsilon = share_epsilon
+        self._report_loss = report_loss
+        self._report_counts = report_counts
+        self._check_settings = check_settings
         self._rng = rng if rng is not None else np.random.default_rng(secrets.randbits(128))
         self._pending: LocalUpdate | None = None
         self._template: StateDict | None = None
+        self._received: _Received | None = None
         self._session: SiteSession | None = None
-        self._last_round_id: int | None = None
 
     @property
     def site_id(self) -> str:
         """The site's identifier."""
         return self._identity.site_id
 
+    def _refuse(self, round_id: int, error: ClinflError) -> NoReturn:
+        if self._audit is not None:
+            self._audit(round_id, error.message)
+        raise error
+
     def train_round(self, global_state: StateDict, settings: RoundSettings) -> TrainingReport:
         """Train from ``global_state``; keep the update here until a permitted upload.
 
+        The round id must be the last one plus one (R2), and the settings within the policy's
+        training bounds, before any training step.
+
         Raises:
-            PolicyViolation: if the site holds fewer samples than its policy's ``min_samples``.
+            PolicyViolation: if the site holds fewer samples than its policy's ``min_samples``,
+                or the settings are outside the policy's training bounds.
+            ProtocolViolation: for a replayed, repeated or skipped round id.
             BudgetExhausted: if the round would pass the site's privacy budget.
             FederationError: if training fails.
         """
         self._session = None
         self._pending = None
+        self._received = None
         if self._trainer.num_samples < self._min_samples:
             reason = (
                 f"{self.site_id} holds {self._trainer.num_samples} samples, its policy requires "
                 f"at least {self._min_samples} to train"
             )
-            if self._audit is not None:
-                self._audit(settings.round, reason)
-            raise PolicyViolation(reason, remedy="add data at the site or relax data.min_samples")
+            self._refuse(
+                settings.round,
+                PolicyViolation(reason, remedy="add data at the site or relax data.min_samples"),
+            )
+        if self._check_settings is not None:
+            try:
+                self._check_settings(settings)
+            except PolicyViolation as refusal:
+                self._refuse(settings.round, refusal)
+        try:
+            note = accept_round(
+                self._rounds, run_id=self._run_id, round_id=settings.round, site_id=self.site_id
+            )
+        except ProtocolViolation as refusal:
+            self._refuse(settings.round, refusal)
+        if note is not None and self._audit is not None:
+            self._audit(settings.round, note)
+        received = _Received(settings, state_digest(global_state))
         self._pending = self._trainer.train_round(global_state, settings)
         self._template = global_state
+        self._received = received
         epsilon = getattr(self._trainer, "epsilon", None)
         spent = float(epsilon()) if self._share_epsilon and callable(epsilon) else None
-        return TrainingReport(self.site_id, self._pending.mean_loss, self._pending.steps, spent)
+        return TrainingReport(self.site_id, spent)
 
     def _take_pending(self) -> tuple[LocalUpdate, StateDict]:
         if self._pending is None or self._template is None:
@@ -138,10 +198,15 @@ class SiteAgent:
         return self._pending, self._template
 
     def _weight(self, update: LocalUpdate) -> int:
+        if not self._report_counts:
+            return 1
         return min(update.num_samples, self._requirements.max_weight)
 
+    def _loss(self, update: LocalUpdate) -> float | None:
+        return update.mean_loss if self._report_loss else None
+
     def upload_plain(self) -> SiteContribution:
-        """Send ``w_i * delta_i`` and ``w_i`` unmasked.
+        """Send ``w_i * delta_i`` and ``w_i`` unmasked (and the loss, if the policy allows).
 
         Raises:
             ProtocolViolation: if this site's policy requires secure aggregation.
@@ -158,7 +223,7 @@ class SiteAgent:
         weight = self._weight(update)
         weighted = {name: value * float(weight) for name, value in update.delta.items()}
         self._trainer.update_sent(secagg=False)
-        return SiteContribution(self.site_id, weighted, weight)
+        return SiteContribution(self.site_id, weighted, weight, self._loss(update))
 
     def _current(self) -> SiteSession:
         if self._session is None:
@@ -171,32 +236,62 @@ class SiteAgent:
     def secagg_advertise(self, params: RoundParameters) -> Advertisement:
         """Check the round's parameters against the policy and advertise fresh keys.
 
+        The advertisement binds the pinned roster, the run, the round, the parameters with the
+        round's settings, and the global model this site received (R1).
+
         Raises:
-            ProtocolViolation: if the parameters break the policy or replay an old round.
+            ProtocolViolation: if the parameters break the policy, or name another run or
+                round than the one this site trained for.
         """
         self._take_pending()
+        received = self._received
+        assert received is not None
+        try:
+            params_hash = round_parameters_digest(params, received.settings)
+        except ValueError:
+            self._refuse(
+                params.round_id,
+                ProtocolViolation(
+                    f"{self.site_id} refuses round {params.round_id}: malformed parameters",
+                    remedy="check the coordinator",
+                ),
+            )
+        binding = RoundBinding(
+            roster_hash=self._roster_hash,
+            run_id=self._run_id,
+            round_id=received.settings.round,
+            params_hash=params_hash,
+            model_hash=received.model_hash,
+        )
         self._session = SiteSession(
             params,
             site_id=self.site_id,
             signing_key=self._identity.signing_key,
             directory=self._directory,
             requirements=self._requirements,
-            last_round_id=self._last_round_id,
+            binding=binding,
             audit=self._audit,
         )
-        self._last_round_id = params.round_id
         return self._session.advertise()
 
-    def secagg_share(self, adverts: tuple[Advertisement, ...]) -> list[EncryptedShare]:
-        """Check the relayed advertisements and return sealed shares.
+    def secagg_graph(self, adverts: tuple[Advertisement, ...]) -> GraphReveal:
+        """Check the relayed advertisements and open this site's graph commitment.
+
+        Raises:
+            ProtocolViolation: see :meth:`SiteSession.reveal_graph_nonce`.
+        """
+        return self._current().reveal_graph_nonce(adverts)
+
+    def secagg_share(self, reveals: tuple[GraphReveal, ...]) -> list[EncryptedShare]:
+        """Check every site's graph reveal and return sealed shares.
 
         Raises:
             ProtocolViolation: see :meth:`SiteSession.share`.
         """
-        return self._current().share(adverts)
+        return self._current().share(reveals)
 
     def secagg_masked_input(self, shares: list[EncryptedShare]) -> MaskedInput:
-        """Encode and mask the pending update.
+        """Encode and mask the pending update (sample weight and loss inside the vector).
 
         Raises:
             ProtocolViolation: see :meth:`SiteSession.masked_input`.
@@ -206,8 +301,13 @@ class SiteAgent:
         update, template = self._take_pending()
         params = session.params
         flat = flatten_state(update.delta, template=template)
-        weight = self._weight(update)
-        encoded = encode_update(flat, num_samples=weight, params=params, rng=self._rng)
+        encoded = encode_update(
+            flat,
+            num_samples=self._weight(update),
+            params=params,
+            rng=self._rng,
+            loss=self._loss(update),
+        )
         self._pending = None
         masked = session.masked_input(shares, encoded)
         self._trainer.update_sent(secagg=True)

@@ -50,6 +50,7 @@ CREATE TABLE IF NOT EXISTS refusals (
     at REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS round_ids (run_id TEXT PRIMARY KEY, last_round INTEGER NOT NULL);
 """
 
 
@@ -123,6 +124,21 @@ class SiteLedger:
         """Record a fact about the site (its id, its policy's hash)."""
         with self._transaction() as db:
             db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+    def last_round(self, run_id: str) -> int | None:
+        """Return the last round id this site accepted in ``run_id`` (None: never joined it)."""
+        row = self._db.execute(
+            "SELECT last_round FROM round_ids WHERE run_id = ?", (run_id,)
+        ).fetchone()
+        return None if row is None else int(row[0])
+
+    def set_last_round(self, run_id: str, round_id: int) -> None:
+        """Persist ``round_id`` as the last round id seen in ``run_id`` (survives restarts)."""
+        with self._transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO round_ids (run_id, last_round) VALUES (?, ?)",
+                (run_id, round_id),
+            )
 
     def meta(self) -> dict[str, str]:
         """Return the recorded facts."""

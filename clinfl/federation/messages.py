@@ -32,15 +32,17 @@ class RoundSettings:
 
 @dataclass(frozen=True)
 class TrainingReport:
-    """What a site says after local training: no update, no sample count, only its loss.
+    """What a site says after local training: that it trained, and nothing about its data.
 
-    ``epsilon_spent`` is the site's cumulative privacy spend, present only when it trains with
-    DP-SGD and its policy's ``reporting.metrics`` includes ``epsilon``.
+    No loss, step count or sample count travels here (SECAGG.md, "Version 2", R7): the loss and
+    the sample weight ride inside the masked vector. ``epsilon_spent`` is the site's cumulative
+    privacy spend, present only when it trains with DP-SGD and its policy's
+    ``reporting.metrics`` includes ``epsilon`` (a budget figure the site chose to disclose; it
+    depends on the site's sampling rate, so a policy that keeps sample counts private should
+    not list ``epsilon``).
     """
 
     site_id: str
-    mean_loss: float
-    steps: int
     epsilon_spent: float | None = None
 
 
@@ -49,12 +51,15 @@ class SiteContribution:
     """A plain (unmasked) upload: ``weighted_delta = w_i * (w_local - w_global)`` and ``w_i``.
 
     Sent only when secure aggregation is off and the site's policy allows it. ``w_i`` is the
-    sample count capped by the policy. Only travelling tensors appear; the ETF never does.
+    sample count capped by the policy (1 when the policy keeps counts at the site), and
+    ``mean_loss`` is present only when the policy lets the loss leave. Only travelling tensors
+    appear; the ETF never does.
     """
 
     site_id: str
     weighted_delta: StateDict
     weight: int
+    mean_loss: float | None = None
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from clinfl.federation.messages import (
 from clinfl.secagg.messages import (
     Advertisement,
     EncryptedShare,
+    GraphReveal,
     MaskedInput,
     RevealedShares,
     SurvivorSignature,
@@ -40,8 +41,12 @@ class SecureAggregationParticipant(Protocol):
         """Check the round's parameters and advertise fresh public keys."""
         ...
 
-    def secagg_share(self, adverts: tuple[Advertisement, ...]) -> list[EncryptedShare]:
-        """Check the advertisements and return sealed shares for the neighbours."""
+    def secagg_graph(self, adverts: tuple[Advertisement, ...]) -> GraphReveal:
+        """Check the advertisements and open the site's graph commitment."""
+        ...
+
+    def secagg_share(self, reveals: tuple[GraphReveal, ...]) -> list[EncryptedShare]:
+        """Check every site's graph reveal and return sealed shares for the neighbours."""
         ...
 
     def secagg_masked_input(self, shares: list[EncryptedShare]) -> MaskedInput:

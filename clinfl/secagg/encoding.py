@@ -1,34 +1,48 @@
-"""Turning a site's update into the integer vector it masks, and the unmasked sum back into a mean.
+"""Turning a site's update into the integer vector it masks, and the unmasked sum back into means.
 
-A site with ``n_i`` samples and update ``delta_i`` sends ``w_i * q(delta_i)`` followed by ``w_i``,
-where ``w_i = min(n_i, weight_cap)`` and ``q`` is stochastic fixed-point quantisation onto
-``[0, 2 c s]``. The sample count therefore travels only inside the masked vector. After unmasking,
-``S = sum_i w_i q(delta_i)`` and ``W = sum_i w_i``, so the weighted mean is ``S / (s W) - c``.
+A site with ``n_i`` samples and update ``delta_i`` sends ``w_i * q(delta_i)`` followed by three
+metadata slots: ``w_i``, a flag ``r_i`` (1 when its policy lets it report its training loss) and
+``r_i * q_l(loss_i)``. ``w_i = min(n_i, weight_cap)`` (or 1 when the policy keeps sample counts at
+the site), ``q`` is stochastic fixed-point quantisation onto ``[0, 2 c s]`` and ``q_l`` the same
+onto ``[0, LOSS_CLIP * s_l]``. Sample counts and losses therefore travel only inside the masked
+vector (SECAGG.md, "Version 2", R7). After unmasking, ``S = sum_i w_i q(delta_i)`` and ``W = sum_i
+w_i``, so the weighted mean is ``S / (s W) - c``; the mean reported loss is ``sum_i r_i q_l(loss_i)
+/ (s_l sum_i r_i)``.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
 from clinfl.secagg.hazmat.prg import residue_dtype
 from clinfl.secagg.hazmat.quantize import quantize
-from clinfl.secagg.settings import RoundParameters
+from clinfl.secagg.settings import LOSS_CLIP, RoundParameters
 
 
 @dataclass(frozen=True)
 class DecodedSum:
-    """The weighted mean update and the total weight the survivors contributed."""
+    """The weighted mean update, the total weight, and the mean loss the sites reported."""
 
     mean: np.ndarray
     total_weight: int
+    mean_loss: float | None = None
+    loss_reporters: int = 0
 
 
 def encode_update(
-    update: np.ndarray, *, num_samples: int, params: RoundParameters, rng: np.random.Generator
+    update: np.ndarray,
+    *,
+    num_samples: int,
+    params: RoundParameters,
+    rng: np.random.Generator,
+    loss: float | None = None,
 ) -> np.ndarray:
-    """Return the residue vector (length ``vector_length + 1``) a site masks and sends.
+    """Return the residue vector (length ``params.masked_length``) a site masks and sends.
+
+    ``loss`` is the site's mean training loss, or None when its policy keeps it at the site.
 
     Raises:
         ValueError: for a vector of the wrong length or a non-positive sample count.
@@ -42,22 +56,33 @@ def encode_update(
     weight = min(num_samples, params.weight_cap)
     quantised = quantize(update, clip=params.clip, scale=params.scale, bits=params.bits, rng=rng)
     dtype = residue_dtype(params.bits)
-    encoded = np.empty(params.vector_length + 1, dtype=dtype)
-    np.multiply(quantised, dtype.type(weight), out=encoded[:-1])
-    encoded[-1] = weight
+    encoded = np.zeros(params.masked_length, dtype=dtype)
+    n = params.vector_length
+    np.multiply(quantised, dtype.type(weight), out=encoded[:n])
+    encoded[n] = weight
+    if loss is not None and math.isfinite(loss):
+        clipped = np.array([min(max(loss, 0.0), LOSS_CLIP) - LOSS_CLIP / 2])
+        q_loss = quantize(
+            clipped, clip=LOSS_CLIP / 2, scale=params.loss_scale, bits=params.bits, rng=rng
+        )
+        encoded[n + 1] = 1
+        encoded[n + 2] = q_loss[0]
     return encoded
 
 
 def decode_sum(total: np.ndarray, *, params: RoundParameters) -> DecodedSum:
-    """Turn the unmasked sum into the weighted mean update.
+    """Turn the unmasked sum into the weighted mean update and the mean reported loss.
 
     Raises:
         ValueError: if the sum is the wrong length or carries no weight.
     """
-    if total.shape != (params.vector_length + 1,):
-        raise ValueError(f"sum has shape {total.shape}, expected ({params.vector_length + 1},)")
-    weight = int(total[-1])
+    if total.shape != (params.masked_length,):
+        raise ValueError(f"sum has shape {total.shape}, expected ({params.masked_length},)")
+    n = params.vector_length
+    weight = int(total[n])
     if weight < 1:
         raise ValueError("the unmasked sum carries no sample weight")
-    mean = total[:-1].astype(np.float64) / (params.scale * weight) - params.clip
-    return DecodedSum(mean=mean, total_weight=weight)
+    mean = total[:n].astype(np.float64) / (params.scale * weight) - params.clip
+    reporters = int(total[n + 1])
+    mean_loss = float(total[n + 2]) / (params.loss_scale * reporters) if reporters else None
+    return DecodedSum(mean=mean, total_weight=weight, mean_loss=mean_loss, loss_reporters=reporters)

@@ -1,14 +1,43 @@
 """The neighbour graph: complete for SecAgg, a k-regular Harary graph for SecAgg+.
 
-Every site computes the same graph from the round's public seed: sites are ordered by
-SHA-256(round seed || site id), placed on a ring, and each is linked to ``degree // 2`` sites on
-each side (Bell et al., CCS 2020). With ``degree >= n - 1`` the graph is complete (SecAgg).
+The coordinator has no say over who neighbours whom (SECAGG.md, "Version 2", R3). Up to
+:data:`COMPLETE_GRAPH_LIMIT` sites the graph is complete. Above it, sites are ordered by
+SHA-256(seed || site id), placed on a ring, and each is linked to ``degree // 2`` sites on each
+side (Bell et al., CCS 2020). The seed is the hash of every advertised site's revealed random
+contribution (:func:`graph_seed`); each site committed to its contribution in its signed
+advertisement before it saw anyone else's, so neither the coordinator nor a colluding site can
+grind the graph, and a missing reveal aborts the round instead of changing the seed.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
+
+from clinfl.secagg.transcript import digest
+
+COMPLETE_GRAPH_LIMIT = 64
+
+
+def graph_seed(reveals: Mapping[str, bytes]) -> bytes:
+    """Return the round's graph seed from every advertised site's revealed nonce."""
+    parts: list[bytes] = []
+    for site in sorted(reveals):
+        parts += [site.encode(), reveals[site]]
+    return digest(b"clinfl/secagg/graph-seed/v2", *parts)
+
+
+def sparse_degree(sites: int) -> int:
+    """Return the SecAgg+ degree for ``sites`` sites: about ``2 log2 n``, even."""
+    return 2 * math.ceil(math.log2(max(sites, 2)))
+
+
+def round_degree(sites: int, *, proposed: int) -> int:
+    """Return the degree a site uses: complete up to the limit, else at least the SecAgg+ one."""
+    if sites <= COMPLETE_GRAPH_LIMIT:
+        return sites - 1
+    return min(max(proposed + proposed % 2, sparse_degree(sites)), sites - 1)
 
 
 def neighbour_graph(

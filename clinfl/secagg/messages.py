@@ -12,13 +12,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from clinfl.secagg.advertise import Advertisement
+from clinfl.secagg.advertise import Advertisement, GraphReveal
 from clinfl.secagg.consistency import SurvivorSignature
 from clinfl.secagg.hazmat.shamir import Share
 
 __all__ = [
     "Advertisement",
     "EncryptedShare",
+    "GraphReveal",
     "MaskedInput",
     "RevealedShares",
     "SurvivorSignature",
@@ -38,7 +39,7 @@ class EncryptedShare:
 
 @dataclass(frozen=True)
 class MaskedInput:
-    """A site's masked vector: residues modulo ``2**bits``."""
+    """A site's masked vector: residues modulo ``2**bits`` (update and metadata slots)."""
 
     site_id: str
     round_id: int

@@ -1,6 +1,7 @@
 """The coordinator's side of one secure-aggregation round.
 
-A :class:`ServerSession` relays advertisements and sealed shares (it cannot open them), adds up
+A :class:`ServerSession` relays advertisements, graph reveals and sealed shares (it cannot open
+them), adds up
 masked vectors as they arrive (it keeps only the running sum, never one site's vector), collects
 survivor signatures, asks each site for the shares it may reveal, and finally removes the masks
 to obtain the sum modulo ``2**bits``. If fewer than ``threshold`` sites remain at any stage, the
@@ -14,6 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 import numpy as np
 
 from clinfl.errors import RoundAborted
+from clinfl.secagg.graph import COMPLETE_GRAPH_LIMIT, graph_seed
 from clinfl.secagg.hazmat import keys
 from clinfl.secagg.hazmat.prg import reduce_residues, residue_dtype
 from clinfl.secagg.hazmat.shamir import Share, reconstruct_secret
@@ -21,6 +23,7 @@ from clinfl.secagg.masking import unmask_sum
 from clinfl.secagg.messages import (
     Advertisement,
     EncryptedShare,
+    GraphReveal,
     MaskedInput,
     RevealedShares,
     SurvivorSignature,
@@ -36,7 +39,7 @@ class ServerSession:
 
     def __init__(self, params: RoundParameters) -> None:
         self._params = params
-        self._graph = params.neighbours()
+        self._graph: dict[str, frozenset[str]] = {}
         self._stage: Stage | None = None
         self._adverts: dict[str, Advertisement] = {}
         self._sharers: frozenset[str] = frozenset()
@@ -79,6 +82,35 @@ class ServerSession:
         self._require(len(self._adverts), Stage.ADVERTISE)
         return tuple(self._adverts.values())
 
+    def relay_graph_reveals(self, reveals: Sequence[GraphReveal]) -> tuple[GraphReveal, ...]:
+        """Compute the round's graph from the sites' reveals; return them to relay.
+
+        A site that does not reveal has dropped out; in a sparse graph that aborts the round
+        (sites would refuse it: a missing reveal must never change the graph).
+
+        Raises:
+            RoundAborted: if a site of a sparse graph did not reveal, or fewer than the
+                threshold revealed.
+        """
+        self._stage = check_transition(self._stage, Stage.GRAPH)
+        opened = {
+            r.site_id: r
+            for r in reveals
+            if r.site_id in self._adverts and r.round_id == self._params.round_id
+        }
+        missing = sorted(set(self._adverts) - set(opened))
+        if missing and len(self._adverts) > COMPLETE_GRAPH_LIMIT:
+            raise RoundAborted(
+                f"round {self._params.round_id} abandoned at graph: {', '.join(missing)} did "
+                "not reveal a graph commitment; nothing was applied",
+                remedy="every advertised site must answer the graph stage; retry the round",
+            )
+        self._adverts = {site: self._adverts[site] for site in opened}
+        self._require(len(self._adverts), Stage.GRAPH)
+        seed = graph_seed({site: reveal.nonce for site, reveal in opened.items()})
+        self._graph = self._params.neighbours(self._adverts, seed=seed)
+        return tuple(opened.values())
+
     def route_shares(
         self, shares_by_sender: Mapping[str, Sequence[EncryptedShare]]
     ) -> dict[str, list[EncryptedShare]]:
@@ -104,7 +136,7 @@ class ServerSession:
             RoundAborted: if fewer than ``threshold`` masked inputs arrived.
         """
         self._stage = check_transition(self._stage, Stage.MASKED_INPUT)
-        expected = (self._params.vector_length + 1,)
+        expected = (self._params.masked_length,)
         dtype = residue_dtype(self._params.bits)
         total = np.zeros(expected, dtype=dtype)
         arrived: set[str] = set()

@@ -7,12 +7,13 @@ every problem listed at once.
 
 from __future__ import annotations
 
-import hashlib
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from clinfl.errors import ProtocolViolation
-from clinfl.secagg.graph import neighbour_graph
+from clinfl.secagg import transcript
+from clinfl.secagg.graph import neighbour_graph, round_degree, sparse_degree
 from clinfl.secagg.hazmat.quantize import check_no_overflow
 
 
@@ -22,23 +23,35 @@ class SecAggRequirements:
 
     ``min_sites`` is the fewest sites whose sum the site lets the coordinator learn; the round's
     threshold and its survivor set must both reach it. ``max_weight`` caps the sample count a
-    site puts into the sum, so one site cannot dominate.
+    site puts into the sum, so one site cannot dominate. ``max_colluders`` is ``c``: how many
+    sites the site assumes may collude with a malicious coordinator (SECAGG.md, "Version 2").
     """
 
     required: bool = True
     min_sites: int = 3
     max_weight: int = 10_000
+    max_colluders: int = 1
+
+
+METADATA_SLOTS = 3  # after the update: sample weight, loss-reporting flag, quantised loss
+LOSS_CLIP = 64.0  # a site's reported mean loss is clipped to [0, LOSS_CLIP] before quantising
 
 
 @dataclass(frozen=True)
 class RoundParameters:
     """One round's public protocol parameters, sent by the coordinator to every site.
 
-    The masked vector has ``vector_length`` update values followed by one weight slot. Values are
-    clipped to ``[-clip, clip]`` and quantised with ``scale``; weights are capped at
-    ``weight_cap``; all arithmetic is modulo ``2**bits``.
+    The masked vector has ``vector_length`` update values followed by :data:`METADATA_SLOTS`
+    slots: the sample weight, a flag saying the site reports its loss, and its quantised mean
+    loss, so the coordinator learns sample counts and losses only as federation-wide sums.
+    Values are clipped to ``[-clip, clip]`` and quantised with ``scale``; weights are capped at
+    ``weight_cap``; losses are clipped to ``[0, LOSS_CLIP]`` and quantised with ``loss_scale``;
+    all arithmetic is modulo ``2**bits``. ``degree`` is only a proposal: up to
+    :data:`~clinfl.secagg.graph.COMPLETE_GRAPH_LIMIT` sites the graph is complete, and above it
+    sites never accept less than the SecAgg+ degree.
     """
 
+    run_id: str
     round_id: int
     site_ids: tuple[str, ...]
     threshold: int
@@ -48,31 +61,58 @@ class RoundParameters:
     scale: float
     weight_cap: int
     vector_length: int
+    loss_scale: float = 1.0
 
     @property
-    def graph_seed(self) -> bytes:
-        """The public seed of this round's neighbour graph (same at every site)."""
-        return hashlib.sha256(b"clinfl/secagg/graph/v1|" + str(self.round_id).encode()).digest()
+    def masked_length(self) -> int:
+        """Length of the masked vector: the update plus the metadata slots."""
+        return self.vector_length + METADATA_SLOTS
 
-    def neighbours(self) -> dict[str, frozenset[str]]:
-        """Return the round's neighbour graph over ``site_ids``."""
-        return neighbour_graph(self.site_ids, degree=self.degree, round_seed=self.graph_seed)
+    def neighbours(
+        self, advertised: Iterable[str], *, seed: bytes
+    ) -> dict[str, frozenset[str]]:
+        """Return the round's neighbour graph over the ``advertised`` sites for graph ``seed``."""
+        members = tuple(sorted(advertised))
+        degree = round_degree(len(members), proposed=self.degree)
+        return neighbour_graph(members, degree=degree, round_seed=seed)
 
     def share_point(self, site_id: str) -> int:
         """Return the Shamir evaluation point of ``site_id`` (its 1-based position)."""
         return self.site_ids.index(site_id) + 1
 
+    def digest(self) -> bytes:
+        """Return the hash of every parameter (bound into each advertisement)."""
+        return transcript.digest(
+            b"clinfl/secagg/round-parameters/v2",
+            self.run_id.encode(),
+            str(self.round_id).encode(),
+            *(site.encode() for site in self.site_ids),
+            b"|",
+            str(self.threshold).encode(),
+            str(self.degree).encode(),
+            str(self.bits).encode(),
+            transcript.canonical_number(self.clip),
+            transcript.canonical_number(self.scale),
+            str(self.weight_cap).encode(),
+            str(self.vector_length).encode(),
+            transcript.canonical_number(self.loss_scale),
+        )
+
 
 def default_degree(sites: int) -> int:
-    """Return the SecAgg+ graph degree: about ``2 log2 n`` (even), or complete for small n."""
-    degree = 2 * math.ceil(math.log2(max(sites, 2)))
-    return sites - 1 if degree >= sites - 1 else degree
+    """Return the graph degree: complete up to the limit, else about ``2 log2 n`` (even)."""
+    return round_degree(sites, proposed=sparse_degree(sites))
 
 
-def default_threshold(sites: int, degree: int, *, min_sites: int) -> int:
-    """Return the Shamir threshold: a strict neighbourhood majority, at least ``min_sites``."""
+def split_proof_threshold(holders: int, *, max_colluders: int) -> int:
+    """Return the smallest threshold ``t > (h + c) / 2`` for ``h`` holders and ``c`` colluders."""
+    return (holders + max_colluders) // 2 + 1
+
+
+def default_threshold(sites: int, degree: int, *, min_sites: int, max_colluders: int = 1) -> int:
+    """Return the Shamir threshold: split-proof for ``c`` colluders, at least ``min_sites``."""
     holders = min(degree, sites - 1) + 1
-    return max(holders // 2 + 1, min_sites)
+    return max(split_proof_threshold(holders, max_colluders=max_colluders), min_sites)
 
 
 def largest_safe_scale(*, sites: int, weight_cap: int, clip: float, bits: int) -> float:
@@ -93,12 +133,23 @@ def largest_safe_scale(*, sites: int, weight_cap: int, clip: float, bits: int) -
     return 2.0**exponent
 
 
+def largest_loss_scale(*, sites: int, bits: int) -> float:
+    """Return the largest power-of-two loss scale whose sum of clipped losses cannot wrap.
+
+    Raises:
+        ValueError: if even a scale of 1 would overflow (use more bits).
+    """
+    return largest_safe_scale(sites=sites, weight_cap=1, clip=LOSS_CLIP / 2, bits=bits)
+
+
 def plan_round(
     *,
     round_id: int,
     site_ids: tuple[str, ...],
     vector_length: int,
+    run_id: str = "",
     min_sites: int = 3,
+    max_colluders: int = 1,
     bits: int = 32,
     clip: float = 0.5,
     weight_cap: int = 10_000,
@@ -112,12 +163,15 @@ def plan_round(
     """
     ordered = tuple(sorted(site_ids))
     n = len(ordered)
-    chosen_degree = default_degree(n) if degree is None else min(degree, n - 1)
+    chosen_degree = round_degree(n, proposed=sparse_degree(n) if degree is None else degree)
     chosen_threshold = (
-        default_threshold(n, chosen_degree, min_sites=min_sites) if threshold is None else threshold
+        default_threshold(n, chosen_degree, min_sites=min_sites, max_colluders=max_colluders)
+        if threshold is None
+        else threshold
     )
     scale = largest_safe_scale(sites=n, weight_cap=weight_cap, clip=clip, bits=bits)
     return RoundParameters(
+        run_id=run_id,
         round_id=round_id,
         site_ids=ordered,
         threshold=chosen_threshold,
@@ -127,6 +181,7 @@ def plan_round(
         scale=scale,
         weight_cap=weight_cap,
         vector_length=vector_length,
+        loss_scale=largest_loss_scale(sites=n, bits=bits),
     )
 
 
@@ -135,14 +190,17 @@ def check_round_parameters(
     *,
     own_id: str,
     requirements: SecAggRequirements,
-    last_round_id: int | None,
 ) -> None:
     """Check a proposed round as a site must, listing every problem at once.
 
+    The round id and run id are checked against the site's own records by the caller (they
+    are part of the round's binding); the threshold against the holders of this site's shares
+    once the advertised sites are known (:func:`check_holders`).
+
     Raises:
-        ProtocolViolation: if the site is not listed, the round id is not fresh (replay), the
-            threshold is below the site's policy or not a majority of its neighbourhood, the
-            weight cap exceeds the policy, the graph is malformed, or the sum could overflow.
+        ProtocolViolation: if the site is not listed, a site repeats, the threshold is below
+            the site's policy or above the number of sites, the weight cap exceeds the policy,
+            a number is not finite and positive, or the sum could overflow.
     """
     problems: list[str] = []
     n = len(params.site_ids)
@@ -150,42 +208,59 @@ def check_round_parameters(
         problems.append(f"{own_id} is not among the round's sites")
     if len(set(params.site_ids)) != n:
         problems.append("the site list repeats a site")
-    if last_round_id is not None and params.round_id <= last_round_id:
-        problems.append(
-            f"round id {params.round_id} is not after the last round {last_round_id} (replay?)"
-        )
     if params.threshold < requirements.min_sites:
         problems.append(
             f"threshold {params.threshold} is below this site's policy minimum "
             f"{requirements.min_sites}"
         )
-    if params.weight_cap > requirements.max_weight:
+    if not 1 <= params.threshold <= n:
+        problems.append(f"threshold {params.threshold} must lie between 1 and {n} sites")
+    if params.weight_cap > requirements.max_weight or params.weight_cap < 1:
         problems.append(
-            f"weight cap {params.weight_cap} exceeds this site's policy cap "
+            f"weight cap {params.weight_cap} must lie between 1 and this site's policy cap "
             f"{requirements.max_weight}"
         )
     if params.vector_length < 1:
         problems.append(f"vector length {params.vector_length} must be >= 1")
-    try:
-        graph = params.neighbours()
-    except ValueError as error:
-        problems.append(f"neighbour graph: {error}")
-    else:
-        if own_id in graph:
-            holders = len(graph[own_id]) + 1
-            if not holders // 2 < params.threshold <= holders:
-                problems.append(
-                    f"threshold {params.threshold} must be a strict majority of the "
-                    f"{holders} share holders (at most {holders})"
-                )
-    try:
-        check_no_overflow(
-            clip=params.clip, scale=params.scale, bits=params.bits, sites=n * params.weight_cap
-        )
-    except ValueError as error:
-        problems.append(str(error))
+    if not 8 <= params.bits <= 64:
+        problems.append(f"{params.bits} bits: the modulus must have 8 to 64 bits")
+    numbers = {"clip": params.clip, "scale": params.scale, "loss scale": params.loss_scale}
+    bad = [name for name, value in numbers.items() if not (math.isfinite(value) and value > 0)]
+    if bad:
+        problems.append(f"{', '.join(bad)} must be finite and positive")
+    elif 8 <= params.bits <= 64 and n >= 1:
+        for clip, scale, weight in (
+            (params.clip, params.scale, params.weight_cap),
+            (LOSS_CLIP / 2, params.loss_scale, 1),
+        ):
+            try:
+                check_no_overflow(clip=clip, scale=scale, bits=params.bits, sites=n * weight)
+            except ValueError as error:
+                problems.append(str(error))
     if problems:
         raise ProtocolViolation(
             f"round {params.round_id} refused: " + "; ".join(problems),
             remedy="the coordinator must propose parameters that meet every site's policy",
+        )
+
+
+def check_holders(
+    params: RoundParameters, *, holders: int, requirements: SecAggRequirements
+) -> None:
+    """Check the threshold against the ``holders`` of this site's shares (R5).
+
+    The threshold must satisfy ``t > (h + c) / 2`` for ``c`` = the policy's ``max_colluders``,
+    so two survivor sets that disagree about a site cannot both gather ``t`` honest answers,
+    and ``t <= h`` so the site's secrets can be recovered at all.
+
+    Raises:
+        ProtocolViolation: if the threshold is not split-proof or exceeds the holders.
+    """
+    needed = split_proof_threshold(holders, max_colluders=requirements.max_colluders)
+    if not needed <= params.threshold <= holders:
+        raise ProtocolViolation(
+            f"round {params.round_id} refused: threshold {params.threshold} must be at least "
+            f"{needed} (more than half of {holders} share holders plus "
+            f"{requirements.max_colluders} possible colluder(s)) and at most {holders}",
+            remedy="the coordinator must propose a split-proof threshold, or more sites must join",
         )

@@ -11,10 +11,11 @@ class Stage(IntEnum):
     """The protocol's stages, in the only order a round may take."""
 
     ADVERTISE = 1
-    SHARE = 2
-    MASKED_INPUT = 3
-    CONSISTENCY = 4
-    UNMASK = 5
+    GRAPH = 2
+    SHARE = 3
+    MASKED_INPUT = 4
+    CONSISTENCY = 5
+    UNMASK = 6
 
 
 def check_transition(current: Stage | None, requested: Stage) -> Stage:

@@ -15,6 +15,7 @@ from clinfl.federation.roles import TrainingParticipant
 from clinfl.secagg.messages import (
     Advertisement,
     EncryptedShare,
+    GraphReveal,
     MaskedInput,
     RevealedShares,
     SurvivorSignature,
@@ -83,10 +84,15 @@ class DroppingParticipant:
         self._check("advertise")
         return self._inner.secagg_advertise(params)
 
-    def secagg_share(self, adverts: tuple[Advertisement, ...]) -> list[EncryptedShare]:
+    def secagg_graph(self, adverts: tuple[Advertisement, ...]) -> GraphReveal:
+        """Open the graph commitment unless dropped."""
+        self._check("graph")
+        return self._inner.secagg_graph(adverts)
+
+    def secagg_share(self, reveals: tuple[GraphReveal, ...]) -> list[EncryptedShare]:
         """Share unless dropped."""
         self._check("share")
-        return self._inner.secagg_share(adverts)
+        return self._inner.secagg_share(reveals)
 
     def secagg_masked_input(self, shares: list[EncryptedShare]) -> MaskedInput:
         """Send the masked input unless dropped."""

@@ -223,7 +223,7 @@ def run_simulation(
         point = ResumePoint(first_round=1, state=None, previous=())
     coordinator = Coordinator(
         sites.participants,
-        build_aggregator(sites.secagg),
+        build_aggregator(sites.secagg, run_id=run_id),
         evaluator,
         store,
         selection=fed.selection,

@@ -89,12 +89,19 @@ def coordinator_secagg(config: RunConfig, policies: dict[str, SitePolicy]) -> Se
         [secagg.min_sites or DEFAULT_MIN_SITES] + [p.secagg.min_sites for p in policies.values()]
     )
     caps = [p.secagg.max_weight for p in policies.values()]
-    resolved = replace(secagg, min_sites=floor, weight_cap=min([secagg.weight_cap, *caps]))
-    if secagg.enabled and len(policies) < floor:
+    colluders = max([secagg.max_colluders] + [p.secagg.max_colluders for p in policies.values()])
+    resolved = replace(
+        secagg,
+        min_sites=floor,
+        weight_cap=min([secagg.weight_cap, *caps]),
+        max_colluders=colluders,
+    )
+    if secagg.enabled and len(policies) < floor + colluders:
         raise ConfigError(
-            f"the sites' policies require sums over at least {floor} sites; the federation has "
-            f"{len(policies)}",
-            remedy="use more --sites, or policies with a smaller secagg.min_sites",
+            f"the sites' policies require sums over at least {floor} sites besides "
+            f"{colluders} possible colluder(s); the federation has {len(policies)}",
+            remedy="use more --sites, or policies with a smaller secagg.min_sites or "
+            "secagg.max_colluders",
         )
     return resolved
 

@@ -31,6 +31,7 @@ from clinfl.federation.messages import (
 from clinfl.secagg.messages import (
     Advertisement,
     EncryptedShare,
+    GraphReveal,
     MaskedInput,
     RevealedShares,
     SurvivorSignature,
@@ -84,7 +85,8 @@ CALLS: dict[str, tuple[Any, Any]] = {
     "train_round": (TrainRequest, TrainingReport),
     "upload_plain": (Nothing, SiteContribution),
     "secagg_advertise": (RoundParameters, Advertisement),
-    "secagg_share": (tuple[Advertisement, ...], list[EncryptedShare]),
+    "secagg_graph": (tuple[Advertisement, ...], GraphReveal),
+    "secagg_share": (tuple[GraphReveal, ...], list[EncryptedShare]),
     "secagg_masked_input": (list[EncryptedShare], MaskedInput),
     "secagg_sign": (frozenset[str], SurvivorSignature),
     "secagg_reveal": (UnmaskRequest, RevealedShares),

@@ -14,9 +14,25 @@ from clinfl.secagg.messages import EncryptedShare
 from clinfl.secagg.server_session import ServerSession
 from clinfl.secagg.settings import RoundParameters, SecAggRequirements
 from clinfl.secagg.site_session import SiteSession
+from clinfl.secagg.transcript import RoundBinding, digest, directory_hash
 
 T = TypeVar("T")
-STAGES = ("advertise", "share", "masked-input", "consistency", "unmask")
+STAGES = ("advertise", "graph", "share", "masked-input", "consistency", "unmask")
+MODEL_HASH = digest(b"test-model")
+SETTINGS_HASH = digest(b"test-settings")
+
+
+def binding_for(
+    params: RoundParameters, *, roster_hash: bytes, model_hash: bytes = MODEL_HASH
+) -> RoundBinding:
+    """The binding an honest site derives for ``params`` (fixed test settings and model)."""
+    return RoundBinding(
+        roster_hash=roster_hash,
+        run_id=params.run_id,
+        round_id=params.round_id,
+        params_hash=digest(b"clinfl/round/v2", params.digest(), SETTINGS_HASH),
+        model_hash=model_hash,
+    )
 
 
 @dataclass
@@ -36,13 +52,17 @@ class Federation:
     def directory(self) -> dict:
         return {s: k.public_key() for s, k in self.signing_keys.items()}
 
+    @property
+    def roster_hash(self) -> bytes:
+        return directory_hash(self.directory)
+
     def session(
         self,
         site: str,
         params: RoundParameters,
         *,
         requirements: SecAggRequirements | None = None,
-        last_round_id: int | None = None,
+        binding: RoundBinding | None = None,
     ) -> SiteSession:
         return SiteSession(
             params,
@@ -50,7 +70,7 @@ class Federation:
             signing_key=self.signing_keys[site],
             directory=self.directory,
             requirements=requirements or SecAggRequirements(min_sites=2),
-            last_round_id=last_round_id,
+            binding=binding or binding_for(params, roster_hash=self.roster_hash),
             audit=lambda round_id, message, s=site: self.audit.append((s, message)),
         )
 
@@ -94,9 +114,12 @@ def run_round(
     relayed = server.relay_advertisements(
         present(ask(s, "advertise", lambda x: x.advertise()) for s in params.site_ids)
     )
+    reveals = server.relay_graph_reveals(
+        present(ask(a.site_id, "graph", lambda x: x.reveal_graph_nonce(relayed)) for a in relayed)
+    )
     shares: dict[str, list[EncryptedShare]] = {}
     for advert in relayed:
-        sent = ask(advert.site_id, "share", lambda x: x.share(relayed))
+        sent = ask(advert.site_id, "share", lambda x: x.share(reveals))
         if sent is not None:
             shares[advert.site_id] = sent
     inbox = server.route_shares(shares)

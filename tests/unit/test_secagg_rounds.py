@@ -30,7 +30,7 @@ def _inputs(params: RoundParameters, seed: int) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     dtype = np.uint32 if params.bits <= 32 else np.uint64
     return {
-        s: rng.integers(0, 2**params.bits, params.vector_length + 1, dtype=np.uint64).astype(dtype)
+        s: rng.integers(0, 2**params.bits, params.masked_length, dtype=np.uint64).astype(dtype)
         for s in params.site_ids
     }
 
@@ -86,19 +86,28 @@ def test_one_dropout_at_each_stage_keeps_the_round(stage: str) -> None:
 
 def test_too_many_dropouts_abort_with_a_clear_message() -> None:
     federation = Federation.of(5)
-    params = _params(federation, 8, bits=32, degree=None)  # complete graph, t = 3
-    assert params.threshold == 3
-    drops = dict.fromkeys(params.site_ids[:3], "masked-input")
+    params = _params(federation, 8, bits=32, degree=None)  # complete graph, c = 1: t = 4
+    assert params.threshold == 4
+    drops = dict.fromkeys(params.site_ids[:2], "masked-input")
     with pytest.raises(
-        RoundAborted, match=r"masked_input: only 2 site\(s\) remain, the threshold is 3"
+        RoundAborted, match=r"masked_input: only 3 site\(s\) remain, the threshold is 4"
     ):
         run_round(federation, params, _inputs(params, 2), drops=drops)
 
 
+def test_complete_graph_up_to_64_sites_whatever_the_proposal() -> None:
+    federation = Federation.of(64)
+    params = plan_round(
+        round_id=3, site_ids=federation.site_ids, vector_length=4, min_sites=3, degree=4
+    )
+    assert params.degree == 63
+    assert all(len(v) == 63 for v in params.neighbours(federation.site_ids, seed=b"s").values())
+
+
 def test_sparse_graph_has_logarithmic_degree_and_exact_sum() -> None:
-    federation = Federation.of(40)
+    federation = Federation.of(70)
     params = plan_round(round_id=3, site_ids=federation.site_ids, vector_length=4, min_sites=3)
-    assert params.degree == 12 and params.degree < len(federation.site_ids) - 1
+    assert params.degree == 14 and params.degree < len(federation.site_ids) - 1
     inputs = _inputs(params, 3)
     drops = {params.site_ids[0]: "masked-input", params.site_ids[5]: "unmask"}
     total, survivors = run_round(federation, params, inputs, drops=drops)

@@ -1,0 +1,99 @@
+"""What a round is bound to (SECAGG.md, "Version 2", R1 and R6), as hashes every site compares.
+
+A site binds each signed advertisement to a :class:`RoundBinding`: the roster it pinned, the run
+and round it joined, a hash of the round's parameters and settings, and a hash of the global
+model it received. Every advertisement a site is shown must carry exactly its own binding, so a
+coordinator that sends different models or settings to different sites (Pasquini et al., CCS
+2022), or mixes runs, rounds or rosters, is refused before any share exists. The transcript hash
+then covers the binding and every advertised key and graph commitment, and survivor signatures
+are over it, so no signature can be replayed into another round or session.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+DIGEST_BYTES = 32
+
+
+def length_prefixed(*parts: bytes) -> bytes:
+    """Return ``parts`` joined unambiguously (each prefixed by its 4-byte length)."""
+    return b"".join(len(part).to_bytes(4, "big") + part for part in parts)
+
+
+def digest(label: bytes, *parts: bytes) -> bytes:
+    """Return SHA-256 over ``label`` and ``parts``, length-prefixed."""
+    return hashlib.sha256(length_prefixed(label, *parts)).digest()
+
+
+@dataclass(frozen=True)
+class RoundBinding:
+    """The five things a round is bound to; every advertisement in a round must carry the same.
+
+    ``roster_hash`` is the SHA-256 of the roster the site pinned, ``params_hash`` covers the
+    protocol parameters and the training settings of the round, and ``model_hash`` the global
+    tensors the site received.
+    """
+
+    roster_hash: bytes
+    run_id: str
+    round_id: int
+    params_hash: bytes
+    model_hash: bytes
+
+    def encode(self) -> bytes:
+        """Return the binding's unambiguous byte encoding."""
+        return length_prefixed(
+            b"clinfl/secagg/binding/v2",
+            self.roster_hash,
+            self.run_id.encode(),
+            str(self.round_id).encode(),
+            self.params_hash,
+            self.model_hash,
+        )
+
+    def differences(self, other: RoundBinding) -> list[str]:
+        """Return the names of the fields on which ``other`` differs from this binding."""
+        names = ("roster_hash", "run_id", "round_id", "params_hash", "model_hash")
+        return [name for name in names if getattr(self, name) != getattr(other, name)]
+
+
+def directory_hash(directory: Mapping[str, Ed25519PublicKey]) -> bytes:
+    """Return the hash of a site directory (names and signing keys), for rosters without a file."""
+    parts: list[bytes] = []
+    for site in sorted(directory):
+        raw = directory[site].public_bytes(Encoding.Raw, PublicFormat.Raw)
+        parts += [site.encode(), raw]
+    return digest(b"clinfl/roster/directory/v1", *parts)
+
+
+def canonical_number(value: float) -> bytes:
+    """Return an exact, unambiguous encoding of a float (its hex form), refusing NaN."""
+    if math.isnan(value):
+        raise ValueError("NaN has no canonical encoding")
+    return float(value).hex().encode()
+
+
+def settings_hash(*, round_id: int, local_epochs: int, batch_size: int, lr: float) -> bytes:
+    """Return the hash of a round's training settings."""
+    return digest(
+        b"clinfl/round-settings/v1",
+        str(round_id).encode(),
+        str(local_epochs).encode(),
+        str(batch_size).encode(),
+        canonical_number(lr),
+    )
+
+
+def model_hash(tensors: Iterable[tuple[str, bytes, str, tuple[int, ...]]]) -> bytes:
+    """Return the hash of named tensors given as ``(name, raw bytes, dtype, shape)``."""
+    parts: list[bytes] = []
+    for name, raw, dtype, shape in sorted(tensors, key=lambda item: item[0]):
+        parts += [name.encode(), dtype.encode(), ",".join(map(str, shape)).encode(), raw]
+    return digest(b"clinfl/global-model/v1", *parts)
