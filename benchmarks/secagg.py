@@ -45,9 +45,10 @@ from clinfl.secagg.messages import MaskedInput  # noqa: E402
 from clinfl.secagg.server_session import ServerSession  # noqa: E402
 from clinfl.secagg.settings import SecAggRequirements, plan_round  # noqa: E402
 from clinfl.secagg.site_session import SiteSession  # noqa: E402
+from clinfl.secagg.transcript import RoundBinding, digest, directory_hash  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "secagg.json"
-STAGES = ("advertise", "share", "masked-input", "consistency", "unmask")
+STAGES = ("advertise", "graph", "share", "masked-input", "consistency", "unmask")
 QUICK = [(1_000_000, n) for n in (5, 10, 20, 50, 100)] + [(11_000_000, n) for n in (5, 10)]
 FULL = [(length, n) for length in (1_000_000, 11_000_000) for n in (5, 10, 20, 50, 100)]
 
@@ -89,9 +90,17 @@ def run_clinfl(
     ids = tuple(f"site-{k:03d}" for k in range(n))
     signing = {s: Ed25519PrivateKey.generate() for s in ids}
     directory = {s: k.public_key() for s, k in signing.items()}
-    params = plan_round(round_id=1, site_ids=ids, vector_length=length, min_sites=3)
+    params = plan_round(run_id="bench", round_id=1, site_ids=ids, vector_length=length, min_sites=3)
     times = StageTimes()
     rng = np.random.default_rng(1)
+    model_hash, settings_hash = digest(b"bench-model"), digest(b"bench-settings")
+    binding = RoundBinding(
+        roster_hash=directory_hash(directory),
+        run_id=params.run_id,
+        round_id=params.round_id,
+        params_hash=digest(b"clinfl/round/v2", params.digest(), settings_hash),
+        model_hash=model_hash,
+    )
     sessions = {
         s: SiteSession(
             params,
@@ -99,7 +108,7 @@ def run_clinfl(
             signing_key=signing[s],
             directory=directory,
             requirements=SecAggRequirements(),
-            last_round_id=None,
+            binding=binding,
         )
         for s in ids
     }
@@ -117,8 +126,13 @@ def run_clinfl(
     started = time.perf_counter()
     relayed = server.relay_advertisements(adverts)
     times.coordinator["advertise"] = time.perf_counter() - started
-    times.bytes_per_site["advertise"] = 32 + 32 + 64 + len(ids[0]) + 8
-    shares = {s: timed("share", s, lambda s=s: sessions[s].share(relayed)) for s in ids}
+    times.bytes_per_site["advertise"] = 32 * 3 + 64 + len(ids[0]) + 5 * 32 + 16
+    opened = [timed("graph", s, lambda s=s: sessions[s].reveal_graph_nonce(relayed)) for s in ids]
+    started = time.perf_counter()
+    reveals = server.relay_graph_reveals(opened)
+    times.coordinator["graph"] = time.perf_counter() - started
+    times.bytes_per_site["graph"] = 32 + len(ids[0]) + 8
+    shares = {s: timed("share", s, lambda s=s: sessions[s].share(reveals)) for s in ids}
     times.bytes_per_site["share"] = max(
         sum(len(x.sealed) + len(x.sender) + len(x.receiver) + 8 for x in v) for v in shares.values()
     )

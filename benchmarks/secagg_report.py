@@ -20,7 +20,7 @@ def _ratio(numerator: float, denominator: float) -> str:
 def _stage_cell(times: dict[str, float]) -> str:
     return " / ".join(
         _ms(times.get(stage, 0.0))
-        for stage in ("advertise", "share", "masked-input", "consistency", "unmask")
+        for stage in ("advertise", "graph", "share", "masked-input", "consistency", "unmask")
     )
 
 

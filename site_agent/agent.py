@@ -101,7 +101,7 @@ class SiteAgent:
         identity: SiteIdentity,
         directory: Mapping[str, Ed25519PublicKey],
         requirements: SecAggRequirements,
-        run_id: str = "local",
+        run_id: str = "",
         roster_hash: bytes | None = None,
         round_store: RoundStore | None = None,
         audit: AuditHook | None = None,

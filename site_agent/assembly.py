@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -20,6 +21,7 @@ from clinfl.device import resolve_device
 from clinfl.errors import ConfigError
 from clinfl.policy import SitePolicy
 from clinfl.privacy.settings import DPSettings
+from clinfl.training_bounds import check_round_settings
 from site_agent.agent import LocalTrainer, SiteAgent, SiteIdentity
 from site_agent.ledger import SiteLedger
 from site_agent.private_training import PrivateSite
@@ -62,10 +64,14 @@ def assemble_site(
     run_id: str,
     grad_sample_mode: str,
     shuffle_seed: int,
+    roster_hash: bytes | None = None,
     on_step: StepCallback | None = None,
     on_audit: AuditListener | None = None,
 ) -> AssembledSite:
     """Build one site's ledger, trainer and agent under ``state_dir``.
+
+    ``roster_hash`` is the digest of the roster the site pinned (a deployed site); the agent
+    binds it into every advertisement it signs. Without it the agent uses the directory's hash.
 
     Raises:
         ClinflError: for a model that cannot run DP-SGD, an algorithm the policy's DP excludes,
@@ -117,9 +123,15 @@ def assemble_site(
         trainer,
         identity=identity,
         directory=directory,
+        roster_hash=roster_hash,
         requirements=policy.secagg_requirements,
+        run_id=run_id,
+        round_store=ledger,
         audit=audit,
         min_samples=policy.data.min_samples,
+        report_loss="loss" in policy.reporting.metrics,
+        report_counts="counts" in policy.reporting.metrics,
+        check_settings=partial(check_round_settings, bounds=policy.training, site_id=site),
         share_epsilon="epsilon" in policy.reporting.metrics,
     )
     return AssembledSite(agent, trainer, ledger)

@@ -71,6 +71,8 @@ def make_agents(
                 directory=directory,
                 requirements=requirements or SecAggRequirements(),
                 audit=hook,
+                report_loss=True,
+                report_counts=True,
             )
         )
     return agents

@@ -9,6 +9,7 @@ from clinfl.federation.roles import TrainingParticipant
 from clinfl.secagg.messages import (
     Advertisement,
     EncryptedShare,
+    GraphReveal,
     MaskedInput,
     RevealedShares,
     SurvivorSignature,
@@ -48,8 +49,11 @@ class RecordingParticipant:
     def secagg_advertise(self, params: RoundParameters) -> Advertisement:
         return self._relay("advertise", params, self._inner.secagg_advertise(params))  # type: ignore[no-any-return]
 
-    def secagg_share(self, adverts: tuple[Advertisement, ...]) -> list[EncryptedShare]:
-        return self._relay("share", adverts, self._inner.secagg_share(adverts))  # type: ignore[no-any-return]
+    def secagg_graph(self, adverts: tuple[Advertisement, ...]) -> GraphReveal:
+        return self._relay("graph", adverts, self._inner.secagg_graph(adverts))  # type: ignore[no-any-return]
+
+    def secagg_share(self, reveals: tuple[GraphReveal, ...]) -> list[EncryptedShare]:
+        return self._relay("share", reveals, self._inner.secagg_share(reveals))  # type: ignore[no-any-return]
 
     def secagg_masked_input(self, shares: list[EncryptedShare]) -> MaskedInput:
         return self._relay("masked-input", shares, self._inner.secagg_masked_input(shares))  # type: ignore[no-any-return]

@@ -7,6 +7,7 @@ import pytest
 from benchmarks.flower_secaggplus import flower_version
 from benchmarks.secagg import measure, prg_throughput
 from benchmarks.secagg_report import render_secagg
+from clinfl.secagg.settings import METADATA_SLOTS
 
 
 def test_small_measurement_is_accurate_and_renders() -> None:
@@ -14,7 +15,7 @@ def test_small_measurement_is_accurate_and_renders() -> None:
     row = measure(5_000, 5, with_flower=with_flower)
     assert row["clinfl"]["max_error"] < 1e-4  # quantisation error only
     assert row["plain"]["max_error"] < 1e-6
-    assert row["clinfl"]["bytes_per_site"]["masked-input"] == 4 * 5_001
+    assert row["clinfl"]["bytes_per_site"]["masked-input"] == 4 * (5_000 + METADATA_SLOTS)
     assert set(row["clinfl"]["site_max"]) == {
         "advertise",
         "share",

@@ -55,14 +55,14 @@ def test_secure_mean_equals_plain_mean_within_the_quantisation_bound() -> None:
 
 
 def test_weight_cap_limits_a_large_site() -> None:
-    deltas = random_deltas(3, TEMPLATE)
+    deltas = random_deltas(4, TEMPLATE)
     requirements = SecAggRequirements(max_weight=100)
-    agents = _trained(make_agents(deltas, [1000, 50, 70], requirements=requirements))
+    agents = _trained(make_agents(deltas, [1000, 50, 70, 30], requirements=requirements))
     result = SecureAggregator(SecAggConfig(weight_cap=100)).aggregate(
         agents, round_id=1, template=TEMPLATE
     )
-    assert result.num_samples == 100 + 50 + 70
-    expected = _plain_mean(deltas, [100, 50, 70])
+    assert result.num_samples == 100 + 50 + 70 + 30
+    expected = _plain_mean(deltas, [100, 50, 70, 30])
     assert torch.allclose(result.mean_delta["a.weight"], expected["a.weight"], atol=1e-4)
 
 
@@ -82,10 +82,10 @@ def test_dropout_at_any_stage_completes_with_the_survivors(stage: str) -> None:
 
 
 def test_too_many_dropouts_abort_and_name_the_threshold() -> None:
-    agents = _trained(make_agents(random_deltas(4, TEMPLATE), SAMPLES[:4]))
+    agents = _trained(make_agents(random_deltas(5, TEMPLATE), SAMPLES[:5]))
     drops = [Dropout("site-1", "masked-input"), Dropout("site-3", "share")]
     wrapped = [DroppingParticipant(a, drops) for a in agents]
-    with pytest.raises(RoundAborted, match=r"only 2 site\(s\) remain, the threshold is 3"):
+    with pytest.raises(RoundAborted, match=r"only 3 site\(s\) remain, the threshold is 4"):
         SecureAggregator(SecAggConfig()).aggregate(wrapped, round_id=1, template=TEMPLATE)
 
 
@@ -105,8 +105,8 @@ def test_site_requiring_secure_aggregation_refuses_to_send_in_the_clear() -> Non
 
 
 def test_coordinator_never_holds_a_single_unmasked_vector() -> None:
-    deltas = random_deltas(4, TEMPLATE)
-    agents = [RecordingParticipant(a) for a in _trained(make_agents(deltas, SAMPLES[:4]))]
+    deltas = random_deltas(5, TEMPLATE)
+    agents = [RecordingParticipant(a) for a in _trained(make_agents(deltas, SAMPLES))]
     SecureAggregator(SecAggConfig()).aggregate(agents, round_id=1, template=TEMPLATE)
     for agent, delta in zip(agents, deltas, strict=True):
         kinds = {type(reply).__name__ for _, reply in agent.to_coordinator}
@@ -116,10 +116,11 @@ def test_coordinator_never_holds_a_single_unmasked_vector() -> None:
         vector = masked[0].vector.astype(np.float64)
         flat = np.concatenate([delta[n].reshape(-1).numpy() for n in sorted(TEMPLATE)])
         # nothing in the masked vector tracks the update, and the sample count is not visible
-        assert abs(np.corrcoef(vector[:-1], flat)[0, 1]) < 0.1
-        assert int(masked[0].vector[-1]) != SAMPLES[agents.index(agent)]
+        assert abs(np.corrcoef(vector[:-3], flat)[0, 1]) < 0.1
+        assert int(masked[0].vector[-3]) != SAMPLES[agents.index(agent)]
         for _, reply in agent.to_coordinator:
-            assert not hasattr(reply, "num_samples") and not hasattr(reply, "weight")
+            for leak in ("num_samples", "weight", "mean_loss", "steps"):
+                assert not hasattr(reply, leak)
 
 
 def _histogram_p_value(vector: np.ndarray, bins: int = 64) -> float:
@@ -130,8 +131,8 @@ def _histogram_p_value(vector: np.ndarray, bins: int = 64) -> float:
 
 def test_masked_vector_is_indistinguishable_from_uniform() -> None:
     big = {"w": torch.zeros(60_000)}
-    deltas = [{"w": torch.full((60_000,), 0.01)} for _ in range(3)]  # a very regular input
-    agents = [RecordingParticipant(a) for a in make_agents(deltas, [10, 10, 10])]
+    deltas = [{"w": torch.full((60_000,), 0.01)} for _ in range(4)]  # a very regular input
+    agents = [RecordingParticipant(a) for a in make_agents(deltas, [10, 10, 10, 10])]
     for agent in agents:
         agent.train_round(big, SETTINGS)
     SecureAggregator(SecAggConfig()).aggregate(agents, round_id=1, template=big)

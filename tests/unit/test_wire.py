@@ -23,12 +23,14 @@ from clinfl.secagg.hazmat.shamir import Share
 from clinfl.secagg.messages import (
     Advertisement,
     EncryptedShare,
+    GraphReveal,
     MaskedInput,
     RevealedShares,
     SurvivorSignature,
     UnmaskRequest,
 )
 from clinfl.secagg.settings import RoundParameters
+from clinfl.secagg.transcript import RoundBinding
 from clinfl.transport.calls import (
     CALLS,
     JoinReply,
@@ -45,8 +47,10 @@ StateDict = dict[str, torch.Tensor]
 
 
 def test_every_secure_aggregation_message_round_trips() -> None:
-    params = RoundParameters(7, ("a", "b", "c"), 2, 2, 48, 0.5, 1024.0, 100, 12)
-    advert = Advertisement("a", 7, b"\x01" * 32, b"\x02" * 32, b"\x03" * 64)
+    params = RoundParameters("run", 7, ("a", "b", "c"), 2, 2, 48, 0.5, 1024.0, 100, 12, 64.0)
+    binding = RoundBinding(b"\x05" * 32, "run", 7, b"\x06" * 32, b"\x07" * 32)
+    advert = Advertisement("a", binding, b"\x01" * 32, b"\x02" * 32, b"\x04" * 32, b"\x03" * 64)
+    reveal = GraphReveal("a", 7, b"\x08" * 32)
     share = EncryptedShare("a", "b", 7, b"sealed\x00\xff")
     request = UnmaskRequest(
         7,
@@ -60,6 +64,8 @@ def test_every_secure_aggregation_message_round_trips() -> None:
         (params, RoundParameters),
         (advert, Advertisement),
         ((advert, advert), tuple[Advertisement, ...]),
+        (reveal, GraphReveal),
+        ((reveal,), tuple[GraphReveal, ...]),
         ([share], list[EncryptedShare]),
         (request, UnmaskRequest),
         (revealed, RevealedShares),
