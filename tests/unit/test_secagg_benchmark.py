@@ -18,6 +18,7 @@ def test_small_measurement_is_accurate_and_renders() -> None:
     assert row["clinfl"]["bytes_per_site"]["masked-input"] == 4 * (5_000 + METADATA_SLOTS)
     assert set(row["clinfl"]["site_max"]) == {
         "advertise",
+        "graph",
         "share",
         "masked-input",
         "consistency",
@@ -27,7 +28,7 @@ def test_small_measurement_is_accurate_and_renders() -> None:
         assert row["flower"]["max_error"] < 1e-4  # Flower's own aggregate is right too
     document = {"flower": flower_version(), "rows": [row], "prg": [prg_throughput(10_000)]}
     text = "\n".join(render_secagg(document))
-    assert "| 5,000 | 5 | 4 | 3 |" in text
+    assert "| 5,000 | 5 | 4 | 4 |" in text  # complete graph; t > (h + c) / 2 = (5 + 1) / 2
     assert ("Flower parallel round ms" in text) == with_flower
 
 
