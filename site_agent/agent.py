@@ -174,13 +174,11 @@ class SiteAgent:
             except PolicyViolation as refusal:
                 self._refuse(settings.round, refusal)
         try:
-            note = accept_round(
+            accept_round(
                 self._rounds, run_id=self._run_id, round_id=settings.round, site_id=self.site_id
             )
         except ProtocolViolation as refusal:
             self._refuse(settings.round, refusal)
-        if note is not None and self._audit is not None:
-            self._audit(settings.round, note)
         received = _Received(settings, state_digest(global_state))
         self._pending = self._trainer.train_round(global_state, settings)
         self._template = global_state

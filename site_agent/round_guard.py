@@ -2,8 +2,8 @@
 
 The last round id of each run is persisted at the site (in its ledger), so it survives restarts
 and a new join of the same run; a coordinator can neither replay a round nor pick round ids. A
-run the site has never seen starts wherever the coordinator is (a site may join a run late),
-and that first round id is written to the audit log. A round id that skips ahead is refused and
+run the site has never seen starts wherever the coordinator is (a site may join a run late); its
+ledger shows the run id of every round it trained. A round id that skips ahead is refused and
 audited; the site then takes the new id as its last, so it takes part again from the round after
 (round ids choose nothing in the protocol: the graph and every key are fresh per round).
 """
@@ -42,8 +42,8 @@ class MemoryRoundStore:
         self._last[run_id] = round_id
 
 
-def accept_round(store: RoundStore, *, run_id: str, round_id: int, site_id: str) -> str | None:
-    """Accept ``round_id`` of ``run_id`` and persist it; return a note for the audit log, if any.
+def accept_round(store: RoundStore, *, run_id: str, round_id: int, site_id: str) -> None:
+    """Accept ``round_id`` of ``run_id`` and persist it.
 
     Raises:
         ProtocolViolation: for a round id that is not the last one plus one (a replayed,
@@ -57,7 +57,7 @@ def accept_round(store: RoundStore, *, run_id: str, round_id: int, site_id: str)
     last = store.last_round(run_id)
     if last is None:
         store.set_last_round(run_id, round_id)
-        return f"first round of run {run_id!r} at this site: round {round_id}"
+        return
     if round_id <= last:
         raise ProtocolViolation(
             f"{site_id} refuses round {round_id} of run {run_id!r}: it already took round "
@@ -72,4 +72,3 @@ def accept_round(store: RoundStore, *, run_id: str, round_id: int, site_id: str)
             remedy="the coordinator must number rounds consecutively",
         )
     store.set_last_round(run_id, round_id)
-    return None

@@ -198,8 +198,8 @@ def simulate(
     secagg_graph: Annotated[
         str,
         typer.Option(
-            help="sparse: SecAgg+ neighbour graph of degree about 2 log2 n; complete: full SecAgg "
-            "(every site shares with every other)."
+            help="sparse: SecAgg+ neighbour graph of degree about 2 log2 n above 64 sites (up to "
+            "64 sites the graph is always complete); complete: full SecAgg at any size."
         ),
     ] = "sparse",
     secagg_min_sites: Annotated[
@@ -209,6 +209,14 @@ def simulate(
             "policy may require more) (default: the sites' policies, or 3)."
         ),
     ] = None,
+    secagg_max_colluders: Annotated[
+        int,
+        typer.Option(
+            help="Sites assumed to collude with a malicious coordinator (c). The threshold is "
+            "then t > (h + c) / 2 and a sum needs min_sites + c survivors; a site's policy may "
+            "assume more."
+        ),
+    ] = 1,
     secagg_bits: Annotated[int, typer.Option(help="Modulus of the masked sums: 2**bits.")] = 32,
     secagg_clip: Annotated[
         float, typer.Option(help="Per-coordinate clip of a site's update before quantisation.")
@@ -315,6 +323,7 @@ def simulate(
                 secagg=SecAggConfig(
                     enabled=secagg == "on",
                     min_sites=secagg_min_sites,
+                    max_colluders=secagg_max_colluders,
                     bits=secagg_bits,
                     clip=secagg_clip,
                     degree=max(sites - 1, 1) if secagg_graph == "complete" else None,

@@ -50,6 +50,7 @@ def builtin_policy(config: RunConfig) -> SitePolicy:
             required=config.secagg.enabled,
             min_sites=config.secagg.min_sites or DEFAULT_MIN_SITES,
             max_weight=config.secagg.weight_cap,
+            max_colluders=config.secagg.max_colluders,
         ),
         source="built-in (no policy file: DP-SGD off)",
     )

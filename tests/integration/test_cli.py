@@ -106,6 +106,8 @@ def test_two_round_digits_federation_end_to_end(tmp_path: Path) -> None:
             "simulate",
             "--sites",
             "3",
+            "--secagg-min-sites",
+            "2",
             "--rounds",
             "2",
             "--rho",
@@ -157,6 +159,8 @@ def test_nih1000_federation_end_to_end(tmp_path: Path) -> None:
             *_cxr14(root, root / "labels.csv"),
             "--sites",
             "3",
+            "--secagg-min-sites",
+            "2",
             "--rounds",
             "2",
             "--rho",
@@ -199,7 +203,7 @@ def test_injected_dropout_keeps_the_round_with_the_survivors(tmp_path: Path) -> 
         [
             *_small_digits(tmp_path / "run"),
             "--sites",
-            "4",
+            "5",
             "--rounds",
             "2",
             "--secagg-graph",
@@ -210,9 +214,9 @@ def test_injected_dropout_keeps_the_round_with_the_survivors(tmp_path: Path) -> 
     )
     assert result.exit_code == 0, result.output
     summary = json.loads(result.output)
-    first, second = summary["rounds"]
-    assert first["sites"] == 3 and first["aborted"] is None
-    assert second["sites"] == 4
+    first, second = summary["rounds"]  # 5 sites, c = 1: t = 4, so one site may drop
+    assert first["sites"] == 4 and first["aborted"] is None
+    assert second["sites"] == 5
     samples = summary["partition"]["samples_per_site"]
     assert first["num_samples"] == sum(samples) - samples[1]  # n_i summed inside the mask
     assert summary["config"]["drops"] == [{"site": "site-2", "stage": "masked-input", "round": 1}]
@@ -226,6 +230,8 @@ def test_injected_dropout_keeps_the_round_with_the_survivors(tmp_path: Path) -> 
         (["--drop", "site-9:share"], "drop='site-9' is invalid"),
         (["--secagg", "maybe"], "--secagg must be on or off"),
         (["--sites", "2"], "sites=2 is invalid: allowed >= secagg.min_sites (3)"),
+        (["--sites", "3"], "allowed >= secagg.min_sites + secagg.max_colluders (4)"),
+        (["--secagg-max-colluders", "-1"], "secagg.max_colluders=-1 is invalid"),
         (["--secagg-bits", "8"], "secagg.bits=8 is invalid"),
     ],
 )

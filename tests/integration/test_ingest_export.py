@@ -142,6 +142,8 @@ def test_too_small_an_export_is_a_clear_error(export: Path, tmp_path: Path) -> N
             str(export),
             "--sites",
             "3",
+            "--secagg-min-sites",
+            "2",
             "--out",
             str(tmp_path / "run"),
         ],

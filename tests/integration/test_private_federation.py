@@ -15,7 +15,7 @@ from clinfl.cli.app import app
 runner = CliRunner()
 ROOT = Path(__file__).resolve().parents[2]
 POLICIES = ROOT / "policies"
-SMALL = ["--rho", "0.6", "--max-samples", "160", "--composites-per-pair", "1", "--sites", "3"]
+SMALL = ["--rho", "0.6", "--max-samples", "160", "--composites-per-pair", "1", "--sites", "4"]
 
 
 def _policy(tmp_path: Path, text: str) -> Path:
@@ -45,11 +45,11 @@ def budget_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
 def test_dp_round_runs_and_a_spent_budget_stops_the_run_cleanly(budget_run) -> None:
     _, summary = budget_run
     assert [r["round"] for r in summary["rounds"]] == [1]
-    assert summary["rounds"][0]["sites"] == 3
+    assert summary["rounds"][0]["sites"] == 4
     stopped = summary["stopped"]
     assert stopped.startswith("stopped before round 2:")
-    assert stopped.count("past the budget 2.5") == 3  # every site refused, each with its reason
-    assert all(site in stopped for site in ("site-1", "site-2", "site-3"))
+    assert stopped.count("past the budget 2.5") == 4  # every site refused, each with its reason
+    assert all(site in stopped for site in ("site-1", "site-2", "site-3", "site-4"))
     assert summary["grad_sample_mode"] == "hooks"
     assert summary["best"]["round"] == 1
 
@@ -64,7 +64,7 @@ def test_site_report_shows_budget_rounds_and_refusal(budget_run) -> None:
     assert report["dp"]["enabled"] and report["dp"]["epsilon_budget"] == 2.5
     (round_one,) = report["rounds"]
     assert round_one["state"] == "spent" and round_one["secure_aggregation"] is True
-    assert round_one["sites_in_sum"] == 3 and round_one["grad_sample_mode"] == "hooks"
+    assert round_one["sites_in_sum"] == 4 and round_one["grad_sample_mode"] == "hooks"
     assert 1.9 < round_one["epsilon_cumulative"] <= 2.0 + 1e-6
     assert len(report["refusals"]) == 1 and "past the budget 2.5" in report["refusals"][0]["reason"]
     assert report["policy"]["source"] == "policy.toml" and len(report["policy"]["sha256"]) == 64
@@ -166,7 +166,7 @@ def test_strict_policy_needs_more_sites_than_given(tmp_path: Path) -> None:
         ["simulate", *SMALL, "--policy", str(POLICIES / "strict.toml"), "--out", str(tmp_path)],
     )
     assert result.exit_code == 2
-    assert "require sums over at least 5 sites; the federation has 3" in result.output
+    assert "at least 5 sites besides 2 possible colluder(s); the federation has 4" in result.output
 
 
 def test_policy_check_prints_what_a_policy_allows() -> None:

@@ -26,8 +26,13 @@ FEDERATION = FederationConfig(sites=3, rounds=1, batch_size=32, seed=0)
 DATA = DataConfig(rho=0.6, max_samples=120, composites_per_pair=1)
 
 
+SECAGG = SecAggConfig(min_sites=2)  # 3 sites: a sum covers 2 honest sites besides 1 colluder
+
+
 def _config(**changes: Any) -> RunConfig:
-    return dataclasses.replace(RunConfig(data=DATA, federation=FEDERATION), **changes)
+    return dataclasses.replace(
+        RunConfig(data=DATA, federation=FEDERATION, secagg=SECAGG), **changes
+    )
 
 
 def test_secure_and_plain_federations_give_the_same_model(tmp_path: Path) -> None:
@@ -107,7 +112,7 @@ def test_the_etf_and_its_seed_never_appear_in_any_message(tmp_path: Path) -> Non
     sites = [RecordingParticipant(a) for a in built.participants]
     coordinator = Coordinator(
         sites,
-        SecureAggregator(config.secagg),
+        SecureAggregator(config.secagg, run_id="etf-scan"),
         HeldOutEvaluator(split.val, split.test, algorithm, spec),
         CheckpointStore(tmp_path),
     )

@@ -181,6 +181,7 @@ def test_secure_aggregation_gives_the_plain_result(method: str, tmp_path: Path) 
         data=DataConfig(rho=0.6, max_samples=120, composites_per_pair=1),
         method=MethodConfig(name=method),
         federation=FederationConfig(sites=3, rounds=1, batch_size=32, seed=0),
+        secagg=SecAggConfig(min_sites=2),
     )
     secure = run_simulation(config, tmp_path / "secure")
     plain = run_simulation(
