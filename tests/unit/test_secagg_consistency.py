@@ -5,47 +5,60 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from clinfl.errors import ProtocolViolation
 from clinfl.secagg.consistency import (
-    check_survivor_signatures,
+    SurvivorSignature,
+    check_neighbourhood_quorum,
     check_unmask_request,
     sign_survivors,
+    valid_signers,
 )
 
 SITES = [f"site-{i}" for i in range(5)]
 KEYS = {s: Ed25519PrivateKey.generate() for s in SITES}
 DIRECTORY = {s: k.public_key() for s, k in KEYS.items()}
 U3 = frozenset(SITES[:4])
+TRANSCRIPT = b"\x01" * 32
+COMPLETE = {s: frozenset(SITES) - {s} for s in SITES}
 
 
-def _signed(survivors: frozenset[str], signers: list[str]) -> list:
+def _signed(
+    survivors: frozenset[str], signers: list[str], transcript: bytes = TRANSCRIPT
+) -> list[SurvivorSignature]:
     return [
-        sign_survivors(site_id=s, round_id=1, survivors=survivors, signing_key=KEYS[s])
+        sign_survivors(site_id=s, transcript=transcript, survivors=survivors, signing_key=KEYS[s])
         for s in signers
     ]
 
 
 def test_consistent_survivor_set_passes() -> None:
-    check_survivor_signatures(
-        _signed(U3, list(U3)), round_id=1, survivors=U3, directory=DIRECTORY, threshold=3
+    signers = valid_signers(
+        _signed(U3, list(U3)), transcript=TRANSCRIPT, survivors=U3, directory=DIRECTORY
     )
+    assert signers == U3
+    check_neighbourhood_quorum(signers, sites=U3, graph=COMPLETE, threshold=3)
 
 
 def test_inconsistent_survivor_sets_sent_to_different_sites_are_refused() -> None:
     other = frozenset(SITES[:3])
     signatures = _signed(U3, SITES[:2]) + _signed(other, SITES[2:3])
-    with pytest.raises(ProtocolViolation, match="site-2: signed a different survivor set"):
-        check_survivor_signatures(
-            signatures, round_id=1, survivors=U3, directory=DIRECTORY, threshold=3
-        )
+    with pytest.raises(ProtocolViolation, match="site-2: signed a different transcript"):
+        valid_signers(signatures, transcript=TRANSCRIPT, survivors=U3, directory=DIRECTORY)
+
+
+def test_signature_over_another_transcript_is_refused() -> None:
+    signatures = _signed(U3, SITES[:3], transcript=b"\x02" * 32)
+    with pytest.raises(ProtocolViolation, match="site-0: signed a different transcript"):
+        valid_signers(signatures, transcript=TRANSCRIPT, survivors=U3, directory=DIRECTORY)
 
 
 def test_signature_from_outside_u3_and_too_few_signers_are_refused() -> None:
     signatures = _signed(U3, ["site-0"]) + _signed(U3, ["site-4"])
-    with pytest.raises(ProtocolViolation) as caught:
-        check_survivor_signatures(
-            signatures, round_id=1, survivors=U3, directory=DIRECTORY, threshold=3
-        )
-    assert "site-4: not a survivor" in caught.value.message
-    assert "only 1 valid signatures, threshold is 3" in caught.value.message
+    with pytest.raises(ProtocolViolation, match="site-4: not a survivor"):
+        valid_signers(signatures, transcript=TRANSCRIPT, survivors=U3, directory=DIRECTORY)
+    signers = valid_signers(
+        _signed(U3, ["site-0"]), transcript=TRANSCRIPT, survivors=U3, directory=DIRECTORY
+    )
+    with pytest.raises(ProtocolViolation, match=r"site-1 \(1 of its holders signed\)"):
+        check_neighbourhood_quorum(signers, sites=U3, graph=COMPLETE, threshold=3)
 
 
 def _request(**overrides: object) -> None:
