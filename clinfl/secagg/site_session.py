@@ -20,11 +20,9 @@ site releases anything that depends on it:
 
 from __future__ import annotations
 
-import functools
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import ParamSpec, TypeVar
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -43,6 +41,7 @@ from clinfl.secagg.consistency import (
     sign_survivors,
     valid_signers,
 )
+from clinfl.secagg.fail_closed import fail_closed as _fail_closed
 from clinfl.secagg.graph import COMPLETE_GRAPH_LIMIT, graph_seed
 from clinfl.secagg.hazmat import keys
 from clinfl.secagg.hazmat.prg import residue_dtype
@@ -65,43 +64,16 @@ from clinfl.secagg.settings import (
 )
 from clinfl.secagg.share_codec import decode_share_pair, encode_share_pair, pair_context
 from clinfl.secagg.stages import Stage, check_transition
-from clinfl.secagg.transcript import RoundBinding, digest
+from clinfl.secagg.transcript import RoundBinding, transcript_hash
 
 AuditHook = Callable[[int, str], None]  # (round id, why the site refused)
 RandomBytes = Callable[[int], bytes]
-P = ParamSpec("P")
-R = TypeVar("R")
 
 
 @dataclass
 class _HeldShares:
     self_mask: Share
     mask_key: Share
-
-
-def _fail_closed(method: Callable[P, R]) -> Callable[P, R]:
-    """Turn any exception raised while handling peer input into an audited ProtocolViolation."""
-
-    @functools.wraps(method)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        session = args[0]
-        assert isinstance(session, SiteSession)
-        try:
-            return method(*args, **kwargs)
-        except ProtocolViolation as violation:
-            if not session.aborted:
-                session._abort(violation)
-            raise
-        except Exception as error:  # R9: every failure on peer input fails closed
-            failure = ProtocolViolation(
-                f"round {session.params.round_id}, {session.site_id}: malformed input at "
-                f"{method.__name__} ({type(error).__name__})",
-                remedy="the round is abandoned and no share was revealed; check the coordinator",
-            )
-            session._abort(failure)
-            raise failure from None
-
-    return wrapper
 
 
 class SiteSession:
@@ -317,7 +289,7 @@ class SiteSession:
         self._guard(
             lambda: check_holders(params, holders=len(holders), requirements=self._requirements)
         )
-        self._transcript = self._transcript_hash(opened)
+        self._transcript = transcript_hash(self._binding, self._adverts, opened)
         assert self._mask_key is not None and self._share_key is not None
         seed = self._random_bytes(32)
         self._self_seed = seed
@@ -341,19 +313,6 @@ class SiteSession:
             )
             sealed.append(EncryptedShare(self._site_id, holder, params.round_id, blob))
         return sealed
-
-    def _transcript_hash(self, opened: Mapping[str, bytes]) -> bytes:
-        parts: list[bytes] = [self._binding.encode()]
-        for site in sorted(self._adverts):
-            advert = self._adverts[site]
-            parts += [
-                site.encode(),
-                advert.share_key,
-                advert.mask_key,
-                advert.graph_commitment,
-                opened[site],
-            ]
-        return digest(b"clinfl/secagg/transcript/v2", *parts)
 
     def _agreement_key(self, peer: str, *, purpose: str) -> bytes:
         own = self._share_key if purpose == keys.SHARE_ENCRYPTION else self._mask_key

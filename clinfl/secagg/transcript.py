@@ -15,9 +15,13 @@ import hashlib
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+if TYPE_CHECKING:
+    from clinfl.secagg.advertise import Advertisement
 
 DIGEST_BYTES = 32
 
@@ -97,3 +101,23 @@ def model_hash(tensors: Iterable[tuple[str, bytes, str, tuple[int, ...]]]) -> by
     for name, raw, dtype, shape in sorted(tensors, key=lambda item: item[0]):
         parts += [name.encode(), dtype.encode(), ",".join(map(str, shape)).encode(), raw]
     return digest(b"clinfl/global-model/v1", *parts)
+
+
+def transcript_hash(
+    binding: RoundBinding, adverts: Mapping[str, Advertisement], opened: Mapping[str, bytes]
+) -> bytes:
+    """Return the hash survivor signatures cover (R6).
+
+    It covers the binding, and every advertised site's keys, commitment and revealed nonce.
+    """
+    parts: list[bytes] = [binding.encode()]
+    for site in sorted(adverts):
+        advert = adverts[site]
+        parts += [
+            site.encode(),
+            advert.share_key,
+            advert.mask_key,
+            advert.graph_commitment,
+            opened[site],
+        ]
+    return digest(b"clinfl/secagg/transcript/v2", *parts)
