@@ -93,6 +93,40 @@ def _convert(
     return cls(**values)
 
 
+def _path_keys(cls: type[Any]) -> tuple[str, ...]:
+    hints = typing.get_type_hints(cls)
+    return tuple(
+        f.name
+        for f in dataclasses.fields(cls)
+        if hints[f.name] is Path or Path in typing.get_args(hints[f.name])
+    )
+
+
+_TABLES: dict[str, type[Any]] = {**SECTIONS, "drops": Dropout}
+PATH_FIELDS: tuple[str, ...] = tuple(
+    f"{section}.{key}" for section, cls in _TABLES.items() for key in _path_keys(cls)
+)
+
+
+def named_path_fields(document: Any) -> list[str]:
+    """Return every path-typed field (``section.key``) that ``document`` sets, whatever its value.
+
+    ``document`` is a parsed config document from anywhere (a coordinator's JSON included); any
+    shape is accepted, and a section that is not a table names no field.
+    """
+    if not isinstance(document, dict):
+        return []
+    named: list[str] = []
+    for name in PATH_FIELDS:
+        section, _, key = name.partition(".")
+        tables = document.get(section)
+        if not isinstance(tables, list):
+            tables = [tables]
+        if any(isinstance(table, dict) and key in table for table in tables):
+            named.append(name)
+    return named
+
+
 def run_config_from_mapping(document: dict[str, Any], *, base: Path) -> RunConfig:
     """Build a :class:`RunConfig` from a parsed config document.
 

@@ -130,6 +130,10 @@ class PKIError(ClinflError):
     exit_code = 9
 
 
+class RosterError(PKIError):
+    """A roster or site request is malformed, tampered with, or not the one a site trusts."""
+
+
 class DeploymentError(ClinflError):
     """The Flower deployment cannot start or lost a process it needs (SuperLink, SuperNode)."""
 

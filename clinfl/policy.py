@@ -10,6 +10,7 @@ policy; anything looser is refused with :class:`~clinfl.errors.PolicyViolation`.
 from __future__ import annotations
 
 import hashlib
+import math
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -40,11 +41,16 @@ class DPPolicy:
 
 @dataclass(frozen=True)
 class SecAggPolicy:
-    """Secure-aggregation terms."""
+    """Secure-aggregation terms.
+
+    ``max_colluders`` is how many sites the site assumes may collude with a malicious
+    coordinator (``c`` in SECAGG.md, "Version 2").
+    """
 
     required: bool = True
     min_sites: int = 3
     max_weight: int = 10_000
+    max_colluders: int = 1
 
 
 @dataclass(frozen=True)
@@ -55,6 +61,22 @@ class DataPolicy:
     body_parts: tuple[str, ...] = ("CHEST",)
     views: tuple[str, ...] = ("PA", "AP")
     min_samples: int = 1
+
+
+@dataclass(frozen=True)
+class TrainingBounds:
+    """The round settings a coordinator may ask of the site (SECAGG.md, rule R7).
+
+    A round whose learning rate, local epochs or batch size lies outside these bounds is refused
+    before any training step (:func:`clinfl.training_bounds.check_round_settings`). A batch
+    minimum above 1 keeps one sample from being a whole step's gradient.
+    """
+
+    min_lr: float = 1e-6
+    max_lr: float = 0.1
+    max_local_epochs: int = 20
+    min_batch_size: int = 8
+    max_batch_size: int = 1024
 
 
 @dataclass(frozen=True)
@@ -72,6 +94,7 @@ class SitePolicy:
     secagg: SecAggPolicy = field(default_factory=SecAggPolicy)
     data: DataPolicy = field(default_factory=DataPolicy)
     reporting: ReportingPolicy = field(default_factory=ReportingPolicy)
+    training: TrainingBounds = field(default_factory=TrainingBounds)
     source: str = "built-in default"
     sha256: str = ""
 
@@ -82,6 +105,7 @@ class SitePolicy:
             required=self.secagg.required,
             min_sites=self.secagg.min_sites,
             max_weight=self.secagg.max_weight,
+            max_colluders=self.secagg.max_colluders,
         )
 
 
@@ -103,6 +127,7 @@ _SECTIONS: dict[str, type] = {
     "secagg": SecAggPolicy,
     "data": DataPolicy,
     "reporting": ReportingPolicy,
+    "training": TrainingBounds,
 }
 
 
@@ -184,12 +209,54 @@ def _check_rest(out: list[Violation], sections: dict[str, dict[str, Any]]) -> No
         _expect(out, "secagg.required", secagg["required"], bool)
     _check_min_int(out, "secagg", secagg, "min_sites", 2, "use 3 or more")
     _check_min_int(out, "secagg", secagg, "max_weight", 1, "use 10000")
+    _check_min_int(out, "secagg", secagg, "max_colluders", 0, "use 0 or more (default 1)")
     for key, allowed in (("modalities", MODALITIES), ("views", VIEWS), ("body_parts", None)):
         if key in data:
             _check_enum_list(out, f"data.{key}", data[key], allowed)
     _check_min_int(out, "data", data, "min_samples", 1, "use 1 or more")
     if "metrics" in reporting:
         _check_enum_list(out, "reporting.metrics", reporting["metrics"], METRICS)
+
+
+def _check_training(out: list[Violation], training: dict[str, Any]) -> None:
+    lr_ok = True
+    for key in ("min_lr", "max_lr"):
+        if key not in training:
+            continue
+        name, value = f"training.{key}", training[key]
+        if not _expect(out, name, value, (int, float)):
+            lr_ok = False
+        elif not (math.isfinite(value) and value > 0):
+            out.append(Violation(name, value, "a finite number > 0", "use e.g. 1e-6 and 0.1"))
+            lr_ok = False
+        else:
+            training[key] = float(value)
+    low_lr = training.get("min_lr", TrainingBounds.min_lr)
+    high_lr = training.get("max_lr", TrainingBounds.max_lr)
+    if lr_ok and low_lr > high_lr:
+        out.append(
+            Violation(
+                "training.min_lr",
+                low_lr,
+                f"<= training.max_lr ({high_lr})",
+                "lower the minimum or raise the maximum",
+            )
+        )
+    _check_min_int(out, "training", training, "max_local_epochs", 1, "use 1 or more (default 20)")
+    before = len(out)
+    _check_min_int(out, "training", training, "min_batch_size", 1, "use 8 or more (default 8)")
+    _check_min_int(out, "training", training, "max_batch_size", 1, "use e.g. 1024")
+    low_batch = training.get("min_batch_size", TrainingBounds.min_batch_size)
+    high_batch = training.get("max_batch_size", TrainingBounds.max_batch_size)
+    if len(out) == before and low_batch > high_batch:
+        out.append(
+            Violation(
+                "training.min_batch_size",
+                low_batch,
+                f"<= training.max_batch_size ({high_batch})",
+                "lower the minimum or raise the maximum",
+            )
+        )
 
 
 def parse_policy(text: str, *, source: str = "<string>") -> SitePolicy:
@@ -214,6 +281,7 @@ def parse_policy(text: str, *, source: str = "<string>") -> SitePolicy:
         sections[name] = _read_section(out, name, value)
     _check_dp(out, sections["dp"])
     _check_rest(out, sections)
+    _check_training(out, sections["training"])
     if out:
         raise ValidationError(f"policy {source}", out)
     return SitePolicy(
@@ -221,6 +289,7 @@ def parse_policy(text: str, *, source: str = "<string>") -> SitePolicy:
         secagg=SecAggPolicy(**sections["secagg"]),
         data=DataPolicy(**sections["data"]),
         reporting=ReportingPolicy(**sections["reporting"]),
+        training=TrainingBounds(**sections["training"]),
         source=source,
         sha256=hashlib.sha256(text.encode()).hexdigest(),
     )

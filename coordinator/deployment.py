@@ -24,6 +24,7 @@ from clinfl.data.labels import LABEL_SPACES
 from clinfl.errors import CheckpointError, FederationError
 from clinfl.federation.fanout import ThreadedFanout
 from clinfl.federation.messages import RoundRecord
+from clinfl.roster import announce
 from clinfl.transport.calls import JoinRequest
 from coordinator.checkpoints import CheckpointStore, write_atomically
 from coordinator.control import RunControl
@@ -46,6 +47,7 @@ class DeploymentPlan:
     sites: tuple[str, ...]
     timeouts: Timeouts = field(default_factory=Timeouts)
     join_wait: float = 300.0
+    roster_sha256: str = ""  # the roster the sites must have pinned ("" names none)
 
     def save(self, run_dir: Path) -> None:
         """Write the plan to ``<run_dir>/deployment.json``.
@@ -72,6 +74,7 @@ class DeploymentPlan:
                 sites=tuple(str(s) for s in document["sites"]),
                 timeouts=Timeouts(**document["timeouts"]),
                 join_wait=float(document["join_wait"]),
+                roster_sha256=str(document.get("roster_sha256", "")),
             )
         except (OSError, ValueError, KeyError, TypeError):
             raise CheckpointError(
@@ -92,9 +95,12 @@ def run_deployment(grid: Grid, run_dir: Path) -> dict[str, Any]:
     config = run_config_from_mapping(plan.run_config, base=run_dir)
     fed = config.federation
     link = FlowerLink(grid)
+    run_config = dict(plan.run_config)
+    if plan.roster_sha256:  # each site joins only if this is the roster it pinned
+        run_config = announce(run_config, bytes.fromhex(plan.roster_sha256))
     roster = SiteRoster(
         link,
-        JoinRequest(plan.run_id, plan.run_config),
+        JoinRequest(plan.run_id, run_config),
         expected=frozenset(plan.sites),
         timeout=plan.timeouts.join,
     )
@@ -121,7 +127,7 @@ def run_deployment(grid: Grid, run_dir: Path) -> dict[str, Any]:
     evaluator = RemoteEvaluator(sites, len(LABEL_SPACES[config.data.label_space]))
     coordinator = Coordinator(
         sites,
-        build_aggregator(config.secagg, fanout=ThreadedFanout()),
+        build_aggregator(config.secagg, fanout=ThreadedFanout(), run_id=plan.run_id),
         evaluator,
         store,
         selection=fed.selection,

@@ -1,7 +1,8 @@
 """``clinfl coordinator start``: the SuperLink, the sites' keys, the run, and watching it.
 
-:func:`start_coordinator` writes the run's plan, starts the SuperLink, registers every site's
-node key from the PKI manifest, submits clinfl's bundle, and then follows the run through the
+:func:`start_coordinator` writes the run's plan (with the roster's digest, which every site
+checks against the roster it pinned), starts the SuperLink, registers every site's node key from
+the roster (``<pki>/roster.json``), submits clinfl's bundle, and then follows the run through the
 control database until it finishes or stops; the SuperLink is stopped on the way out. Started
 again on the same run folder (after a crash, or after ``stop``), it keeps the run's ID and
 continues after the last completed round.
@@ -18,7 +19,8 @@ from typing import Any
 
 from clinfl.config import RunConfig
 from clinfl.errors import DeploymentError
-from clinfl.pki import load_manifest
+from clinfl.pki import load_pki_roster
+from clinfl.roster import Roster
 from coordinator.control import RunControl
 from coordinator.deployment import PLAN_FILE, DeploymentPlan
 from coordinator.flower_link import Timeouts
@@ -55,7 +57,7 @@ def portable_run_config(config: RunConfig) -> dict[str, Any]:
 
 
 def _plan(
-    run_dir: Path, config: RunConfig, sites: tuple[str, ...], options: CoordinatorOptions
+    run_dir: Path, config: RunConfig, roster: Roster, options: CoordinatorOptions
 ) -> DeploymentPlan:
     if (run_dir / PLAN_FILE).is_file():  # started again: same run, same ID
         previous = DeploymentPlan.load(run_dir)
@@ -65,9 +67,10 @@ def _plan(
     plan = DeploymentPlan(
         run_id=run_id,
         run_config=portable_run_config(config),
-        sites=sites,
+        sites=roster.names,
         timeouts=options.timeouts,
         join_wait=options.join_wait,
+        roster_sha256=roster.digest.hex(),
     )
     plan.save(run_dir)
     return plan
@@ -84,25 +87,28 @@ def start_coordinator(
     """Run the deployed federation to its end; return the control database's final status.
 
     Raises:
-        PKIError: if the PKI folder has no manifest or no sites.
+        PKIError: if the PKI folder has no manifest or no valid roster (RosterError).
         DeploymentError: if the SuperLink cannot start, a key is refused, the run cannot be
             submitted, or the SuperLink dies during the run.
     """
-    manifest = load_manifest(pki_dir)
-    sites = tuple(sorted(manifest["sites"]))
+    roster = load_pki_roster(pki_dir)
+    sites = roster.names
     if not sites:
         raise DeploymentError(
-            f"{pki_dir} lists no sites", remedy="add them with `clinfl pki add-site NAME`"
+            f"{pki_dir} lists no sites",
+            remedy="admit them with `clinfl pki admit site-request.json` (each site runs "
+            "`clinfl site init` first)",
         )
     run_dir.mkdir(parents=True, exist_ok=True)
-    plan = _plan(run_dir, config, sites, options)
+    plan = _plan(run_dir, config, roster, options)
+    notify(f"roster: {', '.join(sites)} (fingerprint {roster.fingerprint})")
     superlink = SuperLink(run_dir, pki_dir, options.address)
     notify(f"run {plan.run_id}: starting the SuperLink (log: {superlink.log_file})")
     superlink.start()
     try:
-        for site in sites:
-            fresh = superlink.register_node(site, manifest["sites"][site]["node_public_key"])
-            notify(f"{site}: node key {'registered' if fresh else 'already registered'}")
+        for member in roster.members:
+            fresh = superlink.register_node(member.site, member.node_public_key)
+            notify(f"{member.site}: node key {'registered' if fresh else 'already registered'}")
         control = RunControl(run_dir)
         control.set_status("starting")
         control.close()

@@ -5,7 +5,7 @@
 - its one HTTPS port (Flower 1.41 serves the sites' Fleet API, the Control API and the ServerApp
   API on it) uses the coordinator's certificate;
 - only SuperNodes whose node key is registered may connect (``--enable-supernode-auth``); the
-  keys registered are exactly those in the federation's PKI manifest;
+  keys registered are exactly those in the federation's roster (``<pki>/roster.json``);
 - the run state lives in ``<run dir>/flower/superlink.db``, so a restarted SuperLink knows it;
 - no app dependencies are ever installed at run time.
 
@@ -156,7 +156,7 @@ class SuperLink:
             return False
         raise DeploymentError(
             f"Flower refused {site}'s node key: {message[:300]}",
-            remedy="check the PKI manifest (`clinfl pki add-site` writes the key)",
+            remedy="check the roster (`clinfl pki admit site-request.json` adds the key)",
         )
 
     def submit(self) -> int:

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # A deployed federation on one machine: a coordinator and three hospital sites as separate
 # processes on 127.0.0.1, with TLS, node-key authentication, DP-SGD and secure aggregation.
-# Each site has its own DICOM export, written from the digit composites that ship with clinfl.
+# Each site makes its own keys and pins the roster it approved; the coordinator never holds a
+# site's private key. Each site has its own DICOM export, written from the digit composites that
+# ship with clinfl.
 #
 #   examples/loopback_deployment.sh [OUT_DIR]      (default runs/deploy-demo; about 4 minutes on 2 cores)
 #
@@ -14,9 +16,27 @@ PORT=${PORT:-19092}
 SITES=(site-1 site-2 site-3)
 
 rm -rf "$OUT" && mkdir -p "$OUT"
-echo "== PKI: a CA, the coordinator's certificate for 127.0.0.1, one identity per site"
+echo "== coordinator: a CA and the coordinator's certificate for 127.0.0.1 (clinfl pki init)"
 "$CLINFL" pki init --out "$OUT/pki" --host 127.0.0.1
-for site in "${SITES[@]}"; do "$CLINFL" pki add-site "$site" --pki "$OUT/pki"; done
+for site in "${SITES[@]}"; do
+    echo "== $site: its keys, made in its own state folder (clinfl site init)"
+    "$CLINFL" site init --site "$site" --state "$OUT/state-$site"
+    # out of band: the site sends site-request.json to the administrator and reads its
+    # fingerprint to them by phone; here both ends are on this machine
+    echo "== coordinator: admit $site's request (clinfl pki admit)"
+    said=$(sed -n 's/.*"fingerprint": "\([^"]*\)".*/\1/p' "$OUT/state-$site/site-request.json")
+    "$CLINFL" pki admit "$OUT/state-$site/site-request.json" --pki "$OUT/pki" \
+        --fingerprint "$said" > /dev/null
+done
+echo "== every site checks the roster and pins it (clinfl site trust)"
+# out of band: the administrator hands each site roster.json, ca.crt and its certificate, and the
+# hospitals compare the roster's fingerprint by phone; here every site accepts the one printed
+fingerprint=$("$CLINFL" pki roster --pki "$OUT/pki" --json | sed -e 's/.*"fingerprint": "\([^"]*\)".*/\1/')
+echo "roster fingerprint: $fingerprint"
+for site in "${SITES[@]}"; do
+    "$CLINFL" site trust --roster "$OUT/pki/roster.json" --state "$OUT/state-$site" \
+        --ca "$OUT/pki/ca.crt" --cert "$OUT/pki/issued/$site.crt" --accept "$fingerprint" > /dev/null
+done
 
 echo "== one small DICOM export per site"
 for k in 0 1 2; do
@@ -50,7 +70,7 @@ for k in 0 1 2; do
     site=${SITES[$k]}
     echo "== $site (log: $OUT/$site.log)"
     "$CLINFL" site run --data "$OUT/export-$site" --policy "$OUT/policy.toml" \
-        --coordinator "127.0.0.1:$PORT" --pki "$OUT/pki" --site "$site" --state "$OUT/state-$site" \
+        --coordinator "127.0.0.1:$PORT" --state "$OUT/state-$site" \
         --label-space digits --image-size 16 --runtime-port $((PORT + 10 + k)) --threads 1 \
         > "$OUT/$site.log" 2>&1 &
     pids+=($!)

@@ -34,7 +34,7 @@ from clinfl.secagg.settings import RoundParameters, SecAggRequirements
 from clinfl.secagg.site_session import SiteSession
 from clinfl.secagg.transcript import RoundBinding, directory_hash
 from clinfl.typing import StateDict
-from site_agent.round_guard import MemoryRoundStore, RoundStore, accept_round
+from site_agent.round_guard import MemoryRoundStore, RoundStore, accept_round, complete_round
 from site_agent.training import LocalUpdate
 
 AuditHook = Callable[[int, str], None]  # (round id, why the site refused)
@@ -220,6 +220,7 @@ class SiteAgent:
         self._pending = None
         weight = self._weight(update)
         weighted = {name: value * float(weight) for name, value in update.delta.items()}
+        self._complete()
         self._trainer.update_sent(secagg=False)
         return SiteContribution(self.site_id, weighted, weight, self._loss(update))
 
@@ -329,4 +330,11 @@ class SiteAgent:
         """
         session = self._current()
         self._session = None
-        return session.reveal(request)
+        revealed = session.reveal(request)
+        self._complete()
+        return revealed
+
+    def _complete(self) -> None:
+        if self._received is not None:
+            round_id = self._received.settings.round
+            complete_round(self._rounds, run_id=self._run_id, round_id=round_id)

@@ -3,33 +3,39 @@
 Every message is checked before anything else: its run's application bundle must be clinfl's
 own (:func:`~clinfl.transport.flower_app.check_bundle`), the call must be one clinfl has, and its
 body must decode to that call's type. The first call of a run (``join``) carries the run's
-configuration; the site checks it against its policy and declines, with the reason, if the run
-asks for less protection than the policy demands. Training, secure aggregation and the budget
-are then enforced by the same :class:`~site_agent.agent.SiteAgent` as in the in-process
+configuration and its roster's digest; the site declines any run over another roster than the
+one its operator pinned (:mod:`clinfl.roster`), then checks the configuration against its
+policy and declines, with the reason, if the run asks for less protection than the policy
+demands. A configuration that names any local path, or
+that is not valid, is declined with one fixed reason that says nothing about the site's files
+(SECAGG.md, R8); the details go to the site's own log only. Training, secure aggregation and the
+budget are then enforced by the same :class:`~site_agent.agent.SiteAgent` as in the in-process
 federation. Refusals go to the ledger's audit log and back to the coordinator.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable
 from contextlib import closing
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from clinfl import __version__
 from clinfl.algorithms import ModelSpec, available_algorithms, create_algorithm
 from clinfl.audit.render import FORMATS, render_site
-from clinfl.config import validate_run_config
-from clinfl.config_file import run_config_from_mapping
+from clinfl.config import RunConfig, validate_run_config
+from clinfl.config_file import named_path_fields, run_config_from_mapping
 from clinfl.data.labels import LABEL_SPACES
-from clinfl.errors import ClinflError, PolicyViolation, ProtocolViolation
+from clinfl.errors import ClinflError, PolicyViolation, ProtocolViolation, RosterError
+from clinfl.federation.messages import RoundSettings
 from clinfl.policy import PrivacyRequest, SitePolicy, apply_request
 from clinfl.privacy.settings import default_grad_sample_mode
+from clinfl.roster import Roster, split_announcement
+from clinfl.training_bounds import check_round_settings
 from clinfl.transport.calls import (
     JoinReply,
     JoinRequest,
@@ -51,6 +57,12 @@ from site_agent.ledger import SiteLedger
 log = logging.getLogger("clinfl.site")
 INGEST_DIR = "ingest"
 END_OF_ROUND = frozenset({"secagg_reveal", "upload_plain"})
+# The only reasons a join's configuration is declined for: fixed texts, whatever the coordinator
+# sent, so a refusal never depends on the site's files (R8) nor quotes what the coordinator sent.
+NAMES_A_PATH = "the run configuration names a local path; sites accept none"
+NAMES_A_PATH_REMEDY = "send the run configuration without paths, as `clinfl coordinator start` does"
+INVALID_RUN_CONFIG = "the run configuration is not valid at this site"
+INVALID_RUN_CONFIG_REMEDY = "check that the coordinator and the site run the same clinfl version"
 
 
 @dataclass(frozen=True)
@@ -81,16 +93,20 @@ class DeployedSite:
         identity: SiteIdentity,
         *,
         policy: SitePolicy,
-        directory: Mapping[str, Ed25519PublicKey],
+        roster: Roster | Callable[[], Roster],
         data: SiteData,
         state_dir: Path,
         threads: int | None = None,
     ) -> None:
-        """Serve as ``identity`` under ``policy``; ``threads`` caps torch's CPU threads."""
+        """Serve as ``identity`` under ``policy``; ``threads`` caps torch's CPU threads.
+
+        ``roster`` is the roster the site's operator pinned, or a function that reads it at
+        each ``join`` (so a roster trusted while the site runs counts from the next run).
+        """
         self._threads = threads
         self._identity = identity
         self._policy = policy
-        self._directory = dict(directory)
+        self._pinned = roster if callable(roster) else (lambda: roster)
         self._data = data
         self._state_dir = state_dir
         self._runs: dict[int, _Joined] = {}
@@ -100,6 +116,11 @@ class DeployedSite:
     def site_id(self) -> str:
         """The site's name in the federation."""
         return self._identity.site_id
+
+    @property
+    def roster(self) -> Roster:
+        """The roster this site takes part under: the one its operator pinned, read now."""
+        return self._pinned()
 
     def handle(
         self, *, flower_run: int, bundle: bytes, bundle_hash: str, call: str, body: bytes
@@ -162,13 +183,62 @@ class DeployedSite:
         method = getattr(agent, call)
         return method(argument)
 
+    def _run_config(self, document: dict[str, Any]) -> RunConfig:
+        """Read a join's run configuration; refuse it, with a fixed reason, if it names a path.
+
+        No path in it is ever looked at (R8): a configuration that sets any path-typed field,
+        whatever its value, is refused before anything else. Any other failure to read it is
+        refused with one fixed reason too. The details go to the site's own log only.
+
+        Raises:
+            PolicyViolation: if it sets any path-typed field (one fixed message).
+            ProtocolViolation: if it is not a valid run configuration (one fixed message).
+        """
+        named = named_path_fields(document)
+        if named:
+            log.warning(
+                "%s declines a run configuration that sets the path field(s) %s",
+                self.site_id,
+                ", ".join(named),
+            )
+            raise PolicyViolation(NAMES_A_PATH, remedy=NAMES_A_PATH_REMEDY)
+        try:
+            config = run_config_from_mapping(document, base=self._state_dir)
+            local = replace(config.data, dataset="dicom", images=self._data.export)
+            return validate_run_config(
+                replace(config, data=local), known_methods=available_algorithms()
+            )
+        except Exception as error:  # R9: any failure on the coordinator's input is one refusal
+            detail = error.message if isinstance(error, ClinflError) else repr(error)
+            log.warning("%s declines an invalid run configuration: %r", self.site_id, detail[:2000])
+            raise ProtocolViolation(INVALID_RUN_CONFIG, remedy=INVALID_RUN_CONFIG_REMEDY) from None
+
+    def _check_roster(self, document: dict[str, Any]) -> tuple[Roster, dict[str, Any]]:
+        """Take part only in a run over the roster this site pinned; return it and the config.
+
+        Raises:
+            RosterError: if the run names no roster or another one than the pinned roster.
+        """
+        pinned = self._pinned()
+        announced, rest = split_announcement(document)
+        if announced != pinned.digest:
+            why = (
+                "the run names no roster"
+                if announced is None
+                else "the run's roster is not the one this site's operator trusted; a member "
+                "may have been added, removed or re-keyed"
+            )
+            raise RosterError(
+                f"{self.site_id} declines the run: {why} (trusted roster: {pinned.fingerprint})",
+                remedy="compare the coordinator's new roster.json with the other hospitals out "
+                "of band, then run `clinfl site trust` at this site",
+            )
+        return pinned, rest
+
     def _join(self, flower_run: int, request: JoinRequest) -> JoinReply:
         site_data = self._data
-        config = run_config_from_mapping(request.run_config, base=self._state_dir)
-        local = replace(config.data, dataset="dicom", images=site_data.export)
-        config = validate_run_config(
-            replace(config, data=local), known_methods=available_algorithms()
-        )
+        roster, run_config = self._check_roster(request.run_config)
+        config = self._run_config(run_config)
         if config.data.label_space != site_data.label_space:
             raise PolicyViolation(
                 f"{self.site_id} labels its images in the {site_data.label_space!r} space; the "
@@ -178,6 +248,9 @@ class DeployedSite:
         asked = PrivacyRequest(secagg=config.secagg.enabled, min_sites=config.secagg.min_sites)
         try:
             policy = apply_request(self._policy, asked)
+            # the trainer's batch size (and so DP's sampling rate) comes from the run's settings
+            settings = RoundSettings.for_round(config.federation, 1)
+            check_round_settings(settings, bounds=policy.training, site_id=self.site_id)
         except PolicyViolation as refusal:
             raise PolicyViolation(
                 f"{self.site_id} declines the run: {refusal.message}", remedy=refusal.remedy
@@ -208,7 +281,8 @@ class DeployedSite:
             algorithm,
             spec,
             federation=config.federation,
-            directory=self._directory,
+            directory=roster.directory,
+            roster_hash=roster.digest,
             state_dir=self._state_dir,
             run_id=request.run_id,
             grad_sample_mode=default_grad_sample_mode(size) if mode == "auto" else mode,

@@ -50,7 +50,11 @@ CREATE TABLE IF NOT EXISTS refusals (
     at REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS round_ids (run_id TEXT PRIMARY KEY, last_round INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS round_ids (
+    run_id TEXT PRIMARY KEY,
+    last_round INTEGER NOT NULL,
+    completed INTEGER NOT NULL DEFAULT 0
+);
 """
 
 
@@ -127,19 +131,19 @@ class SiteLedger:
         with self._transaction() as db:
             db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
 
-    def last_round(self, run_id: str) -> int | None:
-        """Return the last round id this site accepted in ``run_id`` (None: never joined it)."""
+    def last_round(self, run_id: str) -> tuple[int, bool] | None:
+        """Return the last round id accepted in ``run_id`` and whether the site completed it."""
         row = self._db.execute(
-            "SELECT last_round FROM round_ids WHERE run_id = ?", (run_id,)
+            "SELECT last_round, completed FROM round_ids WHERE run_id = ?", (run_id,)
         ).fetchone()
-        return None if row is None else int(row[0])
+        return None if row is None else (int(row[0]), bool(row[1]))
 
-    def set_last_round(self, run_id: str, round_id: int) -> None:
-        """Persist ``round_id`` as the last round id seen in ``run_id`` (survives restarts)."""
+    def set_last_round(self, run_id: str, round_id: int, *, completed: bool = False) -> None:
+        """Persist ``round_id`` as the last round id of ``run_id`` (survives restarts)."""
         with self._transaction() as db:
             db.execute(
-                "INSERT OR REPLACE INTO round_ids (run_id, last_round) VALUES (?, ?)",
-                (run_id, round_id),
+                "INSERT OR REPLACE INTO round_ids (run_id, last_round, completed) VALUES (?, ?, ?)",
+                (run_id, round_id, int(completed)),
             )
 
     def meta(self) -> dict[str, str]:

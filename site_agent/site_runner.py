@@ -1,9 +1,9 @@
 """``clinfl site run``: ingest, start the SuperNode, and answer the coordinator until stopped.
 
-The site's PKI folder is the federation's ``manifest.json`` and ``ca.crt`` with the site's own
-``sites/NAME/`` folder beside them (copied from the coordinator's ``clinfl pki`` folder, without
-``ca.key`` or any other site's keys). The manifest gives every site's public signing key, which
-secure aggregation checks the other sites' messages against.
+Everything the site needs is in its own state folder (:mod:`site_agent.identity`): the keys
+``clinfl site init`` made there, the CA certificate, and the roster its operator pinned with
+``clinfl site trust``. The pinned roster gives every member's public signing key, which secure
+aggregation checks the other sites' messages against; nothing the coordinator sends replaces it.
 """
 
 from __future__ import annotations
@@ -14,18 +14,14 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-
-from clinfl.errors import DeploymentError, PKIError
-from clinfl.pki import CA_CERT, SITES_DIR, load_manifest
+from clinfl.errors import DeploymentError
 from clinfl.policy import SitePolicy
 from site_agent.agent import SiteIdentity
 from site_agent.deployed_site import DeployedSite, SiteData
 from site_agent.flower_executor import SiteExecutor
+from site_agent.identity import SiteFiles, pinned_roster
 from site_agent.supernode import SuperNode
 
 Notify = Callable[[str], None]
@@ -33,58 +29,8 @@ RESTART_DELAY = 5.0
 STABLE_SECONDS = 10.0
 
 
-@dataclass(frozen=True)
-class SiteKeys:
-    """A site's identity and its view of the federation, read from its PKI folder."""
-
-    site_id: str
-    signing_key: Ed25519PrivateKey
-    directory: dict[str, Ed25519PublicKey]
-    ca_cert: Path
-    node_key: Path
-
-
-def read_site_keys(pki_dir: Path, site: str | None) -> SiteKeys:
-    """Read the site's keys and the federation's signing-key directory.
-
-    Raises:
-        PKIError: if the folder lacks the manifest, the CA certificate or the site's keys, or
-            the site must be named (several site folders) and was not.
-    """
-    manifest = load_manifest(pki_dir)
-    if site is None:
-        present = sorted(p.name for p in (pki_dir / SITES_DIR).glob("*") if p.is_dir())
-        if len(present) != 1:
-            raise PKIError(
-                f"{pki_dir / SITES_DIR} holds {len(present)} site folders",
-                remedy="name the site with --site NAME",
-            )
-        site = present[0]
-    if site not in manifest["sites"]:
-        raise PKIError(
-            f"site {site!r} is not in {pki_dir}/manifest.json",
-            remedy="copy the coordinator's current manifest.json (after `clinfl pki add-site`)",
-        )
-    folder = pki_dir / SITES_DIR / site
-    try:
-        key = serialization.load_pem_private_key((folder / "signing.key").read_bytes(), None)
-    except (OSError, ValueError):
-        raise PKIError(
-            f"cannot read {folder / 'signing.key'}",
-            remedy="copy the site's folder from `clinfl pki add-site` intact",
-        ) from None
-    if not isinstance(key, Ed25519PrivateKey):
-        raise PKIError(f"{folder / 'signing.key'} is not an Ed25519 key", remedy="re-issue it")
-    directory = {
-        name: Ed25519PublicKey.from_public_bytes(bytes.fromhex(entry["signing_public_key"]))
-        for name, entry in manifest["sites"].items()
-    }
-    ca = pki_dir / CA_CERT if (pki_dir / CA_CERT).is_file() else folder / CA_CERT
-    return SiteKeys(site, key, directory, ca, folder / "node.key")
-
-
 def run_site(
-    keys: SiteKeys,
+    keys: SiteFiles,
     *,
     policy: SitePolicy,
     data: SiteData,
@@ -107,9 +53,9 @@ def run_site(
         DeploymentError: if the SuperNode cannot start or exits while serving.
     """
     site = DeployedSite(
-        SiteIdentity(keys.site_id, keys.signing_key),
+        SiteIdentity(keys.site, keys.signing_key),
         policy=policy,
-        directory=keys.directory,
+        roster=lambda: pinned_roster(state_dir),
         data=data,
         state_dir=state_dir,
         threads=threads,
@@ -122,13 +68,13 @@ def run_site(
         runtime_port=runtime_port,
         connect_timeout=connect_timeout,
     )
-    notify(f"{keys.site_id}: starting the SuperNode for {coordinator} (log: {supernode.log_file})")
+    notify(f"{keys.site}: starting the SuperNode for {coordinator} (log: {supernode.log_file})")
     supernode.start()
 
     def on_task(call: str) -> None:
-        notify(f"{keys.site_id}: {call or 'unknown call'}")
+        notify(f"{keys.site}: {call or 'unknown call'}")
         if crash_at is not None and call == crash_at:
-            notify(f"{keys.site_id}: crashing on {call} (fault injection)")
+            notify(f"{keys.site}: crashing on {call} (fault injection)")
             os.killpg(os.getpgrp(), signal.SIGKILL)
 
     executor = SiteExecutor(
@@ -140,7 +86,7 @@ def run_site(
     serving = threading.Thread(target=executor.run, args=(stop,), daemon=True)
     serving.start()
     try:
-        notify(f"{keys.site_id}: serving")
+        notify(f"{keys.site}: serving")
         _supervise(supernode, stop, connect_timeout=connect_timeout, notify=notify)
     finally:
         stop.set()
@@ -173,8 +119,8 @@ def _supervise(
             raise DeploymentError(
                 f"the SuperNode could not connect to the coordinator for {connect_timeout:g} s: "
                 f"{reason}",
-                remedy="check the coordinator's address, that it runs, and that this site's node "
-                "key is in the coordinator's PKI manifest (`clinfl pki add-site`)",
+                remedy="check the coordinator's address, that it runs, and that this site is in "
+                "the coordinator's roster.json (`clinfl pki admit site-request.json`)",
             )
         notify(f"the SuperNode exited ({reason}); starting it again in {RESTART_DELAY:g} s")
         if stop.wait(RESTART_DELAY):

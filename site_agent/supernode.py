@@ -4,8 +4,9 @@
 
 - ``--root-certificates`` the federation's CA (the coordinator must present a certificate the
   federation's CA signed for the address the site dials);
-- ``--auth-supernode-private-key`` the site's node key, which the coordinator registered from the
-  PKI manifest; an unregistered key is refused by the SuperLink;
+- ``--auth-supernode-private-key`` the site's node key (made at the site by ``clinfl site init``),
+  which the coordinator registered from its roster; an unregistered key is refused by the
+  SuperLink;
 - ``--isolation process``: the SuperNode starts no ClientApp process of its own, so no bundle is
   ever installed or imported; the site's executor (:mod:`site_agent.flower_executor`) answers;
 - a fresh random secret (``--superexec-auth-secret-file``) that only this site's executor knows,
@@ -53,7 +54,8 @@ class SuperNode:
             if not path.is_file():
                 raise DeploymentError(
                     f"{path} is missing",
-                    remedy="pass the site's PKI folder (from `clinfl pki add-site`) as --pki",
+                    remedy="run `clinfl site init` and `clinfl site trust --ca ca.crt --cert "
+                    "SITE.crt` with this --state",
                 )
         self._state_dir = state_dir
         self._coordinator = coordinator

@@ -26,7 +26,7 @@ from clinfl.config import RunConfig, validate_run_config
 from clinfl.config_file import load_run_config
 from clinfl.data.labels import LABEL_SPACES
 from clinfl.errors import ConfigError, FederationError, ValidationError, Violation
-from clinfl.pki import load_manifest
+from clinfl.pki import load_pki_roster
 from clinfl.policy import load_policy
 from clinfl.simulation.datasets import resolve_defaults
 from clinfl.transport.processes import split_address
@@ -34,8 +34,9 @@ from coordinator.flower_link import Timeouts
 from coordinator.launcher import CoordinatorOptions, start_coordinator
 from coordinator.superlink import DEFAULT_ADDRESS
 from site_agent.deployed_site import SiteData
+from site_agent.identity import read_site_files
 from site_agent.ingest.pipeline import IngestOptions
-from site_agent.site_runner import read_site_keys, run_site
+from site_agent.site_runner import run_site
 
 SITE_SIDE = {
     "data.dataset": "each site reads its own DICOM export",
@@ -46,7 +47,7 @@ SITE_SIDE = {
     "data.rho": "a deployment's label skew is the sites' real data",
     "data.composites_per_pair": "the sites' data is their own",
     "data.max_samples": "the sites' data is their own",
-    "federation.sites": "the sites are the PKI manifest's",
+    "federation.sites": "the sites are the roster's (`clinfl pki admit`)",
     "federation.threads": "each site sets its own (`clinfl site run --threads`)",
     "federation.device": "each site trains on its own hardware (the CPU in a deployment)",
     "privacy.policy": "each site enforces its own policy (`clinfl site run --policy`)",
@@ -103,7 +104,7 @@ def start(
             raise ConfigError("timeouts must be positive", remedy="use the defaults")
         run_config = load_run_config(config)
         refuse_site_settings(run_config, config)
-        sites = len(load_manifest(pki)["sites"])
+        sites = len(load_pki_roster(pki).members)
         data = replace(run_config.data, dataset="dicom", images=run_dir)
         checked = validate_run_config(
             replace(
@@ -153,11 +154,13 @@ def run(
     data: Annotated[Path, typer.Option(help="The PACS export folder (searched recursively).")],
     policy: Annotated[Path, typer.Option(help="The site's privacy policy (TOML).")],
     coordinator: Annotated[str, typer.Option(help="The coordinator's address, HOST:PORT.")],
-    pki: Annotated[Path, typer.Option(help="Folder with manifest.json, ca.crt and sites/NAME/.")],
-    state: Annotated[Path, typer.Option(help="The site's state folder (ledger, cache, reports).")],
-    site: Annotated[
-        str | None, typer.Option(help="The site's name (needed if the PKI folder has several).")
-    ] = None,
+    state: Annotated[
+        Path,
+        typer.Option(
+            help="The site's state folder: its keys (`site init`), pinned roster (`site "
+            "trust`), ledger, cache and reports."
+        ),
+    ],
     labels: Annotated[
         Path | None, typer.Option(help="Label CSV (default: labels.csv at the top of --data).")
     ] = None,
@@ -193,7 +196,7 @@ def run(
                 remedy="--label-space cxr14",
             )
         site_policy = load_policy(policy)
-        keys = read_site_keys(pki, site)
+        keys = read_site_files(state)
         filters = site_policy.data
         options = IngestOptions(
             image_size=image_size,
@@ -206,7 +209,7 @@ def run(
         result = ingest_with_progress(data, state / "ingest", options, labels, console)
         summary = result.summary
         console.print(
-            f"{keys.site_id}: ingested {summary['accepted']} of {summary['files_seen']} files "
+            f"{keys.site}: ingested {summary['accepted']} of {summary['files_seen']} files "
             f"({summary['quarantined_total']} quarantined; report in {state / 'ingest'})"
         )
         stop = threading.Event()
@@ -224,4 +227,4 @@ def run(
             connect_timeout=connect_timeout,
             crash_at=crash_at,
         )
-        console.print(f"{keys.site_id}: stopped; audit report in {state / 'audit_report.html'}")
+        console.print(f"{keys.site}: stopped; audit report in {state / 'audit_report.html'}")

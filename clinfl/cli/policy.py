@@ -18,7 +18,7 @@ policy_app = typer.Typer(help="Site privacy policies.", no_args_is_help=True)
 
 
 def _summary(policy: SitePolicy) -> list[tuple[str, str]]:
-    dp, secagg, data = policy.dp, policy.secagg, policy.data
+    dp, secagg, data, training = policy.dp, policy.secagg, policy.data, policy.training
     if dp.noise_multiplier is not None:
         noise = f"noise multiplier {dp.noise_multiplier}"
     else:
@@ -39,7 +39,14 @@ def _summary(policy: SitePolicy) -> list[tuple[str, str]]:
             "secure aggregation",
             ("required" if secagg.required else "optional")
             + f"; sums over at least {secagg.min_sites} sites; "
-            f"weight capped at {secagg.max_weight}",
+            f"weight capped at {secagg.max_weight}; "
+            f"assumes up to {secagg.max_colluders} site(s) collude with the coordinator",
+        ),
+        (
+            "round settings",
+            f"learning rate {training.min_lr:g} to {training.max_lr:g}; at most "
+            f"{training.max_local_epochs} local epochs; batch size {training.min_batch_size} "
+            f"to {training.max_batch_size}",
         ),
         (
             "data",

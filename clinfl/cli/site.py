@@ -1,4 +1,9 @@
-"""``clinfl site ingest``: turn a PACS export into training arrays, with a quarantine report."""
+"""``clinfl site``: what runs at a hospital.
+
+``init`` makes the site's keys in its state folder, ``trust`` pins the roster its operator
+approved, ``ingest`` turns a PACS export into training arrays with a quarantine report (``run``
+is in :mod:`clinfl.cli.deploy`).
+"""
 
 from __future__ import annotations
 
@@ -11,10 +16,14 @@ from rich.console import Console
 from rich.table import Table
 
 from clinfl.cli.errors import cli_errors
+from clinfl.cli.pki import roster_table
 from clinfl.cli.render import progress_bar
 from clinfl.data.labels import LABEL_SPACES
-from clinfl.errors import ConfigError
+from clinfl.errors import ConfigError, RosterError
+from clinfl.pki import REQUEST_FILE
 from clinfl.policy import load_policy
+from clinfl.roster import normalise_fingerprint
+from site_agent.identity import identity_dir, init_site, pin_roster, review_roster
 from site_agent.ingest.labels import KEY_COLUMNS
 from site_agent.ingest.pipeline import QUARANTINE_FILE, IngestOptions, IngestResult, ingest_export
 from site_agent.ingest.reasons import DESCRIPTIONS
@@ -135,3 +144,92 @@ def ingest(
         for table in _tables(result.summary):
             console.print(table)
         console.print(f"quarantine report: {state / QUARANTINE_FILE}")
+
+
+@site_app.command("init")
+def init(
+    site: Annotated[
+        str, typer.Option(help="The site's pseudonym in the federation, e.g. st-mary.")
+    ],
+    state: Annotated[Path, typer.Option(help="The site's state folder (its keys are kept here).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the request as JSON.")] = False,
+) -> None:
+    """Make the site's signing, node and TLS keys here, and write site-request.json."""
+    with cli_errors(as_json=as_json):
+        request = init_site(state, site)
+        if as_json:
+            print(json.dumps(request, indent=2))
+            return
+        console = Console()
+        console.print(
+            f"{site}: keys made in {identity_dir(state)} (mode 0600; they never leave this machine)"
+        )
+        console.print(f"request: {state / REQUEST_FILE}")
+        console.print(f"request fingerprint: {request['fingerprint']}")
+        console.print(
+            "Send site-request.json to the federation's administrator, and read them this "
+            "fingerprint by phone: `clinfl pki admit` checks it. They hand back your "
+            f"certificate ({site}.crt), ca.crt and roster.json for `clinfl site trust`."
+        )
+
+
+@site_app.command("trust")
+def trust(
+    roster: Annotated[Path, typer.Option(help="The roster.json the administrator sent.")],
+    state: Annotated[Path, typer.Option(help="The site's state folder (`site init --state`).")],
+    cert: Annotated[
+        Path | None,
+        typer.Option(help="This site's certificate from `pki admit` (needed the first time)."),
+    ] = None,
+    ca: Annotated[
+        Path | None,
+        typer.Option(help="The federation's ca.crt (needed the first time)."),
+    ] = None,
+    accept: Annotated[
+        str | None,
+        typer.Option(help="Pin only if the roster's fingerprint is this one (scripts)."),
+    ] = None,
+    yes: Annotated[
+        bool, typer.Option("--yes", help="Pin without asking (you compared it already).")
+    ] = False,
+) -> None:
+    """Show the roster's members and fingerprint; pin it once you accept it."""
+    console = Console()
+    with cli_errors(as_json=False):
+        expected = normalise_fingerprint(accept) if accept is not None else None
+        review = review_roster(state, roster, cert=cert, ca=ca)
+        console.print(roster_table(review.roster, this_site=review.site))
+        if review.previous is not None and not review.unchanged:
+            console.print(f"changes since the pinned roster ({review.previous.fingerprint}):")
+            for line in review.changes:
+                console.print(f"  {line}")
+        console.print(f"roster fingerprint: {review.roster.fingerprint}")
+        if expected is not None and expected != review.roster.fingerprint:
+            raise RosterError(
+                f"the roster's fingerprint is {review.roster.fingerprint}, not the "
+                f"{expected} you were given; nothing was pinned",
+                remedy="do not trust this roster: ask the other hospitals and the "
+                "administrator which roster is the right one",
+            )
+        if review.unchanged and cert is None and ca is None:
+            console.print("this roster is already the pinned one; nothing changed")
+            return
+        if expected is None and not yes:
+            console.print(
+                "Compare this fingerprint with the other hospitals by phone or another channel "
+                "the coordinator does not control, and check that you approve every member."
+            )
+            try:
+                accepted = typer.confirm("Trust this roster?", default=False)
+            except typer.Abort:  # no terminal to answer on
+                accepted = False
+            if not accepted:
+                raise RosterError(
+                    "the roster was not accepted; nothing was pinned",
+                    remedy="run `clinfl site trust` again once the fingerprint is confirmed",
+                )
+        pin_roster(state, review)
+        console.print(
+            f"{review.site} now trusts roster {review.roster.fingerprint} "
+            f"({len(review.roster.members)} sites); it refuses runs over any other roster"
+        )

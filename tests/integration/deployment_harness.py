@@ -1,5 +1,9 @@
 """Real coordinator and site processes on 127.0.0.1 for the deployment tests.
 
+The PKI is made as real hospitals make it: each site makes its keys in its own state folder
+(`site init`), the coordinator admits each request (`pki admit`), and every site pins the roster
+(`site trust`). No site's private key is ever in the coordinator's PKI folder.
+
 Every process is started in its own session (process group) with its output in a log file, so a
 test can kill a whole site or coordinator (the clinfl process and the Flower processes under it)
 as a crash would, and the teardown kills whatever is left.
@@ -22,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from clinfl.data.make_export import make_digits_export
-from clinfl.pki import add_site, init_pki
+from tests.support.roster_pki import trusted_federation
 
 CLI = "from clinfl.cli.app import main; main()"
 ROOT = Path(__file__).resolve().parents[2]
@@ -38,6 +42,7 @@ batch_size = 16
 
 [secagg]
 min_sites = 2
+max_colluders = {max_colluders}
 """
 
 
@@ -49,11 +54,17 @@ def free_port() -> int:
         return port
 
 
-def policy_text(*, min_sites: int = 2) -> str:
-    """The default clinical policy (DP-SGD and secure aggregation required), sized for tests."""
+def policy_text(*, min_sites: int = 2, max_colluders: int = 1) -> str:
+    """The default clinical policy (DP-SGD and secure aggregation required), sized for tests.
+
+    With three sites, ``min_sites = 2`` and one assumed colluder a round needs all three; a
+    test that drops a site assumes no colluder (``max_colluders = 0``) so two may sum.
+    """
     text = (ROOT / "policies" / "default.toml").read_text()
-    return text.replace("min_sites = 3", f"min_sites = {min_sites}").replace(
-        "min_samples = 50", "min_samples = 10"
+    return (
+        text.replace("min_sites = 3", f"min_sites = {min_sites}")
+        .replace("min_samples = 50", "min_samples = 10")
+        .replace("max_colluders = 1", f"max_colluders = {max_colluders}")
     )
 
 
@@ -74,6 +85,9 @@ class Federation:
     def run_dir(self) -> Path:
         return self.root / "run"
 
+    def state(self, site: str) -> Path:
+        return self.root / f"state-{site}"
+
     def log(self, name: str) -> Path:
         return self.root / f"{name}.log"
 
@@ -90,10 +104,10 @@ class Federation:
         return process
 
     def start_coordinator(
-        self, *, rounds: int = 2, name: str = "coordinator"
+        self, *, rounds: int = 2, name: str = "coordinator", max_colluders: int = 1
     ) -> subprocess.Popen[bytes]:
         config = self.root / "federation.toml"
-        config.write_text(FEDERATION.format(rounds=rounds))
+        config.write_text(FEDERATION.format(rounds=rounds, max_colluders=max_colluders))
         return self._start(
             name,
             [
@@ -113,7 +127,6 @@ class Federation:
         site: str,
         *,
         policy: str | None = None,
-        pki: Path | None = None,
         extra: tuple[str, ...] = (),
     ) -> subprocess.Popen[bytes]:
         policy_file = self.root / f"{site}-policy.toml"
@@ -125,9 +138,7 @@ class Federation:
                 "--data", str(self.root / f"export-{site}"),
                 "--policy", str(policy_file),
                 "--coordinator", self.address,
-                "--pki", str(pki or self.pki),
-                "--site", site,
-                "--state", str(self.root / f"state-{site}"),
+                "--state", str(self.state(site)),
                 "--label-space", "digits",
                 "--image-size", "16",
                 "--runtime-port", str(free_port()),
@@ -205,10 +216,10 @@ def wait_until(
 
 
 def build_federation(root: Path, sites: tuple[str, ...], *, images: int = 90) -> Federation:
-    """Write the PKI (CA and coordinator for 127.0.0.1, one identity per site) and the exports."""
-    init_pki(root / "pki", hosts=["127.0.0.1"])
+    """Write the PKI (CA and coordinator for 127.0.0.1, site-made keys, the roster every site
+    trusts) and the exports."""
+    trusted_federation(root, sites)
     for k, site in enumerate(sites):
-        add_site(root / "pki", site)
         make_digits_export(root / f"export-{site}", seed=k, limit=images, image_size=32)
     return Federation(root, sites, f"127.0.0.1:{free_port()}")
 

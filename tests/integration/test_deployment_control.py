@@ -12,14 +12,16 @@ from pathlib import Path
 
 import pytest
 
-from clinfl.pki import add_site
+from clinfl.pki import REQUEST_FILE, admit_site
 from clinfl.transport.flower_app import app_pyproject
+from site_agent.identity import init_site
 from tests.integration.deployment_harness import (
     Federation,
     federation_processes,
     policy_text,
     wait_until,
 )
+from tests.support.roster_pki import trust
 
 SITES = ("site-1", "site-2", "site-3")
 EVIL_SERVER = """
@@ -87,16 +89,20 @@ def _submit_tampered_app(fed: Federation, out: Path, nodes: int) -> None:
 @pytest.mark.slow
 def test_refusals_tampering_and_operator_control(federation: Federation) -> None:
     fed = federation
+    # the rogue's certificate is signed by the real CA and it trusts a roster naming itself,
+    # but its node key is not in the coordinator's roster
     rogue_pki = fed.root / "rogue-pki"
     shutil.copytree(fed.pki, rogue_pki)
-    add_site(rogue_pki, "rogue")  # signed by the real CA, but unknown to the coordinator
+    init_site(fed.state("rogue"), "rogue")
+    admit_site(rogue_pki, fed.state("rogue") / REQUEST_FILE)
+    trust(rogue_pki, fed.state("rogue"), "rogue")
     shutil.copytree(fed.root / "export-site-1", fed.root / "export-rogue")
 
     coordinator = fed.start_coordinator(rounds=3)
     fed.start_site("site-1")
     fed.start_site("site-2")
     fed.start_site("site-3", policy=policy_text(min_sites=5))  # (d) stricter than the run
-    rogue = fed.start_site("rogue", pki=rogue_pki, extra=("--connect-timeout", "20"))
+    rogue = fed.start_site("rogue", extra=("--connect-timeout", "20"))
 
     # (c) the rogue site's node key is not registered: it is refused and gives up cleanly
     assert rogue.wait(timeout=180) == 10, fed.log("rogue").read_text()

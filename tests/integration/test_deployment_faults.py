@@ -10,7 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.deployment_harness import Federation, federation_processes, wait_until
+from tests.integration.deployment_harness import (
+    Federation,
+    federation_processes,
+    policy_text,
+    wait_until,
+)
 
 SITES = ("site-1", "site-2", "site-3")
 
@@ -23,10 +28,14 @@ def federation(tmp_path: Path) -> Iterator[Federation]:
 @pytest.mark.slow
 def test_site_dies_in_masked_input_and_coordinator_restarts(federation: Federation) -> None:
     fed = federation
-    coordinator = fed.start_coordinator(rounds=2)
-    fed.start_site("site-1")
-    fed.start_site("site-2")
-    dying = fed.start_site("site-3", extra=("--crash-at", "secagg_masked_input"))
+    # two of three sites must be able to sum: no colluder is assumed (t > (h + c) / 2 = 1.5)
+    coordinator = fed.start_coordinator(rounds=2, max_colluders=0)
+    lenient = policy_text(max_colluders=0)
+    fed.start_site("site-1", policy=lenient)
+    fed.start_site("site-2", policy=lenient)
+    dying = fed.start_site(
+        "site-3", policy=lenient, extra=("--crash-at", "secagg_masked_input")
+    )
 
     # (a) site-3 dies when asked for its masked input; round 1 completes with the other two
     wait_until(lambda: 1 in fed.rounds_recorded(), timeout=420, what="round 1", logs=fed.logs)
@@ -38,11 +47,13 @@ def test_site_dies_in_masked_input_and_coordinator_restarts(federation: Federati
     assert first["sites"] == 2, fed.logs()
 
     # (b) the coordinator (clinfl, SuperLink, ServerApp) dies between rounds, and comes back;
-    # site-3 comes back too (it waits for the coordinator) and is admitted to round 2
+    # site-3 comes back too (it waits for the coordinator) and is admitted to round 2: it
+    # restarts from its state folder with its own keys and the roster it pinned before
     fed.kill("coordinator")
     assert coordinator.poll() is not None
-    fed.start_site("site-3")
-    restarted = fed.start_coordinator(rounds=2, name="coordinator-restarted")
+    pinned = (fed.state("site-3") / "identity" / "roster.json").read_bytes()
+    fed.start_site("site-3", policy=lenient)
+    restarted = fed.start_coordinator(rounds=2, name="coordinator-restarted", max_colluders=0)
     assert restarted.wait(timeout=600) == 0, fed.logs()
 
     results = json.loads((fed.run_dir / "results.json").read_text())
@@ -50,6 +61,8 @@ def test_site_dies_in_masked_input_and_coordinator_restarts(federation: Federati
     assert rounds == [1, 2], "every round is applied exactly once across the restart"
     assert all(r["aborted"] is None for r in results["rounds"])
     assert results["rounds"][1]["sites"] == 3, "the site that came back is in round 2"
+    assert (fed.state("site-3") / "identity" / "roster.json").read_bytes() == pinned
+    assert "roster: site-1, site-2, site-3 (fingerprint" in fed.log("coordinator").read_text()
     assert fed.rounds_recorded() == [1, 2]
     manifest = json.loads((fed.run_dir / "checkpoints" / "manifest.json").read_text())
     assert [c["round"] for c in manifest["checkpoints"]] == [1, 2]

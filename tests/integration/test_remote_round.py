@@ -18,6 +18,7 @@ from clinfl.errors import SiteUnavailable
 from clinfl.federation.fanout import ThreadedFanout
 from clinfl.federation.messages import RoundSettings
 from clinfl.policy import parse_policy
+from clinfl.roster import announce
 from clinfl.transport.calls import JoinRequest, read_refusal
 from clinfl.transport.flower_app import app_pyproject
 from clinfl.transport.wire import encode
@@ -30,6 +31,7 @@ from site_agent.agent import SiteIdentity
 from site_agent.deployed_site import DeployedSite, SiteData
 from site_agent.ingest.pipeline import IngestOptions
 from site_agent.ledger import SiteLedger
+from tests.support.roster_pki import roster_of
 
 BUNDLE, _ = build_fab_from_files({"pyproject.toml": app_pyproject().encode()})
 EVIL, _ = build_fab_from_files(
@@ -44,6 +46,8 @@ required = false
 [secagg]
 required = true
 min_sites = 2
+# two sites remain once one declines: a sum of two with no colluder assumed
+max_colluders = 0
 [data]
 min_samples = 10
 """
@@ -84,13 +88,13 @@ def exports(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 
 def _sites(exports: list[Path], tmp_path: Path, policies: list[str]) -> dict[int, DeployedSite]:
     keys = {f"site-{k + 1}": Ed25519PrivateKey.generate() for k in range(len(exports))}
-    directory = {name: key.public_key() for name, key in keys.items()}
+    roster = roster_of(keys)
     options = IngestOptions(image_size=16, label_space="digits")
     return {
         100 + k: DeployedSite(
             SiteIdentity(name, keys[name]),
             policy=parse_policy(policies[k]),
-            directory=directory,
+            roster=roster,
             data=SiteData(exports[k], None, options),
             state_dir=tmp_path / name,
             threads=1,
@@ -115,7 +119,8 @@ def test_a_secure_round_over_the_wire_with_one_site_declining(
     sites = _sites(exports, tmp_path, [RESEARCH, RESEARCH, STRICT])
     link = LoopbackLink(sites)
     config = _config()
-    join = JoinRequest("run-1", portable_run_config(config))
+    digest = sites[100].roster.digest  # every site pinned the same roster
+    join = JoinRequest("run-1", announce(portable_run_config(config), digest))
     roster = SiteRoster(
         link, join, expected=frozenset(s.site_id for s in sites.values()), timeout=5
     )
@@ -126,7 +131,9 @@ def test_a_secure_round_over_the_wire_with_one_site_declining(
     participants = [RemoteSite(s.site_id, roster, link, Timeouts()) for s in sites.values()]
     coordinator = Coordinator(
         participants,
-        SecureAggregator(SecAggConfig(min_sites=2), fanout=ThreadedFanout()),
+        SecureAggregator(
+            SecAggConfig(min_sites=2, max_colluders=0), fanout=ThreadedFanout(), run_id="run-1"
+        ),
         RemoteEvaluator(participants, num_classes=10),
         CheckpointStore(tmp_path / "run"),
         fanout=ThreadedFanout(),

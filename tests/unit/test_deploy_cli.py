@@ -3,6 +3,7 @@ and an exit code, before any process starts."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -12,53 +13,58 @@ from typer.testing import CliRunner
 from clinfl.cli.app import app
 from clinfl.config import RunConfig
 from clinfl.errors import CheckpointError
-from clinfl.pki import add_site, init_pki
+from clinfl.pki import init_pki
 from coordinator.deployment import DeploymentPlan
 from coordinator.launcher import portable_run_config
+from site_agent.identity import init_site
+from tests.support.roster_pki import trusted_federation
 
 runner = CliRunner()
 ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
-def pki(tmp_path: Path) -> Path:
-    folder = tmp_path / "pki"
-    init_pki(folder, hosts=["127.0.0.1"])
-    add_site(folder, "site-1")
-    add_site(folder, "site-2")
-    return folder
+def states(tmp_path: Path) -> dict[str, Path]:
+    """site-1 and site-2 made their keys and trust the roster; site-3 only made its keys."""
+    _, trusted = trusted_federation(tmp_path, ("site-1", "site-2"))
+    init_site(tmp_path / "state-site-3", "site-3")
+    return {**trusted, "site-3": tmp_path / "state-site-3", "none": tmp_path / "state-none"}
 
 
-def _site_run(tmp_path: Path, pki: Path, *extra: str) -> list[str]:
+def _site_run(tmp_path: Path, state: Path, *extra: str) -> list[str]:
     (tmp_path / "export").mkdir(exist_ok=True)
     return [
         "site", "run",
         "--data", str(tmp_path / "export"),
         "--policy", str(ROOT / "policies" / "default.toml"),
-        "--pki", str(pki),
-        "--state", str(tmp_path / "state"),
+        "--state", str(state),
         *extra,
     ]  # fmt: skip
 
 
 @pytest.mark.parametrize(
-    ("extra", "code", "says"),
+    ("site", "extra", "code", "says"),
     [
-        (("--coordinator", "no-port"), 2, "is not HOST:PORT"),
-        (("--coordinator", "h:1", "--label-space", "xray"), 2, "--label-space"),
-        (("--coordinator", "h:1"), 9, "name the site with --site"),
-        (("--coordinator", "h:1", "--site", "site-9"), 9, "not in"),
-        (("--coordinator", "h:1", "--site", "site-1", "--connect-timeout", "0"), 2, "positive"),
+        ("site-1", ("--coordinator", "no-port"), 2, "is not HOST:PORT"),
+        ("site-1", ("--coordinator", "h:1", "--label-space", "xray"), 2, "--label-space"),
+        ("none", ("--coordinator", "h:1"), 9, "holds no site identity"),
+        ("site-3", ("--coordinator", "h:1"), 9, "trusts no roster yet"),
+        ("site-1", ("--coordinator", "h:1", "--connect-timeout", "0"), 2, "positive"),
     ],
 )
 def test_site_run_refuses_bad_input_in_one_line(
-    tmp_path: Path, pki: Path, extra: tuple[str, ...], code: int, says: str
+    tmp_path: Path,
+    states: dict[str, Path],
+    site: str,
+    extra: tuple[str, ...],
+    code: int,
+    says: str,
 ) -> None:
-    result = runner.invoke(app, _site_run(tmp_path, pki, *extra))
+    result = runner.invoke(app, _site_run(tmp_path, states[site], *extra))
     assert result.exit_code == code, result.output
     assert says in result.output
     assert "Traceback" not in result.output
-    assert not (tmp_path / "state" / "flower").exists(), "no SuperNode was started"
+    assert not (states[site] / "flower").exists(), "no SuperNode was started"
 
 
 def test_coordinator_start_refuses_a_missing_pki_and_a_bad_config(tmp_path: Path) -> None:
@@ -111,3 +117,22 @@ def test_sites_receive_the_run_without_any_coordinator_path(tmp_path: Path) -> N
     (tmp_path / "deployment.json").write_text("{")
     with pytest.raises(CheckpointError):
         DeploymentPlan.load(tmp_path)
+
+
+def test_coordinator_start_refuses_a_roster_naming_a_site_twice(tmp_path: Path) -> None:
+    pki, _ = trusted_federation(tmp_path, ("site-1",))
+    document = json.loads((pki / "roster.json").read_text())
+    document["members"].append(document["members"][0])
+    del document["fingerprint"]
+    (pki / "roster.json").write_text(json.dumps(document))
+    config = tmp_path / "federation.toml"
+    config.write_text("[federation]\nrounds = 2\n")
+    result = runner.invoke(
+        app,
+        ["coordinator", "start", "--config", str(config), "--pki", str(pki),
+         "--run-dir", str(tmp_path / "run")],
+    )  # fmt: skip
+    assert result.exit_code == 9, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and "site 'site-1' is named 2 times" in lines[0], lines
+    assert not (tmp_path / "run" / "flower").exists(), "no SuperLink was started"

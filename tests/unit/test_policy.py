@@ -7,7 +7,13 @@ from pathlib import Path
 import pytest
 
 from clinfl.errors import ConfigError, PolicyViolation, ValidationError
-from clinfl.policy import PrivacyRequest, apply_request, load_policy, parse_policy
+from clinfl.policy import (
+    PrivacyRequest,
+    TrainingBounds,
+    apply_request,
+    load_policy,
+    parse_policy,
+)
 
 POLICIES = Path(__file__).resolve().parents[2] / "policies"
 
@@ -21,6 +27,12 @@ def test_shipped_policies_load_with_the_documented_terms() -> None:
     assert strict.dp.epsilon_budget == 3.0 and strict.secagg.min_sites > default.secagg.min_sites
     assert not research.dp.required and research.secagg.required
     assert len({default.sha256, strict.sha256, research.sha256}) == 3
+    assert default.secagg.max_colluders == research.secagg.max_colluders == 1
+    assert strict.secagg.max_colluders == 2 and strict.secagg_requirements.max_colluders == 2
+    assert default.training == research.training == TrainingBounds()
+    assert strict.training.max_lr < default.training.max_lr
+    assert strict.training.max_local_epochs < default.training.max_local_epochs
+    assert strict.training.min_batch_size > default.training.min_batch_size > 1
     for path in POLICIES.glob("*.toml"):  # commented: a comment above each setting or group
         lines = path.read_text().splitlines()
         for index, line in enumerate(lines):
@@ -66,6 +78,58 @@ x = 1
     message = caught.value.message
     assert "dp.epsilon_budget=-1 is invalid: allowed > 0" in message
     assert "reporting.metrics=['images']" in message
+
+
+def test_max_colluders_defaults_to_one_and_reaches_the_protocol() -> None:
+    assert parse_policy("").secagg_requirements.max_colluders == 1
+    policy = parse_policy("[secagg]\nmax_colluders = 0\n")
+    assert policy.secagg.max_colluders == 0 and policy.secagg_requirements.max_colluders == 0
+    for bad in ("-1", "1.5", "true", '"2"'):
+        with pytest.raises(ValidationError) as caught:
+            parse_policy(f"[secagg]\nmax_colluders = {bad}\n")
+        assert [v.field for v in caught.value.violations] == ["secagg.max_colluders"]
+
+
+def test_training_bounds_are_read_and_every_violation_is_listed() -> None:
+    policy = parse_policy(
+        "[training]\nmin_lr = 1\nmax_lr = 2\nmax_local_epochs = 3\n"
+        "min_batch_size = 4\nmax_batch_size = 4\n"
+    )
+    assert policy.training == TrainingBounds(1.0, 2.0, 3, 4, 4)
+    assert isinstance(policy.training.min_lr, float)
+    text = """
+[training]
+min_lr = 0
+max_lr = inf
+max_local_epochs = 0
+min_batch_size = 0
+max_batch_size = "many"
+epochs = 3
+"""
+    with pytest.raises(ValidationError) as caught:
+        parse_policy(text, source="bad.toml")
+    fields = [v.field for v in caught.value.violations]
+    assert sorted(fields) == [
+        "training.epochs",
+        "training.max_batch_size",
+        "training.max_local_epochs",
+        "training.max_lr",
+        "training.min_batch_size",
+        "training.min_lr",
+    ]
+    assert "training.max_local_epochs=0 is invalid: allowed >= 1" in caught.value.message
+
+
+def test_training_minimums_above_maximums_are_refused_together() -> None:
+    text = "[training]\nmin_lr = 0.5\nmin_batch_size = 2048\nmax_local_epochs = 0\n"
+    with pytest.raises(ValidationError) as caught:
+        parse_policy(text)
+    described = {v.field: v.allowed for v in caught.value.violations}
+    assert described == {
+        "training.min_lr": "<= training.max_lr (0.1)",
+        "training.min_batch_size": "<= training.max_batch_size (1024)",
+        "training.max_local_epochs": ">= 1",
+    }
 
 
 def test_not_toml_is_one_clear_error(tmp_path: Path) -> None:
@@ -124,3 +188,13 @@ def test_a_looser_request_is_refused_with_every_reason() -> None:
     ):
         assert reason in message
     assert caught.value.exit_code == 8
+
+
+def test_policy_check_shows_colluders_and_round_settings() -> None:
+    from clinfl.cli.policy import _summary
+
+    rows = dict(_summary(load_policy(POLICIES / "strict.toml")))
+    assert "assumes up to 2 site(s) collude" in rows["secure aggregation"]
+    assert rows["round settings"] == (
+        "learning rate 1e-06 to 0.01; at most 5 local epochs; batch size 16 to 1024"
+    )

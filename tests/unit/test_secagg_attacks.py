@@ -422,12 +422,11 @@ def _agents(
                 FixedTrainer(identity.site_id, delta, counts[k]),
                 identity=identity,
                 directory=directory,
-                requirements=POLICY,
                 audit=_audit_into(log, identity.site_id),
                 report_loss=report,
                 report_counts=report,
                 run_id=run_id,
-                **options,  # type: ignore[arg-type]
+                **{"requirements": POLICY, **options},  # type: ignore[arg-type]
             )
         )
     return agents
@@ -520,14 +519,19 @@ def test_attack7_survivor_signatures_from_an_earlier_session_are_refused() -> No
 
 
 def test_attack7_replayed_round_id_is_refused_even_after_a_restart(tmp_path: Path) -> None:
+    """R2: a completed round can never be taken again, not even after a restart and a new
+    join; an uncompleted one may be retried (a coordinator that crashed mid-round)."""
     audit: list[tuple[str, str]] = []
+    plain = SecAggRequirements(required=False, min_sites=2)
 
     def agent_with(ledger: SiteLedger) -> SiteAgent:
-        return _agents(1, audit=audit, run_id="run-a", round_store=ledger)[0]
+        return _agents(1, audit=audit, run_id="run-a", round_store=ledger, requirements=plain)[0]
 
     ledger = SiteLedger(tmp_path / "state")
     agent = agent_with(ledger)
     agent.train_round(TEMPLATE, replace(SETTINGS, round=1))
+    agent.train_round(TEMPLATE, replace(SETTINGS, round=1))  # a retry: nothing was sent yet
+    agent.upload_plain()  # the site completes round 1
     with pytest.raises(ProtocolViolation, match="replayed or repeated round"):
         agent.train_round(TEMPLATE, replace(SETTINGS, round=1))
     ledger.close()
@@ -538,8 +542,12 @@ def test_attack7_replayed_round_id_is_refused_even_after_a_restart(tmp_path: Pat
         with pytest.raises(ProtocolViolation):
             restarted.train_round(TEMPLATE, replace(SETTINGS, round=replayed))
     restarted.train_round(TEMPLATE, replace(SETTINGS, round=2))
+    restarted.upload_plain()
     with pytest.raises(ProtocolViolation, match="replayed or repeated round"):
         restarted.train_round(TEMPLATE, replace(SETTINGS, round=2))
+    with pytest.raises(ProtocolViolation, match="rounds skipped"):
+        restarted.train_round(TEMPLATE, replace(SETTINGS, round=5))
+    restarted.train_round(TEMPLATE, replace(SETTINGS, round=6))  # resynchronised after the skip
     restarted_ledger.close()
     assert sum("replayed or repeated round" in message for _, message in audit) == 3
 
