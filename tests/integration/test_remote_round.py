@@ -14,7 +14,7 @@ from flwr.cli.build import build_fab_from_files
 from clinfl.config import RunConfig, SecAggConfig
 from clinfl.config_file import run_config_from_mapping
 from clinfl.data.make_export import make_digits_export
-from clinfl.errors import SiteUnavailable
+from clinfl.errors import RoundAborted, SiteUnavailable
 from clinfl.federation.fanout import ThreadedFanout
 from clinfl.federation.messages import RoundSettings
 from clinfl.policy import parse_policy
@@ -28,6 +28,7 @@ from coordinator.launcher import portable_run_config
 from coordinator.rounds import Coordinator
 from coordinator.secure_aggregation import SecureAggregator
 from site_agent.agent import SiteIdentity
+from site_agent.audit_report import build_site_report
 from site_agent.deployed_site import DeployedSite, SiteData
 from site_agent.ingest.pipeline import IngestOptions
 from site_agent.ledger import SiteLedger
@@ -152,6 +153,41 @@ def test_a_secure_round_over_the_wire_with_one_site_declining(
     assert record.report.validation.macro_auc == record.report.validation.macro_auc  # not NaN
     refusals = SiteLedger(tmp_path / "site-3").refusals()
     assert any("min sites" in r.reason for r in refusals), "the site logged why it declined"
+
+
+def test_a_lying_coordinator_over_the_wire_is_refused_and_audited(
+    exports: list[Path], tmp_path: Path
+) -> None:
+    """Model inconsistency (Pasquini et al.) through the deployed sites: the coordinator sends
+    site-3 another global model than sites 1 and 2. Every site sees an advertisement bound to
+    another model at the graph stage, refuses before any share exists, and its audit report says
+    why; the round applies nothing."""
+    sites = _sites(exports, tmp_path, [RESEARCH, RESEARCH, RESEARCH])
+    link = LoopbackLink(sites)
+    digest = sites[100].roster.digest
+    join = JoinRequest("run-1", announce(portable_run_config(_config()), digest))
+    roster = SiteRoster(
+        link, join, expected=frozenset(s.site_id for s in sites.values()), timeout=5
+    )
+    roster.wait_for_sites(deadline_seconds=5, quorum=3)
+    assert roster.initial_state is not None
+    honest = roster.initial_state
+    crafted = {name: value.clone() for name, value in honest.items()}
+    first = next(iter(crafted))
+    crafted[first] = crafted[first] + 1.0
+    settings = RoundSettings(round=1, local_epochs=1, batch_size=16, lr=1e-3)
+    participants = [RemoteSite(s.site_id, roster, link, Timeouts()) for s in sites.values()]
+    for participant in participants:
+        participant.train_round(crafted if participant.site_id == "site-3" else honest, settings)
+    aggregator = SecureAggregator(
+        SecAggConfig(min_sites=2, max_colluders=0), fanout=ThreadedFanout(), run_id="run-1"
+    )
+    with pytest.raises(RoundAborted, match="bound to another model_hash"):
+        aggregator.aggregate(participants, round_id=1, template=honest)
+    for name in ("site-1", "site-2", "site-3"):
+        report = build_site_report(tmp_path / name)
+        reasons = " ".join(str(r["reason"]) for r in report["refusals"])
+        assert "bound to another model_hash" in reasons, (name, reasons)
 
 
 def test_a_tampered_bundle_is_refused_and_never_imported(
