@@ -14,7 +14,8 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-## The default federation: digits composites, 5 sites, FedNCAlign-ML, on the CPU.
+## The default federation: digits composites, 5 sites, FedNCAlign-ML, on the CPU; its selected
+## model is then exported to runs/demo/model for `clinfl model predict` (docs/model.md).
 ## `make demo DATA=dicom` takes the DICOM path instead (the same as `make demo-dicom`).
 DATA ?= digits
 ifeq ($(DATA),dicom)
@@ -22,6 +23,7 @@ demo: demo-dicom
 else
 demo: $(STAMP)
 	$(BIN)/clinfl simulate --out runs/demo
+	$(BIN)/clinfl model export --run runs/demo --out runs/demo/model
 endif
 
 ## The same digits written as a PACS-like DICOM export (with broken files), ingested by a site
@@ -33,9 +35,12 @@ demo-dicom: $(STAMP)
 		--label-space digits --image-size 16
 	$(BIN)/clinfl simulate --dataset dicom --label-space digits --images runs/demo-dicom/export \
 		--out runs/demo-dicom/run
+	$(BIN)/clinfl model export --run runs/demo-dicom/run --out runs/demo-dicom/model
 
 ## A deployed federation on this machine: a coordinator and three sites as separate processes on
 ## 127.0.0.1 (TLS, node keys, DP-SGD, secure aggregation), each site with its own DICOM export.
+## Each site makes its own keys (`site init`) and pins the roster (`site trust`); the coordinator
+## runs `pki init` and `pki admit`.
 demo-deploy: $(STAMP)
 	CLINFL=$(BIN)/clinfl examples/loopback_deployment.sh runs/deploy-demo
 

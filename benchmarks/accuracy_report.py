@@ -99,16 +99,36 @@ def select_ablations(runs: list[dict[str, Any]]) -> dict[str, list[dict[str, Any
     return grouped
 
 
+THRESHOLDED = ("macro_f1_at_thresholds", "micro_f1_at_thresholds")
+
+
+def _thresholded_cell(group: list[dict[str, Any]], metric: str) -> str:
+    """F1 at the validation-chosen thresholds; runs from older results lack it."""
+    values = [r["best"][metric] for r in group if r["best"].get(metric) is not None]
+    if not values:
+        return "-"
+    partial = f" ({len(values)} of {len(group)} seeds)" if len(values) < len(group) else ""
+    return cell(values) + partial
+
+
 def _table(grouped: dict[str, list[dict[str, Any]]], order: dict[str, str]) -> list[str]:
+    thresholded = any(
+        r["best"].get(THRESHOLDED[0]) is not None for group in grouped.values() for r in group
+    )
+    extra = " macro-F1 @thr | micro-F1 @thr |" if thresholded else ""
     lines = [
-        "| method | seeds | macro-AUC | micro-AUC | macro-F1 | micro-F1 | selected rounds |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| method | seeds | macro-AUC | micro-AUC | macro-F1 | micro-F1 |"
+        + extra
+        + " selected rounds |",
+        "| --- | --- | --- | --- | --- | --- |" + " --- |" * (3 if thresholded else 1),
     ]
     for name, label in order.items():
         group = grouped.get(name)
         if not group:
             continue
         cells = [cell([r["best"][m] for r in group]) for m in METRICS]
+        if thresholded:
+            cells += [_thresholded_cell(group, m) for m in THRESHOLDED]
         rounds = ", ".join(str(r["best"]["round"]) for r in sorted(group, key=lambda r: r["seed"]))
         lines.append(f"| {label} | {len(group)} | " + " | ".join(cells) + f" | {rounds} |")
     return lines
@@ -195,7 +215,8 @@ def render_accuracy(
         f"{machine.get('cpu', '?')}, {machine.get('cores', '?')} cores, torch "
         f"{machine.get('torch', '?')}; device: {results.get('device', 'cpu')}). Metrics of the global model on the held-out test set "
         "at the round selected on validation macro-AUC, in %, mean ± standard deviation over "
-        "seeds. Centralized = all training data at one site (FedAvg's model and loss, no skew; "
+        "seeds. F1 is taken at 0.5 and, where the results carry it (@thr), at per-class "
+        "thresholds chosen on validation (never on test). Centralized = all training data at one site (FedAvg's model and loss, no skew; "
         "the same runs appear under both settings).",
     ]
     for dataset, title in DATASET_TITLES.items():

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from clinfl.device import is_device_name
-from clinfl.errors import ValidationError, Violation
+from clinfl.errors import ConfigError, ValidationError, Violation
+from clinfl.thresholds import RULE_HELP, parse_rule
 
 DatasetName = Literal["digits", "cxr14", "dicom"]
 BackboneVariant = Literal["auto", "standard", "small"]
@@ -31,7 +32,14 @@ CLASSIFIERS: tuple[str, ...] = ("etf", "learnable")
 QUERIES: tuple[str, ...] = ("fixed", "learnable")
 SELECTIONS: tuple[str, ...] = ("best", "last")
 DEFAULT_MIN_SITES = 3
-GRAD_SAMPLE_CHOICES: tuple[str, ...] = ("auto", "hooks", "ew", "ghost", "functorch")
+GRAD_SAMPLE_CHOICES: tuple[str, ...] = (
+    "auto",
+    "hooks",
+    "ew",
+    "ghost",
+    "mixed-ghost",
+    "functorch",
+)
 DROP_STAGES: tuple[str, ...] = (
     "train",
     "advertise",
@@ -83,7 +91,11 @@ class MethodConfig:
 
 @dataclass(frozen=True)
 class FederationConfig:
-    """Rounds, sites and local optimisation."""
+    """Rounds, sites and local optimisation.
+
+    ``threshold_rule`` chooses each class's operating threshold on validation after every round
+    (``f1``, ``youden`` or ``sensitivity:S``; see :mod:`clinfl.thresholds`).
+    """
 
     sites: int = 5
     rounds: int = 6
@@ -96,6 +108,7 @@ class FederationConfig:
     selection: SelectionRule = "best"
     threads: int | None = None
     device: str = "cpu"
+    threshold_rule: str = "f1"
 
 
 @dataclass(frozen=True)
@@ -249,6 +262,10 @@ def _federation_violations(fed: FederationConfig) -> list[Violation]:
         _check_int(out, "threads", fed.threads, 1, 256)
     if not is_device_name(fed.device):
         out.append(Violation("device", fed.device, "cpu, auto, cuda or cuda:N", "use cpu"))
+    try:
+        parse_rule(fed.threshold_rule)
+    except ConfigError:
+        out.append(Violation("threshold_rule", fed.threshold_rule, RULE_HELP, "use f1"))
     return out
 
 

@@ -72,6 +72,29 @@ class MultiLabelMetrics:
         )
 
 
+def f1_at_thresholds(
+    targets: np.ndarray, probabilities: np.ndarray, thresholds: np.ndarray | float
+) -> tuple[float, float]:
+    """Return ``(macro-F1, micro-F1)`` with class k predicted positive when ``p_k >= t_k``.
+
+    ``thresholds`` is one value for every class or a ``[C]`` array. Classes with no positives
+    and no predictions count as 0 (scikit-learn's ``zero_division=0``).
+
+    Raises:
+        ValueError: if the shapes differ.
+    """
+    if targets.shape != probabilities.shape or targets.ndim != 2:
+        raise ValueError(f"shape mismatch: targets {targets.shape}, scores {probabilities.shape}")
+    truth = targets.astype(bool)
+    predicted = probabilities >= np.asarray(thresholds, dtype=np.float64).reshape(1, -1)
+    tp = (predicted & truth).sum(axis=0).astype(np.float64)
+    fp = (predicted & ~truth).sum(axis=0).astype(np.float64)
+    fn = (~predicted & truth).sum(axis=0).astype(np.float64)
+    macro = float(_f1(tp, fp, fn).mean())
+    micro = float(_f1(tp.sum(keepdims=True), fp.sum(keepdims=True), fn.sum(keepdims=True))[0])
+    return macro, micro
+
+
 def multilabel_metrics(
     targets: np.ndarray, probabilities: np.ndarray, *, threshold: float = 0.5
 ) -> MultiLabelMetrics:

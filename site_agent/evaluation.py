@@ -9,7 +9,8 @@ from clinfl.algorithms import Algorithm, ModelSpec
 from clinfl.data.batching import ordered_batches, to_input_tensor
 from clinfl.data.imageset import ImageSet
 from clinfl.federation.messages import EvaluationReport
-from clinfl.metrics import MultiLabelMetrics, multilabel_metrics
+from clinfl.metrics import multilabel_metrics
+from clinfl.thresholds import DEFAULT_RULE, ThresholdRule, operating_point, parse_rule
 from clinfl.typing import StateDict
 from site_agent.model_state import load_travelling_state
 
@@ -17,7 +18,11 @@ EVAL_BATCH = 256
 
 
 class HeldOutEvaluator:
-    """Holds validation and test sets and a local copy of the model (ETF derived locally)."""
+    """Holds validation and test sets and a local copy of the model (ETF derived locally).
+
+    Each evaluation also chooses per-class operating thresholds on the validation set by
+    ``threshold_rule`` and scores the test set at them; test labels never choose them.
+    """
 
     def __init__(
         self,
@@ -27,7 +32,9 @@ class HeldOutEvaluator:
         spec: ModelSpec,
         *,
         device: torch.device | None = None,
+        threshold_rule: ThresholdRule | None = None,
     ) -> None:
+        self.threshold_rule = threshold_rule or parse_rule(DEFAULT_RULE)
         self._device = torch.device("cpu") if device is None else device
         self._model = algorithm.build_model(spec).to(self._device)
         self._sets = {
@@ -50,10 +57,22 @@ class HeldOutEvaluator:
                 outputs.append(torch.sigmoid(logits).cpu())
         return torch.cat(outputs).numpy().astype(np.float64)
 
-    def _metrics(self, split: str) -> MultiLabelMetrics:
-        return multilabel_metrics(self._sets[split][1], self._predict(split))
+    def targets(self, split: str) -> np.ndarray:
+        """Return the multi-hot labels of ``split`` (``validation`` or ``test``)."""
+        return self._sets[split][1]
 
     def evaluate(self, global_state: StateDict) -> EvaluationReport:
-        """Return validation and test metrics of the global model (loaded once)."""
+        """Return validation and test metrics of the global model (loaded once).
+
+        The report's operating point holds thresholds chosen on validation only.
+        """
         load_travelling_state(self._model, global_state)
-        return EvaluationReport(validation=self._metrics("validation"), test=self._metrics("test"))
+        val_probs, test_probs = self._predict("validation"), self._predict("test")
+        val_targets, test_targets = self.targets("validation"), self.targets("test")
+        return EvaluationReport(
+            validation=multilabel_metrics(val_targets, val_probs),
+            test=multilabel_metrics(test_targets, test_probs),
+            operating=operating_point(
+                val_targets, val_probs, test_targets, test_probs, self.threshold_rule
+            ),
+        )

@@ -8,6 +8,7 @@ from clinfl.cli import deploy  # noqa: F401 - registers `coordinator start` and 
 from clinfl.cli.audit import audit_app
 from clinfl.cli.coordinator import coordinator_app
 from clinfl.cli.data import data_app
+from clinfl.cli.model import model_app
 from clinfl.cli.pki import pki_app
 from clinfl.cli.policy import policy_app
 from clinfl.cli.simulate import simulate
@@ -27,6 +28,7 @@ app.add_typer(site_app, name="site")
 app.add_typer(data_app, name="data")
 app.add_typer(pki_app, name="pki")
 app.add_typer(coordinator_app, name="coordinator")
+app.add_typer(model_app, name="model")
 
 
 @app.callback()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -31,12 +32,16 @@ def partition_table(partition: Partition, class_names: tuple[str, ...]) -> Table
 def rounds_table(records: tuple[RoundRecord, ...], selected_round: int, method: str) -> Table:
     """Return one row per round with the test metrics; the selected round is marked."""
     table = Table(
-        title=f"{method}: global model on the test set (* = selected on validation, ! = abandoned)"
+        title=f"{method}: global model on the test set (* = selected on validation, ! = abandoned)",
+        caption="F1 @0.5: threshold 0.5; F1 @thr: per-class thresholds chosen on validation",
     )
-    for column in ("round", "macro-AUC", "micro-AUC", "macro-F1", "micro-F1", "val macro-AUC", "s"):
+    columns = ["round", "macro AUC", "micro AUC", "macro F1 @0.5", "micro F1 @0.5"]
+    columns += ["macro F1 @thr", "micro F1 @thr", "val macro AUC", "s"]
+    table.box = box.SIMPLE_HEAD  # no vertical rules: nine columns fit 80 characters
+    for column in columns:
         table.add_column(column, justify="right")
     for record in records:
-        test = record.report.test
+        test, operating = record.report.test, record.report.operating
         mark = "*" if record.round == selected_round else ("!" if record.aborted else "")
         table.add_row(
             f"{record.round}{mark}",
@@ -44,6 +49,8 @@ def rounds_table(records: tuple[RoundRecord, ...], selected_round: int, method: 
             f"{100 * test.micro_auc:.2f}",
             f"{100 * test.macro_f1:.2f}",
             f"{100 * test.micro_f1:.2f}",
+            "-" if operating is None else f"{100 * operating.macro_f1:.2f}",
+            "-" if operating is None else f"{100 * operating.micro_f1:.2f}",
             f"{100 * record.report.validation.macro_auc:.2f}",
             f"{record.seconds:.1f}",
         )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import torch
 import typer
@@ -60,6 +60,20 @@ def _config_from_file(ctx: typer.Context, path: Path) -> RunConfig:
     """
     _refuse_run_options(ctx, "--config", "put those settings in the config file")
     return load_run_config(path)
+
+
+def _thresholded(best: dict[str, Any]) -> str:
+    """Describe the selected round's F1 at its validation-chosen thresholds."""
+    if best.get("macro_f1_at_thresholds") is None:
+        return "no thresholds chosen"
+    operating = best.get("operating") or {}
+    flagged = [name for name, c in operating.get("classes", {}).items() if c["flagged"]]
+    note = f" ({', '.join(flagged)} kept 0.5: no validation positive)" if flagged else ""
+    return (
+        f"macro-F1 {100 * best['macro_f1_at_thresholds']:.2f}, micro-F1 "
+        f"{100 * best['micro_f1_at_thresholds']:.2f} at thresholds chosen on validation "
+        f"({operating.get('rule', '?')}){note}"
+    )
 
 
 def simulate(
@@ -178,6 +192,14 @@ def simulate(
     selection: Annotated[
         str, typer.Option(help="Model selection: best (validation macro-AUC) or last.")
     ] = "best",
+    threshold_rule: Annotated[
+        str,
+        typer.Option(
+            help="How each class's operating threshold is chosen on validation (never test): "
+            "f1 (maximise F1), youden (sensitivity + specificity - 1) or sensitivity:S "
+            "(the highest threshold reaching sensitivity S, e.g. sensitivity:0.9)."
+        ),
+    ] = "f1",
     threads: Annotated[
         int | None, typer.Option(help="Torch CPU threads (default: torch's choice).")
     ] = None,
@@ -236,7 +258,8 @@ def simulate(
         str,
         typer.Option(
             help="Opacus per-sample-gradient mode: auto (fastest measured for the image size), "
-            "hooks, ew, ghost or functorch."
+            "hooks, ew, ghost, mixed-ghost (ghost clipping with ghost norms for the "
+            "convolutions) or functorch."
         ),
     ] = "auto",
     drop: Annotated[
@@ -317,6 +340,7 @@ def simulate(
                     seed=seed,
                     federation_seed=federation_seed,
                     selection=selection,  # type: ignore[arg-type]
+                    threshold_rule=threshold_rule,
                     threads=threads,
                     device=device,
                 ),
@@ -348,11 +372,16 @@ def simulate(
             console.print(
                 f"selected round {best['round']}: macro-AUC {100 * best['macro_auc']:.2f}, "
                 f"micro-AUC {100 * best['micro_auc']:.2f}, "
-                f"macro-F1 {100 * best['macro_f1']:.2f}, micro-F1 {100 * best['micro_f1']:.2f}"
+                f"macro-F1 {100 * best['macro_f1']:.2f}, micro-F1 {100 * best['micro_f1']:.2f} "
+                f"at 0.5; {_thresholded(best)}"
             )
         if outcome.stopped:
             console.print(f"[bold yellow]the federation {escape(outcome.stopped)}[/]")
         console.print(f"results: {result.results_path}  checkpoints: {run_dir / 'checkpoints'}")
+        console.print(
+            f"use the model: clinfl model export --run {run_dir} --out {run_dir / 'model'}, "
+            "then clinfl model predict --model DIR --data EXPORT_OR_PNG_DIR --out predictions.csv"
+        )
         console.print(
             f"audit reports: {run_dir / 'sites'}/site-K/audit_report.html, "
             f"{run_dir / 'federation_report.html'}"

@@ -7,6 +7,7 @@ from typing import Any
 
 from clinfl.config import FederationConfig
 from clinfl.metrics import MultiLabelMetrics
+from clinfl.thresholds import OperatingPoint
 from clinfl.typing import StateDict
 
 
@@ -64,10 +65,15 @@ class SiteContribution:
 
 @dataclass(frozen=True)
 class EvaluationReport:
-    """The global model's metrics on the validation and test sets."""
+    """The global model's metrics on the validation and test sets.
+
+    ``operating`` holds per-class thresholds chosen on validation and the test F1 at them
+    (None from an evaluator that does not choose thresholds).
+    """
 
     validation: MultiLabelMetrics
     test: MultiLabelMetrics
+    operating: OperatingPoint | None = None
 
 
 @dataclass(frozen=True)
@@ -84,13 +90,15 @@ class RoundRecord:
 
     def to_json_dict(self) -> dict[str, object]:
         """Return the round's test metrics, validation macro-AUC and timing as JSON types."""
-        test = self.report.test
+        test, operating = self.report.test, self.report.operating
         return {
             "round": self.round,
             "macro_auc": test.macro_auc,
             "micro_auc": test.micro_auc,
             "macro_f1": test.macro_f1,
             "micro_f1": test.micro_f1,
+            "macro_f1_at_thresholds": None if operating is None else operating.macro_f1,
+            "micro_f1_at_thresholds": None if operating is None else operating.micro_f1,
             "val_macro_auc": self.report.validation.macro_auc,
             "val_macro_f1": self.report.validation.macro_f1,
             "seconds": self.seconds,
@@ -102,20 +110,24 @@ class RoundRecord:
 
     def to_full_json_dict(self) -> dict[str, Any]:
         """Return :meth:`to_json_dict` plus both metric sets in full (to rebuild the record)."""
+        operating = self.report.operating
         return {
             **self.to_json_dict(),
             "report": {
                 "validation": self.report.validation.to_json_dict(),
                 "test": self.report.test.to_json_dict(),
+                "operating": None if operating is None else operating.to_json_dict(),
             },
         }
 
     @classmethod
     def from_full_json_dict(cls, data: dict[str, Any]) -> RoundRecord:
         """Rebuild a record written by :meth:`to_full_json_dict`."""
+        point = data["report"].get("operating")
         report = EvaluationReport(
             validation=MultiLabelMetrics.from_json_dict(data["report"]["validation"]),
             test=MultiLabelMetrics.from_json_dict(data["report"]["test"]),
+            operating=None if point is None else OperatingPoint.from_json_dict(point),
         )
         return cls(
             round=int(data["round"]),

@@ -36,6 +36,19 @@ class LabelAttention(nn.Module):
         batch, length, _ = x.shape
         return x.view(batch, length, self.heads, self.dim // self.heads).transpose(1, 2)
 
+    def attention_weights(self, queries: torch.Tensor, feature_map: torch.Tensor) -> torch.Tensor:
+        """Return each class's attention over the feature map's positions: ``[B, H, C, h*w]``.
+
+        The softmax weights that :meth:`forward` applies (each row sums to one over positions);
+        for explanations, not training.
+        """
+        batch = feature_map.shape[0]
+        tokens = feature_map.flatten(2).transpose(1, 2)
+        q = self._split(self.q_proj(queries.unsqueeze(0).expand(batch, -1, -1)))
+        k = self._split(self.k_proj(tokens))
+        scores = q @ k.transpose(-2, -1) / (self.dim // self.heads) ** 0.5
+        return torch.softmax(scores, dim=-1)
+
     def forward(self, queries: torch.Tensor, feature_map: torch.Tensor) -> torch.Tensor:
         """Return one feature per class for every image in the batch."""
         batch = feature_map.shape[0]

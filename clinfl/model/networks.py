@@ -8,6 +8,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from clinfl.errors import ModelError
 from clinfl.model.backbone import ResNet18Features
 from clinfl.model.etf import SimplexETF
 from clinfl.model.ladm import LabelAttention
@@ -118,6 +119,25 @@ class FedNCAlignNet(nn.Module):
         if bias is not None:
             logits = logits + bias
         return NetOutput(logits, features, prototypes, bias)
+
+    def class_attention(self, images: torch.Tensor) -> torch.Tensor:
+        """Return LADM's attention of each class over the feature map: ``[B, C, h, w]``.
+
+        The map is the mean over heads of the softmax weights, so each class's map sums to one
+        over positions.
+
+        Raises:
+            ModelError: if the network was built without LADM (``--no-ladm``).
+        """
+        if self.ladm is None:
+            raise ModelError(
+                "this model was trained without LADM (--no-ladm), so it has no class attention",
+                remedy="leave out --explain",
+            )
+        feature_map = self.backbone(images)
+        queries = self.etf() if self.queries is None else self.queries()
+        weights = self.ladm.attention_weights(queries, feature_map).mean(dim=1)
+        return weights.reshape(*weights.shape[:2], *feature_map.shape[2:])
 
 
 class LinearHeadNet(nn.Module):

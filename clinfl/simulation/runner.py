@@ -25,6 +25,7 @@ from clinfl.federation.messages import RoundRecord
 from clinfl.simulation.datasets import load_split_data, resolve_defaults
 from clinfl.simulation.resume import ResumePoint, resume_point, save_run_config
 from clinfl.simulation.sites import SimulatedSites, build_sites
+from clinfl.thresholds import parse_rule
 from coordinator.checkpoints import CheckpointStore, write_atomically
 from coordinator.control import RunControl
 from coordinator.federation_report import build_federation_report
@@ -32,6 +33,7 @@ from coordinator.rounds import Coordinator, FederationOutcome
 from coordinator.secure_aggregation import build_aggregator
 from site_agent.audit_report import INGEST_FILE, build_site_report, shareable_summary
 from site_agent.evaluation import HeldOutEvaluator
+from site_agent.selected_model import describe_selected_model
 
 RESULTS_FILE = "results.json"
 
@@ -209,7 +211,10 @@ def run_simulation(
     if ingest_summary.is_file():  # the simulated sites share one export: each reports it
         for state_dir in sites.state_dirs.values():
             shutil.copyfile(ingest_summary, state_dir / INGEST_FILE)
-    evaluator = HeldOutEvaluator(data.val, data.test, algorithm, spec, device=device)
+    rule = parse_rule(fed.threshold_rule)
+    evaluator = HeldOutEvaluator(
+        data.val, data.test, algorithm, spec, device=device, threshold_rule=rule
+    )
     initial = algorithm.initial_state(algorithm.build_model(spec))
     control = RunControl(out_dir)
     store = CheckpointStore(out_dir, resume=resume)
@@ -239,6 +244,10 @@ def run_simulation(
     finally:
         control.close()
     summary = _build_results(config, data, partition, outcome, time.perf_counter() - started)
+    if outcome.selected is not None:  # thresholds on validation, then test CIs and rates
+        summary["best"]["operating"] = describe_selected_model(
+            evaluator, store.load(outcome.selected.round), data.train.class_names, seed=fed.seed
+        )
     summary["run_id"] = run_id
     summary["sites"] = {
         site: {"state_dir": str(path), "policy": sites.policies[site].source}

@@ -70,7 +70,7 @@ class IngestResult:
     summary: dict[str, Any] = field(default_factory=dict)
 
 
-def _walk(data_dir: str) -> list[tuple[str, os.stat_result]]:
+def walk_files(data_dir: str) -> list[tuple[str, os.stat_result]]:
     """Every regular file under ``data_dir`` (symlinks not followed), sorted, with its stat."""
     files: list[tuple[str, os.stat_result]] = []
     try:
@@ -80,13 +80,13 @@ def _walk(data_dir: str) -> list[tuple[str, os.stat_result]]:
         return files
     for entry in entries:
         if entry.is_dir(follow_symlinks=False):
-            files.extend(_walk(entry.path))
+            files.extend(walk_files(entry.path))
         elif entry.is_file(follow_symlinks=False):
             files.append((entry.path, entry.stat(follow_symlinks=False)))
     return files
 
 
-def _outcomes(
+def file_outcomes(
     files: list[tuple[str, os.stat_result]],
     index: IngestIndex,
     options: IngestOptions,
@@ -167,10 +167,10 @@ def ingest_export(
         else {}
     )
     label_file = label_path.resolve() if label_path is not None else None
-    files = [(path, stat) for path, stat in _walk(str(data_dir)) if path != str(label_file)]
+    files = [(path, stat) for path, stat in walk_files(str(data_dir)) if path != str(label_file)]
     index = IngestIndex(state_dir)
     try:
-        shas, outcomes, decoded = _outcomes(files, index, options, salt, progress)
+        shas, outcomes, decoded = file_outcomes(files, index, options, salt, progress)
         image_shas: list[str] = []  # the accepted content hashes, in file order
         targets, groups, quarantine = [], [], []
         accepted_shas: set[str] = set()

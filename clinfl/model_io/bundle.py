@@ -1,0 +1,215 @@
+"""A model folder: the selected global model, its config, thresholds and provenance.
+
+Four files, none of them pickled::
+
+    model.json           format, method config, label space and class names, image size, seeds,
+                         the SHA-256 of the weights
+    weights.safetensors  the travelling tensors of the selected round (never the ETF)
+    thresholds.json      one operating threshold per class, chosen on validation
+    provenance.json      the run: sites, rounds, data, secure aggregation, privacy, test metrics
+
+The ETF is rebuilt from the federation seed. ``model.json`` carries the seed only when the
+export included it; otherwise whoever uses the model supplies it (:func:`resolve_seed`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from safetensors import SafetensorError
+from safetensors.torch import load, save
+
+from clinfl.config import MethodConfig
+from clinfl.data.labels import LABEL_SPACES
+from clinfl.errors import CheckpointError, ConfigError, ModelError
+from clinfl.typing import StateDict
+
+FORMAT = "clinfl-model"
+FORMAT_VERSION = 1
+MODEL_FILE = "model.json"
+WEIGHTS_FILE = "weights.safetensors"
+THRESHOLDS_FILE = "thresholds.json"
+PROVENANCE_FILE = "provenance.json"
+BUNDLE_FILES = (MODEL_FILE, WEIGHTS_FILE, THRESHOLDS_FILE, PROVENANCE_FILE)
+
+
+@dataclass(frozen=True)
+class ModelBundle:
+    """A model folder read into memory (see the module docstring)."""
+
+    method: MethodConfig
+    label_space: str
+    class_names: tuple[str, ...]
+    image_size: int
+    init_seed: int
+    federation_seed: int | None
+    state: StateDict
+    thresholds: dict[str, Any]
+    provenance: dict[str, Any]
+
+    @property
+    def threshold_values(self) -> tuple[float, ...]:
+        """The operating threshold of each class, in class order."""
+        classes = self.thresholds["classes"]
+        return tuple(float(classes[name]["threshold"]) for name in self.class_names)
+
+    def model_document(self, weights_sha256: str) -> dict[str, Any]:
+        """Return the contents of ``model.json``."""
+        method = dataclasses.asdict(self.method)
+        method.pop("weights")  # the trained weights supersede any initial backbone file
+        return {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "method": method,
+            "label_space": self.label_space,
+            "class_names": list(self.class_names),
+            "image_size": self.image_size,
+            "input": "grayscale, square, resized with antialiasing; (x / 255 - 0.5) / 0.25",
+            "init_seed": self.init_seed,
+            "etf_seed": "included" if self.federation_seed is not None else "omitted",
+            "federation_seed": self.federation_seed,
+            "weights_sha256": weights_sha256,
+        }
+
+
+def write_file(directory: Path, name: str, data: bytes) -> None:
+    """Write ``directory/name`` through a temporary file and a rename (no torn files).
+
+    Raises:
+        CheckpointError: if the folder or the file cannot be written.
+    """
+    path = directory / name
+    temporary = path.with_name(path.name + ".tmp")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        temporary.write_bytes(data)
+        os.replace(temporary, path)
+    except OSError as exc:
+        raise CheckpointError(
+            f"cannot write {path}: {exc}", remedy="choose a writable --out folder"
+        ) from exc
+
+
+def _json_bytes(document: dict[str, Any]) -> bytes:
+    return (json.dumps(document, indent=2, sort_keys=True) + "\n").encode()
+
+
+def write_bundle(bundle: ModelBundle, out_dir: Path) -> None:
+    """Write ``bundle`` as a model folder at ``out_dir`` (created; existing files replaced).
+
+    Raises:
+        CheckpointError: if a file cannot be written.
+    """
+    tensors = {name: value.detach().contiguous().cpu() for name, value in bundle.state.items()}
+    weights = save(dict(sorted(tensors.items())), metadata={"format": FORMAT})
+    write_file(out_dir, WEIGHTS_FILE, weights)
+    write_file(out_dir, THRESHOLDS_FILE, _json_bytes(bundle.thresholds))
+    write_file(out_dir, PROVENANCE_FILE, _json_bytes(bundle.provenance))
+    document = bundle.model_document(hashlib.sha256(weights).hexdigest())
+    write_file(out_dir, MODEL_FILE, _json_bytes(document))  # last: a folder without it is torn
+
+
+def _bad(directory: Path, what: str) -> ModelError:
+    return ModelError(
+        f"model folder {directory} {what}",
+        remedy="export it again with `clinfl model export --run RUN_DIR --out DIR`",
+    )
+
+
+def _read_json(directory: Path, name: str) -> dict[str, Any]:
+    try:
+        document = json.loads((directory / name).read_text())
+    except FileNotFoundError:
+        raise _bad(directory, f"has no {name}") from None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise _bad(directory, f"holds an unreadable {name} ({type(exc).__name__})") from None
+    if not isinstance(document, dict):
+        raise _bad(directory, f"holds an unreadable {name} (not a JSON object)")
+    return document
+
+
+def _method_config(directory: Path, raw: Any) -> MethodConfig:
+    names = {f.name for f in dataclasses.fields(MethodConfig)} - {"weights"}
+    if not isinstance(raw, dict) or not set(raw) <= names or "name" not in raw:
+        raise _bad(directory, f"has an unreadable method config in {MODEL_FILE}")
+    return MethodConfig(**raw)
+
+
+def read_bundle(directory: Path) -> ModelBundle:
+    """Read and check a model folder written by :func:`write_bundle`.
+
+    Raises:
+        ModelError: if the folder is missing, a file is missing or unreadable, the format is
+            unknown, the class names do not match their label space, or the weights are corrupt
+            (not safetensors, or not the file ``model.json`` names by its SHA-256).
+    """
+    if not directory.is_dir():
+        raise ModelError(
+            f"model folder {directory} does not exist",
+            remedy="pass the folder `clinfl model export --out` wrote, e.g. --model model/",
+        )
+    document = _read_json(directory, MODEL_FILE)
+    if document.get("format") != FORMAT or document.get("format_version") != FORMAT_VERSION:
+        raise _bad(directory, f"is not a {FORMAT} v{FORMAT_VERSION} folder")
+    try:
+        raw = (directory / WEIGHTS_FILE).read_bytes()
+    except OSError:
+        raise _bad(directory, f"has no readable {WEIGHTS_FILE}") from None
+    if hashlib.sha256(raw).hexdigest() != document.get("weights_sha256"):
+        raise _bad(directory, f"holds a corrupt {WEIGHTS_FILE} (its SHA-256 does not match)")
+    try:
+        state = dict(load(raw))
+    except (SafetensorError, ValueError, RuntimeError) as exc:
+        raise _bad(directory, f"holds a corrupt {WEIGHTS_FILE} ({exc})") from None
+    try:
+        label_space = str(document["label_space"])
+        class_names = tuple(str(c) for c in document["class_names"])
+        image_size = int(document["image_size"])
+        init_seed = int(document["init_seed"])
+        seed = document.get("federation_seed")
+        federation_seed = None if seed is None else int(seed)
+    except (KeyError, TypeError, ValueError):
+        raise _bad(directory, f"has an incomplete {MODEL_FILE}") from None
+    if LABEL_SPACES.get(label_space) != class_names:
+        raise _bad(directory, f"names classes that are not the {label_space!r} label space")
+    thresholds = _read_json(directory, THRESHOLDS_FILE)
+    if set(thresholds.get("classes", {})) != set(class_names):
+        raise _bad(directory, f"has thresholds for other classes than {label_space!r}'s")
+    return ModelBundle(
+        method=_method_config(directory, document.get("method")),
+        label_space=label_space,
+        class_names=class_names,
+        image_size=image_size,
+        init_seed=init_seed,
+        federation_seed=federation_seed,
+        state=state,
+        thresholds=thresholds,
+        provenance=_read_json(directory, PROVENANCE_FILE),
+    )
+
+
+def resolve_seed(bundle: ModelBundle, supplied: int | None) -> int:
+    """Return the federation seed that rebuilds the bundle's ETF.
+
+    Raises:
+        ConfigError: if the folder omits the seed and none is supplied, or both disagree.
+    """
+    if bundle.federation_seed is None and supplied is None:
+        raise ConfigError(
+            "this model folder does not carry the federation seed its ETF is built from",
+            remedy="pass --federation-seed N (your site's federation seed)",
+        )
+    if bundle.federation_seed is not None and supplied not in (None, bundle.federation_seed):
+        raise ConfigError(
+            f"--federation-seed {supplied} differs from the seed the model folder carries",
+            remedy="leave --federation-seed out",
+        )
+    seed = bundle.federation_seed if supplied is None else supplied
+    assert seed is not None
+    return seed

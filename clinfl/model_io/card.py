@@ -1,0 +1,245 @@
+"""The model card of a model folder, as JSON, Markdown, or one self-contained HTML page.
+
+Everything comes from the folder: provenance (method, sites, rounds, label space, image size),
+per-class test AUC with its bootstrap 95% interval, the operating thresholds with test
+sensitivity and specificity at each, each site's epsilon where its report shared it, and the
+secure-aggregation settings. The HTML embeds its plot as a data URI (no network, no scripts).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+from clinfl.errors import ConfigError
+from clinfl.model_io.bundle import ModelBundle
+
+CARD_FORMATS = {".json": "json", ".md": "md", ".html": "html"}
+INTENDED_USE = (
+    "A research model trained by federated learning. It is not a medical device and not a "
+    "diagnostic tool: its outputs must not guide the care of any patient. Use it to study "
+    "federated training, label skew and thresholds on your own retrospective data."
+)
+LIMITATIONS = (
+    "Test metrics come from the run's own held-out split, which shares its sources and label "
+    "noise with the training data; they say little about another hospital, scanner or "
+    "population. Thresholds were chosen on the run's validation split; a class flagged there had "
+    "no validation positive and keeps 0.5. Confidence intervals cover sampling of test images "
+    "only, not the variation between training runs."
+)
+
+
+def _pct(value: Any) -> str:
+    return "n/a" if value is None else f"{100 * float(value):.1f}"
+
+
+def build_card(bundle: ModelBundle) -> dict[str, Any]:
+    """Return the model card's content as JSON types."""
+    prov, thresholds = bundle.provenance, bundle.thresholds
+    per_class_auc = (prov.get("test") or {}).get("per_class_auc") or {}
+    classes = []
+    for name in bundle.class_names:
+        entry = thresholds["classes"][name]
+        classes.append(
+            {
+                "class": name,
+                "test_auc": per_class_auc.get(name),
+                "test_auc_ci95": entry.get("test_auc_ci"),
+                "threshold": entry["threshold"],
+                "flagged": entry["flagged"],
+                "test_sensitivity": entry.get("test_sensitivity"),
+                "test_specificity": entry.get("test_specificity"),
+            }
+        )
+    return {
+        "model": {
+            "method": bundle.method.name,
+            "label_space": bundle.label_space,
+            "image_size": bundle.image_size,
+            "etf_seed": "included" if bundle.federation_seed is not None else "omitted",
+        },
+        "provenance": {
+            k: prov.get(k)
+            for k in (
+                "run_id",
+                "dataset",
+                "data",
+                "sites",
+                "samples_per_site",
+                "rounds_configured",
+                "rounds_run",
+                "selected_round",
+                "selection",
+                "clinfl_version",
+            )
+        },
+        "test": {k: (prov.get("test") or {}).get(k) for k in ("macro_auc", "micro_auc")},
+        "f1": thresholds.get("test_f1", {}),
+        "threshold_rule": thresholds.get("rule"),
+        "thresholds_chosen_on": thresholds.get("chosen_on"),
+        "classes": classes,
+        "privacy": prov.get("privacy", []),
+        "secure_aggregation": prov.get("secure_aggregation"),
+        "intended_use": INTENDED_USE,
+        "limitations": LIMITATIONS,
+    }
+
+
+def _tables(card: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]]]:
+    model, prov, f1 = card["model"], card["provenance"], card["f1"]
+    summary = [
+        ["method", model["method"]],
+        ["label space", f"{model['label_space']} ({len(card['classes'])} classes)"],
+        ["image size", f"{model['image_size']} px"],
+        ["data", str(prov.get("data"))],
+        ["sites", str(prov.get("sites"))],
+        ["rounds", f"{prov.get('rounds_run')} run of {prov.get('rounds_configured')}"],
+        ["selected round", f"{prov.get('selected_round')} ({prov.get('selection')})"],
+        ["test macro / micro AUC (%)", f"{_pct(card['test']['macro_auc'])} / "
+         f"{_pct(card['test']['micro_auc'])}"],
+        ["test macro / micro F1 at 0.5 (%)", f"{_pct(f1.get('macro_at_0.5'))} / "
+         f"{_pct(f1.get('micro_at_0.5'))}"],
+        ["test macro / micro F1 at the thresholds (%)", f"{_pct(f1.get('macro_at_thresholds'))}"
+         f" / {_pct(f1.get('micro_at_thresholds'))}"],
+        ["threshold rule", f"{card['threshold_rule']} (chosen on {card['thresholds_chosen_on']})"],
+        ["ETF seed in the folder", model["etf_seed"]],
+        ["run", str(prov.get("run_id"))],
+    ]  # fmt: skip
+    classes = [
+        [
+            c["class"],
+            _pct(c["test_auc"]),
+            "n/a" if not c["test_auc_ci95"] else
+            f"{_pct(c['test_auc_ci95'][0])}-{_pct(c['test_auc_ci95'][1])}",
+            f"{c['threshold']:.4g}" + (" (flagged: no validation positive)" * c["flagged"]),
+            _pct(c["test_sensitivity"]),
+            _pct(c["test_specificity"]),
+        ]
+        for c in card["classes"]
+    ]  # fmt: skip
+    privacy = [
+        [
+            str(p["site"]),
+            "shared by the site" if "epsilon" in p.get("shared", []) else "kept at the site",
+            "n/a" if p.get("epsilon_spent") is None else f"{p['epsilon_spent']:.4g}",
+            "n/a" if p.get("epsilon_budget") is None else f"{p['epsilon_budget']:.4g}",
+            "on" if p.get("dp_enabled") else "off" if p.get("dp_enabled") is False else "n/a",
+        ]
+        for p in card["privacy"]
+    ]
+    secagg = [[str(k), json.dumps(v)] for k, v in (card["secure_aggregation"] or {}).items()]
+    return [
+        ("Model and provenance", ["item", "value"], summary),
+        (
+            "Per class: test AUC (bootstrap 95% CI) and the operating threshold",
+            ["class", "AUC %", "95% CI", "threshold", "sensitivity %", "specificity %"],
+            classes,
+        ),
+        ("Privacy: epsilon spent per site", ["site", "epsilon", "spent", "budget", "DP-SGD"],
+         privacy),
+        ("Secure aggregation", ["setting", "value"], secagg),
+    ]  # fmt: skip
+
+
+def _markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    if not rows:
+        return ["(none)"]
+    clean = [[cell.replace("|", "\\|") for cell in row] for row in rows]
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    return lines + ["| " + " | ".join(row) + " |" for row in clean]
+
+
+def card_markdown(card: dict[str, Any]) -> str:
+    """Return the card as Markdown."""
+    out = [f"# Model card: {card['model']['method']} ({card['model']['label_space']})", ""]
+    out += ["## Intended use", "", card["intended_use"], ""]
+    for title, header, rows in _tables(card):
+        out += [f"## {title}", "", *_markdown_table(header, rows), ""]
+    out += ["## Limitations", "", card["limitations"], ""]
+    return "\n".join(out)
+
+
+def auc_plot(card: dict[str, Any]) -> bytes:
+    """Return a PNG of per-class test AUC with its 95% interval (blue) and chance (grey)."""
+    rows = [c for c in card["classes"] if c["test_auc"] is not None]
+    figure, axes = plt.subplots(figsize=(6.4, 0.3 * max(len(rows), 4) + 1.2), dpi=100)
+    try:
+        for y, c in enumerate(rows):
+            low, high = c["test_auc_ci95"] or (c["test_auc"], c["test_auc"])
+            axes.plot([low, high], [y, y], color="#1f4fd1", linewidth=3)
+            axes.plot([c["test_auc"]], [y], "o", color="#1f4fd1", markersize=7)
+        axes.axvline(0.5, color="grey", linestyle="--", linewidth=1)
+        axes.set_yticks(range(len(rows)), [c["class"] for c in rows])
+        axes.set_xlim(0, 1)
+        axes.set_xlabel("test ROC-AUC (bootstrap 95% interval)")
+        axes.grid(alpha=0.3, axis="x")
+        buffer = io.BytesIO()
+        figure.tight_layout()
+        figure.savefig(buffer, format="png")
+        return buffer.getvalue()
+    finally:
+        plt.close(figure)
+
+
+_STYLE = (
+    "body{font-family:sans-serif;margin:2em;max-width:70em}"
+    "table{border-collapse:collapse;margin-bottom:1.5em}"
+    "td,th{border:1px solid #bbb;padding:.3em .6em;text-align:left;font-size:.9em}"
+    "th{background:#eee}.use{border-left:4px solid #c00;padding-left:1em}"
+)
+
+
+def _html_table(header: list[str], rows: list[list[str]]) -> str:
+    if not rows:
+        return "<p>(none)</p>"
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in row) + "</tr>" for row in rows
+    )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def card_html(card: dict[str, Any]) -> str:
+    """Return the card as one self-contained HTML page with its AUC plot."""
+    title = f"Model card: {card['model']['method']} ({card['model']['label_space']})"
+    image = base64.b64encode(auc_plot(card)).decode()
+    sections = "".join(
+        f"<h2>{html.escape(t)}</h2>{_html_table(header, rows)}" for t, header, rows in _tables(card)
+    )
+    return (
+        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+        f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head><body>"
+        f"<h1>{html.escape(title)}</h1>"
+        f'<p class="use"><strong>Intended use.</strong> {html.escape(card["intended_use"])}</p>'
+        f'<img id="auc-plot" alt="per-class test AUC with 95% intervals" '
+        f'src="data:image/png;base64,{image}">'
+        f"{sections}<h2>Limitations</h2><p>{html.escape(card['limitations'])}</p></body></html>"
+    )
+
+
+def card_format(out: Path) -> str:
+    """Return the card format an output path asks for by its suffix.
+
+    Raises:
+        ConfigError: for a suffix other than .html, .md or .json.
+    """
+    fmt = CARD_FORMATS.get(out.suffix.lower())
+    if fmt is None:
+        raise ConfigError(f"--out {out} must end in .html, .md or .json", remedy="--out card.html")
+    return fmt
+
+
+def render_card(card: dict[str, Any], fmt: str) -> str:
+    """Render ``card`` as ``json``, ``md`` or ``html``."""
+    if fmt == "json":
+        return json.dumps(card, indent=2)
+    return card_markdown(card) if fmt == "md" else card_html(card)

@@ -1,0 +1,1 @@
+"""Applying an exported model at a site: read images, predict, threshold, explain."""

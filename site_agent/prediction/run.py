@@ -1,0 +1,239 @@
+"""``clinfl model predict`` at a site: read, predict, threshold, explain, write locally.
+
+The output (a CSV or JSON file, and overlays) stays at the site: it names DICOM images by their
+SOP Instance UID so that they can be found in the PACS. Nothing else written (the ingest index
+and cache under the state folder) holds a UID.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from clinfl.errors import CheckpointError, ConfigError
+from clinfl.model_io import read_bundle, resolve_seed
+from site_agent.ingest.pipeline import IngestOptions
+from site_agent.prediction.explain import Overlay, require_class_attention, write_overlays
+from site_agent.prediction.infer import positive_findings, probabilities
+from site_agent.prediction.model import load_bundle_model
+from site_agent.prediction.sources import (
+    PredictionInput,
+    SourceKind,
+    Unused,
+    detect_kind,
+    read_dicom_export,
+    read_native_grayscale,
+    read_png_folder,
+)
+
+Progress = Callable[[str, int, int], None]
+OUTPUT_SUFFIXES = (".csv", ".json")
+
+
+@dataclass(frozen=True)
+class PredictionRequest:
+    """What to predict on and where to write. ``state_dir`` None: a temporary folder."""
+
+    model_dir: Path
+    data_dir: Path
+    out: Path
+    explain_dir: Path | None = None
+    state_dir: Path | None = None
+    source: SourceKind = "auto"
+    label_space: str | None = None
+    federation_seed: int | None = None
+    ingest: IngestOptions = field(default_factory=IngestOptions)
+
+
+@dataclass(frozen=True)
+class PredictionResult:
+    """One row per image: key, probabilities ``[N, C]``, positives; plus the unused files."""
+
+    kind: str
+    method: str
+    class_names: tuple[str, ...]
+    thresholds: tuple[float, ...]
+    keys: tuple[str, ...]
+    probabilities: np.ndarray
+    positives: list[tuple[str, ...]]
+    unused: tuple[Unused, ...]
+    overlays: tuple[Overlay, ...]
+    out: Path
+
+    def rows(self) -> list[dict[str, Any]]:
+        """Return one JSON-ready row per image (probabilities by class name)."""
+        return [
+            {
+                "key": key,
+                "probabilities": dict(zip(self.class_names, map(float, probs), strict=True)),
+                "positive": list(found),
+            }
+            for key, probs, found in zip(self.keys, self.probabilities, self.positives, strict=True)
+        ]
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """Return the whole result as JSON types (``--json`` prints it; a .json output holds it)."""
+        return {
+            "source": self.kind,
+            "method": self.method,
+            "classes": list(self.class_names),
+            "thresholds": dict(zip(self.class_names, self.thresholds, strict=True)),
+            "images": len(self.keys),
+            "predictions": self.rows(),
+            "unused": [vars(item) for item in self.unused],
+            "overlays": [
+                {"key": o.key, "finding": o.finding, "file": str(o.path)} for o in self.overlays
+            ],
+            "output": str(self.out),
+        }
+
+
+@contextmanager
+def _state_folder(given: Path | None) -> Iterator[Path]:
+    if given is not None:
+        yield given
+        return
+    with tempfile.TemporaryDirectory(prefix="clinfl-predict-") as temporary:
+        yield Path(temporary)
+
+
+def _check_request(request: PredictionRequest) -> None:
+    if request.out.suffix.lower() not in OUTPUT_SUFFIXES:
+        raise ConfigError(
+            f"--out {request.out} must end in .csv or .json", remedy="--out predictions.csv"
+        )
+
+
+def _read(request: PredictionRequest, size: int, progress: Progress | None) -> PredictionInput:
+    kind = detect_kind(request.data_dir) if request.source == "auto" else request.source
+    if kind == "png":
+        return read_png_folder(request.data_dir, size=size, progress=progress)
+    options = IngestOptions(
+        image_size=size,
+        lenient=request.ingest.lenient,
+        modalities=request.ingest.modalities,
+        body_parts=request.ingest.body_parts,
+        views=request.ingest.views,
+        workers=request.ingest.workers,
+    )
+    with _state_folder(request.state_dir) as state:
+        return read_dicom_export(
+            request.data_dir, state_dir=state, options=options, progress=progress
+        )
+
+
+def run_prediction(
+    request: PredictionRequest,
+    *,
+    progress: Progress | None = None,
+    device: torch.device | None = None,
+) -> PredictionResult:
+    """Predict on every usable image of ``request.data_dir`` and write the output file.
+
+    Raises:
+        ModelError: for a missing or corrupt model folder, or weights that do not fit it.
+        ConfigError: for a label space other than the model's, a missing federation seed,
+            ``--explain`` with a model without class attention, or a bad ``--out`` suffix.
+        DataError: for a missing data folder, or one with no usable image.
+        CheckpointError: if the output cannot be written.
+    """
+    _check_request(request)
+    bundle = read_bundle(request.model_dir)
+    if request.label_space is not None and request.label_space != bundle.label_space:
+        raise ConfigError(
+            f"the model folder predicts the {bundle.label_space!r} label space, "
+            f"not {request.label_space!r}",
+            remedy=f"use a model trained on {request.label_space!r}, or leave out --label-space",
+        )
+    model = load_bundle_model(
+        bundle, federation_seed=resolve_seed(bundle, request.federation_seed), device=device
+    )
+    attention = require_class_attention(model, bundle.method.name) if request.explain_dir else None
+    source = _read(request, bundle.image_size, progress)
+    probs = probabilities(model, source.images, device=device, progress=progress)
+    thresholds = bundle.threshold_values
+    positives = positive_findings(probs, thresholds, bundle.class_names)
+    overlays: list[Overlay] = []
+    if attention is not None and request.explain_dir is not None:
+        attention = attention.to("cpu")
+        paths = source.paths
+
+        def background(i: int) -> np.ndarray:
+            return source.images[i] if paths is None else read_native_grayscale(paths[i])
+
+        overlays = write_overlays(
+            attention,
+            keys=source.keys,
+            images=source.images,
+            positives=positives,
+            class_names=bundle.class_names,
+            out_dir=request.explain_dir,
+            background=background,
+        )
+    result = PredictionResult(
+        kind=source.kind,
+        method=bundle.method.name,
+        class_names=bundle.class_names,
+        thresholds=thresholds,
+        keys=source.keys,
+        probabilities=probs,
+        positives=positives,
+        unused=source.unused,
+        overlays=tuple(overlays),
+        out=request.out,
+    )
+    write_result(result)
+    return result
+
+
+def _csv_text(header: list[str], rows: list[list[str]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def unused_path(out: Path) -> Path:
+    """Where a CSV output's list of unused files goes: ``NAME.unused.csv`` beside it."""
+    return out.with_name(out.stem + ".unused.csv")
+
+
+def write_result(result: PredictionResult) -> None:
+    """Write ``result.out`` (CSV: one row per image, plus ``NAME.unused.csv``; or JSON).
+
+    Probabilities are written with ``repr``, so they read back bit for bit.
+
+    Raises:
+        CheckpointError: if a file cannot be written.
+    """
+    out = result.out
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if out.suffix.lower() == ".json":
+            out.write_text(json.dumps(result.to_json_dict(), indent=2))
+            return
+        header = ["key", *(f"p_{name}" for name in result.class_names), "positive"]
+        rows = [
+            [key, *(repr(float(p)) for p in probs), "|".join(found)]
+            for key, probs, found in zip(
+                result.keys, result.probabilities, result.positives, strict=True
+            )
+        ]
+        out.write_text(_csv_text(header, rows))
+        unused = [[u.file, u.reason, u.detail] for u in result.unused]
+        unused_path(out).write_text(_csv_text(["file", "reason", "detail"], unused))
+    except OSError as exc:
+        raise CheckpointError(
+            f"cannot write {out}: {exc}", remedy="choose a writable --out path"
+        ) from exc
