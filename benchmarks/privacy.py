@@ -1,10 +1,12 @@
 """Privacy cost: DP-SGD step time and memory per Opacus mode, accuracy at several budgets, and
 clinfl's epsilon next to Opacus' own accountant.
 
-    python benchmarks/privacy.py --quick   # steps at 32/64 px; FedNCAlign-ML, 300 digits
-    python benchmarks/privacy.py --full    # steps up to 128 px; FedAvg too, 600 digits, NIH1000
+    python benchmarks/privacy.py --quick   # steps at 32/64/128 px; FedNCAlign-ML, 300 digits
+    python benchmarks/privacy.py --full    # the same steps; FedAvg too, 600 digits, NIH1000
+    python benchmarks/privacy.py --steps-only   # only the step cells; keeps the saved accuracy
 
-Each step-time cell runs in its own process, so its peak resident memory is its own. Accuracy
+Each step-time cell (the non-private step and every DP mode, at each size) runs in its own
+process with the same torch thread count, so its peak resident memory is its own. Accuracy
 runs use `clinfl simulate`'s code path with a policy per budget: the noise multiplier is chosen
 so that the site with the highest sampling rate reaches the budget exactly at the last round;
 every site's ledger then shows what it really spent.
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -34,34 +37,48 @@ from benchmarks.machine import machine_info  # noqa: E402
 from benchmarks.report import write_docs  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "privacy.json"
-MODES = ("none", "hooks", "ew", "ghost", "functorch")
+MODES = ("none", "hooks", "ew", "ghost", "mixed-ghost", "functorch")
+SIZES = (32, 64, 128)
+BATCH = 32
+THREADS = 2  # the reference machine's cores; docs/benchmarks.md states it per section
+TIMED_STEPS = 6
+WARM_UP = 2  # the first steps allocate and tune kernels
 BUDGETS = (3.0, 8.0, None)  # None: no DP
 DELTA = 1e-5
 
 
-def one_step_cell(mode: str, size: int, steps: int) -> dict[str, Any]:
-    """Time ``steps`` DP steps (after one warm-up) of FedNCAlign-ML in this process."""
+def build_step(mode: str, size: int, batches: int) -> tuple[Any, Any, Any, Any, Any]:
+    """Return ``(model, optimizer, loader, criterion, algorithm)`` for one mode at ``size``.
+
+    ``criterion`` is Opacus' ghost-clipping loss wrapper for the ghost modes, else None.
+    """
     import torch
     from torch.utils.data import DataLoader, TensorDataset
 
     from clinfl.algorithms import ModelSpec, create_algorithm
     from clinfl.config import MethodConfig
 
-    torch.manual_seed(0)
+    generator = torch.Generator().manual_seed(0)
     algorithm = create_algorithm(MethodConfig(name="fedncalign", lambda_rej=0.01))
     spec = ModelSpec(num_classes=14, image_size=size, federation_seed=1, init_seed=0)
     model = algorithm.build_model(spec)
-    images = torch.randn(32 * (steps + 1), 1, size, size)
-    targets = (torch.rand(32 * (steps + 1), 14) < 0.1).float()
+    images = torch.randn(BATCH * batches, 1, size, size, generator=generator)
+    targets = (torch.rand(BATCH * batches, 14, generator=generator) < 0.1).float()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    loader = DataLoader(TensorDataset(images, targets), batch_size=32)
+    loader = DataLoader(TensorDataset(images, targets), batch_size=BATCH)
     criterion = None
     if mode != "none":
         from opacus import PrivacyEngine
 
+        from clinfl.privacy.ghost_norms import enable_mixed_ghost, register_ghost_norm_samplers
+        from clinfl.privacy.settings import GHOST_CLIPPING_MODES, opacus_grad_sample_mode
         from site_agent.private_training import _PerSampleCriterion
 
-        extra = {"criterion": _PerSampleCriterion(algorithm)} if mode == "ghost" else {}
+        register_ghost_norm_samplers()  # as in a site: it changes no other mode's numbers
+        ghost = mode in GHOST_CLIPPING_MODES
+        if mode == "mixed-ghost":
+            enable_mixed_ghost(model)
+        extra = {"criterion": _PerSampleCriterion(algorithm)} if ghost else {}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             made = PrivacyEngine(accountant="rdp").make_private(
@@ -71,11 +88,22 @@ def one_step_cell(mode: str, size: int, steps: int) -> dict[str, Any]:
                 noise_multiplier=1.0,
                 max_grad_norm=1.0,
                 poisson_sampling=False,
-                grad_sample_mode=mode,
+                grad_sample_mode=opacus_grad_sample_mode(mode),
                 **extra,
             )
         model, optimizer, loader = made[0], made[1], made[-1]
-        criterion = made[2] if mode == "ghost" else None
+        criterion = made[2] if ghost else None
+    return model, optimizer, loader, criterion, algorithm
+
+
+def one_step_cell(mode: str, size: int, steps: int, threads: int = THREADS) -> dict[str, Any]:
+    """Time ``steps`` steps (after two warm-ups) of FedNCAlign-ML in this process."""
+    import torch
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)  # this process only: Opacus' noise in the timed steps
+    load_before = os.getloadavg()[0]
+    model, optimizer, loader, criterion, algorithm = build_step(mode, size, steps + WARM_UP)
     timings = []
     warnings.simplefilter("ignore")
     for x, y in loader:
@@ -90,22 +118,27 @@ def one_step_cell(mode: str, size: int, steps: int) -> dict[str, Any]:
     return {
         "mode": mode,
         "image_size": size,
-        "batch": 32,
-        "step_seconds": statistics.median(timings[1:] or timings),
+        "batch": BATCH,
+        "step_seconds": statistics.median(timings[WARM_UP:] or timings),
+        "step_seconds_all": timings[WARM_UP:],
         "peak_rss_mb": peak_kib / 1024,
         "threads": torch.get_num_threads(),
+        "load_before": load_before,
+        "load_after": os.getloadavg()[0],
     }
 
 
-def measure_steps(sizes: tuple[int, ...]) -> list[dict[str, Any]]:
+def measure_steps(
+    sizes: tuple[int, ...], modes: tuple[str, ...] = MODES, timed: int = TIMED_STEPS
+) -> list[dict[str, Any]]:
     """Run every (mode, size) cell in a fresh process; add ratios to the non-private step."""
     cells = []
     for size in sizes:
         base: dict[str, Any] | None = None
-        for mode in MODES:
+        for mode in modes:
             if mode == "functorch" and size > 32:
                 continue  # one functorch step costs minutes here (30x or more); measured at 32 px
-            steps = 1 if mode == "functorch" else 4
+            steps = 1 if mode == "functorch" else timed
             done = subprocess.run(
                 [sys.executable, __file__, "--cell", mode, str(size), str(steps)],
                 capture_output=True,
@@ -122,7 +155,12 @@ def measure_steps(sizes: tuple[int, ...]) -> list[dict[str, Any]]:
                 cell["time_ratio"] = cell["step_seconds"] / base["step_seconds"]
                 cell["memory_ratio"] = cell["peak_rss_mb"] / base["peak_rss_mb"]
             cells.append(cell)
-            print(f"{size:>3} px {mode:>9}: {cell['step_seconds']:.2f} s/step", flush=True)
+            print(
+                f"{size:>3} px {mode:>11}: {cell['step_seconds']:.3f} s/step "
+                f"({cell.get('time_ratio', 1.0):.2f}x, load {cell['load_before']:.1f}"
+                f"->{cell['load_after']:.1f})",
+                flush=True,
+            )
     return cells
 
 
@@ -268,9 +306,13 @@ def main() -> None:
         "--cell", nargs=3, metavar=("MODE", "SIZE", "STEPS"), help=argparse.SUPPRESS
     )
     preset = parser.add_mutually_exclusive_group()
-    preset.add_argument("--quick", action="store_true", help="steps at 32/64 px, digits (default)")
-    preset.add_argument("--full", action="store_true", help="adds NIH1000 accuracy")
-    parser.add_argument("--skip-steps", action="store_true", help="keep the saved step cells")
+    preset.add_argument("--quick", action="store_true", help="digits accuracy (default)")
+    preset.add_argument("--full", action="store_true", help="adds FedAvg and NIH1000 accuracy")
+    steps_choice = parser.add_mutually_exclusive_group()
+    steps_choice.add_argument("--skip-steps", action="store_true", help="keep the saved step cells")
+    steps_choice.add_argument(
+        "--steps-only", action="store_true", help="measure the step cells; keep the saved accuracy"
+    )
     parser.add_argument(
         "--datasets",
         default=None,
@@ -283,30 +325,34 @@ def main() -> None:
         print(json.dumps(one_step_cell(mode, int(size), int(steps))))
         return
     previous = json.loads(args.results.read_text()) if args.results.is_file() else {}
-    sizes = (32, 64, 128) if args.full else (32, 64)
-    steps = previous.get("steps", []) if args.skip_steps else measure_steps(sizes)
+    steps = previous.get("steps", []) if args.skip_steps else measure_steps(SIZES)
     chosen = None if args.datasets is None else set(args.datasets.split(","))
     accuracy: list[dict[str, Any]] = [
         row
         for row in previous.get("accuracy", [])
-        if chosen is not None and row["dataset"] not in chosen
+        if args.steps_only or (chosen is not None and row["dataset"] not in chosen)
     ]
+    preset = previous.get("preset", "quick") if args.steps_only else None
+    preset = preset or ("full" if args.full else "quick")
 
     def save() -> None:
         document = {
             "machine": machine_info(),
-            "preset": "full" if args.full else "quick",
+            "preset": preset,
             "delta": DELTA,
             "steps": steps,
             "accuracy": accuracy,
         }
+        if "profile" in previous:  # benchmarks/privacy_profile.py's, kept until it reruns
+            document["profile"] = previous["profile"]
         args.results.parent.mkdir(parents=True, exist_ok=True)
         args.results.write_text(json.dumps(document, indent=2))
 
     save()
+    wanted = accuracy_configs(args.full or bool(chosen and "nih1000" in chosen))
     jobs = [
         (dataset, method, budget, base)
-        for dataset, base in accuracy_configs(args.full or bool(chosen and "nih1000" in chosen))
+        for dataset, base in ([] if args.steps_only else wanted)
         if chosen is None or dataset in chosen
         for method in (("fedavg", "fedncalign") if args.full else ("fedncalign",))
         for budget in BUDGETS

@@ -3,7 +3,8 @@
 One privacy engine per site and federation, built once: its accountant is rebuilt from the
 ledger's history, so a restarted site continues the same accounting. Every round reserves its
 privacy spend in the ledger before the first step and is refused, with the refusal recorded,
-if it would pass the budget.
+if it would pass the budget. A site whose noise is calibrated to ``target_epsilon_per_round``
+also refuses, before any step, a round with more steps than it calibrated for.
 """
 
 from __future__ import annotations
@@ -22,12 +23,13 @@ from clinfl.algorithms import Algorithm, ModelSpec
 from clinfl.algorithms.base import RoundContext
 from clinfl.data.batching import to_input_tensor
 from clinfl.data.imageset import ImageSet
-from clinfl.errors import BudgetExhausted, FederationError, ModelError
+from clinfl.errors import BudgetExhausted, FederationError, ModelError, PolicyViolation
 from clinfl.federation.messages import RoundSettings
 from clinfl.model.networks import LearnableRows
-from clinfl.privacy.accounting import noise_for_round_epsilon
+from clinfl.privacy.accounting import epsilon_of, noise_for_round_epsilon
+from clinfl.privacy.ghost_norms import enable_mixed_ghost
 from clinfl.privacy.noise import use_secure_noise
-from clinfl.privacy.settings import DPSettings
+from clinfl.privacy.settings import GHOST_CLIPPING_MODES, DPSettings, opacus_grad_sample_mode
 from clinfl.typing import StateDict
 from site_agent.ledger import Reservation, SiteLedger
 from site_agent.model_state import load_travelling_state
@@ -107,14 +109,24 @@ class PrivateSite:
             batch_size=batch_size,
             generator=torch.Generator().manual_seed(seed),
         )
+        # The batch size, and with it the sampling rate, is fixed here for the site's life: a
+        # round's settings.batch_size does not change the loader, so it cannot change the rate.
         self.sample_rate = 1.0 / len(loader)
-        self.noise_multiplier = dp.noise_multiplier or noise_for_round_epsilon(
-            dp.target_epsilon_per_round or 1.0,
-            delta=dp.delta,
-            sample_rate=self.sample_rate,
-            steps=local_epochs * len(loader),
-            accountant=dp.accountant,
-        )
+        # (per-round epsilon target, local epochs, steps) the noise was calibrated for, if any
+        self._calibration: tuple[float, int, int] | None = None
+        if dp.noise_multiplier:
+            self.noise_multiplier = dp.noise_multiplier
+        else:
+            target = dp.target_epsilon_per_round or 1.0
+            steps = local_epochs * len(loader)
+            self.noise_multiplier = noise_for_round_epsilon(
+                target,
+                delta=dp.delta,
+                sample_rate=self.sample_rate,
+                steps=steps,
+                accountant=dp.accountant,
+            )
+            self._calibration = (target, local_epochs, steps)
         self._build_engine(model, loader, weight_decay)
 
     def _build_engine(self, model: nn.Module, loader: DataLoader[Any], weight_decay: float) -> None:
@@ -127,8 +139,11 @@ class PrivateSite:
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=1e-3, weight_decay=weight_decay)
         extra: dict[str, Any] = {}
-        if self._dp.grad_sample_mode == "ghost":
+        ghost = self._dp.grad_sample_mode in GHOST_CLIPPING_MODES
+        if ghost:
             extra["criterion"] = _PerSampleCriterion(self._algorithm)
+        if self._dp.grad_sample_mode == "mixed-ghost":
+            enable_mixed_ghost(model)  # ghost norms for the convolutions where they cost less
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Secure RNG turned off")
             made = self.engine.make_private(
@@ -138,11 +153,10 @@ class PrivateSite:
                 noise_multiplier=self.noise_multiplier,
                 max_grad_norm=self._dp.max_grad_norm,
                 poisson_sampling=True,
-                grad_sample_mode=self._dp.grad_sample_mode,
+                grad_sample_mode=opacus_grad_sample_mode(self._dp.grad_sample_mode),
                 **extra,
             )
         self._model, self._optimizer = made[0], made[1]
-        ghost = self._dp.grad_sample_mode == "ghost"
         self._criterion = made[2] if ghost else None
         self._loader = made[-1]
         if self._dp.secure_rng:
@@ -193,10 +207,13 @@ class PrivateSite:
         """Reserve the round's privacy spend, then train with DP-SGD.
 
         Raises:
+            PolicyViolation: if the round has more steps than the per-round epsilon target was
+                calibrated for (recorded as a refusal; nothing trains).
             BudgetExhausted: if the round would pass the site's epsilon budget (nothing trains).
             FederationError: if the global state does not fit or the loss diverges.
         """
         steps = settings.local_epochs * len(self._loader)
+        self._check_round_target(settings, steps)
         try:
             self._reservation = self._reserve(settings, steps)
         except BudgetExhausted as refusal:
@@ -209,6 +226,35 @@ class PrivateSite:
             self._ledger.release(self._reservation.row_id)  # no step was taken
             raise
         return self._train_after_reservation(global_state, settings, steps)
+
+    def _check_round_target(self, settings: RoundSettings, steps: int) -> None:
+        """Refuse a round that would cost more than the per-round target the noise was set for.
+
+        Raises:
+            PolicyViolation: with the round's epsilon, the target and the steps; recorded first.
+        """
+        if self._calibration is None:
+            return
+        target, epochs, calibrated_steps = self._calibration
+        if steps <= calibrated_steps:  # a round's epsilon grows with its steps
+            return
+        epsilon = epsilon_of(
+            [(self.noise_multiplier, self.sample_rate, steps)],
+            delta=self._dp.delta,
+            accountant=self._dp.accountant,
+        )
+        reason = (
+            f"round {settings.round}: {settings.local_epochs} local epochs ({steps} steps) would "
+            f"cost epsilon {epsilon:.3f} at delta {self._dp.delta:g}, past the per-round target "
+            f"{target:g} its noise multiplier {self.noise_multiplier:.4f} was calibrated for "
+            f"({epochs} local epochs, {calibrated_steps} steps)"
+        )
+        self._ledger.record_refusal(run_id=self._run_id, round_number=settings.round, reason=reason)
+        raise PolicyViolation(
+            f"{self._site_id} refuses {reason}",
+            remedy=f"ask for at most {epochs} local epochs per round (the run's configured "
+            "value when the site joined)",
+        )
 
     def _reserve(self, settings: RoundSettings, steps: int) -> Reservation:
         return self._ledger.reserve(

@@ -7,6 +7,7 @@ Weight names are unchanged, so a local torchvision ResNet-18 weights file loads 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
@@ -37,15 +38,19 @@ class SafeBasicBlock(BasicBlock):  # type: ignore[misc]
         return result
 
 
-def _norm_layer(kind: NormKind) -> type[nn.Module] | None:
+def _group_norm(channels: int) -> nn.GroupNorm:
+    """A plain ``nn.GroupNorm`` (32 groups, fewer for narrow layers).
+
+    Plain, not a subclass: Opacus finds a layer's per-sample-gradient and norm samplers by its
+    exact type, and falls back to much slower functorch for a subclass.
+    """
+    return nn.GroupNorm(min(32, channels), channels)
+
+
+def _norm_layer(kind: NormKind) -> Callable[[int], nn.Module] | None:
     if kind == "batch":
         return None  # torchvision's default BatchNorm2d
-
-    class _GroupNorm(nn.GroupNorm):
-        def __init__(self, channels: int) -> None:
-            super().__init__(min(32, channels), channels)
-
-    return _GroupNorm
+    return _group_norm
 
 
 class ResNet18Features(nn.Module):

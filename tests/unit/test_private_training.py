@@ -14,11 +14,17 @@ from torch.utils.data import DataLoader, TensorDataset
 from clinfl.algorithms import ModelSpec, create_algorithm
 from clinfl.config import MethodConfig
 from clinfl.data.imageset import ImageSet
-from clinfl.errors import BudgetExhausted, ModelError
+from clinfl.errors import BudgetExhausted, ModelError, PolicyViolation
 from clinfl.federation.messages import RoundSettings
 from clinfl.policy import DPPolicy
+from clinfl.privacy.ghost_norms import enable_mixed_ghost
 from clinfl.privacy.noise import secure_gaussian, use_secure_noise
-from clinfl.privacy.settings import DPSettings, default_grad_sample_mode
+from clinfl.privacy.settings import (
+    GHOST_CLIPPING_MODES,
+    DPSettings,
+    default_grad_sample_mode,
+    opacus_grad_sample_mode,
+)
 from site_agent.ledger import SiteLedger
 from site_agent.private_training import PrivateSite
 
@@ -50,7 +56,7 @@ def _brute_force_clipped_mean(model, algorithm, x, y, clip: float) -> dict[str, 
     return {n: t / x.shape[0] for n, t in total.items()}
 
 
-@pytest.mark.parametrize("mode", ["hooks", "ew", "ghost"])
+@pytest.mark.parametrize("mode", ["hooks", "ew", "ghost", "mixed-ghost"])
 def test_clipped_per_sample_gradients_equal_a_brute_force_computation(mode: str) -> None:
     from opacus import PrivacyEngine
 
@@ -67,10 +73,12 @@ def test_clipped_per_sample_gradients_equal_a_brute_force_computation(mode: str)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     loader = DataLoader(TensorDataset(x, y), batch_size=4)
     extra = {}
-    if mode == "ghost":
+    if mode in GHOST_CLIPPING_MODES:
         from site_agent.private_training import _PerSampleCriterion
 
         extra["criterion"] = _PerSampleCriterion(algorithm)
+    if mode == "mixed-ghost":
+        enable_mixed_ghost(model)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         made = PrivacyEngine().make_private(
@@ -80,12 +88,12 @@ def test_clipped_per_sample_gradients_equal_a_brute_force_computation(mode: str)
             noise_multiplier=0.0,
             max_grad_norm=clip,
             poisson_sampling=False,
-            grad_sample_mode=mode,
+            grad_sample_mode=opacus_grad_sample_mode(mode),
             **extra,
         )
         wrapped, dp_optimizer = made[0], made[1]
         output = wrapped(x)
-        if mode == "ghost":
+        if mode in GHOST_CLIPPING_MODES:
             loss = made[2](output, y)
         else:
             loss = algorithm.per_sample_loss(output, y).mean()
@@ -113,8 +121,20 @@ def test_batch_normalised_loss_would_break_the_guarantee() -> None:
     assert all(torch.allclose(a, b, atol=1e-10) for a, b in zip(alone, in_batch, strict=True))
 
 
-def _site(tmp_path: Path, *, budget: float = 50.0, mode: str = "hooks", name: str = "fedncalign"):
-    dp = DPSettings.from_policy(DPPolicy(epsilon_budget=budget), grad_sample_mode=mode)
+def _site(
+    tmp_path: Path,
+    *,
+    budget: float = 50.0,
+    mode: str = "hooks",
+    name: str = "fedncalign",
+    per_round: float | None = None,
+):
+    policy = DPPolicy(epsilon_budget=budget)
+    if per_round is not None:
+        policy = DPPolicy(
+            epsilon_budget=budget, noise_multiplier=None, target_epsilon_per_round=per_round
+        )
+    dp = DPSettings.from_policy(policy, grad_sample_mode=mode)
     algorithm = _algorithm(name)
     site = PrivateSite(
         "site-1",
@@ -162,6 +182,38 @@ def test_round_over_budget_is_refused_before_any_step(tmp_path: Path) -> None:
     after = site.inner_model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert len(SiteLedger(tmp_path).refusals()) == 1
+
+
+def test_more_local_epochs_than_calibrated_for_are_refused_before_any_step(
+    tmp_path: Path,
+) -> None:
+    site, algorithm = _site(tmp_path, per_round=2.0)  # calibrated for 1 epoch = 3 steps
+    state = algorithm.travelling_state(algorithm.build_model(SPEC))
+    before = {k: v.clone() for k, v in site.inner_model.state_dict().items()}
+    with pytest.raises(PolicyViolation) as caught:
+        site.train_round(state, RoundSettings(round=1, local_epochs=4, batch_size=8, lr=1e-3))
+    assert not isinstance(caught.value, BudgetExhausted)
+    message = caught.value.message
+    assert "4 local epochs (12 steps)" in message and "per-round target 2 " in message
+    assert (
+        "(1 local epochs, 3 steps)" in message and "at most 1 local epochs" in caught.value.remedy
+    )
+    after = site.inner_model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    ledger = SiteLedger(tmp_path)
+    assert ledger.rounds() == [] and len(ledger.refusals()) == 1
+    assert "past the per-round target 2" in ledger.refusals()[0].reason
+    assert site.engine.accountant.history == []
+    update = site.train_round(state, SETTINGS)  # the calibrated round still trains
+    assert update.steps == 3 and [r.state for r in ledger.rounds()] == ["reserved"]
+    assert ledger.epsilon(delta=1e-5, accountant="rdp") <= 2.0 * 1.01
+
+
+def test_a_fixed_noise_multiplier_leaves_epochs_to_the_budget(tmp_path: Path) -> None:
+    site, algorithm = _site(tmp_path)
+    state = algorithm.travelling_state(algorithm.build_model(SPEC))
+    update = site.train_round(state, RoundSettings(round=1, local_epochs=2, batch_size=8, lr=1e-3))
+    assert update.steps == 6 and SiteLedger(tmp_path).refusals() == []
 
 
 def test_fedprox_trains_under_dp_with_its_proximal_step(tmp_path: Path) -> None:
@@ -222,5 +274,6 @@ def test_secure_noise_replaces_opacus_noise_on_one_optimizer() -> None:
 
 
 def test_default_mode_follows_the_measured_table() -> None:
-    assert default_grad_sample_mode(16) == default_grad_sample_mode(32) == "hooks"
-    assert default_grad_sample_mode(64) == default_grad_sample_mode(128) == "ew"
+    assert default_grad_sample_mode(16) == "hooks"
+    assert {default_grad_sample_mode(size) for size in (32, 64, 128)} == {"mixed-ghost"}
+    assert default_grad_sample_mode(224) == "ew"
