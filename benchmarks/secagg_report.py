@@ -103,7 +103,7 @@ def render_secagg(results: dict[str, Any]) -> list[str]:
         "",
         "### Per stage and bytes per site",
         "",
-        "Milliseconds per stage (advertise / share / masked input / consistency / unmask) at the "
+        "Milliseconds per stage (advertise / graph / share / masked input / consistency / unmask) at the "
         "slowest site and at the coordinator, and the bytes one site sends in the round.",
         "",
         "| values | sites | clinfl site ms | clinfl coordinator ms | clinfl MB/site | "
