@@ -31,6 +31,9 @@ name = "fedavg"
 [federation]
 sites = 3
 rounds = 4
+
+[secagg]
+min_sites = 2
 """
 
 

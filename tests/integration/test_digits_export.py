@@ -126,6 +126,8 @@ def test_a_federation_trains_on_the_digits_export(digits_export: Path, tmp_path:
             str(digits_export),
             "--sites",
             "3",
+            "--secagg-min-sites",
+            "2",
             "--rounds",
             "1",
             "--out",

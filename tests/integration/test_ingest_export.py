@@ -183,6 +183,8 @@ def test_a_federation_trains_on_the_export(tmp_path: Path) -> None:
             str(export),
             "--sites",
             "3",
+            "--secagg-min-sites",
+            "2",
             "--rounds",
             "1",
             "--image-size",
