@@ -128,7 +128,7 @@ def site_markdown(report: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
-_STYLE = (
+PAGE_STYLE = (
     "body{font-family:sans-serif;margin:2em;max-width:70em}"
     "table{border-collapse:collapse;margin-bottom:1.5em}"
     "td,th{border:1px solid #bbb;padding:.3em .6em;text-align:left;font-size:.9em}"
@@ -136,7 +136,8 @@ _STYLE = (
 )
 
 
-def _html_table(header: list[str], rows: list[list[str]]) -> str:
+def html_table(header: list[str], rows: list[list[str]]) -> str:
+    """Return ``rows`` under ``header`` as an HTML table, every cell escaped."""
     if not rows:
         return "<p>(none)</p>"
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
@@ -150,7 +151,7 @@ def _html_page(title: str, sections: list[str], png: bytes) -> str:
     image = base64.b64encode(png).decode()
     return (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
-        f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head><body>"
+        f"<title>{html.escape(title)}</title><style>{PAGE_STYLE}</style></head><body>"
         f"<h1>{html.escape(title)}</h1>"
         f'<img id="epsilon-plot" alt="cumulative epsilon against the budget" '
         f'src="data:image/png;base64,{image}">' + "".join(sections) + "</body></html>"
@@ -160,7 +161,7 @@ def _html_page(title: str, sections: list[str], png: bytes) -> str:
 def site_html(report: dict[str, Any]) -> str:
     """Return the site report as one self-contained HTML page with the epsilon plot."""
     sections = [
-        f"<h2>{html.escape(title)}</h2>{_html_table(header, rows)}"
+        f"<h2>{html.escape(title)}</h2>{html_table(header, rows)}"
         for title, header, rows in _site_tables(report)
     ]
     return _html_page(f"Privacy audit report: {report['site_id']}", sections, _plot_png(report))
@@ -253,7 +254,7 @@ def federation_html(report: dict[str, Any]) -> str:
         [f"<p>The federation {html.escape(report['stopped'])}</p>"] if report.get("stopped") else []
     )
     sections += [
-        f"<h2>{html.escape(title)}</h2>{_html_table(header, rows)}"
+        f"<h2>{html.escape(title)}</h2>{html_table(header, rows)}"
         for title, header, rows in _federation_tables(report)
     ]
     return _html_page(f"Federation report: {report['run_id']}", sections, png)

@@ -20,6 +20,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from clinfl.audit.render import PAGE_STYLE, html_table
 from clinfl.errors import ConfigError
 from clinfl.model_io.bundle import ModelBundle
 
@@ -190,22 +191,7 @@ def auc_plot(card: dict[str, Any]) -> bytes:
         plt.close(figure)
 
 
-_STYLE = (
-    "body{font-family:sans-serif;margin:2em;max-width:70em}"
-    "table{border-collapse:collapse;margin-bottom:1.5em}"
-    "td,th{border:1px solid #bbb;padding:.3em .6em;text-align:left;font-size:.9em}"
-    "th{background:#eee}.use{border-left:4px solid #c00;padding-left:1em}"
-)
-
-
-def _html_table(header: list[str], rows: list[list[str]]) -> str:
-    if not rows:
-        return "<p>(none)</p>"
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in row) + "</tr>" for row in rows
-    )
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+_STYLE = PAGE_STYLE + ".use{border-left:4px solid #c00;padding-left:1em}"
 
 
 def card_html(card: dict[str, Any]) -> str:
@@ -213,7 +199,7 @@ def card_html(card: dict[str, Any]) -> str:
     title = f"Model card: {card['model']['method']} ({card['model']['label_space']})"
     image = base64.b64encode(auc_plot(card)).decode()
     sections = "".join(
-        f"<h2>{html.escape(t)}</h2>{_html_table(header, rows)}" for t, header, rows in _tables(card)
+        f"<h2>{html.escape(t)}</h2>{html_table(header, rows)}" for t, header, rows in _tables(card)
     )
     return (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
