@@ -35,7 +35,7 @@ from coordinator.launcher import CoordinatorOptions, start_coordinator
 from coordinator.superlink import DEFAULT_ADDRESS
 from site_agent.deployed_site import SiteData
 from site_agent.identity import read_site_files
-from site_agent.ingest.pipeline import IngestOptions
+from site_agent.ingest.pipeline import IngestOptions, with_policies
 from site_agent.site_runner import run_site
 
 SITE_SIDE = {
@@ -197,14 +197,9 @@ def run(
             )
         site_policy = load_policy(policy)
         keys = read_site_files(state)
-        filters = site_policy.data
-        options = IngestOptions(
-            image_size=image_size,
-            label_key=label_key,
-            label_space=label_space,
-            modalities=filters.modalities,
-            body_parts=filters.body_parts,
-            views=filters.views,
+        options = with_policies(
+            IngestOptions(image_size=image_size, label_key=label_key, label_space=label_space),
+            [site_policy.data],
         )
         result = ingest_with_progress(data, state / "ingest", options, labels, console)
         summary = result.summary

@@ -20,7 +20,7 @@ from clinfl.model_io import export_run, read_bundle
 from clinfl.model_io.bundle import write_file
 from clinfl.model_io.card import build_card, card_format, render_card
 from clinfl.policy import load_policy
-from site_agent.ingest.pipeline import IngestOptions
+from site_agent.ingest.pipeline import IngestOptions, with_policies
 from site_agent.prediction.run import PredictionRequest, PredictionResult, run_prediction
 from site_agent.prediction.run import unused_path as unused_csv_path
 
@@ -77,13 +77,8 @@ def export(
 
 
 def _ingest_options(policy: Path | None, workers: int, lenient: bool) -> IngestOptions:
-    data = load_policy(policy).data if policy is not None else None
-    filters = (
-        {}
-        if data is None
-        else {"modalities": data.modalities, "body_parts": data.body_parts, "views": data.views}
-    )
-    return IngestOptions(lenient=lenient, workers=workers, **filters)  # type: ignore[arg-type]
+    data = [load_policy(policy).data] if policy is not None else []
+    return with_policies(IngestOptions(lenient=lenient, workers=workers), data)
 
 
 def _summary_tables(result: PredictionResult) -> list[Table]:

@@ -25,7 +25,13 @@ from clinfl.policy import load_policy
 from clinfl.roster import normalise_fingerprint
 from site_agent.identity import identity_dir, init_site, pin_roster, review_roster
 from site_agent.ingest.labels import KEY_COLUMNS
-from site_agent.ingest.pipeline import QUARANTINE_FILE, IngestOptions, IngestResult, ingest_export
+from site_agent.ingest.pipeline import (
+    QUARANTINE_FILE,
+    IngestOptions,
+    IngestResult,
+    ingest_export,
+    with_policies,
+)
 from site_agent.ingest.reasons import DESCRIPTIONS
 
 site_app = typer.Typer(help="What runs at a hospital.", no_args_is_help=True)
@@ -120,22 +126,16 @@ def ingest(
             raise ConfigError(
                 "--workers must be >= 1 and --image-size 16..1024", remedy="use the defaults"
             )
-        data_policy = load_policy(policy).data if policy is not None else None
-        options = IngestOptions(
-            image_size=image_size,
-            lenient=lenient,
-            label_key=label_key,
-            label_space=label_space,
-            workers=workers,
-            **(
-                {}
-                if data_policy is None
-                else {
-                    "modalities": data_policy.modalities,
-                    "body_parts": data_policy.body_parts,
-                    "views": data_policy.views,
-                }
+        data_policies = [load_policy(policy).data] if policy is not None else []
+        options = with_policies(
+            IngestOptions(
+                image_size=image_size,
+                lenient=lenient,
+                label_key=label_key,
+                label_space=label_space,
+                workers=workers,
             ),
+            data_policies,
         )
         result = ingest_with_progress(data, state, options, labels, console)
         if as_json:

@@ -12,7 +12,8 @@ from clinfl.config import RunConfig
 from clinfl.data.chestxray14 import DEFAULT_CXR14_SIZE, ProgressCallback, load_chestxray14
 from clinfl.data.digits import DEFAULT_DIGITS_SIZE, load_digit_composites
 from clinfl.data.imageset import SplitData
-from site_agent.ingest.pipeline import IngestOptions
+from clinfl.policy import DataPolicy, load_policy
+from site_agent.ingest.pipeline import IngestOptions, with_policies
 from site_agent.ingest.split import ingest_and_split
 
 
@@ -37,18 +38,38 @@ def resolve_defaults(config: RunConfig) -> RunConfig:
     return replace(config, data=data, method=method, secagg=secagg)
 
 
+def site_data_policies(config: RunConfig) -> list[DataPolicy]:
+    """Return the ``[data]`` terms of every simulated site's policy (none without policies).
+
+    Raises:
+        ConfigError, ValidationError: for an unreadable or invalid policy file.
+    """
+    privacy = config.privacy
+    if privacy.policy is not None:
+        return [load_policy(privacy.policy).data]
+    if privacy.policy_dir is not None:
+        sites = [f"site-{k + 1}" for k in range(config.federation.sites)]
+        return [load_policy(privacy.policy_dir / f"{site}.toml").data for site in sites]
+    return []
+
+
 def load_dicom_export(config: RunConfig, state_dir: Path) -> SplitData:
     """Ingest a DICOM export (as one site would) and split it by study into train/val/test.
 
+    The simulated sites share the export, so it is filtered by what every site's policy
+    accepts (modalities, body parts, views); other files are quarantined with the reason.
+
     Raises:
+        ConfigError, ValidationError: for an unreadable or invalid policy file.
         DataError, LabelError: see :func:`~site_agent.ingest.split.ingest_and_split`.
     """
     data = config.data
     assert data.images is not None and data.image_size is not None
+    options = IngestOptions(image_size=data.image_size, label_space=data.label_space)
     return ingest_and_split(
         data.images,
         state_dir=state_dir,
-        options=IngestOptions(image_size=data.image_size, label_space=data.label_space),
+        options=with_policies(options, site_data_policies(config)),
         labels=data.labels,
         val_fraction=data.val_fraction,
         seed=config.federation.seed,

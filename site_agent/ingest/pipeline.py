@@ -13,9 +13,9 @@ import json
 import os
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ import numpy as np
 
 from clinfl.data.labels import LABEL_SPACES
 from clinfl.errors import DataError
+from clinfl.policy import DataPolicy
 from site_agent.ingest import reasons
 from site_agent.ingest.index import IngestIndex, Outcome, file_sha256, site_salt
 from site_agent.ingest.labels import find_label_table, read_labels
@@ -58,6 +59,28 @@ class IngestOptions:
             [",".join(self.modalities), ",".join(self.body_parts), ",".join(self.views)]
         )
         return (self.image_size, self.lenient, filters)
+
+
+def with_policies(options: IngestOptions, policies: Sequence[DataPolicy]) -> IngestOptions:
+    """Return ``options`` filtered by what every one of ``policies`` accepts (their intersection).
+
+    One policy gives its own modality, body-part and view filters; several (the sites of an
+    in-process federation sharing one export) give what all of them accept. No policy leaves
+    ``options`` as they are (their defaults are the default policy's).
+    """
+    if not policies:
+        return options
+
+    def common(name: str) -> tuple[str, ...]:
+        first: tuple[str, ...] = getattr(policies[0], name)
+        return tuple(v for v in first if all(v in getattr(p, name) for p in policies[1:]))
+
+    return replace(
+        options,
+        modalities=common("modalities"),
+        body_parts=common("body_parts"),
+        views=common("views"),
+    )
 
 
 @dataclass

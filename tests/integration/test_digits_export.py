@@ -174,3 +174,44 @@ def test_a_digits_seed_picks_other_composites(digits_export: Path, tmp_path: Pat
     ]
     first, other = (sorted(tuple(v) for v in table.values()) for table in tables)
     assert first != other
+
+
+def test_simulate_on_an_export_applies_the_policys_dicom_filters(
+    digits_export: Path, tmp_path: Path
+) -> None:
+    """The simulated sites share the export, so it is filtered by their policy: a policy that
+    accepts only DX quarantines the export's CR images (before, they were trained on)."""
+    policy = tmp_path / "dx-only.toml"
+    policy.write_text(
+        '[dp]\nrequired = false\n[secagg]\nmin_sites = 2\n[data]\nmodalities = ["DX"]\n'
+        "min_samples = 1\n"
+    )
+    result = runner.invoke(
+        app,
+        [
+            "simulate",
+            "--dataset",
+            "dicom",
+            "--label-space",
+            "digits",
+            "--images",
+            str(digits_export),
+            "--sites",
+            "3",
+            "--secagg-min-sites",
+            "2",
+            "--rounds",
+            "1",
+            "--policy",
+            str(policy),
+            "--out",
+            str(tmp_path / "run"),
+            "--json",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    accepted = int(summary["data"].split(" accepted")[0].split()[-1])
+    assert 0 < accepted < LIMIT  # the CR half is quarantined
+    quarantine = json.loads((tmp_path / "run" / "ingest" / "quarantine.json").read_text())
+    assert "modality" in json.dumps(quarantine).lower()
