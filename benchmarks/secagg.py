@@ -98,7 +98,7 @@ def run_clinfl(
         roster_hash=directory_hash(directory),
         run_id=params.run_id,
         round_id=params.round_id,
-        params_hash=digest(b"clinfl/round/v2", params.digest(), settings_hash),
+        params_hash=params.bound_to(settings_hash),
         model_hash=model_hash,
     )
     sessions = {

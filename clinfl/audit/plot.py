@@ -9,6 +9,15 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
+
+
+def png_bytes(figure: Figure) -> bytes:
+    """Return ``figure``, laid out tightly, as PNG bytes (the caller closes it)."""
+    buffer = io.BytesIO()
+    figure.tight_layout()
+    figure.savefig(buffer, format="png")
+    return buffer.getvalue()
 
 
 def epsilon_plot(
@@ -31,9 +40,6 @@ def epsilon_plot(
         axes.grid(alpha=0.3)
         if series or budget is not None:
             axes.legend(loc="upper left", fontsize="small")
-        buffer = io.BytesIO()
-        figure.tight_layout()
-        figure.savefig(buffer, format="png")
-        return buffer.getvalue()
+        return png_bytes(figure)
     finally:
         plt.close(figure)

@@ -100,7 +100,8 @@ def _site_tables(report: dict[str, Any]) -> list[tuple[str, list[str], list[list
     ]
 
 
-def _markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
+def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    """Return ``rows`` under ``header`` as Markdown table lines, pipes in cells escaped."""
     if not rows:
         return ["(none)"]
     clean = [[cell.replace("|", "\\|") for cell in row] for row in rows]
@@ -124,7 +125,7 @@ def site_markdown(report: dict[str, Any]) -> str:
     """Return the site report as Markdown (the plot is left to the HTML form)."""
     out = [f"# Privacy audit report: {report['site_id']}", ""]
     for title, header, rows in _site_tables(report):
-        out += [f"## {title}", "", *_markdown_table(header, rows), ""]
+        out += [f"## {title}", "", *markdown_table(header, rows), ""]
     return "\n".join(out)
 
 
@@ -235,7 +236,7 @@ def federation_markdown(report: dict[str, Any]) -> str:
     if report.get("stopped"):
         out += [f"The federation {report['stopped']}", ""]
     for title, header, rows in _federation_tables(report):
-        out += [f"## {title}", "", *_markdown_table(header, rows), ""]
+        out += [f"## {title}", "", *markdown_table(header, rows), ""]
     return "\n".join(out)
 
 

@@ -10,7 +10,7 @@ import numpy as np
 
 from clinfl.federation.messages import RoundSettings
 from clinfl.secagg.settings import RoundParameters
-from clinfl.secagg.transcript import digest, model_hash, settings_hash
+from clinfl.secagg.transcript import model_hash, settings_hash
 from clinfl.typing import StateDict
 
 
@@ -35,4 +35,4 @@ def round_settings_digest(settings: RoundSettings) -> bytes:
 
 def round_parameters_digest(params: RoundParameters, settings: RoundSettings) -> bytes:
     """Return the hash of a round's protocol parameters together with its training settings."""
-    return digest(b"clinfl/round/v2", params.digest(), round_settings_digest(settings))
+    return params.bound_to(round_settings_digest(settings))

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import json
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from clinfl.audit.render import PAGE_STYLE, html_table
+from clinfl.audit.plot import png_bytes
+from clinfl.audit.render import PAGE_STYLE, html_table, markdown_table
 from clinfl.errors import ConfigError
 from clinfl.model_io.bundle import ModelBundle
 
@@ -151,20 +151,12 @@ def _tables(card: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]]
     ]  # fmt: skip
 
 
-def _markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
-    if not rows:
-        return ["(none)"]
-    clean = [[cell.replace("|", "\\|") for cell in row] for row in rows]
-    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
-    return lines + ["| " + " | ".join(row) + " |" for row in clean]
-
-
 def card_markdown(card: dict[str, Any]) -> str:
     """Return the card as Markdown."""
     out = [f"# Model card: {card['model']['method']} ({card['model']['label_space']})", ""]
     out += ["## Intended use", "", card["intended_use"], ""]
     for title, header, rows in _tables(card):
-        out += [f"## {title}", "", *_markdown_table(header, rows), ""]
+        out += [f"## {title}", "", *markdown_table(header, rows), ""]
     out += ["## Limitations", "", card["limitations"], ""]
     return "\n".join(out)
 
@@ -183,10 +175,7 @@ def auc_plot(card: dict[str, Any]) -> bytes:
         axes.set_xlim(0, 1)
         axes.set_xlabel("test ROC-AUC (bootstrap 95% interval)")
         axes.grid(alpha=0.3, axis="x")
-        buffer = io.BytesIO()
-        figure.tight_layout()
-        figure.savefig(buffer, format="png")
-        return buffer.getvalue()
+        return png_bytes(figure)
     finally:
         plt.close(figure)
 

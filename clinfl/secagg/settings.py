@@ -32,6 +32,10 @@ class SecAggRequirements:
     max_weight: int = 10_000
     max_colluders: int = 1
 
+    def survivor_floor(self, threshold: int) -> int:
+        """Return the fewest sites a round with ``threshold`` may go on with (R5)."""
+        return max(threshold, self.min_sites + self.max_colluders)
+
 
 METADATA_SLOTS = 3  # after the update: sample weight, loss-reporting flag, quantised loss
 LOSS_CLIP = 64.0  # a site's reported mean loss is clipped to [0, LOSS_CLIP] before quantising
@@ -75,6 +79,10 @@ class RoundParameters:
         members = tuple(sorted(advertised))
         degree = round_degree(len(members), proposed=self.degree)
         return neighbour_graph(members, degree=degree, round_seed=seed)
+
+    def bound_to(self, settings_hash: bytes) -> bytes:
+        """Return the hash of these parameters with the round's training settings (R1)."""
+        return transcript.digest(b"clinfl/round/v2", self.digest(), settings_hash)
 
     def share_point(self, site_id: str) -> int:
         """Return the Shamir evaluation point of ``site_id`` (its 1-based position)."""

@@ -245,8 +245,7 @@ class SiteSession:
         by_site = {advert.site_id: advert for advert in adverts}
         if by_site.get(self._site_id) != own:
             self._violation("its own advertisement was changed or left out")
-        requirements = self._requirements
-        floor = max(params.threshold, requirements.min_sites + requirements.max_colluders)
+        floor = self._requirements.survivor_floor(params.threshold)
         if len(by_site) < floor:
             self._violation(f"only {len(by_site)} sites advertised; this site requires {floor}")
         self._adverts = by_site
@@ -279,8 +278,7 @@ class SiteSession:
         if opened.get(self._site_id) != self._graph_nonce:
             self._violation("its own graph reveal was changed or left out")
         self._adverts = {site: self._adverts[site] for site in opened}
-        requirements = self._requirements
-        floor = max(params.threshold, requirements.min_sites + requirements.max_colluders)
+        floor = self._requirements.survivor_floor(params.threshold)
         if len(opened) < floor:
             self._violation(f"only {len(opened)} sites revealed; this site requires {floor}")
         self._graph = params.neighbours(opened, seed=graph_seed(opened))
@@ -388,8 +386,7 @@ class SiteSession:
                 ``max(t, min_sites + c)`` (R5).
         """
         self._advance(Stage.CONSISTENCY)
-        requirements = self._requirements
-        floor = max(self._params.threshold, requirements.min_sites + requirements.max_colluders)
+        floor = self._requirements.survivor_floor(self._params.threshold)
         if self._site_id not in survivors:
             self._violation("it is not in the announced survivor set")
         unknown = survivors - self._adverts.keys()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from clinfl.cli.app import app
 from clinfl.data.labels import DIGIT_CLASSES, named_label_columns, parse_label_columns
@@ -112,9 +112,9 @@ def test_make_export_needs_one_source(tmp_path: Path) -> None:
         assert "--digits" in result.output and "Traceback" not in result.output
 
 
-@pytest.mark.slow
-def test_a_federation_trains_on_the_digits_export(digits_export: Path, tmp_path: Path) -> None:
-    result = runner.invoke(
+def _simulate_on(export: Path, out: Path, *options: str) -> Result:
+    """Run a one-round, three-site federation on ``export`` (a sum of two besides a colluder)."""
+    return runner.invoke(
         app,
         [
             "simulate",
@@ -123,18 +123,24 @@ def test_a_federation_trains_on_the_digits_export(digits_export: Path, tmp_path:
             "--label-space",
             "digits",
             "--images",
-            str(digits_export),
+            str(export),
             "--sites",
             "3",
             "--secagg-min-sites",
             "2",
             "--rounds",
             "1",
+            *options,
             "--out",
-            str(tmp_path / "run"),
+            str(out),
             "--json",
         ],
     )
+
+
+@pytest.mark.slow
+def test_a_federation_trains_on_the_digits_export(digits_export: Path, tmp_path: Path) -> None:
+    result = _simulate_on(digits_export, tmp_path / "run")
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert f"{LIMIT} accepted, 5 quarantined" in summary["data"]
@@ -186,29 +192,7 @@ def test_simulate_on_an_export_applies_the_policys_dicom_filters(
         '[dp]\nrequired = false\n[secagg]\nmin_sites = 2\n[data]\nmodalities = ["DX"]\n'
         "min_samples = 1\n"
     )
-    result = runner.invoke(
-        app,
-        [
-            "simulate",
-            "--dataset",
-            "dicom",
-            "--label-space",
-            "digits",
-            "--images",
-            str(digits_export),
-            "--sites",
-            "3",
-            "--secagg-min-sites",
-            "2",
-            "--rounds",
-            "1",
-            "--policy",
-            str(policy),
-            "--out",
-            str(tmp_path / "run"),
-            "--json",
-        ],
-    )
+    result = _simulate_on(digits_export, tmp_path / "run", "--policy", str(policy))
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     accepted = int(summary["data"].split(" accepted")[0].split()[-1])

@@ -19,6 +19,17 @@ from clinfl.pki import ISSUED_DIR, REQUEST_FILE, admit_site, init_pki
 from clinfl.roster import ROSTER_FILE, Member, Roster
 from site_agent.identity import init_site, pin_roster, review_roster
 
+# A site policy without DP, for tests of identity and joins: sums of two sites.
+RESEARCH_POLICY = """
+[dp]
+required = false
+[secagg]
+required = true
+min_sites = 2
+[data]
+min_samples = 10
+"""
+
 
 def admit_sites(pki: Path, states: dict[str, Path], *, replace: bool = False) -> None:
     """`site init` each site in its state folder (if not yet), then `pki admit` its request."""

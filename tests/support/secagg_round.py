@@ -30,7 +30,7 @@ def binding_for(
         roster_hash=roster_hash,
         run_id=params.run_id,
         round_id=params.round_id,
-        params_hash=digest(b"clinfl/round/v2", params.digest(), SETTINGS_HASH),
+        params_hash=params.bound_to(SETTINGS_HASH),
         model_hash=model_hash,
     )
 

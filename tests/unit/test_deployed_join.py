@@ -25,17 +25,9 @@ from site_agent.agent import SiteIdentity
 from site_agent.deployed_site import INVALID_RUN_CONFIG, NAMES_A_PATH, DeployedSite, SiteData
 from site_agent.ingest.pipeline import IngestOptions
 from site_agent.ledger import SiteLedger
+from tests.support.roster_pki import RESEARCH_POLICY
 
 BUNDLE, _ = build_fab_from_files({"pyproject.toml": app_pyproject().encode()})
-POLICY = """
-[dp]
-required = false
-[secagg]
-required = true
-min_sites = 2
-[data]
-min_samples = 10
-"""
 HONEST: dict[str, Any] = {
     "data": {"dataset": "dicom", "label_space": "digits", "image_size": 16},
     "federation": {"rounds": 1, "batch_size": 16, "sites": 3},
@@ -63,7 +55,7 @@ ROSTER = Roster(
 def _site(tmp_path: Path, export: Path | None = None) -> DeployedSite:
     return DeployedSite(
         SiteIdentity("site-1", KEY),
-        policy=parse_policy(POLICY),
+        policy=parse_policy(RESEARCH_POLICY),
         roster=ROSTER,
         data=SiteData(
             export or tmp_path / "export", None, IngestOptions(image_size=16, label_space="digits")

@@ -52,20 +52,11 @@ from site_agent.identity import (
     review_roster,
 )
 from site_agent.ingest.pipeline import IngestOptions
-from tests.support.roster_pki import admit_sites, trust, trusted_federation
+from tests.support.roster_pki import RESEARCH_POLICY, admit_sites, trust, trusted_federation
 
 runner = CliRunner()
 SITES = ("site-1", "site-2", "site-3")
 BUNDLE, _ = build_fab_from_files({"pyproject.toml": app_pyproject().encode()})
-POLICY = """
-[dp]
-required = false
-[secagg]
-required = true
-min_sites = 2
-[data]
-min_samples = 10
-"""
 
 
 @pytest.fixture
@@ -218,7 +209,7 @@ def test_a_certificate_or_ca_from_elsewhere_is_refused(
 def _site(state: Path, site: str, export: Path) -> DeployedSite:
     return DeployedSite(
         SiteIdentity(site, load_signing_key(state)),
-        policy=parse_policy(POLICY),
+        policy=parse_policy(RESEARCH_POLICY),
         roster=lambda: pinned_roster(state),
         data=SiteData(export, None, IngestOptions(image_size=16, label_space="digits")),
         state_dir=state,
