@@ -155,30 +155,33 @@ def run_config(cell: Cell, preset: Preset) -> RunConfig:
     )
 
 
+def simulate_record(config: RunConfig) -> dict[str, Any]:
+    """Run one simulation in a temporary folder; return its timing and results, or its error.
+
+    A :class:`~clinfl.errors.ClinflError` is recorded (and shown in the report), never hidden.
+    """
+    from clinfl.errors import ClinflError
+    from clinfl.simulation import run_simulation
+
+    started = time.perf_counter()
+    try:
+        with tempfile.TemporaryDirectory() as run_dir:
+            summary = run_simulation(config, Path(run_dir)).summary
+    except ClinflError as error:
+        return {"error": error.one_line(), "seconds": time.perf_counter() - started}
+    return {
+        "seconds": time.perf_counter() - started,
+        **{k: summary.get(k) for k in ("config", "data", "partition", "rounds", "best")},
+        "converged": summary.get("converged"),
+    }
+
+
 def run_cell(cell: Cell, preset: Preset, threads: int) -> dict[str, Any]:
     """Run one cell in this (worker) process and return its record."""
     import torch
 
-    from clinfl.errors import ClinflError
-    from clinfl.simulation import run_simulation
-
     torch.set_num_threads(threads)
-    started = time.perf_counter()
-    record: dict[str, Any] = {"key": cell.key, **cell.__dict__}
-    try:
-        with tempfile.TemporaryDirectory() as run_dir:
-            summary = run_simulation(run_config(cell, preset), Path(run_dir)).summary
-    except ClinflError as error:  # recorded and shown in the report, never hidden
-        return {**record, "error": error.one_line(), "seconds": time.perf_counter() - started}
-    record.update(
-        seconds=time.perf_counter() - started,
-        config=summary["config"],
-        data=summary["data"],
-        partition=summary["partition"],
-        rounds=summary["rounds"],
-        best=summary["best"],
-    )
-    return record
+    return {"key": cell.key, **cell.__dict__, **simulate_record(run_config(cell, preset))}
 
 
 def load_results(path: Path) -> dict[str, Any]:

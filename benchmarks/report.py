@@ -15,6 +15,7 @@ from benchmarks.accuracy_report import (
 from benchmarks.ingest_report import render_ingest
 from benchmarks.plots import draw_all
 from benchmarks.privacy_report import render_privacy
+from benchmarks.reference_report import render_reference
 from benchmarks.secagg_report import render_secagg
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -23,6 +24,7 @@ DOCS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 NOTES = Path(__file__).resolve().parent / "accuracy_notes.md"
 SECAGG_NOTES = Path(__file__).resolve().parent / "secagg_notes.md"
 PRIVACY_NOTES = Path(__file__).resolve().parent / "privacy_notes.md"
+REFERENCE_NOTES = Path(__file__).resolve().parent / "reference_notes.md"
 INGEST_NOTES = Path(__file__).resolve().parent / "ingest_notes.md"
 FIGURES_DIR = "benchmarks"  # docs/benchmarks/*.png
 
@@ -91,6 +93,7 @@ def write_docs(docs: Path = DOCS, results_dir: Path = RESULTS_DIR) -> None:
             accelerator=load("accuracy-accelerator.json"),
             fedcurv_lambda=load("fedcurv_lambda.json"),
             run_all=load("run_all.json"),
+            reference=load("reference.json"),
         )
     )
 
@@ -105,6 +108,7 @@ def render_report(
     accelerator: dict[str, Any] | None = None,
     fedcurv_lambda: dict[str, Any] | None = None,
     run_all: dict[str, Any] | None = None,
+    reference: dict[str, Any] | None = None,
 ) -> str:
     """Return the Markdown report: accuracy (``results``, then ``accelerator``), secure
     aggregation, privacy, ingestion."""
@@ -112,6 +116,7 @@ def render_report(
     sources = [
         ("accuracy", results),
         ("accuracy (accelerator)", accelerator or {}),
+        ("reference accuracy", reference or {}),
         ("secure aggregation", secagg or {}),
         ("privacy", privacy or {}),
         ("ingestion", ingest or {}),
@@ -132,8 +137,13 @@ def render_report(
         *[_machine_line(name, data) for name, data in sources if data],
         "",
         *_run_all_lines(run_all or {}),
-        *render_accuracy(results, plots),
     ]
+    reference_lines = render_reference(reference or {})
+    if reference_lines:
+        out += [*reference_lines, ""]
+        if REFERENCE_NOTES.is_file():
+            out += [REFERENCE_NOTES.read_text().strip(), ""]
+    out += render_accuracy(results, plots)
     out += ["", *_throughput_lines(results.get("throughput", []))]
     out += ["", *render_fedcurv_lambda(fedcurv_lambda or {})]
     if NOTES.is_file() and results.get("runs"):

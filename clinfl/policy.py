@@ -1,8 +1,11 @@
 """Site privacy policies: a frozen, validated schema read from TOML (never evaluated as code).
 
 A hospital's privacy officer writes the site's terms in a policy file (``policies/*.toml``). The
-site agent enforces them itself. :func:`load_policy` checks every field at once and raises one
+site agent enforces them itself. :func:`load_policy` checks every field at once, the way all
+configuration is checked (:mod:`clinfl.config.checks`), and raises one
 :class:`~clinfl.errors.ValidationError` that names each bad field with its value, bound and fix.
+The ``[secagg]`` table is the secure-aggregation protocol's own type,
+:class:`~clinfl.secagg.settings.SecAggRequirements` (what a site's policy allows).
 :func:`apply_request` merges what the coordinator asks for. A request may only tighten the
 policy; anything looser is refused with :class:`~clinfl.errors.PolicyViolation`.
 """
@@ -12,11 +15,12 @@ from __future__ import annotations
 import hashlib
 import math
 import tomllib
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from clinfl.errors import ConfigError, PolicyViolation, ValidationError, Violation
+from clinfl.config.checks import Problems, as_declared, read_tables
+from clinfl.errors import ConfigError, PolicyViolation
 from clinfl.secagg.settings import SecAggRequirements
 
 ACCOUNTANTS = ("rdp", "prv")
@@ -39,18 +43,8 @@ class DPPolicy:
     secure_rng: bool = True
 
 
-@dataclass(frozen=True)
-class SecAggPolicy:
-    """Secure-aggregation terms.
-
-    ``max_colluders`` is how many sites the site assumes may collude with a malicious
-    coordinator (``c`` in SECAGG.md, "Version 2").
-    """
-
-    required: bool = True
-    min_sites: int = 3
-    max_weight: int = 10_000
-    max_colluders: int = 1
+# The [secagg] table: the protocol's SecAggRequirements itself (one type, not a copy of it).
+SecAggPolicy = SecAggRequirements
 
 
 @dataclass(frozen=True)
@@ -91,7 +85,7 @@ class SitePolicy:
     """A site's whole policy, with the SHA-256 of the file it came from."""
 
     dp: DPPolicy = field(default_factory=DPPolicy)
-    secagg: SecAggPolicy = field(default_factory=SecAggPolicy)
+    secagg: SecAggRequirements = field(default_factory=SecAggRequirements)
     data: DataPolicy = field(default_factory=DataPolicy)
     reporting: ReportingPolicy = field(default_factory=ReportingPolicy)
     training: TrainingBounds = field(default_factory=TrainingBounds)
@@ -100,13 +94,8 @@ class SitePolicy:
 
     @property
     def secagg_requirements(self) -> SecAggRequirements:
-        """The secure-aggregation protocol's view of this policy."""
-        return SecAggRequirements(
-            required=self.secagg.required,
-            min_sites=self.secagg.min_sites,
-            max_weight=self.secagg.max_weight,
-            max_colluders=self.secagg.max_colluders,
-        )
+        """The secure-aggregation protocol's view of this policy: its ``[secagg]`` table."""
+        return self.secagg
 
 
 @dataclass(frozen=True)
@@ -122,140 +111,70 @@ class PrivacyRequest:
     metrics: tuple[str, ...] | None = None
 
 
-_SECTIONS: dict[str, type] = {
+_SECTIONS: dict[str, type[Any]] = {
     "dp": DPPolicy,
-    "secagg": SecAggPolicy,
+    "secagg": SecAggRequirements,
     "data": DataPolicy,
     "reporting": ReportingPolicy,
     "training": TrainingBounds,
 }
 
 
-def _expect(out: list[Violation], name: str, value: Any, kind: type | tuple[type, ...]) -> bool:
-    kinds = kind if isinstance(kind, tuple) else (kind,)
-    ok = isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)
-    if not ok:
-        label = " or ".join(k.__name__ for k in kinds)
-        out.append(Violation(name, value, label, f"write {name} as a {label}"))
-    return ok
-
-
-def _read_section(out: list[Violation], name: str, raw: Any) -> dict[str, Any]:
-    schema = _SECTIONS[name]
-    if not isinstance(raw, dict):
-        out.append(Violation(name, raw, "a [table]", f"write [{name}] as a TOML table"))
-        return {}
-    known = {f.name for f in fields(schema)}
-    values: dict[str, Any] = {}
-    for key, value in raw.items():
-        if key not in known:
-            out.append(
-                Violation(f"{name}.{key}", value, ", ".join(sorted(known)), "remove or rename it")
-            )
-            continue
-        values[key] = tuple(value) if isinstance(value, list) else value
-    return values
-
-
-def _check_dp(out: list[Violation], dp: dict[str, Any]) -> None:
-    for key in ("required", "secure_rng"):
-        if key in dp:
-            _expect(out, f"dp.{key}", dp[key], bool)
+def _check_dp(dp: DPPolicy, p: Problems) -> None:
     for key in ("epsilon_budget", "max_grad_norm", "noise_multiplier", "target_epsilon_per_round"):
-        if key in dp and _expect(out, f"dp.{key}", dp[key], (int, float)) and not dp[key] > 0:
-            out.append(Violation(f"dp.{key}", dp[key], "> 0", f"set dp.{key} above zero"))
-    delta = dp.get("delta", DPPolicy.delta)
-    if _expect(out, "dp.delta", delta, (int, float)) and not 0 < delta < 1:
-        out.append(Violation("dp.delta", delta, "0 < delta < 1", "use e.g. 1e-5"))
-    if "accountant" in dp and dp["accountant"] not in ACCOUNTANTS:
-        out.append(Violation("dp.accountant", dp["accountant"], "rdp or prv", "use rdp"))
-    if "target_epsilon_per_round" in dp and "noise_multiplier" not in dp:
-        dp["noise_multiplier"] = None
-    if dp.get("noise_multiplier") is not None and dp.get("target_epsilon_per_round") is not None:
-        out.append(
-            Violation(
-                "dp.noise_multiplier",
-                dp["noise_multiplier"],
-                "only one of noise_multiplier and target_epsilon_per_round",
-                "remove one of the two",
-            )
+        value = getattr(dp, key)
+        if value is not None:
+            p.positive(f"dp.{key}", value, f"set dp.{key} above zero")
+    if not 0 < dp.delta < 1:
+        p.add("dp.delta", dp.delta, "0 < delta < 1", "use e.g. 1e-5")
+    if dp.accountant not in ACCOUNTANTS:
+        p.add("dp.accountant", dp.accountant, "rdp or prv", "use rdp")
+    if dp.noise_multiplier is not None and dp.target_epsilon_per_round is not None:
+        p.add(
+            "dp.noise_multiplier",
+            dp.noise_multiplier,
+            "only one of noise_multiplier and target_epsilon_per_round",
+            "remove one of the two",
         )
 
 
-def _check_enum_list(
-    out: list[Violation], name: str, value: Any, allowed: tuple[str, ...] | None
-) -> None:
-    if not isinstance(value, tuple) or not all(isinstance(v, str) for v in value):
-        out.append(Violation(name, value, "a list of strings", f'write {name} = ["..."]'))
-        return
-    if allowed is not None:
-        unknown = [v for v in value if v not in allowed]
-        if unknown:
-            out.append(Violation(name, unknown, ", ".join(allowed), "remove the unknown values"))
+def _check_secagg(secagg: SecAggRequirements, p: Problems) -> None:
+    p.whole("secagg.min_sites", secagg.min_sites, 2, fix="use 3 or more")
+    p.whole("secagg.max_weight", secagg.max_weight, 1, fix="use 10000")
+    p.whole("secagg.max_colluders", secagg.max_colluders, 0, fix="use 0 or more (default 1)")
 
 
-def _check_min_int(
-    out: list[Violation], section: str, values: dict[str, Any], key: str, low: int, fix: str
-) -> None:
-    name = f"{section}.{key}"
-    value = values.get(key)
-    if key in values and _expect(out, name, value, int) and isinstance(value, int) and value < low:
-        out.append(Violation(name, value, f">= {low}", fix))
+def _check_data(data: DataPolicy, reporting: ReportingPolicy, p: Problems) -> None:
+    p.members("data.modalities", data.modalities, MODALITIES, "remove the unknown values")
+    p.members("data.views", data.views, VIEWS, "remove the unknown values")
+    p.whole("data.min_samples", data.min_samples, 1, fix="use 1 or more")
+    p.members("reporting.metrics", reporting.metrics, METRICS, "remove the unknown values")
 
 
-def _check_rest(out: list[Violation], sections: dict[str, dict[str, Any]]) -> None:
-    secagg, data, reporting = sections["secagg"], sections["data"], sections["reporting"]
-    if "required" in secagg:
-        _expect(out, "secagg.required", secagg["required"], bool)
-    _check_min_int(out, "secagg", secagg, "min_sites", 2, "use 3 or more")
-    _check_min_int(out, "secagg", secagg, "max_weight", 1, "use 10000")
-    _check_min_int(out, "secagg", secagg, "max_colluders", 0, "use 0 or more (default 1)")
-    for key, allowed in (("modalities", MODALITIES), ("views", VIEWS), ("body_parts", None)):
-        if key in data:
-            _check_enum_list(out, f"data.{key}", data[key], allowed)
-    _check_min_int(out, "data", data, "min_samples", 1, "use 1 or more")
-    if "metrics" in reporting:
-        _check_enum_list(out, "reporting.metrics", reporting["metrics"], METRICS)
-
-
-def _check_training(out: list[Violation], training: dict[str, Any]) -> None:
-    lr_ok = True
+def _check_training(training: TrainingBounds, p: Problems) -> None:
     for key in ("min_lr", "max_lr"):
-        if key not in training:
-            continue
-        name, value = f"training.{key}", training[key]
-        if not _expect(out, name, value, (int, float)):
-            lr_ok = False
-        elif not (math.isfinite(value) and value > 0):
-            out.append(Violation(name, value, "a finite number > 0", "use e.g. 1e-6 and 0.1"))
-            lr_ok = False
-        else:
-            training[key] = float(value)
-    low_lr = training.get("min_lr", TrainingBounds.min_lr)
-    high_lr = training.get("max_lr", TrainingBounds.max_lr)
-    if lr_ok and low_lr > high_lr:
-        out.append(
-            Violation(
-                "training.min_lr",
-                low_lr,
-                f"<= training.max_lr ({high_lr})",
-                "lower the minimum or raise the maximum",
-            )
+        value = getattr(training, key)
+        if not (math.isfinite(value) and value > 0):
+            p.add(f"training.{key}", value, "a finite number > 0", "use e.g. 1e-6 and 0.1")
+    if not p.has("training.min_lr", "training.max_lr") and training.min_lr > training.max_lr:
+        p.add(
+            "training.min_lr",
+            training.min_lr,
+            f"<= training.max_lr ({training.max_lr})",
+            "lower the minimum or raise the maximum",
         )
-    _check_min_int(out, "training", training, "max_local_epochs", 1, "use 1 or more (default 20)")
-    before = len(out)
-    _check_min_int(out, "training", training, "min_batch_size", 1, "use 8 or more (default 8)")
-    _check_min_int(out, "training", training, "max_batch_size", 1, "use e.g. 1024")
-    low_batch = training.get("min_batch_size", TrainingBounds.min_batch_size)
-    high_batch = training.get("max_batch_size", TrainingBounds.max_batch_size)
-    if len(out) == before and low_batch > high_batch:
-        out.append(
-            Violation(
-                "training.min_batch_size",
-                low_batch,
-                f"<= training.max_batch_size ({high_batch})",
-                "lower the minimum or raise the maximum",
-            )
+    p.whole(
+        "training.max_local_epochs", training.max_local_epochs, 1, fix="use 1 or more (default 20)"
+    )
+    p.whole("training.min_batch_size", training.min_batch_size, 1, fix="use 8 or more (default 8)")
+    p.whole("training.max_batch_size", training.max_batch_size, 1, fix="use e.g. 1024")
+    batch = ("training.min_batch_size", "training.max_batch_size")
+    if not p.has(*batch) and training.min_batch_size > training.max_batch_size:
+        p.add(
+            "training.min_batch_size",
+            training.min_batch_size,
+            f"<= training.max_batch_size ({training.max_batch_size})",
+            "lower the minimum or raise the maximum",
         )
 
 
@@ -272,24 +191,27 @@ def parse_policy(text: str, *, source: str = "<string>") -> SitePolicy:
         raise ConfigError(
             f"{source} is not valid TOML: {error}", remedy="fix the syntax (see policies/)"
         ) from None
-    out: list[Violation] = []
-    sections: dict[str, dict[str, Any]] = {name: {} for name in _SECTIONS}
-    for name, value in raw.items():
-        if name not in _SECTIONS:
-            out.append(Violation(name, "...", ", ".join(_SECTIONS), "remove the unknown table"))
-            continue
-        sections[name] = _read_section(out, name, value)
-    _check_dp(out, sections["dp"])
-    _check_rest(out, sections)
-    _check_training(out, sections["training"])
-    if out:
-        raise ValidationError(f"policy {source}", out)
+    problems = Problems()
+    read = read_tables(raw, _SECTIONS, problems)
+    dp_table = read.get("dp", {})
+    if "target_epsilon_per_round" in dp_table and "noise_multiplier" not in dp_table:
+        dp_table["noise_multiplier"] = None  # the target replaces the default multiplier
+    dp = DPPolicy(**dp_table)
+    secagg = SecAggRequirements(**read.get("secagg", {}))
+    data = DataPolicy(**read.get("data", {}))
+    reporting = ReportingPolicy(**read.get("reporting", {}))
+    training = TrainingBounds(**read.get("training", {}))
+    _check_dp(dp, problems)
+    _check_secagg(secagg, problems)
+    _check_data(data, reporting, problems)
+    _check_training(training, problems)
+    problems.raise_if_any(f"policy {source}")
     return SitePolicy(
-        dp=DPPolicy(**sections["dp"]),
-        secagg=SecAggPolicy(**sections["secagg"]),
-        data=DataPolicy(**sections["data"]),
-        reporting=ReportingPolicy(**sections["reporting"]),
-        training=TrainingBounds(**sections["training"]),
+        dp=as_declared(dp),
+        secagg=secagg,
+        data=data,
+        reporting=reporting,
+        training=as_declared(training),
         source=source,
         sha256=hashlib.sha256(text.encode()).hexdigest(),
     )

@@ -3,34 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from clinfl.errors import CheckpointError
+from clinfl.files import write_atomically, write_json
 from clinfl.typing import StateDict
 
 MANIFEST = "manifest.json"
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and a rename (no torn files).
-
-    Raises:
-        CheckpointError: if the file cannot be written.
-    """
-    temporary = path.with_name(path.name + ".tmp")
-    try:
-        with open(temporary, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except OSError as exc:
-        raise CheckpointError(
-            f"cannot write {path}: {exc}", remedy="check disk space and permissions"
-        ) from exc
 
 
 class CheckpointStore:
@@ -67,16 +48,12 @@ class CheckpointStore:
         """
         path = self.directory / f"round-{round_number:04d}.safetensors"
         tensors = {name: value.detach().contiguous().cpu() for name, value in state.items()}
-        temporary = path.with_name(path.name + ".tmp")
-        try:
-            save_file(tensors, str(temporary), metadata={"round": str(round_number)})
-            os.replace(temporary, path)
-        except OSError as exc:
-            raise CheckpointError(f"cannot write {path}: {exc}", remedy="check disk space") from exc
+        data = save(tensors, metadata={"round": str(round_number)})
+        write_atomically(path, data, remedy="check disk space")
         self._entries = [e for e in self._entries if e.get("round") != round_number]
         self._entries.append({"round": round_number, "file": path.name, "metrics": metrics})
         manifest = {"checkpoints": self._entries}
-        write_atomically(self.directory / MANIFEST, json.dumps(manifest, indent=2).encode())
+        write_json(self.directory / MANIFEST, manifest)
         return path
 
     def last_round(self) -> int | None:

@@ -82,6 +82,15 @@ class RunControl:
             db.execute("DELETE FROM control")
             db.execute("DELETE FROM rounds")
 
+    def run_id(self) -> str | None:
+        """Return the ID of the run this folder holds (None before one started)."""
+        value = self._get("run_id")
+        return None if value is None else str(value)
+
+    def set_run_id(self, run_id: str) -> None:
+        """Record the ID of the run this folder holds."""
+        self._set(run_id=run_id)
+
     def request(self, action: Request) -> None:
         """Ask the running federation to pause, resume (``run``), stop, or stop now."""
         self._set(request=action, requested_at=time.time())

@@ -1,7 +1,12 @@
-"""Where a run continues after its process died: the round after the last completed one."""
+"""Starting or continuing a run, the same in both modes: its ID, its control state, its round.
+
+A run that died continues after its last completed round, under the same ID.
+"""
 
 from __future__ import annotations
 
+import secrets
+import time
 from dataclasses import dataclass
 
 from clinfl.federation.messages import RoundRecord
@@ -36,3 +41,21 @@ def resume_point(store: CheckpointStore, control: RunControl) -> ResumePoint:
         RoundRecord.from_full_json_dict(records[r]) for r in sorted(records) if r <= last
     )
     return ResumePoint(first_round=last + 1, state=store.load(last), previous=previous)
+
+
+def new_run_id(method: str) -> str:
+    """Return a new run's ID: ``METHOD-YYYYmmdd-HHMMSS-xxxxxx`` (six random hex digits)."""
+    return f"{method}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+
+
+def begin_run(control: RunControl, point: ResumePoint, run_id: str) -> None:
+    """Ready the run folder's control database for a run (re)starting at ``point``.
+
+    A run starting at its first round forgets what the database held (status, requests, round
+    records); every start clears a request left from before (a pause or stop asked before a
+    crash does not carry over). The run's ID is kept there, so a restart continues it.
+    """
+    if point.first_round == 1:
+        control.reset()
+    control.request("run")
+    control.set_run_id(run_id)

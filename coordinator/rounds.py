@@ -26,13 +26,25 @@ class FederationOutcome:
     """Every round's record, the selected round, the final global state, and why it stopped.
 
     ``selected`` is None only when no round ran; ``stopped`` says why the federation ended
-    before its last round (every site refused, for example because budgets were spent).
+    before its last round (every site refused, for example because budgets were spent);
+    ``converged`` says why it ended early because validation stopped improving (``patience``).
     """
 
     records: tuple[RoundRecord, ...]
     selected: RoundRecord | None
     final_state: StateDict
     stopped: str | None = None
+    converged: str | None = None
+
+
+def rounds_since_best(records: Sequence[RoundRecord]) -> int:
+    """Return how many completed rounds came after the best one on validation macro-AUC."""
+    completed = [r for r in records if r.aborted is None]
+    if not completed:
+        return 0
+    aucs = [r.report.validation.macro_auc for r in completed]
+    best = max(range(len(aucs)), key=lambda i: (aucs[i], -i))  # the first of equal bests
+    return len(completed) - 1 - best
 
 
 class Coordinator:
@@ -90,6 +102,7 @@ class Coordinator:
         return self.run(
             initial_state,
             rounds=federation.rounds,
+            patience=federation.patience,
             settings_for=partial(RoundSettings.for_round, federation),
             on_round=on_round,
             first_round=point.first_round,
@@ -105,8 +118,12 @@ class Coordinator:
         on_round: RoundCallback | None = None,
         first_round: int = 1,
         previous: Sequence[RoundRecord] = (),
+        patience: int | None = None,
     ) -> FederationOutcome:
         """Run rounds ``first_round`` to ``rounds`` from ``initial_state`` and select one.
+
+        With ``patience``, the federation ends early (converged) once validation macro-AUC has
+        not improved for that many completed rounds in a row; ``rounds`` is then a maximum.
 
         With a :class:`RunControl`, the operator's requests are honoured at each round boundary
         (pause, resume, stop); ``stop-now`` also abandons the round in progress before anything
@@ -128,6 +145,7 @@ class Coordinator:
         state = {name: value.clone() for name, value in initial_state.items()}
         records: list[RoundRecord] = list(previous)
         stopped: str | None = None
+        converged: str | None = None
         budgets: dict[str, float] = {}
         if self._control is not None:
             self._control.set_status(
@@ -207,8 +225,13 @@ class Coordinator:
             if self._stop_now():
                 stopped = f"stopped by the operator during round {round_number}"
                 break
+            if patience is not None and rounds_since_best(records) >= patience:
+                converged = f"validation macro-AUC has not improved for {patience} rounds"
+                break
         if self._control is not None:
-            self._control.set_status("stopped" if stopped else "finished", stopped=stopped)
+            self._control.set_status(
+                "stopped" if stopped else "finished", stopped=stopped, converged=converged
+            )
         completed = [r for r in records if r.aborted is None] or records
         selected: RoundRecord | None = None
         if completed and self._selection == "last":
@@ -216,5 +239,9 @@ class Coordinator:
         elif completed:
             selected = max(completed, key=lambda r: r.report.validation.macro_auc)
         return FederationOutcome(
-            records=tuple(records), selected=selected, final_state=state, stopped=stopped
+            records=tuple(records),
+            selected=selected,
+            final_state=state,
+            stopped=stopped,
+            converged=converged,
         )

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from functools import partial
 from typing import TypeVar
 
-from clinfl.config import DEFAULT_MIN_SITES, SecAggConfig
+from clinfl.config import SecAggConfig
 from clinfl.errors import ProtocolViolation, RoundAborted, SiteUnavailable
 from clinfl.federation.fanout import Fanout, in_turn
 from clinfl.federation.roles import TrainingParticipant
@@ -22,7 +22,6 @@ from clinfl.federation.vectors import unflatten_state, vector_length
 from clinfl.secagg.encoding import decode_sum
 from clinfl.secagg.messages import MaskedInput
 from clinfl.secagg.server_session import ServerSession
-from clinfl.secagg.settings import plan_round
 from clinfl.typing import StateDict
 from coordinator.aggregation import AggregateUpdate, Aggregator, PlainAggregator
 
@@ -68,26 +67,18 @@ class SecureAggregator:
     ) -> AggregateUpdate:
         config = self._config
         by_id = {p.site_id: p for p in participants}
-        min_sites = config.min_sites or DEFAULT_MIN_SITES
-        floor = max(2, min_sites)
+        floor = max(2, config.sum_floor)
         if len(by_id) < floor:
             raise RoundAborted(
                 f"round {round_id} abandoned: {len(by_id)} site(s) trained, secure aggregation "
                 f"needs at least {floor}; nothing was applied",
                 remedy="bring more sites online",
             )
-        params = plan_round(
+        params = config.plan(
             run_id=self._run_id,
             round_id=round_id,
             site_ids=tuple(by_id),
             vector_length=vector_length(template),
-            min_sites=min_sites,
-            max_colluders=config.max_colluders,
-            bits=config.bits,
-            clip=config.clip,
-            weight_cap=config.weight_cap,
-            degree=config.degree,
-            threshold=config.threshold,
         )
         server = ServerSession(params)
 

@@ -1,6 +1,6 @@
 """What runs inside a hospital: local training and evaluation of the global model."""
 
 from site_agent.evaluation import HeldOutEvaluator
-from site_agent.training import LocalSite
+from site_agent.training import SiteTrainer
 
-__all__ = ["HeldOutEvaluator", "LocalSite"]
+__all__ = ["HeldOutEvaluator", "SiteTrainer"]

@@ -42,7 +42,7 @@ SettingsCheck = Callable[[RoundSettings], None]  # raises PolicyViolation outsid
 
 
 class LocalTrainer(Protocol):
-    """What the agent needs from local training (:class:`~site_agent.training.LocalSite`)."""
+    """What the agent needs from local training (:class:`~site_agent.training.SiteTrainer`)."""
 
     @property
     def site_id(self) -> str:
@@ -183,8 +183,9 @@ class SiteAgent:
         self._pending = self._trainer.train_round(global_state, settings)
         self._template = global_state
         self._received = received
-        epsilon = getattr(self._trainer, "epsilon", None)
-        spent = float(epsilon()) if self._share_epsilon and callable(epsilon) else None
+        epsilon = getattr(self._trainer, "epsilon", None)  # None without DP-SGD
+        value = epsilon() if self._share_epsilon and callable(epsilon) else None
+        spent = None if value is None else float(value)
         return TrainingReport(self.site_id, spent)
 
     def _take_pending(self) -> tuple[LocalUpdate, StateDict]:

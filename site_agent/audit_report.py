@@ -12,12 +12,24 @@ import json
 from pathlib import Path
 from typing import Any
 
+from clinfl.audit.render import FORMATS, render_site
 from clinfl.errors import DataError
+from clinfl.files import write_atomically
 from clinfl.privacy.accounting import epsilon_of
+from site_agent.ingest.pipeline import SITE_INGEST_DIR, SUMMARY_FILE
 from site_agent.ledger import LEDGER_FILE, SiteLedger
 
 REPORT_VERSION = 1
-INGEST_FILE = "ingest_summary.json"
+REPORT_NAME = "audit_report"
+
+
+def ingest_summary_path(state_dir: Path) -> Path:
+    """Where a site keeps the summary of the export it trains on: ``<state>/ingest/``.
+
+    ``clinfl site run`` ingests there, and the in-process federation copies its shared
+    export's summary there for each site, so both modes report the same.
+    """
+    return state_dir / SITE_INGEST_DIR / SUMMARY_FILE
 
 
 def _per_round(ledger: SiteLedger, delta: float, accountant: str) -> list[dict[str, Any]]:
@@ -73,7 +85,7 @@ def build_site_report(state_dir: Path) -> dict[str, Any]:
     finally:
         ledger.close()
     spent = rounds[-1]["epsilon_cumulative"] if rounds else 0.0
-    ingest_path = state_dir / INGEST_FILE
+    ingest_path = ingest_summary_path(state_dir)
     ingest = json.loads(ingest_path.read_text()) if ingest_path.is_file() else None
     return {
         "report_version": REPORT_VERSION,
@@ -117,3 +129,19 @@ def shareable_summary(report: dict[str, Any]) -> dict[str, Any]:
     if "ingest" in allowed and report["data"]["ingestion"] is not None:
         summary["ingestion"] = report["data"]["ingestion"]
     return summary
+
+
+def write_site_report(state_dir: Path) -> dict[str, Any]:
+    """Write the site's audit report as ``<state>/audit_report.{json,md,html}``, each atomically.
+
+    Both modes write it here (the in-process federation at the end of the run, a deployed site
+    after each round and when it stops). Returns the report.
+
+    Raises:
+        DataError: if the directory holds no ledger.
+        CheckpointError: if a file cannot be written.
+    """
+    report = build_site_report(state_dir)
+    for fmt in FORMATS:
+        write_atomically(state_dir / f"{REPORT_NAME}.{fmt}", render_site(report, fmt))
+    return report

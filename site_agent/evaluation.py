@@ -10,6 +10,7 @@ from clinfl.data.batching import ordered_batches, to_input_tensor
 from clinfl.data.imageset import ImageSet
 from clinfl.federation.messages import EvaluationReport
 from clinfl.metrics import multilabel_metrics
+from clinfl.model.diagnostics import ladm_diagnostics
 from clinfl.thresholds import DEFAULT_RULE, ThresholdRule, operating_point, parse_rule
 from clinfl.typing import StateDict
 from site_agent.model_state import load_travelling_state
@@ -37,6 +38,7 @@ class HeldOutEvaluator:
         self.threshold_rule = threshold_rule or parse_rule(DEFAULT_RULE)
         self._device = torch.device("cpu") if device is None else device
         self._model = algorithm.build_model(spec).to(self._device)
+        self._tau = algorithm.method.tau_rej
         self._sets = {
             "validation": (to_input_tensor(validation.images), validation.targets),
             "test": (to_input_tensor(test.images), test.targets),
@@ -64,12 +66,21 @@ class HeldOutEvaluator:
     def evaluate(self, global_state: StateDict) -> EvaluationReport:
         """Return validation and test metrics of the global model (loaded once).
 
-        The report's operating point holds thresholds chosen on validation only.
+        The report's operating point holds thresholds chosen on validation only; its model
+        diagnostics (LADM models only) are measured on validation images.
         """
         load_travelling_state(self._model, global_state)
         val_probs, test_probs = self._predict("validation"), self._predict("test")
         val_targets, test_targets = self.targets("validation"), self.targets("test")
+        images, labels = self._sets["validation"]
+        diagnostics = ladm_diagnostics(
+            self._model,
+            images[:EVAL_BATCH].to(self._device),
+            torch.as_tensor(labels[:EVAL_BATCH]),
+            tau=self._tau,
+        )
         return EvaluationReport(
+            model_diagnostics=None if diagnostics is None else diagnostics.to_json_dict(),
             validation=multilabel_metrics(val_targets, val_probs),
             test=multilabel_metrics(test_targets, test_probs),
             operating=operating_point(

@@ -9,10 +9,9 @@ also refuses, before any step, a round with more steps than it calibrated for.
 
 from __future__ import annotations
 
-import math
 import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
@@ -20,10 +19,9 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from clinfl.algorithms import Algorithm, ModelSpec
-from clinfl.algorithms.base import RoundContext
-from clinfl.data.batching import to_input_tensor
+from clinfl.algorithms.base import SiteMemory
 from clinfl.data.imageset import ImageSet
-from clinfl.errors import BudgetExhausted, FederationError, ModelError, PolicyViolation
+from clinfl.errors import BudgetExhausted, ModelError, PolicyViolation
 from clinfl.federation.messages import RoundSettings
 from clinfl.model.networks import LearnableRows
 from clinfl.privacy.accounting import epsilon_of, noise_for_round_epsilon
@@ -32,10 +30,7 @@ from clinfl.privacy.noise import use_secure_noise
 from clinfl.privacy.settings import GHOST_CLIPPING_MODES, DPSettings, opacus_grad_sample_mode
 from clinfl.typing import StateDict
 from site_agent.ledger import Reservation, SiteLedger
-from site_agent.model_state import load_travelling_state
-from site_agent.training import LocalUpdate, site_update
-
-StepCallback = Callable[[str, int, int], None]
+from site_agent.training import SiteTrainer, StepCallback, training_tensors
 
 
 def dp_incompatibilities(model: nn.Module) -> list[str]:
@@ -52,15 +47,22 @@ def dp_incompatibilities(model: nn.Module) -> list[str]:
     return problems
 
 
-class PrivateSite:
-    """One hospital's DP-SGD trainer; same interface as :class:`~site_agent.training.LocalSite`."""
+class DPSteps:
+    """DP-SGD steps (Opacus): Poisson sampling, per-sample clipping, noise; CPU only.
+
+    The batch size, and with it the sampling rate, is fixed when the site is built; each round
+    reserves its privacy spend in the ledger before its first step.
+    """
+
+    divergence_remedy = "lower --lr or the clipping norm"
 
     def __init__(
         self,
         site_id: str,
-        data: ImageSet,
+        model: nn.Module,
+        inputs: torch.Tensor,
+        targets: torch.Tensor,
         algorithm: Algorithm,
-        spec: ModelSpec,
         *,
         dp: DPSettings,
         ledger: SiteLedger,
@@ -69,40 +71,15 @@ class PrivateSite:
         local_epochs: int,
         weight_decay: float,
         sampling_seed: int | None = None,
-        on_step: StepCallback | None = None,
     ) -> None:
-        """Build the model and the privacy engine once.
-
-        Raises:
-            FederationError: if the site has no samples.
-            ModelError: if the model has layers Opacus cannot handle (all listed).
-        """
-        if len(data) == 0:
-            raise FederationError(
-                f"site {site_id} has no training samples",
-                remedy="use fewer sites or a larger rho so every site receives data",
-            )
-        model = algorithm.build_model(spec)
-        problems = dp_incompatibilities(model)
-        if algorithm.dp_incompatibility is not None:
-            problems.append(f"{algorithm.name}: {algorithm.dp_incompatibility}")
-        if problems:
-            raise ModelError(
-                f"{site_id}: the model cannot be trained with DP-SGD: " + "; ".join(problems),
-                remedy="use FedNCAlign-ML (any option but the learnable ones), FedAvg or FedProx, "
-                "or a policy without DP",
-            )
+        """Build the privacy engine once (its accountant continues the ledger's history)."""
         self._site_id = site_id
         self._algorithm = algorithm
         self._dp = dp
         self._ledger = ledger
         self._run_id = run_id
-        self._on_step = on_step
         self._reservation: Reservation | None = None
-        self._memory: dict[str, torch.Tensor] = {}  # the algorithm's site state (SCAFFOLD's c_i)
-        inputs = to_input_tensor(data.images)
-        targets = torch.from_numpy(data.targets).to(torch.float32)
-        self._num_samples = int(inputs.shape[0])
+        self._steps = 0
         seed = int.from_bytes(os.urandom(8), "big") if sampling_seed is None else sampling_seed
         loader = DataLoader(
             TensorDataset(inputs, targets),
@@ -114,10 +91,11 @@ class PrivateSite:
         self.sample_rate = 1.0 / len(loader)
         # (per-round epsilon target, local epochs, steps) the noise was calibrated for, if any
         self._calibration: tuple[float, int, int] | None = None
-        if dp.noise_multiplier:
+        if dp.noise_multiplier is not None:  # 0.0 is a setting (no noise), not "unset"
             self.noise_multiplier = dp.noise_multiplier
         else:
-            target = dp.target_epsilon_per_round or 1.0
+            per_round = dp.target_epsilon_per_round
+            target = 1.0 if per_round is None else per_round
             steps = local_epochs * len(loader)
             self.noise_multiplier = noise_for_round_epsilon(
                 target,
@@ -156,61 +134,30 @@ class PrivateSite:
                 grad_sample_mode=opacus_grad_sample_mode(self._dp.grad_sample_mode),
                 **extra,
             )
-        self._model, self._optimizer = made[0], made[1]
+        self._wrapped, self.optimizer = made[0], made[1]
         self._criterion = made[2] if ghost else None
         self._loader = made[-1]
         if self._dp.secure_rng:
-            use_secure_noise(self._optimizer)
+            use_secure_noise(self.optimizer)
 
     @property
-    def site_id(self) -> str:
-        """The site's identifier."""
-        return self._site_id
-
-    @property
-    def num_samples(self) -> int:
-        """Local training set size."""
-        return self._num_samples
-
-    @property
-    def inner_model(self) -> nn.Module:
+    def model(self) -> nn.Module:
         """The model without Opacus' wrapper (its state dict has the usual names)."""
-        inner: nn.Module = self._model._module
+        inner: nn.Module = self._wrapped._module
         return inner
 
-    def _loss(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        output = self._model(images)
-        if self._criterion is not None:  # ghost clipping: Opacus' loss wrapper
-            loss: torch.Tensor = self._criterion(output, targets)
-            return loss
-        per_sample = self._algorithm.per_sample_loss(output, targets)
-        # an empty Poisson batch: sum() is 0 with a graph; mean() would be NaN
-        return per_sample.mean() if per_sample.numel() else per_sample.sum()
+    @property
+    def device(self) -> torch.device:
+        """DP-SGD runs on the CPU only."""
+        return torch.device("cpu")
 
-    def _proximal_step(self, reference: StateDict, lr: float) -> None:
-        """Apply the algorithm's data-free regulariser (FedProx) as a separate gradient step.
-
-        Opacus replaces parameter gradients by the clipped, noised per-sample sum, so a
-        parameter-only term must be applied outside it. It reads no data, so it costs no privacy.
-        """
-        penalty = self._algorithm.regulariser(self.inner_model, reference, self._memory)
-        if penalty is None:
-            return
-        params = [p for p in self.inner_model.parameters() if p.requires_grad]
-        grads = torch.autograd.grad(penalty, params, allow_unused=True)
-        with torch.no_grad():
-            for param, grad in zip(params, grads, strict=True):
-                if grad is not None:
-                    param.add_(grad, alpha=-lr)
-
-    def train_round(self, global_state: StateDict, settings: RoundSettings) -> LocalUpdate:
-        """Reserve the round's privacy spend, then train with DP-SGD.
+    def begin_round(self, settings: RoundSettings) -> int:
+        """Check the round against the calibration, reserve its privacy spend; return its steps.
 
         Raises:
             PolicyViolation: if the round has more steps than the per-round epsilon target was
                 calibrated for (recorded as a refusal; nothing trains).
             BudgetExhausted: if the round would pass the site's epsilon budget (nothing trains).
-            FederationError: if the global state does not fit or the loss diverges.
         """
         steps = settings.local_epochs * len(self._loader)
         self._check_round_target(settings, steps)
@@ -220,12 +167,66 @@ class PrivateSite:
             raise BudgetExhausted(
                 f"{self._site_id} {refusal.message}", remedy=refusal.remedy
             ) from None
-        try:
-            load_travelling_state(self.inner_model, global_state)
-        except BaseException:
-            self._ledger.release(self._reservation.row_id)  # no step was taken
-            raise
-        return self._train_after_reservation(global_state, settings, steps)
+        for group in self.optimizer.param_groups:
+            group["lr"] = settings.lr
+        self._wrapped.train()
+        return steps
+
+    def abort_round(self) -> None:
+        """No step was taken: release the round's reservation."""
+        if self._reservation is not None:
+            self._ledger.release(self._reservation.row_id)
+
+    def batches(self, settings: RoundSettings) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+        """One epoch of Poisson-sampled batches (the sizes vary; a batch may be empty)."""
+        loader: Iterable[tuple[torch.Tensor, torch.Tensor]] = self._loader
+        return loader
+
+    def loss(
+        self, images: torch.Tensor, targets: torch.Tensor, reference: StateDict, memory: SiteMemory
+    ) -> torch.Tensor:
+        """The batch's mean per-sample loss (Opacus' loss wrapper under ghost clipping)."""
+        self.optimizer.zero_grad(set_to_none=True)
+        output = self._wrapped(images)
+        if self._criterion is not None:  # ghost clipping: Opacus' loss wrapper
+            loss: torch.Tensor = self._criterion(output, targets)
+            return loss
+        per_sample = self._algorithm.per_sample_loss(output, targets)
+        # an empty Poisson batch: sum() is 0 with a graph; mean() would be NaN
+        return per_sample.mean() if per_sample.numel() else per_sample.sum()
+
+    def step(self, loss: torch.Tensor, reference: StateDict, memory: SiteMemory, lr: float) -> None:
+        """Clip, noise and step; then the algorithm's data-free regulariser as its own step."""
+        with warnings.catch_warnings():
+            # ghost clipping backpropagates to module outputs only, which torch reports
+            warnings.filterwarnings("ignore", message="Full backward hook is firing")
+            loss.backward()  # type: ignore[no-untyped-call]
+        self.optimizer.step()
+        self._proximal_step(reference, memory, lr)
+
+    def _proximal_step(self, reference: StateDict, memory: SiteMemory, lr: float) -> None:
+        """Apply the algorithm's data-free regulariser (FedProx) as a separate gradient step.
+
+        Opacus replaces parameter gradients by the clipped, noised per-sample sum, so a
+        parameter-only term must be applied outside it. It reads no data, so it costs no privacy.
+        """
+        penalty = self._algorithm.regulariser(self.model, reference, memory)
+        if penalty is None:
+            return
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        grads = torch.autograd.grad(penalty, params, allow_unused=True)
+        with torch.no_grad():
+            for param, grad in zip(params, grads, strict=True):
+                if grad is not None:
+                    param.add_(grad, alpha=-lr)
+
+    def end_round(self, settings: RoundSettings) -> None:
+        """Drop the per-sample gradients (batch x parameters) until the next round."""
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def data_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """None: reading the data outside DP-SGD would not be covered by the guarantee."""
+        return iter(())
 
     def _check_round_target(self, settings: RoundSettings, steps: int) -> None:
         """Refuse a round that would cost more than the per-round target the noise was set for.
@@ -269,59 +270,6 @@ class PrivateSite:
             grad_sample_mode=self._dp.grad_sample_mode,
         )
 
-    def _train_after_reservation(
-        self, global_state: StateDict, settings: RoundSettings, steps: int
-    ) -> LocalUpdate:
-        reference = {name: value.clone() for name, value in global_state.items()}
-        for group in self._optimizer.param_groups:
-            group["lr"] = settings.lr
-        self._model.train()
-        with warnings.catch_warnings():
-            # ghost clipping backpropagates to module outputs only, which torch reports
-            warnings.filterwarnings("ignore", message="Full backward hook is firing")
-            return self._train_steps(settings, reference, steps)
-
-    def _train_steps(
-        self, settings: RoundSettings, reference: StateDict, steps: int
-    ) -> LocalUpdate:
-        loss_sum, seen, step = 0.0, 0, 0
-        for _ in range(settings.local_epochs):
-            for images, targets in self._loader:
-                self._optimizer.zero_grad(set_to_none=True)
-                loss = self._loss(images, targets)
-                if not math.isfinite(
-                    float(loss.detach() if self._criterion is None else loss.item())
-                ):
-                    raise FederationError(
-                        f"site {self._site_id}: local loss became {loss.item()} in round "
-                        f"{settings.round}",
-                        remedy="lower --lr or the clipping norm",
-                    )
-                loss.backward()  # type: ignore[no-untyped-call]
-                self._optimizer.step()
-                self._proximal_step(reference, settings.lr)
-                loss_sum += float(loss.detach()) * images.shape[0]
-                seen += images.shape[0]
-                step += 1
-                if self._on_step is not None:
-                    self._on_step(self._site_id, step, steps)
-        # drop the per-sample gradients (batch x parameters) until the next round
-        self._optimizer.zero_grad(set_to_none=True)
-        auxiliary = self._algorithm.auxiliary_update(
-            self.inner_model,
-            reference,
-            self._memory,
-            RoundContext(steps=step, lr=settings.lr, batches=lambda: iter(())),
-        )
-        local = self._algorithm.travelling_state(self.inner_model)
-        delta = site_update(reference, local, auxiliary)
-        return LocalUpdate(
-            delta=delta,
-            num_samples=self._num_samples,
-            mean_loss=loss_sum / max(seen, 1),
-            steps=step,
-        )
-
     def update_sent(self, *, secagg: bool) -> None:
         """The round's update left the site: its reservation becomes spent."""
         if self._reservation is not None:
@@ -332,11 +280,60 @@ class PrivateSite:
         if self._reservation is not None:
             self._ledger.record_sum(self._reservation.row_id, sites_in_sum=sites)
 
-    def epsilon(self) -> float:
+    def epsilon(self) -> float | None:
         """Return the epsilon Opacus' own accountant reports for this site so far."""
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
             return float(self.engine.accountant.get_epsilon(delta=self._dp.delta))
+
+
+def private_trainer(
+    site_id: str,
+    data: ImageSet,
+    algorithm: Algorithm,
+    spec: ModelSpec,
+    *,
+    dp: DPSettings,
+    ledger: SiteLedger,
+    run_id: str,
+    batch_size: int,
+    local_epochs: int,
+    weight_decay: float,
+    sampling_seed: int | None = None,
+    on_step: StepCallback | None = None,
+) -> SiteTrainer:
+    """Return a site's DP-SGD trainer: the model and the privacy engine, built once.
+
+    Raises:
+        FederationError: if the site has no samples.
+        ModelError: if the model has layers Opacus cannot handle (all listed).
+    """
+    inputs, targets = training_tensors(site_id, data)
+    model = algorithm.build_model(spec)
+    problems = dp_incompatibilities(model)
+    if algorithm.dp_incompatibility is not None:
+        problems.append(f"{algorithm.name}: {algorithm.dp_incompatibility}")
+    if problems:
+        raise ModelError(
+            f"{site_id}: the model cannot be trained with DP-SGD: " + "; ".join(problems),
+            remedy="use FedNCAlign-ML (any option but the learnable ones), FedAvg or FedProx, "
+            "or a policy without DP",
+        )
+    steps = DPSteps(
+        site_id,
+        model,
+        inputs,
+        targets,
+        algorithm,
+        dp=dp,
+        ledger=ledger,
+        run_id=run_id,
+        batch_size=batch_size,
+        local_epochs=local_epochs,
+        weight_decay=weight_decay,
+        sampling_seed=sampling_seed,
+    )
+    return SiteTrainer(site_id, algorithm, steps, num_samples=int(inputs.shape[0]), on_step=on_step)
 
 
 class _PerSampleCriterion(nn.Module):

@@ -1,14 +1,21 @@
-"""A site's local training for one round: from the global weights to a weighted update."""
+"""A site's local training for one round: from the global weights to a weighted update.
+
+One trainer (:class:`SiteTrainer`) runs every round; how its steps are taken, plainly or with
+DP-SGD, is its strategy's (:class:`PlainSteps`, :class:`~site_agent.private_training.DPSteps`).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import math
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
+from torch import nn
 
 from clinfl.algorithms import Algorithm, ModelSpec
-from clinfl.algorithms.base import RoundContext, is_auxiliary
+from clinfl.algorithms.base import RoundContext, SiteMemory, is_auxiliary
 from clinfl.data.batching import shuffled_batches, to_input_tensor
 from clinfl.data.imageset import ImageSet
 from clinfl.errors import FederationError
@@ -47,43 +54,94 @@ def site_update(reference: StateDict, local: StateDict, auxiliary: StateDict) ->
     return delta
 
 
-class LocalSite:
+class TrainingStrategy(Protocol):
+    """How a site takes its optimiser steps: plain (:class:`PlainSteps`) or DP-SGD.
+
+    The DP-SGD strategy is :class:`~site_agent.private_training.DPSteps`. Everything else in a
+    round (loading the global state, the epochs, the divergence check, the loss the site reports,
+    the algorithm's state and the update) is :class:`SiteTrainer`'s, so the two cannot diverge.
+    """
+
+    divergence_remedy: str
+    """What to tell the operator when the local loss diverges."""
+
+    @property
+    def model(self) -> nn.Module:
+        """The model the algorithm reads and writes (without any wrapper)."""
+        ...
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model and the batches live."""
+        ...
+
+    def begin_round(self, settings: RoundSettings) -> int:
+        """Prepare a round (DP-SGD: check and reserve its privacy cost); return its steps."""
+        ...
+
+    def abort_round(self) -> None:
+        """The round ends before its first step (DP-SGD: release the reservation)."""
+        ...
+
+    def batches(self, settings: RoundSettings) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+        """Return one epoch's (images, targets) batches, on :attr:`device`."""
+        ...
+
+    def loss(
+        self, images: torch.Tensor, targets: torch.Tensor, reference: StateDict, memory: SiteMemory
+    ) -> torch.Tensor:
+        """Return the batch's mean loss, ready to backpropagate."""
+        ...
+
+    def step(self, loss: torch.Tensor, reference: StateDict, memory: SiteMemory, lr: float) -> None:
+        """Backpropagate ``loss`` and take one optimiser step (with the algorithm's hooks)."""
+        ...
+
+    def end_round(self, settings: RoundSettings) -> None:
+        """The round's steps are done."""
+        ...
+
+    def data_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The site's data in order, for the algorithm's auxiliary update (none under DP-SGD)."""
+        ...
+
+    def update_sent(self, *, secagg: bool) -> None:
+        """The round's update left the site (DP-SGD: its reservation becomes spent)."""
+        ...
+
+    def aggregate_size(self, sites: int) -> None:
+        """The round's sum covers ``sites`` sites (DP-SGD: recorded in the ledger)."""
+        ...
+
+    def epsilon(self) -> float | None:
+        """The epsilon spent so far (None without DP-SGD)."""
+        ...
+
+
+class SiteTrainer:
     """One hospital's trainer. Its data, model and optimiser state never leave it.
 
-    The model (with the ETF derived from the federation seed) is built here; each round it loads
-    the global travelling state, trains ``local_epochs`` epochs with AdamW, and returns
-    ``w_local - w_global`` over the travelling tensors only (it stays at the site).
+    Each round it loads the global travelling state, trains ``local_epochs`` epochs (steps taken
+    by its :class:`TrainingStrategy`) and returns ``w_local - w_global`` over the travelling
+    tensors only, with the mean training loss over the samples it saw. Build one with
+    :func:`plain_trainer` or :func:`~site_agent.private_training.private_trainer`.
     """
 
     def __init__(
         self,
         site_id: str,
-        data: ImageSet,
         algorithm: Algorithm,
-        spec: ModelSpec,
+        strategy: TrainingStrategy,
         *,
-        weight_decay: float,
-        shuffle_seed: int,
+        num_samples: int,
         on_step: StepCallback | None = None,
-        device: torch.device | None = None,
     ) -> None:
-        if len(data) == 0:
-            raise FederationError(
-                f"site {site_id} has no training samples",
-                remedy="use fewer sites or a larger rho so every site receives data",
-            )
         self._site_id = site_id
         self._algorithm = algorithm
-        self._device = torch.device("cpu") if device is None else device
-        self._model = algorithm.build_model(spec).to(self._device)
-        self._inputs = to_input_tensor(data.images)
-        self._targets = torch.from_numpy(data.targets).to(torch.float32)
-        self._weight_decay = weight_decay
-        self._optimizer: torch.optim.AdamW | None = None
-        self._generator = torch.Generator().manual_seed(shuffle_seed)
+        self.strategy = strategy
+        self._num_samples = num_samples
         self._on_step = on_step
         self._memory: dict[str, torch.Tensor] = {}  # the algorithm's site state (SCAFFOLD's c_i)
-        self._batch_size = 32
 
     @property
     def site_id(self) -> str:
@@ -93,7 +151,193 @@ class LocalSite:
     @property
     def num_samples(self) -> int:
         """Local training set size."""
-        return int(self._inputs.shape[0])
+        return self._num_samples
+
+    @property
+    def model(self) -> nn.Module:
+        """The site's model (without any DP wrapper: its state dict has the usual names)."""
+        return self.strategy.model
+
+    def update_sent(self, *, secagg: bool) -> None:
+        """The round's update left the site (DP-SGD: its privacy spend becomes spent)."""
+        self.strategy.update_sent(secagg=secagg)
+
+    def aggregate_size(self, sites: int) -> None:
+        """Record how many sites the round's sum covers (DP-SGD only)."""
+        self.strategy.aggregate_size(sites)
+
+    def epsilon(self) -> float | None:
+        """Return the epsilon spent so far (None without DP-SGD)."""
+        return self.strategy.epsilon()
+
+    def train_round(self, global_state: StateDict, settings: RoundSettings) -> LocalUpdate:
+        """Train from ``global_state`` and return this site's update.
+
+        Raises:
+            PolicyViolation, BudgetExhausted: if the strategy refuses the round (DP-SGD; nothing
+                trains).
+            FederationError: if the global state does not fit the local model or the loss diverges.
+        """
+        strategy = self.strategy
+        total_steps = strategy.begin_round(settings)
+        try:
+            load_travelling_state(strategy.model, global_state)
+        except BaseException:
+            strategy.abort_round()  # no step was taken
+            raise
+        reference = {
+            name: value.to(strategy.device, copy=True) for name, value in global_state.items()
+        }
+        strategy.model.train()
+        tally = LossTally()
+        for _ in range(settings.local_epochs):
+            for images, targets in strategy.batches(settings):
+                loss = strategy.loss(images, targets, reference, self._memory)
+                value = float(loss.detach())
+                if not math.isfinite(value):
+                    raise FederationError(
+                        f"site {self._site_id}: local loss became {value} in round "
+                        f"{settings.round}",
+                        remedy=strategy.divergence_remedy,
+                    )
+                strategy.step(loss, reference, self._memory, settings.lr)
+                tally.add(value, int(images.shape[0]))
+                if self._on_step is not None:
+                    self._on_step(self._site_id, tally.steps, total_steps)
+        strategy.end_round(settings)
+        auxiliary = self._algorithm.auxiliary_update(
+            strategy.model,
+            reference,
+            self._memory,
+            RoundContext(steps=tally.steps, lr=settings.lr, batches=strategy.data_batches),
+        )
+        local = self._algorithm.travelling_state(strategy.model)
+        delta = {
+            name: value.cpu() for name, value in site_update(reference, local, auxiliary).items()
+        }
+        return LocalUpdate(
+            delta=delta, num_samples=self._num_samples, mean_loss=tally.mean, steps=tally.steps
+        )
+
+
+@dataclass
+class LossTally:
+    """The loss a site reports: the mean over the samples it saw (an empty batch weighs 0)."""
+
+    total: float = 0.0
+    samples: int = 0
+    steps: int = 0
+
+    def add(self, batch_mean: float, batch_size: int) -> None:
+        """Count one step whose batch of ``batch_size`` samples had mean loss ``batch_mean``."""
+        self.total += batch_mean * batch_size
+        self.samples += batch_size
+        self.steps += 1
+
+    @property
+    def mean(self) -> float:
+        """The mean loss per sample seen (0.0 before any sample)."""
+        return self.total / max(self.samples, 1)
+
+
+def training_tensors(site_id: str, data: ImageSet) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return a site's normalised inputs and float targets.
+
+    Raises:
+        FederationError: if the site has no samples.
+    """
+    if len(data) == 0:
+        raise FederationError(
+            f"site {site_id} has no training samples",
+            remedy="use fewer sites or a larger rho so every site receives data",
+        )
+    return to_input_tensor(data.images), torch.from_numpy(data.targets).to(torch.float32)
+
+
+class PlainSteps:
+    """Steps without DP: AdamW on shuffled batches of the round's batch size, on any device."""
+
+    divergence_remedy = "lower --lr"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        inputs: torch.Tensor,
+        targets: torch.Tensor,
+        algorithm: Algorithm,
+        *,
+        weight_decay: float,
+        shuffle_seed: int,
+        device: torch.device,
+    ) -> None:
+        self._device = device
+        self._model = model.to(device)
+        self._inputs = inputs
+        self._targets = targets
+        self._algorithm = algorithm
+        self._weight_decay = weight_decay
+        self._generator = torch.Generator().manual_seed(shuffle_seed)
+        self._optimizer: torch.optim.AdamW | None = None
+        self._batch_size = 32  # for data_batches: the last round's batch size once one ran
+
+    @property
+    def model(self) -> nn.Module:
+        """The model being trained."""
+        return self._model
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model and the batches live."""
+        return self._device
+
+    def begin_round(self, settings: RoundSettings) -> int:
+        """Set the round's learning rate; return its steps."""
+        if self._optimizer is None:
+            params = [p for p in self._model.parameters() if p.requires_grad]
+            self._optimizer = torch.optim.AdamW(
+                params, lr=settings.lr, weight_decay=self._weight_decay
+            )
+        for group in self._optimizer.param_groups:
+            group["lr"] = settings.lr
+        steps_per_epoch = -(-int(self._inputs.shape[0]) // settings.batch_size)
+        return steps_per_epoch * settings.local_epochs
+
+    def abort_round(self) -> None:
+        """Nothing was reserved."""
+
+    def batches(self, settings: RoundSettings) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Yield one epoch in a fresh random order."""
+        size = int(self._inputs.shape[0])
+        for rows in shuffled_batches(
+            size, batch_size=settings.batch_size, generator=self._generator
+        ):
+            yield self._batch(rows)
+
+    def _batch(self, rows: slice | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._inputs[rows].to(self._device), self._targets[rows].to(self._device)
+
+    def loss(
+        self, images: torch.Tensor, targets: torch.Tensor, reference: StateDict, memory: SiteMemory
+    ) -> torch.Tensor:
+        """The algorithm's local objective on the batch."""
+        return self._algorithm.local_loss(self._model, images, targets, reference, memory)
+
+    def step(self, loss: torch.Tensor, reference: StateDict, memory: SiteMemory, lr: float) -> None:
+        """One AdamW step, then the algorithm's per-step hook."""
+        assert self._optimizer is not None  # begin_round made it
+        self._optimizer.zero_grad(set_to_none=True)
+        torch.autograd.backward(loss)
+        self._optimizer.step()
+        self._algorithm.after_step(self._model, reference, memory)
+
+    def end_round(self, settings: RoundSettings) -> None:
+        """Remember the round's batch size for :meth:`data_batches`."""
+        self._batch_size = settings.batch_size
+
+    def data_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The site's data in order, a batch at a time."""
+        for start in range(0, int(self._inputs.shape[0]), self._batch_size):
+            yield self._batch(slice(start, start + self._batch_size))
 
     def update_sent(self, *, secagg: bool) -> None:
         """Nothing to record without DP."""
@@ -101,71 +345,35 @@ class LocalSite:
     def aggregate_size(self, sites: int) -> None:
         """Nothing to record without DP."""
 
-    def _optimizer_for(self, lr: float) -> torch.optim.AdamW:
-        if self._optimizer is None:
-            params = [p for p in self._model.parameters() if p.requires_grad]
-            self._optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=self._weight_decay)
-        for group in self._optimizer.param_groups:
-            group["lr"] = lr
-        return self._optimizer
+    def epsilon(self) -> float | None:
+        """No privacy is spent without DP."""
+        return None
 
-    def _in_order(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for start in range(0, self.num_samples, self._batch_size):
-            stop = start + self._batch_size
-            yield self._batch(slice(start, stop))
 
-    def _batch(self, rows: slice | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self._inputs[rows].to(self._device), self._targets[rows].to(self._device)
+def plain_trainer(
+    site_id: str,
+    data: ImageSet,
+    algorithm: Algorithm,
+    spec: ModelSpec,
+    *,
+    weight_decay: float,
+    shuffle_seed: int,
+    on_step: StepCallback | None = None,
+    device: torch.device | None = None,
+) -> SiteTrainer:
+    """Return a site's trainer without DP (its model, ETF from the federation seed, built here).
 
-    def train_round(self, global_state: StateDict, settings: RoundSettings) -> LocalUpdate:
-        """Train from ``global_state`` and return this site's update.
-
-        Raises:
-            FederationError: if the global state does not fit the local model or the loss diverges.
-        """
-        load_travelling_state(self._model, global_state)
-        reference = {
-            name: value.to(self._device, copy=True) for name, value in global_state.items()
-        }
-        optimizer = self._optimizer_for(settings.lr)
-        self._model.train()
-        n = self.num_samples
-        steps_per_epoch = -(-n // settings.batch_size)
-        total_steps = steps_per_epoch * settings.local_epochs
-        loss_sum, step = 0.0, 0
-        for _ in range(settings.local_epochs):
-            for batch in shuffled_batches(
-                n, batch_size=settings.batch_size, generator=self._generator
-            ):
-                images, targets = self._batch(batch)
-                loss = self._algorithm.local_loss(
-                    self._model, images, targets, reference, self._memory
-                )
-                if not torch.isfinite(loss):
-                    raise FederationError(
-                        f"site {self._site_id}: local loss became {loss.item()} in round "
-                        f"{settings.round}",
-                        remedy="lower --lr",
-                    )
-                optimizer.zero_grad(set_to_none=True)
-                torch.autograd.backward(loss)
-                optimizer.step()
-                self._algorithm.after_step(self._model, reference, self._memory)
-                loss_sum += float(loss.detach())
-                step += 1
-                if self._on_step is not None:
-                    self._on_step(self._site_id, step, total_steps)
-        self._batch_size = settings.batch_size
-        auxiliary = self._algorithm.auxiliary_update(
-            self._model,
-            reference,
-            self._memory,
-            RoundContext(steps=step, lr=settings.lr, batches=self._in_order),
-        )
-        local = self._algorithm.travelling_state(self._model)
-        delta = {
-            name: value.cpu() for name, value in site_update(reference, local, auxiliary).items()
-        }
-        return LocalUpdate(
-            delta=delta, num_samples=n, mean_loss=loss_sum / max(step, 1), steps=step
-        )
+    Raises:
+        FederationError: if the site has no samples.
+    """
+    inputs, targets = training_tensors(site_id, data)
+    steps = PlainSteps(
+        algorithm.build_model(spec),
+        inputs,
+        targets,
+        algorithm,
+        weight_decay=weight_decay,
+        shuffle_seed=shuffle_seed,
+        device=torch.device("cpu") if device is None else device,
+    )
+    return SiteTrainer(site_id, algorithm, steps, num_samples=int(inputs.shape[0]), on_step=on_step)

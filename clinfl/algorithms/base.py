@@ -63,14 +63,16 @@ class ModelSpec:
 
 
 def build_backbone(method: MethodConfig, spec: ModelSpec) -> ResNet18Features:
-    """Build the ResNet-18 backbone the method config asks for (small stem below 64 px on auto).
+    """Build the ResNet-18 backbone the method config asks for, at its base width.
+
+    The stem is the small one below 64 px when the variant is ``auto``.
 
     Raises:
         ModelError: if a weights file is given and cannot be loaded.
     """
     variant = method.backbone
     small = variant == "small" or (variant == "auto" and spec.image_size < 64)
-    backbone = ResNet18Features(small_input=small, norm=method.norm)
+    backbone = ResNet18Features(small_input=small, norm=method.norm, width=method.width)
     if method.weights is not None:
         load_backbone_weights(backbone, method.weights)
     return backbone

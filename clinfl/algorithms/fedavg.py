@@ -22,7 +22,11 @@ class FedAvg(Algorithm):
         """Build backbone + linear head, initialised from ``spec.init_seed``."""
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(spec.init_seed)
-            return LinearHeadNet(build_backbone(self.method, spec), spec.num_classes)
+            return LinearHeadNet(
+                build_backbone(self.method, spec),
+                spec.num_classes,
+                head_bias=self.method.head_bias,
+            )
 
     def per_sample_loss(self, output: NetOutput, targets: torch.Tensor) -> torch.Tensor:
         """Return the summed per-class BCE of each sample."""

@@ -7,7 +7,6 @@ from torch import nn
 
 from clinfl.algorithms.base import Algorithm, ModelSpec, build_backbone
 from clinfl.algorithms.registry import register_algorithm
-from clinfl.model.backbone import FEATURE_DIM
 from clinfl.model.etf import SimplexETF
 from clinfl.model.losses import fedncalign_loss
 from clinfl.model.networks import FedNCAlignNet, NetOutput
@@ -26,15 +25,18 @@ class FedNCAlign(Algorithm):
 
     def build_model(self, spec: ModelSpec) -> nn.Module:
         """Build the network; the ETF is derived from ``spec.federation_seed`` at every site."""
-        etf = SimplexETF(spec.num_classes, FEATURE_DIM, seed=spec.federation_seed)
         generator = torch.Generator().manual_seed(spec.init_seed)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(spec.init_seed)
+            backbone = build_backbone(self.method, spec)
+            etf = SimplexETF(spec.num_classes, backbone.out_dim, seed=spec.federation_seed)
             return FedNCAlignNet(
-                build_backbone(self.method, spec),
+                backbone,
                 etf,
                 ladm=self.method.ladm,
                 heads=self.method.heads,
+                ladm_width=self.method.ladm_width,
+                query_scaling=self.method.query_scaling,
                 learnable_queries=self.method.queries == "learnable",
                 learnable_classifier=self.method.classifier == "learnable",
                 classifier_bias=self.method.classifier_bias,

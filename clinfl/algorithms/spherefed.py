@@ -20,7 +20,6 @@ from torch import nn
 
 from clinfl.algorithms.base import Algorithm, ModelSpec, RoundContext, SiteMemory, build_backbone
 from clinfl.algorithms.registry import register_algorithm
-from clinfl.model.backbone import FEATURE_DIM
 from clinfl.model.losses import bce_per_sample
 from clinfl.model.networks import NetOutput
 from clinfl.model.sphere import STATISTICS_SCALE, SphereNet, augmented, orthogonal_classifier
@@ -59,10 +58,13 @@ class SphereFed(Algorithm):
 
     def build_model(self, spec: ModelSpec) -> nn.Module:
         """Build the network; the classifier comes from ``spec.federation_seed``."""
-        classifier = orthogonal_classifier(spec.num_classes, FEATURE_DIM, seed=spec.federation_seed)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(spec.init_seed)
-            return SphereNet(build_backbone(self.method, spec), classifier)
+            backbone = build_backbone(self.method, spec)
+            classifier = orthogonal_classifier(
+                spec.num_classes, backbone.out_dim, seed=spec.federation_seed
+            )
+            return SphereNet(backbone, classifier)
 
     def per_sample_loss(self, output: NetOutput, targets: torch.Tensor) -> torch.Tensor:
         """Return the summed per-class BCE of each sample."""

@@ -10,7 +10,7 @@ import typer
 from clinfl.audit.render import FORMATS, render_site
 from clinfl.cli.errors import cli_errors
 from clinfl.errors import ConfigError
-from coordinator.checkpoints import write_atomically
+from clinfl.files import write_atomically
 from site_agent.audit_report import build_site_report
 
 audit_app = typer.Typer(help="Privacy audit reports.", no_args_is_help=True)
@@ -35,5 +35,5 @@ def report(
         if out is None:
             print(text)
         else:
-            write_atomically(out, text.encode())
+            write_atomically(out, text)
             print(f"wrote {out}")

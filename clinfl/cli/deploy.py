@@ -22,57 +22,22 @@ from clinfl.algorithms import available_algorithms
 from clinfl.cli.coordinator import coordinator_app
 from clinfl.cli.errors import cli_errors
 from clinfl.cli.site import ingest_with_progress, site_app
-from clinfl.config import RunConfig, validate_run_config
-from clinfl.config_file import load_run_config
+from clinfl.config import validate_run_config
+from clinfl.config.file import load_run_config
+from clinfl.config.site_fields import refuse_site_settings
 from clinfl.data.labels import LABEL_SPACES
-from clinfl.errors import ConfigError, FederationError, ValidationError, Violation
+from clinfl.errors import ConfigError, FederationError
 from clinfl.pki import load_pki_roster
 from clinfl.policy import load_policy
 from clinfl.simulation.datasets import resolve_defaults
-from clinfl.transport.processes import split_address
-from coordinator.flower_link import Timeouts
-from coordinator.launcher import CoordinatorOptions, start_coordinator
-from coordinator.superlink import DEFAULT_ADDRESS
-from site_agent.deployed_site import SiteData
+from clinfl.transport.flower.processes import split_address
+from coordinator.deploy.launcher import CoordinatorOptions, start_coordinator
+from coordinator.deploy.remote_sites import Timeouts
+from coordinator.deploy.superlink import DEFAULT_ADDRESS
+from site_agent.deploy.runner import run_site
 from site_agent.identity import read_site_files
-from site_agent.ingest.pipeline import IngestOptions, with_policies
-from site_agent.site_runner import run_site
-
-SITE_SIDE = {
-    "data.dataset": "each site reads its own DICOM export",
-    "data.images": "each site reads its own export (`clinfl site run --data`)",
-    "data.labels": "each site reads its own label table (`clinfl site run --labels`)",
-    "data.split_dir": "each site splits its own studies",
-    "data.alpha": "a deployment's label skew is the sites' real data",
-    "data.rho": "a deployment's label skew is the sites' real data",
-    "data.composites_per_pair": "the sites' data is their own",
-    "data.max_samples": "the sites' data is their own",
-    "federation.sites": "the sites are the roster's (`clinfl pki admit`)",
-    "federation.threads": "each site sets its own (`clinfl site run --threads`)",
-    "federation.device": "each site trains on its own hardware (the CPU in a deployment)",
-    "privacy.policy": "each site enforces its own policy (`clinfl site run --policy`)",
-    "privacy.policy_dir": "each site enforces its own policy (`clinfl site run --policy`)",
-    "drops": "dropouts are real in a deployment",
-}
-
-
-def refuse_site_settings(config: RunConfig, path: Path) -> None:
-    """Refuse, all at once, settings a deployment cannot honour because they belong to sites.
-
-    Raises:
-        ValidationError: naming each such setting and why.
-    """
-    defaults = RunConfig()
-    violations = []
-    for name, why in SITE_SIDE.items():
-        section, _, field = name.partition(".")
-        given, default = getattr(config, section), getattr(defaults, section)
-        if field:
-            given, default = getattr(given, field), getattr(default, field)
-        if given != default and not (name == "data.dataset" and given == "dicom"):
-            violations.append(Violation(name, given, "not set", f"remove it from {path}: {why}"))
-    if violations:
-        raise ValidationError(f"deployment config {path}", violations)
+from site_agent.ingest.pipeline import SITE_INGEST_DIR, IngestOptions
+from site_agent.setup import SiteData, ingest_options
 
 
 @coordinator_app.command("start")
@@ -197,11 +162,11 @@ def run(
             )
         site_policy = load_policy(policy)
         keys = read_site_files(state)
-        options = with_policies(
+        options = ingest_options(
             IngestOptions(image_size=image_size, label_key=label_key, label_space=label_space),
             [site_policy.data],
         )
-        result = ingest_with_progress(data, state / "ingest", options, labels, console)
+        result = ingest_with_progress(data, state / SITE_INGEST_DIR, options, labels, console)
         summary = result.summary
         console.print(
             f"{keys.site}: ingested {summary['accepted']} of {summary['files_seen']} files "

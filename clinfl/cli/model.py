@@ -20,9 +20,10 @@ from clinfl.model_io import export_run, read_bundle
 from clinfl.model_io.bundle import write_file
 from clinfl.model_io.card import build_card, card_format, render_card
 from clinfl.policy import load_policy
-from site_agent.ingest.pipeline import IngestOptions, with_policies
+from site_agent.ingest.pipeline import IngestOptions
 from site_agent.prediction.run import PredictionRequest, PredictionResult, run_prediction
 from site_agent.prediction.run import unused_path as unused_csv_path
+from site_agent.setup import ingest_options
 
 model_app = typer.Typer(
     help="Use a trained model: export it from a run, predict with it, write its model card.",
@@ -78,7 +79,7 @@ def export(
 
 def _ingest_options(policy: Path | None, workers: int, lenient: bool) -> IngestOptions:
     data = [load_policy(policy).data] if policy is not None else []
-    return with_policies(IngestOptions(lenient=lenient, workers=workers), data)
+    return ingest_options(IngestOptions(lenient=lenient, workers=workers), data)
 
 
 def _summary_tables(result: PredictionResult) -> list[Table]:

@@ -116,9 +116,17 @@ class ProgressListener:
             )
         elif self._show_tables:
             test = record.report.test
+            ladm = record.report.model_diagnostics
+            attention = (
+                ""
+                if not ladm
+                else f", LADM attention entropy {ladm['attention_entropy']:.3f}"
+                f"/{ladm['uniform_entropy']:.3f}, class-feature cosine "
+                f"{ladm['class_feature_cosine']:.3f}"
+            )
             self._console.print(
                 f"round {record.round}/{total_rounds}: test macro-AUC {100 * test.macro_auc:.2f}, "
-                f"val macro-AUC {100 * record.report.validation.macro_auc:.2f} "
+                f"val macro-AUC {100 * record.report.validation.macro_auc:.2f}{attention} "
                 f"({record.sites} sites, {record.seconds:.1f}s)"
             )
 

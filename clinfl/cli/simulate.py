@@ -14,16 +14,10 @@ from rich.markup import escape
 
 from clinfl.algorithms import algorithm_summaries
 from clinfl.cli.errors import cli_errors
+from clinfl.cli.options import FieldOption, FieldValues, with_field_options
 from clinfl.cli.render import ProgressListener, rounds_table
-from clinfl.config import (
-    DataConfig,
-    FederationConfig,
-    MethodConfig,
-    PrivacyConfig,
-    RunConfig,
-    SecAggConfig,
-)
-from clinfl.config_file import load_run_config
+from clinfl.config import RunConfig
+from clinfl.config.file import load_run_config
 from clinfl.errors import ConfigError
 from clinfl.simulation import run_simulation
 from clinfl.simulation.dropouts import parse_dropout
@@ -76,8 +70,141 @@ def _thresholded(best: dict[str, Any]) -> str:
     )
 
 
+# The run options: one row per run configuration field. Each option's type and default are the
+# field's own (clinfl.config.run); its name is the field's key unless given.
+RUN_OPTIONS: tuple[FieldOption, ...] = (
+    FieldOption(
+        "data.dataset", "digits (bundled demo data), cxr14 (PNGs) or dicom (a PACS export)."
+    ),
+    FieldOption("data.images", "cxr14: folder of PNG images; dicom: the DICOM export (recursive)."),
+    FieldOption(
+        "data.labels", "cxr14: label CSV (Data_Entry_2017*.csv[.gz] or 14 named 0/1 columns)."
+    ),
+    FieldOption("data.split_dir", "cxr14: folder with train_val_list.txt and test_list.txt."),
+    FieldOption(
+        "data.label_space",
+        "dicom: the labels the export's labels.csv uses: cxr14 (the 14 findings) or "
+        "digits (an export made with `clinfl data make-export --digits`).",
+    ),
+    FieldOption("method.name", f"Algorithm. {_METHODS}.", name="method"),
+    FieldOption("federation.sites", "Number of sites K (1 = centralized, no aggregation)."),
+    FieldOption("federation.rounds", "Federated rounds R."),
+    FieldOption("federation.local_epochs", "Local epochs E per round."),
+    FieldOption("federation.batch_size", "Local mini-batch size."),
+    FieldOption("federation.lr", "AdamW learning rate."),
+    FieldOption("federation.weight_decay", "AdamW weight decay."),
+    FieldOption("data.alpha", "Dirichlet concentration of the label skew."),
+    FieldOption(
+        "data.rho", "Class-presence ratio: each site holds round(rho*C) classes (0 < rho <= 1)."
+    ),
+    FieldOption(
+        "data.image_size",
+        "Training image size in px (default: 16 for digits, 64 for cxr14 and dicom).",
+    ),
+    FieldOption("federation.seed", "Seed for data split, partition, initialisation, shuffling."),
+    FieldOption("federation.federation_seed", "Seed of the shared simplex ETF."),
+    FieldOption("method.backbone", "ResNet-18 stem: auto (small below 64 px), standard, small."),
+    FieldOption("method.norm", "Normalisation: group (DP-ready) or batch."),
+    FieldOption(
+        "method.width",
+        "ResNet-18 base width: 64 (the full network, the paper's) or 16/32 (CPU-sized).",
+    ),
+    FieldOption("method.weights", "Local ResNet-18 weights file (.safetensors or .pt)."),
+    FieldOption("method.classifier", "fedncalign ablation: etf (fixed) or learnable classifier."),
+    FieldOption(
+        "method.classifier_bias",
+        "fedncalign: trainable per-class bias on the ETF classifier (as in the research "
+        "code); --no-classifier-bias gives METHOD.md's bias-free logits.",
+    ),
+    FieldOption("method.ladm", "fedncalign ablation: use LADM (--no-ladm pools features)."),
+    FieldOption("method.queries", "fedncalign ablation: fixed ETF queries or learnable."),
+    FieldOption(
+        "method.query_scaling",
+        "fedncalign: none (the paper's LADM) or layernorm (clinfl extension: LayerNorm "
+        "on queries and tokens, so class attention can differ; docs/method.md).",
+    ),
+    FieldOption("method.ladm_width", "fedncalign: LADM attention width (default: feature width)."),
+    FieldOption(
+        "method.head_bias",
+        "Linear-head baselines: where the head's bias starts: prior (logit of 1/C, as "
+        "FedNCAlign-ML's classifier) or zero.",
+    ),
+    FieldOption(
+        "method.lambda_rej",
+        "Weight of L_rej (0 disables) (default: 1 for digits, 0.01 for cxr14).",
+    ),
+    FieldOption("method.lambda_con", "Weight of L_con (0 disables)."),
+    FieldOption("method.prox_mu", "fedprox: proximal weight mu."),
+    FieldOption(
+        "method.fedcurv_lambda",
+        "fedcurv: weight lambda of the Fisher (EWC) penalty; each site's Fisher is "
+        "scaled to a largest entry of 1, hence the large default (chosen on validation "
+        "data by benchmarks/fedcurv_lambda.py).",
+    ),
+    FieldOption("data.composites_per_pair", "digits: train composites per digit pair."),
+    FieldOption(
+        "data.max_samples",
+        "Cap for quick runs: images read (cxr14), training samples (digits).",
+    ),
+    FieldOption("federation.selection", "Model selection: best (validation macro-AUC) or last."),
+    FieldOption(
+        "federation.patience",
+        "Stop once validation macro-AUC has not improved for this many rounds "
+        "(--rounds is then the maximum).",
+    ),
+    FieldOption(
+        "federation.threshold_rule",
+        "How each class's operating threshold is chosen on validation (never test): "
+        "f1 (maximise F1), youden (sensitivity + specificity - 1) or sensitivity:S "
+        "(the highest threshold reaching sensitivity S, e.g. sensitivity:0.9).",
+    ),
+    FieldOption("federation.threads", "Torch CPU threads (default: torch's choice)."),
+    FieldOption(
+        "federation.device",
+        "Where sites train and evaluate: cpu (default), auto (CUDA when present), "
+        "cuda or cuda:N. Updates, masks and ledgers stay on the CPU; DP-SGD needs cpu.",
+    ),
+    FieldOption(
+        "secagg.min_sites",
+        "Fewest sites whose sum may be revealed, as the coordinator asks it (a site's "
+        "policy may require more) (default: the sites' policies, or 3).",
+        name="secagg_min_sites",
+    ),
+    FieldOption(
+        "secagg.max_colluders",
+        "Sites assumed to collude with a malicious coordinator (c). The threshold is "
+        "then t > (h + c) / 2 and a sum needs min_sites + c survivors; a site's policy may "
+        "assume more.",
+        name="secagg_max_colluders",
+    ),
+    FieldOption("secagg.bits", "Modulus of the masked sums: 2**bits.", name="secagg_bits"),
+    FieldOption(
+        "secagg.clip",
+        "Per-coordinate clip of a site's update before quantisation.",
+        name="secagg_clip",
+    ),
+    FieldOption(
+        "privacy.policy",
+        "Site policy TOML applied to every site (see policies/). With DP-SGD required, "
+        "sites train with Opacus and keep a privacy ledger. Default: no DP.",
+    ),
+    FieldOption(
+        "privacy.policy_dir", "Folder with one policy per site: site-1.toml, site-2.toml, ..."
+    ),
+    FieldOption(
+        "privacy.grad_sample_mode",
+        "Opacus per-sample-gradient mode: auto (fastest measured for the image size), "
+        "hooks, ew, ghost, mixed-ghost (ghost clipping with ghost norms for the "
+        "convolutions) or functorch.",
+        name="dp_mode",
+    ),
+)
+
+
+@with_field_options(RUN_OPTIONS)
 def simulate(
     ctx: typer.Context,
+    *,
     config_file: Annotated[
         Path | None,
         typer.Option(
@@ -95,121 +222,7 @@ def simulate(
             "with it.",
         ),
     ] = None,
-    dataset: Annotated[
-        str, typer.Option(help="digits (bundled demo data), cxr14 (PNGs) or dicom (a PACS export).")
-    ] = "digits",
-    images: Annotated[
-        Path | None,
-        typer.Option(help="cxr14: folder of PNG images; dicom: the DICOM export (recursive)."),
-    ] = None,
-    labels: Annotated[
-        Path | None,
-        typer.Option(help="cxr14: label CSV (Data_Entry_2017*.csv[.gz] or 14 named 0/1 columns)."),
-    ] = None,
-    split_dir: Annotated[
-        Path | None,
-        typer.Option(help="cxr14: folder with train_val_list.txt and test_list.txt."),
-    ] = None,
-    label_space: Annotated[
-        str,
-        typer.Option(
-            help="dicom: the labels the export's labels.csv uses: cxr14 (the 14 findings) or "
-            "digits (an export made with `clinfl data make-export --digits`)."
-        ),
-    ] = "cxr14",
-    method: Annotated[str, typer.Option(help=f"Algorithm. {_METHODS}.")] = "fedncalign",
-    sites: Annotated[
-        int, typer.Option(help="Number of sites K (1 = centralized, no aggregation).")
-    ] = 5,
-    rounds: Annotated[int, typer.Option(help="Federated rounds R.")] = 6,
-    local_epochs: Annotated[int, typer.Option(help="Local epochs E per round.")] = 1,
-    batch_size: Annotated[int, typer.Option(help="Local mini-batch size.")] = 32,
-    lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = 1e-3,
-    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = 0.01,
-    alpha: Annotated[float, typer.Option(help="Dirichlet concentration of the label skew.")] = 0.5,
-    rho: Annotated[
-        float,
-        typer.Option(
-            help="Class-presence ratio: each site holds round(rho*C) classes (0 < rho <= 1)."
-        ),
-    ] = 0.5,
-    image_size: Annotated[
-        int | None,
-        typer.Option(
-            help="Training image size in px (default: 16 for digits, 64 for cxr14 and dicom)."
-        ),
-    ] = None,
-    seed: Annotated[
-        int, typer.Option(help="Seed for data split, partition, initialisation, shuffling.")
-    ] = 0,
-    federation_seed: Annotated[
-        int, typer.Option(help="Seed of the shared simplex ETF.")
-    ] = 20240917,
-    backbone: Annotated[
-        str, typer.Option(help="ResNet-18 stem: auto (small below 64 px), standard, small.")
-    ] = "auto",
-    norm: Annotated[str, typer.Option(help="Normalisation: group (DP-ready) or batch.")] = "group",
-    weights: Annotated[
-        Path | None, typer.Option(help="Local ResNet-18 weights file (.safetensors or .pt).")
-    ] = None,
-    classifier: Annotated[
-        str, typer.Option(help="fedncalign ablation: etf (fixed) or learnable classifier.")
-    ] = "etf",
-    classifier_bias: Annotated[
-        bool,
-        typer.Option(
-            help="fedncalign: trainable per-class bias on the ETF classifier (as in the research "
-            "code); --no-classifier-bias gives METHOD.md's bias-free logits."
-        ),
-    ] = True,
-    ladm: Annotated[
-        bool, typer.Option(help="fedncalign ablation: use LADM (--no-ladm pools features).")
-    ] = True,
-    queries: Annotated[
-        str, typer.Option(help="fedncalign ablation: fixed ETF queries or learnable.")
-    ] = "fixed",
-    lambda_rej: Annotated[
-        float | None,
-        typer.Option(help="Weight of L_rej (0 disables) (default: 1 for digits, 0.01 for cxr14)."),
-    ] = None,
-    lambda_con: Annotated[float, typer.Option(help="Weight of L_con (0 disables).")] = 1.0,
-    prox_mu: Annotated[float, typer.Option(help="fedprox: proximal weight mu.")] = 0.01,
-    fedcurv_lambda: Annotated[
-        float,
-        typer.Option(
-            help="fedcurv: weight lambda of the Fisher (EWC) penalty; each site's Fisher is "
-            "scaled to a largest entry of 1, hence the large default (chosen on validation "
-            "data by benchmarks/fedcurv_lambda.py)."
-        ),
-    ] = 1e5,
-    composites_per_pair: Annotated[
-        int, typer.Option(help="digits: train composites per digit pair.")
-    ] = 12,
-    max_samples: Annotated[
-        int | None,
-        typer.Option(help="Cap for quick runs: images read (cxr14), training samples (digits)."),
-    ] = None,
-    selection: Annotated[
-        str, typer.Option(help="Model selection: best (validation macro-AUC) or last.")
-    ] = "best",
-    threshold_rule: Annotated[
-        str,
-        typer.Option(
-            help="How each class's operating threshold is chosen on validation (never test): "
-            "f1 (maximise F1), youden (sensitivity + specificity - 1) or sensitivity:S "
-            "(the highest threshold reaching sensitivity S, e.g. sensitivity:0.9)."
-        ),
-    ] = "f1",
-    threads: Annotated[
-        int | None, typer.Option(help="Torch CPU threads (default: torch's choice).")
-    ] = None,
-    device: Annotated[
-        str,
-        typer.Option(
-            help="Where sites train and evaluate: cpu (default), auto (CUDA when present), "
-            "cuda or cuda:N. Updates, masks and ledgers stay on the CPU; DP-SGD needs cpu."
-        ),
-    ] = "cpu",
+    fields: FieldValues,  # stands for RUN_OPTIONS: --dataset ... --dp-mode
     secagg: Annotated[
         str,
         typer.Option(
@@ -224,44 +237,6 @@ def simulate(
             "64 sites the graph is always complete); complete: full SecAgg at any size."
         ),
     ] = "sparse",
-    secagg_min_sites: Annotated[
-        int | None,
-        typer.Option(
-            help="Fewest sites whose sum may be revealed, as the coordinator asks it (a site's "
-            "policy may require more) (default: the sites' policies, or 3)."
-        ),
-    ] = None,
-    secagg_max_colluders: Annotated[
-        int,
-        typer.Option(
-            help="Sites assumed to collude with a malicious coordinator (c). The threshold is "
-            "then t > (h + c) / 2 and a sum needs min_sites + c survivors; a site's policy may "
-            "assume more."
-        ),
-    ] = 1,
-    secagg_bits: Annotated[int, typer.Option(help="Modulus of the masked sums: 2**bits.")] = 32,
-    secagg_clip: Annotated[
-        float, typer.Option(help="Per-coordinate clip of a site's update before quantisation.")
-    ] = 0.5,
-    policy: Annotated[
-        Path | None,
-        typer.Option(
-            help="Site policy TOML applied to every site (see policies/). With DP-SGD required, "
-            "sites train with Opacus and keep a privacy ledger. Default: no DP."
-        ),
-    ] = None,
-    policy_dir: Annotated[
-        Path | None,
-        typer.Option(help="Folder with one policy per site: site-1.toml, site-2.toml, ..."),
-    ] = None,
-    dp_mode: Annotated[
-        str,
-        typer.Option(
-            help="Opacus per-sample-gradient mode: auto (fastest measured for the image size), "
-            "hooks, ew, ghost, mixed-ghost (ghost clipping with ghost norms for the "
-            "convolutions) or functorch."
-        ),
-    ] = "auto",
     drop: Annotated[
         list[str] | None,
         typer.Option(
@@ -298,65 +273,19 @@ def simulate(
                     remedy=f"clinfl simulate --resume {resume}",
                 )
             config, out = load_saved_run_config(resume), resume
-            method = config.method.name
         elif config_file is not None:
             config = _config_from_file(ctx, config_file)
-            method = config.method.name
         else:
-            config = RunConfig(
-                data=DataConfig(
-                    dataset=dataset,  # type: ignore[arg-type]
-                    images=images,
-                    labels=labels,
-                    label_space=label_space,
-                    split_dir=split_dir,
-                    image_size=image_size,
-                    alpha=alpha,
-                    rho=rho,
-                    composites_per_pair=composites_per_pair,
-                    max_samples=max_samples,
-                ),
-                method=MethodConfig(
-                    name=method,
-                    backbone=backbone,  # type: ignore[arg-type]
-                    norm=norm,  # type: ignore[arg-type]
-                    weights=weights,
-                    classifier=classifier,  # type: ignore[arg-type]
-                    classifier_bias=classifier_bias,
-                    ladm=ladm,
-                    queries=queries,  # type: ignore[arg-type]
-                    lambda_rej=lambda_rej,
-                    lambda_con=lambda_con,
-                    prox_mu=prox_mu,
-                    fedcurv_lambda=fedcurv_lambda,
-                ),
-                federation=FederationConfig(
-                    sites=sites,
-                    rounds=rounds,
-                    local_epochs=local_epochs,
-                    batch_size=batch_size,
-                    lr=lr,
-                    weight_decay=weight_decay,
-                    seed=seed,
-                    federation_seed=federation_seed,
-                    selection=selection,  # type: ignore[arg-type]
-                    threshold_rule=threshold_rule,
-                    threads=threads,
-                    device=device,
-                ),
-                secagg=SecAggConfig(
-                    enabled=secagg == "on",
-                    min_sites=secagg_min_sites,
-                    max_colluders=secagg_max_colluders,
-                    bits=secagg_bits,
-                    clip=secagg_clip,
-                    degree=max(sites - 1, 1) if secagg_graph == "complete" else None,
-                ),
-                privacy=PrivacyConfig(
-                    policy=policy, policy_dir=policy_dir, grad_sample_mode=dp_mode
-                ),
+            sites: int = fields["federation.sites"]
+            config = fields.run_config(
+                {
+                    "secagg.enabled": secagg == "on",
+                    "secagg.degree": max(sites - 1, 1) if secagg_graph == "complete" else None,
+                },
                 drops=tuple(parse_dropout(text) for text in drop or ()),
             )
+        method = config.method.name
+        threads: int | None = fields["federation.threads"]
         if threads is not None:
             torch.set_num_threads(threads)
         run_dir = out or Path("runs") / f"{method}-{time.strftime('%Y%m%d-%H%M%S')}"

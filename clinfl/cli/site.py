@@ -30,9 +30,9 @@ from site_agent.ingest.pipeline import (
     IngestOptions,
     IngestResult,
     ingest_export,
-    with_policies,
 )
 from site_agent.ingest.reasons import DESCRIPTIONS
+from site_agent.setup import ingest_options
 
 site_app = typer.Typer(help="What runs at a hospital.", no_args_is_help=True)
 
@@ -127,7 +127,7 @@ def ingest(
                 "--workers must be >= 1 and --image-size 16..1024", remedy="use the defaults"
             )
         data_policies = [load_policy(policy).data] if policy is not None else []
-        options = with_policies(
+        options = ingest_options(
             IngestOptions(
                 image_size=image_size,
                 lenient=lenient,

@@ -1,6 +1,9 @@
 """The contract between the two roles: round settings, site contributions, evaluation reports.
 
-Both ``site_agent`` and ``coordinator`` import these types; neither imports the other.
+Both ``site_agent`` and ``coordinator`` import these types; neither imports the other. The
+calls that carry them, and the participant interface, are in :mod:`clinfl.transport.contract`
+(re-exported by :mod:`clinfl.federation.roles`, which this package does not import, so that the
+contract can import these messages).
 """
 
 from clinfl.federation.messages import (
@@ -10,14 +13,11 @@ from clinfl.federation.messages import (
     SiteContribution,
     TrainingReport,
 )
-from clinfl.federation.roles import GlobalEvaluator, TrainingParticipant
 
 __all__ = [
     "EvaluationReport",
-    "GlobalEvaluator",
     "RoundRecord",
     "RoundSettings",
     "SiteContribution",
-    "TrainingParticipant",
     "TrainingReport",
 ]

@@ -68,12 +68,15 @@ class EvaluationReport:
     """The global model's metrics on the validation and test sets.
 
     ``operating`` holds per-class thresholds chosen on validation and the test F1 at them
-    (None from an evaluator that does not choose thresholds).
+    (None from an evaluator that does not choose thresholds). ``model_diagnostics`` holds what
+    the evaluator measured inside the model on validation images (LADM's attention entropy and
+    class-feature cosine, :mod:`clinfl.model.diagnostics`; None for models without LADM).
     """
 
     validation: MultiLabelMetrics
     test: MultiLabelMetrics
     operating: OperatingPoint | None = None
+    model_diagnostics: dict[str, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -106,6 +109,7 @@ class RoundRecord:
             "num_samples": self.num_samples,
             "mean_train_loss": self.mean_loss,
             "aborted": self.aborted,
+            "model_diagnostics": self.report.model_diagnostics,
         }
 
     def to_full_json_dict(self) -> dict[str, Any]:
@@ -128,6 +132,7 @@ class RoundRecord:
             validation=MultiLabelMetrics.from_json_dict(data["report"]["validation"]),
             test=MultiLabelMetrics.from_json_dict(data["report"]["test"]),
             operating=None if point is None else OperatingPoint.from_json_dict(point),
+            model_diagnostics=data.get("model_diagnostics"),
         )
         return cls(
             round=int(data["round"]),

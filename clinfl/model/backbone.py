@@ -19,6 +19,11 @@ from torchvision.models.resnet import BasicBlock, ResNet
 from clinfl.errors import ModelError
 
 FEATURE_DIM = 512
+"""The feature width of the full ResNet-18 (base width 64): ``8 * width`` in general."""
+FULL_WIDTH = 64
+WIDTHS: tuple[int, ...] = (16, 32, 64)
+"""Base widths the backbone can be built with: 64 is torchvision's ResNet-18 (the paper's), 16
+and 32 are the CPU-sized variants of the reference benchmark (every stage's width scaled alike)."""
 NormKind = Literal["group", "batch"]
 
 
@@ -54,17 +59,41 @@ def _norm_layer(kind: NormKind) -> Callable[[int], nn.Module] | None:
 
 
 class ResNet18Features(nn.Module):
-    """ResNet-18 up to its last residual stage: ``[B, 3 or 1, H, W] -> [B, 512, h, w]``.
+    """ResNet-18 up to its last residual stage: ``[B, 3 or 1, H, W] -> [B, 8 * width, h, w]``.
 
     ``small_input=True`` gives the small-image variant (3x3 stride-1 stem, no max-pool) for 16-64
-    px inputs; otherwise the standard 7x7 stride-2 stem with max-pool.
+    px inputs; otherwise the standard 7x7 stride-2 stem with max-pool. ``width`` is the base
+    width: 64 (the default) is torchvision's ResNet-18 with 512 output features; 16 or 32 scale
+    every stage alike (128 or 256 output features, about 1/16 or 1/4 of the compute).
+
+    Raises:
+        ModelError: for a width other than 16, 32 or 64.
     """
 
-    def __init__(self, *, small_input: bool, norm: NormKind = "group") -> None:
+    def __init__(
+        self, *, small_input: bool, norm: NormKind = "group", width: int = FULL_WIDTH
+    ) -> None:
         super().__init__()
+        if width not in WIDTHS:
+            raise ModelError(
+                f"backbone width {width} is not supported",
+                remedy=f"use one of {', '.join(map(str, WIDTHS))} (64 is the full ResNet-18)",
+            )
         net = ResNet(SafeBasicBlock, [2, 2, 2, 2], norm_layer=_norm_layer(norm))
+        if width != FULL_WIDTH:  # rebuild every stage at the scaled width (same tensor names)
+            norm_layer = net._norm_layer
+            net.conv1 = nn.Conv2d(3, width, kernel_size=7, stride=2, padding=3, bias=False)
+            net.bn1 = norm_layer(width)
+            net.inplanes = width
+            net.layer1 = net._make_layer(SafeBasicBlock, width, 2)
+            net.layer2 = net._make_layer(SafeBasicBlock, 2 * width, 2, stride=2)
+            net.layer3 = net._make_layer(SafeBasicBlock, 4 * width, 2, stride=2)
+            net.layer4 = net._make_layer(SafeBasicBlock, 8 * width, 2, stride=2)
+            for module in net.modules():  # torchvision's own initialisation of the new layers
+                if isinstance(module, nn.Conv2d):
+                    nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
         if small_input:
-            net.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+            net.conv1 = nn.Conv2d(3, width, kernel_size=3, stride=1, padding=1, bias=False)
             net.maxpool = nn.Identity()
         self.conv1 = net.conv1
         self.bn1 = net.bn1
@@ -74,7 +103,7 @@ class ResNet18Features(nn.Module):
         self.layer2 = net.layer2
         self.layer3 = net.layer3
         self.layer4 = net.layer4
-        self.out_dim = FEATURE_DIM
+        self.out_dim = 8 * width
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Return the last stage's feature map; grayscale input is repeated to 3 channels."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import torch
 from torch import nn
@@ -11,7 +11,19 @@ from torch import nn
 from clinfl.errors import ModelError
 from clinfl.model.backbone import ResNet18Features
 from clinfl.model.etf import SimplexETF
-from clinfl.model.ladm import LabelAttention
+from clinfl.model.ladm import LabelAttention, QueryScaling
+
+HeadBias = Literal["prior", "zero"]
+HEAD_BIASES: tuple[str, ...] = ("prior", "zero")
+
+
+def prior_logit(num_classes: int) -> float:
+    """Return ``log(1 / (C - 1))``, the logit of a 1/C prior: where every class bias starts.
+
+    FedNCAlign-ML's classifier and (by default) every linear-head baseline start here, so a
+    comparison of the methods does not hinge on which head starts better calibrated.
+    """
+    return -math.log(num_classes - 1)
 
 
 class NetOutput(NamedTuple):
@@ -58,7 +70,7 @@ class ClassBias(nn.Module):
         super().__init__()
         self.linear = nn.Linear(1, num_classes, bias=False)
         with torch.no_grad():
-            self.linear.weight.fill_(-math.log(num_classes - 1))
+            self.linear.weight.fill_(prior_logit(num_classes))
 
     def forward(self, batch: torch.Tensor) -> torch.Tensor:
         """Return the bias for each of ``batch``'s samples: ``[B, C]``."""
@@ -76,7 +88,9 @@ class FedNCAlignNet(nn.Module):
 
     Ablations: ``ladm=False`` uses the pooled feature for every class; ``learnable_queries`` and
     ``learnable_classifier`` replace the fixed ETF by trainable matrices (initialised from the ETF
-    for queries, randomly for the classifier).
+    for queries, randomly for the classifier). ``ladm_width`` is LADM's attention width (the
+    feature width by default) and ``query_scaling`` its clinfl extension (see
+    :class:`~clinfl.model.ladm.LabelAttention`).
     """
 
     def __init__(
@@ -86,6 +100,8 @@ class FedNCAlignNet(nn.Module):
         *,
         ladm: bool = True,
         heads: int = 4,
+        ladm_width: int | None = None,
+        query_scaling: QueryScaling = "none",
         learnable_queries: bool = False,
         learnable_classifier: bool = False,
         classifier_bias: bool = True,
@@ -95,7 +111,11 @@ class FedNCAlignNet(nn.Module):
         self.backbone = backbone
         self.etf = etf
         dim, classes = etf.dim, etf.num_classes
-        self.ladm = LabelAttention(dim, heads=heads) if ladm else None
+        self.ladm = (
+            LabelAttention(dim, heads=heads, inner=ladm_width, query_scaling=query_scaling)
+            if ladm
+            else None
+        )
         self.queries = LearnableRows(etf.prototypes) if (ladm and learnable_queries) else None
         self.classifier: LearnableRows | None = None
         if learnable_classifier:
@@ -141,12 +161,21 @@ class FedNCAlignNet(nn.Module):
 
 
 class LinearHeadNet(nn.Module):
-    """Backbone -> global average pool -> learnable linear head (the FedAvg/FedProx baseline)."""
+    """Backbone -> global average pool -> learnable linear head (the FedAvg/FedProx baseline).
 
-    def __init__(self, backbone: ResNet18Features, num_classes: int) -> None:
+    ``head_bias="prior"`` (the default) starts the head's bias at :func:`prior_logit`, as
+    FedNCAlign-ML's classifier bias starts; ``"zero"`` starts it at 0 (a logit of 0.5 for every
+    class, the head the first benchmark runs compared against).
+    """
+
+    def __init__(
+        self, backbone: ResNet18Features, num_classes: int, *, head_bias: HeadBias = "prior"
+    ) -> None:
         super().__init__()
         self.backbone = backbone
         self.fc = nn.Linear(backbone.out_dim, num_classes)
+        with torch.no_grad():
+            self.fc.bias.fill_(prior_logit(num_classes) if head_bias == "prior" else 0.0)
 
     def forward(self, images: torch.Tensor) -> NetOutput:
         """Return logits only."""

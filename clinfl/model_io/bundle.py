@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from safetensors.torch import load, save
 from clinfl.config import MethodConfig
 from clinfl.data.labels import LABEL_SPACES
 from clinfl.errors import CheckpointError, ConfigError, ModelError
+from clinfl.files import write_atomically
 from clinfl.typing import StateDict
 
 FORMAT = "clinfl-model"
@@ -85,15 +85,12 @@ def write_file(directory: Path, name: str, data: bytes) -> None:
         CheckpointError: if the folder or the file cannot be written.
     """
     path = directory / name
-    temporary = path.with_name(path.name + ".tmp")
+    remedy = "choose a writable --out folder"
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        temporary.write_bytes(data)
-        os.replace(temporary, path)
     except OSError as exc:
-        raise CheckpointError(
-            f"cannot write {path}: {exc}", remedy="choose a writable --out folder"
-        ) from exc
+        raise CheckpointError(f"cannot write {path}: {exc}", remedy=remedy) from exc
+    write_atomically(path, data, remedy=remedy)
 
 
 def _json_bytes(document: dict[str, Any]) -> bytes:

@@ -26,6 +26,11 @@ def default_grad_sample_mode(image_size: int) -> str:
     return "hooks"
 
 
+def resolve_grad_sample_mode(mode: str, image_size: int) -> str:
+    """Return the run's ``mode``, or for ``auto`` the fastest one measured at ``image_size``."""
+    return default_grad_sample_mode(image_size) if mode == "auto" else mode
+
+
 def opacus_grad_sample_mode(mode: str) -> str:
     """Return the ``grad_sample_mode`` Opacus' ``make_private`` takes for clinfl's ``mode``.
 

@@ -1,8 +1,15 @@
-"""The parameters of one secure-aggregation round, and the checks a site runs on them.
+"""Secure-aggregation settings: one type per side of the trust boundary, and one round's plan.
 
-The coordinator proposes :class:`RoundParameters`; every site checks them against its own
-:class:`SecAggRequirements` (from its policy) before it takes part, and refuses the round with
-every problem listed at once.
+* :class:`SecAggRequirements` is what a site's policy allows (the ``[secagg]`` table of its
+  policy file is read straight into it: :attr:`clinfl.policy.SitePolicy.secagg`).
+* :class:`SecAggConfig` is what the coordinator's rounds use (the ``[secagg]`` table of a run
+  configuration); :meth:`SecAggConfig.plan` turns it into one round's :class:`RoundParameters`.
+
+:class:`RoundParameters` is the message the coordinator sends for a round (its fields and
+:meth:`~RoundParameters.digest` are the wire format). Every site checks it against its own
+:class:`SecAggRequirements` before it takes part, and refuses the round with every problem
+listed at once. Whether a sum can wrap the modulus is decided in one place,
+:func:`sum_headroom`.
 """
 
 from __future__ import annotations
@@ -14,12 +21,14 @@ from dataclasses import dataclass
 from clinfl.errors import ProtocolViolation
 from clinfl.secagg import transcript
 from clinfl.secagg.graph import neighbour_graph, round_degree, sparse_degree
-from clinfl.secagg.hazmat.quantize import check_no_overflow
+from clinfl.secagg.hazmat.quantize import check_no_overflow, largest_sum
+
+DEFAULT_MIN_SITES = 3  # the fewest sites a sum may cover when no policy and no option says
 
 
 @dataclass(frozen=True)
 class SecAggRequirements:
-    """What a site insists on (the ``secagg`` table of its policy).
+    """What a site's policy allows (the ``[secagg]`` table of its policy file).
 
     ``min_sites`` is the fewest sites whose sum the site lets the coordinator learn; the round's
     threshold and its survivor set must both reach it. ``max_weight`` caps the sample count a
@@ -28,13 +37,66 @@ class SecAggRequirements:
     """
 
     required: bool = True
-    min_sites: int = 3
+    min_sites: int = DEFAULT_MIN_SITES
     max_weight: int = 10_000
     max_colluders: int = 1
 
     def survivor_floor(self, threshold: int) -> int:
         """Return the fewest sites a round with ``threshold`` may go on with (R5)."""
         return max(threshold, self.min_sites + self.max_colluders)
+
+
+@dataclass(frozen=True)
+class SecAggConfig:
+    """What the coordinator's rounds use (the ``[secagg]`` table of a run configuration).
+
+    Every site checks each round planned from it against its own policy
+    (:class:`SecAggRequirements`). ``min_sites`` is what the coordinator asks of every site
+    (None: the sites' own policies decide, :data:`DEFAULT_MIN_SITES` without policies).
+    ``degree`` and ``threshold`` of None derive from the number of sites (SecAgg+ graph of
+    degree about 2 log2 n, complete for small n; threshold a strict majority of each
+    neighbourhood and at least ``min_sites``). A degree of at least n - 1 is full SecAgg (the
+    complete graph); up to 64 sites the graph is always complete. ``max_colluders`` is the
+    number of sites the coordinator plans for colluding (sites check with their own policy's
+    ``secagg.max_colluders``): the threshold is then ``t > (h + c) / 2`` and a sum needs at
+    least ``min_sites + max_colluders`` survivors.
+    """
+
+    enabled: bool = True
+    min_sites: int | None = None
+    bits: int = 32
+    clip: float = 0.5
+    weight_cap: int = 10_000
+    degree: int | None = None
+    threshold: int | None = None
+    max_colluders: int = 1
+
+    @property
+    def sum_floor(self) -> int:
+        """The fewest sites a sum may cover: ``min_sites``, or :data:`DEFAULT_MIN_SITES`."""
+        return self.min_sites or DEFAULT_MIN_SITES
+
+    def plan(
+        self, *, round_id: int, site_ids: tuple[str, ...], vector_length: int, run_id: str = ""
+    ) -> RoundParameters:
+        """Return the parameters of round ``round_id`` over ``site_ids`` (see :func:`plan_round`).
+
+        Raises:
+            ValueError: if the numbers cannot work (too few bits for the sum).
+        """
+        return plan_round(
+            run_id=run_id,
+            round_id=round_id,
+            site_ids=site_ids,
+            vector_length=vector_length,
+            min_sites=self.sum_floor,
+            max_colluders=self.max_colluders,
+            bits=self.bits,
+            clip=self.clip,
+            weight_cap=self.weight_cap,
+            degree=self.degree,
+            threshold=self.threshold,
+        )
 
 
 METADATA_SLOTS = 3  # after the update: sample weight, loss-reporting flag, quantised loss
@@ -72,9 +134,7 @@ class RoundParameters:
         """Length of the masked vector: the update plus the metadata slots."""
         return self.vector_length + METADATA_SLOTS
 
-    def neighbours(
-        self, advertised: Iterable[str], *, seed: bytes
-    ) -> dict[str, frozenset[str]]:
+    def neighbours(self, advertised: Iterable[str], *, seed: bytes) -> dict[str, frozenset[str]]:
         """Return the round's neighbour graph over the ``advertised`` sites for graph ``seed``."""
         members = tuple(sorted(advertised))
         degree = round_degree(len(members), proposed=self.degree)
@@ -123,20 +183,31 @@ def default_threshold(sites: int, degree: int, *, min_sites: int, max_colluders:
     return max(split_proof_threshold(holders, max_colluders=max_colluders), min_sites)
 
 
+def sum_headroom(*, sites: int, weight_cap: int, clip: float, bits: int) -> float:
+    """Return how many times the largest possible sum fits below ``2**bits`` at a scale of 1.
+
+    ``sites`` updates clipped to ``[-clip, clip]``, each weighted by at most ``weight_cap``, span
+    at most ``sites * weight_cap * 2 * clip``; a value below 1 means the sum can wrap whatever
+    the scale. This is the one overflow formula: the run configuration's check and the
+    coordinator's choice of scale (:func:`largest_safe_scale`) both use it.
+    """
+    return ((1 << bits) - 1) / (sites * weight_cap * 2 * clip)  # (2**bits - 1) / (n w 2c)
+
+
 def largest_safe_scale(*, sites: int, weight_cap: int, clip: float, bits: int) -> float:
     """Return the largest power-of-two scale whose sum over ``sites`` cannot wrap.
 
     Raises:
         ValueError: if even a scale of 1 would overflow (use more bits).
     """
-    room = (2**bits - 1) / (sites * weight_cap * 2 * clip)
+    room = sum_headroom(sites=sites, weight_cap=weight_cap, clip=clip, bits=bits)
     if room < 1:
         raise ValueError(
             f"{bits} bits cannot hold the sum of {sites} sites with weight cap {weight_cap} "
             f"and clip {clip}: use more bits"
         )
     exponent = math.floor(math.log2(room))
-    while sites * weight_cap * math.ceil(2 * clip * 2.0**exponent) >= 2**bits:
+    while largest_sum(clip=clip, scale=2.0**exponent, sites=sites * weight_cap) >= 2**bits:
         exponent -= 1  # float rounding of ``room`` near 2**bits
     return 2.0**exponent
 
@@ -156,15 +227,18 @@ def plan_round(
     site_ids: tuple[str, ...],
     vector_length: int,
     run_id: str = "",
-    min_sites: int = 3,
-    max_colluders: int = 1,
-    bits: int = 32,
-    clip: float = 0.5,
-    weight_cap: int = 10_000,
+    min_sites: int = DEFAULT_MIN_SITES,
+    max_colluders: int = SecAggConfig.max_colluders,
+    bits: int = SecAggConfig.bits,
+    clip: float = SecAggConfig.clip,
+    weight_cap: int = SecAggConfig.weight_cap,
     degree: int | None = None,
     threshold: int | None = None,
 ) -> RoundParameters:
     """Return the coordinator's proposal for a round, with defaults derived from n.
+
+    The settings are :class:`SecAggConfig`'s (its defaults are these defaults);
+    :meth:`SecAggConfig.plan` calls this with a run's settings.
 
     Raises:
         ValueError: if the numbers cannot work (too few bits for the sum).

@@ -1,8 +1,15 @@
-"""Stage order of one secure-aggregation round; any step out of order is refused."""
+"""Stage order of one round: local training, then the secure-aggregation protocol's stages.
+
+:class:`Stage` is the protocol's order; any protocol step out of order is refused
+(:func:`check_transition`). :data:`RoundStage` adds the training that comes before it: the one
+vocabulary for where in a round a call belongs (:mod:`clinfl.transport.contract`) and for where
+an injected dropout starts (``--drop site-2:masked-input``, :func:`stage_name`).
+"""
 
 from __future__ import annotations
 
 from enum import IntEnum
+from typing import Final, Literal, TypeAlias
 
 from clinfl.errors import ProtocolViolation
 
@@ -16,6 +23,20 @@ class Stage(IntEnum):
     MASKED_INPUT = 4
     CONSISTENCY = 5
     UNMASK = 6
+
+
+TRAIN: Final = "train"
+"""Local training: the step of a round before the protocol (no protocol stage of its own)."""
+
+RoundStage: TypeAlias = Literal["train"] | Stage
+"""Where in a round a call belongs: :data:`TRAIN`, then each :class:`Stage` in order."""
+
+ROUND_STAGES: tuple[RoundStage, ...] = (TRAIN, *Stage)
+
+
+def stage_name(stage: RoundStage) -> str:
+    """Return the stage as users write it: ``train``, ``advertise``, ..., ``masked-input``."""
+    return stage if isinstance(stage, str) else stage.name.lower().replace("_", "-")
 
 
 def check_transition(current: Stage | None, requested: Stage) -> Stage:

@@ -13,8 +13,9 @@ from clinfl.data.chestxray14 import DEFAULT_CXR14_SIZE, ProgressCallback, load_c
 from clinfl.data.digits import DEFAULT_DIGITS_SIZE, load_digit_composites
 from clinfl.data.imageset import SplitData
 from clinfl.policy import DataPolicy, load_policy
-from site_agent.ingest.pipeline import IngestOptions, with_policies
+from site_agent.ingest.pipeline import IngestOptions
 from site_agent.ingest.split import ingest_and_split
+from site_agent.setup import ingest_options
 
 
 def resolve_defaults(config: RunConfig) -> RunConfig:
@@ -69,7 +70,7 @@ def load_dicom_export(config: RunConfig, state_dir: Path) -> SplitData:
     return ingest_and_split(
         data.images,
         state_dir=state_dir,
-        options=with_policies(options, site_data_policies(config)),
+        options=ingest_options(options, site_data_policies(config)),
         labels=data.labels,
         val_fraction=data.val_fraction,
         seed=config.federation.seed,

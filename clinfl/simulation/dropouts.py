@@ -7,22 +7,22 @@ round 3. A dropped site answers nothing from that stage on, for the rest of the 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TypeVar
 
 from clinfl.config import DROP_STAGES, Dropout
 from clinfl.errors import ConfigError, SiteUnavailable
-from clinfl.federation.messages import RoundSettings, SiteContribution, TrainingReport
-from clinfl.federation.roles import TrainingParticipant
-from clinfl.secagg.messages import (
-    Advertisement,
-    EncryptedShare,
-    GraphReveal,
-    MaskedInput,
-    RevealedShares,
-    SurvivorSignature,
-    UnmaskRequest,
+from clinfl.secagg.stages import RoundStage, stage_name
+from clinfl.transport.contract import (
+    TRAIN_ROUND,
+    Call,
+    CallingParticipant,
+    TrainingParticipant,
+    TrainRequest,
+    answer,
 )
-from clinfl.secagg.settings import RoundParameters
-from clinfl.typing import StateDict
+
+A = TypeVar("A")
+R = TypeVar("R")
 
 
 def parse_dropout(text: str) -> Dropout:
@@ -45,8 +45,12 @@ def parse_dropout(text: str) -> Dropout:
     return Dropout(site=parts[0], stage=parts[1], round=round_number)
 
 
-class DroppingParticipant:
-    """Wraps a participant and makes it unavailable from its configured stage on."""
+class DroppingParticipant(CallingParticipant):
+    """Wraps a participant and makes it unavailable from its configured stage on.
+
+    Every round call passes through :meth:`call`, which checks the call's stage (from the
+    contract's table) against the dropouts before the wrapped participant answers.
+    """
 
     def __init__(self, inner: TrainingParticipant, drops: Sequence[Dropout]) -> None:
         self._inner = inner
@@ -58,53 +62,23 @@ class DroppingParticipant:
         """The wrapped site's identifier."""
         return self._inner.site_id
 
-    def _check(self, stage: str) -> None:
+    def _check(self, stage: RoundStage) -> None:
+        reached = DROP_STAGES.index(stage_name(stage))
         for drop in self._drops:
-            if drop.round in (None, self._round) and DROP_STAGES.index(stage) >= DROP_STAGES.index(
-                drop.stage
-            ):
+            if drop.round in (None, self._round) and reached >= DROP_STAGES.index(drop.stage):
                 raise SiteUnavailable(
                     f"{self.site_id} dropped out at {drop.stage} (injected)",
                     remedy="this dropout was requested with --drop",
                 )
 
-    def train_round(self, global_state: StateDict, settings: RoundSettings) -> TrainingReport:
-        """Train unless dropped at ``train``."""
-        self._round = settings.round
-        self._check("train")
-        return self._inner.train_round(global_state, settings)
+    def call(self, call: Call[A, R], argument: A) -> R:
+        """Pass ``call`` on unless the site dropped out at or before the call's stage.
 
-    def upload_plain(self) -> SiteContribution:
-        """Upload unless dropped at any later stage."""
-        self._check("advertise")
-        return self._inner.upload_plain()
-
-    def secagg_advertise(self, params: RoundParameters) -> Advertisement:
-        """Advertise unless dropped."""
-        self._check("advertise")
-        return self._inner.secagg_advertise(params)
-
-    def secagg_graph(self, adverts: tuple[Advertisement, ...]) -> GraphReveal:
-        """Open the graph commitment unless dropped."""
-        self._check("graph")
-        return self._inner.secagg_graph(adverts)
-
-    def secagg_share(self, reveals: tuple[GraphReveal, ...]) -> list[EncryptedShare]:
-        """Share unless dropped."""
-        self._check("share")
-        return self._inner.secagg_share(reveals)
-
-    def secagg_masked_input(self, shares: list[EncryptedShare]) -> MaskedInput:
-        """Send the masked input unless dropped."""
-        self._check("masked-input")
-        return self._inner.secagg_masked_input(shares)
-
-    def secagg_sign(self, survivors: frozenset[str]) -> SurvivorSignature:
-        """Sign U3 unless dropped."""
-        self._check("consistency")
-        return self._inner.secagg_sign(survivors)
-
-    def secagg_reveal(self, request: UnmaskRequest) -> RevealedShares:
-        """Reveal shares unless dropped."""
-        self._check("unmask")
-        return self._inner.secagg_reveal(request)
+        Raises:
+            SiteUnavailable: for an injected dropout.
+        """
+        if call is TRAIN_ROUND and isinstance(argument, TrainRequest):
+            self._round = argument.settings.round
+        if call.stage is not None:
+            self._check(call.stage)
+        return answer(self._inner, call, argument)

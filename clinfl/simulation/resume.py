@@ -16,7 +16,7 @@ from typing import Any
 from clinfl.config import RunConfig
 from clinfl.config_file import run_config_from_mapping
 from clinfl.errors import CheckpointError
-from coordinator.checkpoints import write_atomically
+from clinfl.files import write_json
 from coordinator.resume import ResumePoint, resume_point
 
 __all__ = ["ResumePoint", "load_saved_run_config", "resume_point", "save_run_config"]
@@ -43,7 +43,7 @@ def save_run_config(out_dir: Path, config: RunConfig) -> None:
         CheckpointError: if the file cannot be written.
     """
     document = _portable(config.to_json_dict())
-    write_atomically(out_dir / CONFIG_FILE, json.dumps(document, indent=2).encode())
+    write_json(out_dir / CONFIG_FILE, document)
 
 
 def load_saved_run_config(out_dir: Path) -> RunConfig:

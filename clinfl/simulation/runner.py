@@ -7,35 +7,37 @@ This module and the CLI are the only places that see both roles (``site_agent`` 
 from __future__ import annotations
 
 import json
-import secrets
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
 from clinfl.algorithms import ModelSpec, available_algorithms, create_algorithm
-from clinfl.audit.render import FORMATS, federation_html, federation_markdown, render_site
+from clinfl.audit.render import federation_html, federation_markdown
 from clinfl.config import RunConfig, validate_run_config
 from clinfl.data.imageset import SplitData
 from clinfl.data.partition import Partition, partition_label_skew
 from clinfl.device import resolve_device
 from clinfl.errors import DataError, PartitionError
 from clinfl.federation.messages import RoundRecord
+from clinfl.files import write_atomically
 from clinfl.simulation.datasets import load_split_data, resolve_defaults
 from clinfl.simulation.resume import ResumePoint, resume_point, save_run_config
 from clinfl.simulation.sites import SimulatedSites, build_sites
 from clinfl.thresholds import parse_rule
-from coordinator.checkpoints import CheckpointStore, write_atomically
+from coordinator.checkpoints import CheckpointStore
 from coordinator.control import RunControl
 from coordinator.federation_report import build_federation_report
+from coordinator.results import RESULTS_FILE, SiteEntry, run_results, write_results
+from coordinator.resume import begin_run, new_run_id
 from coordinator.rounds import Coordinator, FederationOutcome
 from coordinator.secure_aggregation import build_aggregator
-from site_agent.audit_report import INGEST_FILE, build_site_report, shareable_summary
+from site_agent.audit_report import ingest_summary_path, shareable_summary, write_site_report
 from site_agent.evaluation import HeldOutEvaluator
 from site_agent.selected_model import describe_selected_model
 
-RESULTS_FILE = "results.json"
+__all__ = ["RESULTS_FILE", "SimulationListener", "SimulationResult", "run_simulation"]
 
 
 class SimulationListener(Protocol):
@@ -70,33 +72,6 @@ class SimulationResult:
     sites: SimulatedSites
 
 
-def _build_results(
-    config: RunConfig,
-    data: SplitData,
-    partition: Partition,
-    outcome: FederationOutcome,
-    seconds: float,
-) -> dict[str, Any]:
-    selected = outcome.selected
-    best: dict[str, Any] | None = None
-    if selected is not None:
-        best = selected.to_json_dict()
-        best["per_class_auc"] = dict(
-            zip(data.train.class_names, selected.report.test.per_class_auc, strict=True)
-        )
-        best["selection"] = config.federation.selection
-    return {
-        "method": config.method.name,
-        "config": config.to_json_dict(),
-        "data": data.description,
-        "partition": partition.to_json_dict(data.train.class_names),
-        "rounds": [record.to_json_dict() for record in outcome.records],
-        "best": best,
-        "stopped": outcome.stopped,
-        "seconds": seconds,
-    }
-
-
 def _check_evaluable(data: SplitData) -> None:
     """Refuse held-out sets on which no metric is defined (no class with both outcomes).
 
@@ -127,10 +102,7 @@ def write_audit_reports(
     written: dict[str, str] = {}
     shared = []
     for site, state_dir in sites.state_dirs.items():
-        report = build_site_report(state_dir)
-        for fmt in FORMATS:
-            path = state_dir / f"audit_report.{fmt}"
-            write_atomically(path, render_site(report, fmt).encode())
+        report = write_site_report(state_dir)
         written[site] = str(state_dir / "audit_report.html")
         shared.append(shareable_summary(report))
     federation = build_federation_report(
@@ -145,7 +117,7 @@ def write_audit_reports(
         "html": federation_html(federation),
     }
     for fmt, text in renderings.items():
-        write_atomically(out_dir / f"federation_report.{fmt}", text.encode())
+        write_atomically(out_dir / f"federation_report.{fmt}", text)
     written["federation"] = str(out_dir / "federation_report.html")
     return written
 
@@ -196,65 +168,75 @@ def run_simulation(
         federation_seed=fed.federation_seed,
         init_seed=fed.seed,
     )
-    run_id = f"{config.method.name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
-    sites = build_sites(
-        config,
-        [data.train.subset(indices) for indices in partition.site_indices],
-        algorithm,
-        spec,
-        out_dir=out_dir,
-        run_id=run_id,
-        on_step=listener.site_step if listener is not None else None,
-        on_audit=listener.site_audit if listener is not None else None,
-    )
-    ingest_summary = out_dir / "ingest" / INGEST_FILE
-    if ingest_summary.is_file():  # the simulated sites share one export: each reports it
-        for state_dir in sites.state_dirs.values():
-            shutil.copyfile(ingest_summary, state_dir / INGEST_FILE)
-    rule = parse_rule(fed.threshold_rule)
-    evaluator = HeldOutEvaluator(
-        data.val, data.test, algorithm, spec, device=device, threshold_rule=rule
-    )
-    initial = algorithm.initial_state(algorithm.build_model(spec))
     control = RunControl(out_dir)
-    store = CheckpointStore(out_dir, resume=resume)
-    if resume:
-        control.request("run")  # a stop requested before the crash does not carry over
-        point = resume_point(store, control)
-        initial = point.state if point.state is not None else initial
-    else:
-        control.reset()
-        save_run_config(out_dir, config)
-        point = ResumePoint(first_round=1, state=None, previous=())
-    coordinator = Coordinator(
-        sites.participants,
-        build_aggregator(sites.secagg, run_id=run_id),
-        evaluator,
-        store,
-        selection=fed.selection,
-        control=control,
-    )
-
-    def on_round(record: RoundRecord) -> None:
-        if listener is not None:
-            listener.round_finished(record, fed.rounds)
-
     try:
+        store = CheckpointStore(out_dir, resume=resume)
+        point = resume_point(store, control) if resume else ResumePoint(1, None, ())
+        # a resumed run is the same run: it keeps its ID, as a restarted deployment does
+        run_id = (control.run_id() if resume else None) or new_run_id(config.method.name)
+        sites = build_sites(
+            config,
+            [data.train.subset(indices) for indices in partition.site_indices],
+            algorithm,
+            spec,
+            out_dir=out_dir,
+            run_id=run_id,
+            on_step=listener.site_step if listener is not None else None,
+            on_audit=listener.site_audit if listener is not None else None,
+        )
+        ingest_summary = ingest_summary_path(out_dir)
+        if ingest_summary.is_file():  # the simulated sites share one export: each reports it
+            for state_dir in sites.state_dirs.values():
+                ingest_summary_path(state_dir).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(ingest_summary, ingest_summary_path(state_dir))
+        rule = parse_rule(fed.threshold_rule)
+        evaluator = HeldOutEvaluator(
+            data.val, data.test, algorithm, spec, device=device, threshold_rule=rule
+        )
+        initial = algorithm.initial_state(algorithm.build_model(spec))
+        initial = point.state if point.state is not None else initial
+        if not resume:
+            save_run_config(out_dir, config)
+        begin_run(control, point, run_id)
+        coordinator = Coordinator(
+            sites.participants,
+            build_aggregator(sites.secagg, run_id=run_id),
+            evaluator,
+            store,
+            selection=fed.selection,
+            control=control,
+        )
+
+        def on_round(record: RoundRecord) -> None:
+            if listener is not None:
+                listener.round_finished(record, fed.rounds)
+
         outcome = coordinator.run_from(point, initial, fed, on_round=on_round)
     finally:
         control.close()
-    summary = _build_results(config, data, partition, outcome, time.perf_counter() - started)
+    seconds = time.perf_counter() - started
+    operating = None
     if outcome.selected is not None:  # thresholds on validation, then test CIs and rates
-        summary["best"]["operating"] = describe_selected_model(
+        operating = describe_selected_model(
             evaluator, store.load(outcome.selected.round), data.train.class_names, seed=fed.seed
         )
-    summary["run_id"] = run_id
-    summary["sites"] = {
-        site: {"state_dir": str(path), "policy": sites.policies[site].source}
-        for site, path in sites.state_dirs.items()
-    }
-    summary["grad_sample_mode"] = sites.grad_sample_mode
-    summary["reports"] = write_audit_reports(out_dir, sites, summary)
-    results_path = out_dir / RESULTS_FILE
-    write_atomically(results_path, json.dumps(summary, indent=2).encode())
+    results = run_results(
+        run_id=run_id,
+        mode="simulation",
+        config=config,
+        outcome=outcome,
+        class_names=data.train.class_names,
+        seconds=seconds,
+        sites={
+            site: SiteEntry(policy=sites.policies[site].source, state_dir=str(path))
+            for site, path in sites.state_dirs.items()
+        },
+        grad_sample_mode=sites.grad_sample_mode,
+        data=data.description,
+        partition=partition.to_json_dict(data.train.class_names),
+        operating=operating,
+    )
+    results = replace(results, reports=write_audit_reports(out_dir, sites, results.to_json_dict()))
+    results_path = write_results(out_dir, results)
+    summary = results.to_json_dict()
     return SimulationResult(config, outcome, partition, data, results_path, summary, sites)

@@ -19,13 +19,13 @@ from clinfl.config import DEFAULT_MIN_SITES, RunConfig, SecAggConfig
 from clinfl.data.imageset import ImageSet
 from clinfl.errors import ConfigError, PolicyViolation
 from clinfl.federation.roles import TrainingParticipant
-from clinfl.policy import DPPolicy, PrivacyRequest, SecAggPolicy, SitePolicy, apply_request
+from clinfl.policy import DPPolicy, SecAggPolicy, SitePolicy
 from clinfl.policy import load_policy as read_policy
-from clinfl.privacy.settings import default_grad_sample_mode
+from clinfl.privacy.settings import resolve_grad_sample_mode
 from clinfl.simulation.dropouts import DroppingParticipant
-from site_agent.agent import LocalTrainer, SiteIdentity
-from site_agent.assembly import AuditListener, assemble_site
-from site_agent.training import StepCallback
+from site_agent.agent import SiteIdentity
+from site_agent.setup import AuditListener, policy_for_run, setup_site
+from site_agent.training import SiteTrainer, StepCallback
 
 SITES_DIR = "sites"
 
@@ -37,7 +37,7 @@ class SimulatedSites:
     participants: list[TrainingParticipant]
     policies: dict[str, SitePolicy]
     state_dirs: dict[str, Path]
-    trainers: dict[str, LocalTrainer]
+    trainers: dict[str, SiteTrainer]
     secagg: SecAggConfig
     grad_sample_mode: str
 
@@ -64,7 +64,6 @@ def load_site_policies(config: RunConfig, site_ids: Sequence[str]) -> dict[str, 
         PolicyViolation: if the coordinator's settings are looser than a site's policy.
     """
     privacy = config.privacy
-    request = PrivacyRequest(secagg=config.secagg.enabled, min_sites=config.secagg.min_sites)
     policies: dict[str, SitePolicy] = {}
     shared = read_policy(privacy.policy) if privacy.policy is not None else None
     for site in site_ids:
@@ -73,7 +72,7 @@ def load_site_policies(config: RunConfig, site_ids: Sequence[str]) -> dict[str, 
         else:
             policy = shared or builtin_policy(config)
         try:
-            policies[site] = apply_request(policy, request)
+            policies[site] = policy_for_run(policy, config)
         except PolicyViolation as refusal:
             raise PolicyViolation(f"{site}: {refusal.message}", remedy=refusal.remedy) from None
     return policies
@@ -129,17 +128,16 @@ def build_sites(
     policies = load_site_policies(config, site_ids)
     secagg = coordinator_secagg(config, policies)
     assert spec.image_size is not None
-    mode = config.privacy.grad_sample_mode
-    mode = default_grad_sample_mode(spec.image_size) if mode == "auto" else mode
+    mode = resolve_grad_sample_mode(config.privacy.grad_sample_mode, spec.image_size)
     identities = [SiteIdentity(s, Ed25519PrivateKey.generate()) for s in site_ids]
     directory = {i.site_id: i.signing_key.public_key() for i in identities}
     participants: list[TrainingParticipant] = []
-    trainers: dict[str, LocalTrainer] = {}
+    trainers: dict[str, SiteTrainer] = {}
     state_dirs: dict[str, Path] = {}
     for k, (identity, data) in enumerate(zip(identities, site_data, strict=True)):
         site = identity.site_id
         state_dirs[site] = out_dir / SITES_DIR / site
-        assembled = assemble_site(
+        ready = setup_site(
             identity,
             data,
             policies[site],
@@ -154,7 +152,7 @@ def build_sites(
             on_step=on_step,
             on_audit=on_audit,
         )
-        trainers[site] = assembled.trainer
-        agent = assembled.agent
+        trainers[site] = ready.trainer
+        agent = ready.agent
         participants.append(DroppingParticipant(agent, config.drops) if config.drops else agent)
     return SimulatedSites(participants, policies, state_dirs, trainers, secagg, mode)

@@ -1,5 +1,6 @@
-"""How sites and the coordinator reach each other outside one process (Flower), and what travels.
+"""How sites and the coordinator reach each other outside one process, and what travels.
 
-``wire`` turns round messages into bytes without pickle; ``calls`` names the calls a coordinator
-makes of a site; ``flower_app`` builds and checks the Flower App Bundle clinfl submits.
+``contract`` is the table of calls a coordinator makes of a site (with the participant
+interface derived from it); ``wire`` turns round messages into bytes without pickle; ``flower``
+holds what both ends need from Flower (the app bundle, the message records, its processes).
 """

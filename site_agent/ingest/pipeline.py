@@ -9,13 +9,12 @@ their content): no patient names, IDs, dates, accession numbers or paths.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,7 @@ import numpy as np
 
 from clinfl.data.labels import LABEL_SPACES
 from clinfl.errors import DataError
-from clinfl.policy import DataPolicy
+from clinfl.files import write_json
 from site_agent.ingest import reasons
 from site_agent.ingest.index import IngestIndex, Outcome, file_sha256, site_salt
 from site_agent.ingest.labels import find_label_table, read_labels
@@ -31,6 +30,7 @@ from site_agent.ingest.worker import FileJob, process_file
 
 QUARANTINE_FILE = "quarantine.json"
 SUMMARY_FILE = "ingest_summary.json"
+SITE_INGEST_DIR = "ingest"  # where a site's state folder keeps the ingest of its export
 Progress = Callable[[str, int, int], None]
 
 
@@ -59,28 +59,6 @@ class IngestOptions:
             [",".join(self.modalities), ",".join(self.body_parts), ",".join(self.views)]
         )
         return (self.image_size, self.lenient, filters)
-
-
-def with_policies(options: IngestOptions, policies: Sequence[DataPolicy]) -> IngestOptions:
-    """Return ``options`` filtered by what every one of ``policies`` accepts (their intersection).
-
-    One policy gives its own modality, body-part and view filters; several (the sites of an
-    in-process federation sharing one export) give what all of them accept. No policy leaves
-    ``options`` as they are (their defaults are the default policy's).
-    """
-    if not policies:
-        return options
-
-    def common(name: str) -> tuple[str, ...]:
-        first: tuple[str, ...] = getattr(policies[0], name)
-        return tuple(v for v in first if all(v in getattr(p, name) for p in policies[1:]))
-
-    return replace(
-        options,
-        modalities=common("modalities"),
-        body_parts=common("body_parts"),
-        views=common("views"),
-    )
 
 
 @dataclass
@@ -246,10 +224,8 @@ def ingest_export(
         "lenient": options.lenient,
         "seconds": time.perf_counter() - started,
     }
-    (state_dir / QUARANTINE_FILE).write_text(
-        json.dumps({"reasons": reasons.DESCRIPTIONS, "files": quarantine}, indent=2)
-    )
-    (state_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
+    write_json(state_dir / QUARANTINE_FILE, {"reasons": reasons.DESCRIPTIONS, "files": quarantine})
+    write_json(state_dir / SUMMARY_FILE, summary)
     return IngestResult(
         images=images,
         targets=target_matrix.astype(np.uint8),

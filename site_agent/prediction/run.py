@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -21,6 +20,7 @@ import numpy as np
 import torch
 
 from clinfl.errors import CheckpointError, ConfigError
+from clinfl.files import write_atomically, write_json
 from clinfl.model_io import read_bundle, resolve_seed
 from site_agent.ingest.pipeline import IngestOptions
 from site_agent.prediction.explain import Overlay, require_class_attention, write_overlays
@@ -38,6 +38,7 @@ from site_agent.prediction.sources import (
 
 Progress = Callable[[str, int, int], None]
 OUTPUT_SUFFIXES = (".csv", ".json")
+WRITABLE_OUT = "choose a writable --out path"
 
 
 @dataclass(frozen=True)
@@ -221,7 +222,7 @@ def write_result(result: PredictionResult) -> None:
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         if out.suffix.lower() == ".json":
-            out.write_text(json.dumps(result.to_json_dict(), indent=2))
+            write_json(out, result.to_json_dict(), remedy=WRITABLE_OUT)
             return
         header = ["key", *(f"p_{name}" for name in result.class_names), "positive"]
         rows = [
@@ -230,10 +231,10 @@ def write_result(result: PredictionResult) -> None:
                 result.keys, result.probabilities, result.positives, strict=True
             )
         ]
-        out.write_text(_csv_text(header, rows))
+        write_atomically(out, _csv_text(header, rows), remedy=WRITABLE_OUT)
         unused = [[u.file, u.reason, u.detail] for u in result.unused]
-        unused_path(out).write_text(_csv_text(["file", "reason", "detail"], unused))
+        write_atomically(
+            unused_path(out), _csv_text(["file", "reason", "detail"], unused), remedy=WRITABLE_OUT
+        )
     except OSError as exc:
-        raise CheckpointError(
-            f"cannot write {out}: {exc}", remedy="choose a writable --out path"
-        ) from exc
+        raise CheckpointError(f"cannot write {out}: {exc}", remedy=WRITABLE_OUT) from exc

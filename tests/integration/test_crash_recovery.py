@@ -89,6 +89,12 @@ def test_a_killed_run_resumes_after_its_last_checkpoint(tmp_path: Path) -> None:
         assert now[round_number] == finished_at
     manifest = json.loads((run / "checkpoints" / "manifest.json").read_text())
     assert [e["round"] for e in manifest["checkpoints"]] == [1, 2, 3, 4]
+    # the resumed run is the same run (as a restarted deployment is): it kept its ID, so the
+    # sites' ledgers name one run, the one results.json names (it used to get a new ID)
+    for site in ("site-1", "site-2", "site-3"):
+        with sqlite3.connect(run / "sites" / site / "ledger.sqlite") as db:
+            run_ids = {row[0] for row in db.execute("SELECT run_id FROM round_ids")}
+        assert run_ids == {summary["run_id"]}
 
 
 def test_resume_refuses_run_options_and_unknown_folders(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from clinfl.pki import REQUEST_FILE, admit_site
-from clinfl.transport.flower_app import app_pyproject
+from clinfl.transport.flower.bundle import app_pyproject
 from site_agent.identity import init_site
 from tests.integration.deployment_harness import (
     Federation,
@@ -69,8 +69,8 @@ def federation(tmp_path: Path) -> Iterator[Federation]:
 def _submit_tampered_app(fed: Federation, out: Path, nodes: int) -> None:
     app = fed.root / "evil-app"
     app.mkdir()
-    pyproject = app_pyproject().replace("coordinator.flower_server_app", "evil_server")
-    (app / "pyproject.toml").write_text(pyproject.replace("site_agent.flower_client_app", "evil"))
+    pyproject = app_pyproject().replace("coordinator.deploy.server_app", "evil_server")
+    (app / "pyproject.toml").write_text(pyproject.replace("site_agent.deploy.client_app", "evil"))
     (app / "evil_server.py").write_text(EVIL_SERVER.format(nodes=nodes, out=str(out)))
     (app / "evil.py").write_text(EVIL_CLIENT)
     flwr = Path(sys.executable).parent / "flwr"

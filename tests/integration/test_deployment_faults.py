@@ -33,9 +33,7 @@ def test_site_dies_in_masked_input_and_coordinator_restarts(federation: Federati
     lenient = policy_text(max_colluders=0)
     fed.start_site("site-1", policy=lenient)
     fed.start_site("site-2", policy=lenient)
-    dying = fed.start_site(
-        "site-3", policy=lenient, extra=("--crash-at", "secagg_masked_input")
-    )
+    dying = fed.start_site("site-3", policy=lenient, extra=("--crash-at", "secagg_masked_input"))
 
     # (a) site-3 dies when asked for its masked input; round 1 completes with the other two
     wait_until(lambda: 1 in fed.rounds_recorded(), timeout=420, what="round 1", logs=fed.logs)

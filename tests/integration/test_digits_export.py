@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -182,20 +183,40 @@ def test_a_digits_seed_picks_other_composites(digits_export: Path, tmp_path: Pat
     assert first != other
 
 
+def _simulate_with_data_policy(export: Path, tmp_path: Path, data_terms: str) -> Any:
+    """Simulate on ``export`` under one policy for every site with these ``[data]`` terms."""
+    policy = tmp_path / "policy.toml"
+    policy.write_text(
+        f"[dp]\nrequired = false\n[secagg]\nmin_sites = 2\n[data]\n{data_terms}\nmin_samples = 1\n"
+    )
+    result = _simulate_on(export, tmp_path / "run", "--policy", str(policy))
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
 def test_simulate_on_an_export_applies_the_policys_dicom_filters(
     digits_export: Path, tmp_path: Path
 ) -> None:
     """The simulated sites share the export, so it is filtered by their policy: a policy that
     accepts only DX quarantines the export's CR images (before, they were trained on)."""
-    policy = tmp_path / "dx-only.toml"
-    policy.write_text(
-        '[dp]\nrequired = false\n[secagg]\nmin_sites = 2\n[data]\nmodalities = ["DX"]\n'
-        "min_samples = 1\n"
-    )
-    result = _simulate_on(digits_export, tmp_path / "run", "--policy", str(policy))
-    assert result.exit_code == 0, result.output
-    summary = json.loads(result.stdout)
+    summary = _simulate_with_data_policy(digits_export, tmp_path, 'modalities = ["DX"]')
     accepted = int(summary["data"].split(" accepted")[0].split()[-1])
     assert 0 < accepted < LIMIT  # the CR half is quarantined
     quarantine = json.loads((tmp_path / "run" / "ingest" / "quarantine.json").read_text())
     assert "modality" in json.dumps(quarantine).lower()
+
+
+def test_simulate_on_an_export_quarantines_the_views_its_policy_excludes(
+    digits_export: Path, tmp_path: Path
+) -> None:
+    """A policy that accepts only PA views: the export's AP images (one in five) are quarantined
+    as wrong_view, and the federation trains on the PA ones."""
+    summary = _simulate_with_data_policy(digits_export, tmp_path, 'views = ["PA"]')
+    accepted = int(summary["data"].split(" accepted")[0].split()[-1])
+    ingest = json.loads((tmp_path / "run" / "ingest" / "ingest_summary.json").read_text())
+    assert accepted == ingest["accepted"] == LIMIT - LIMIT // 5  # every fifth image is AP
+    # (the truncated copy of the first, AP, image may be refused for its view too)
+    assert ingest["quarantined"]["wrong_view"] >= LIMIT // 5
+    quarantine = json.loads((tmp_path / "run" / "ingest" / "quarantine.json").read_text())
+    refused = [f for f in quarantine["files"] if f["reason"] == "wrong_view"]
+    assert len(refused) == ingest["quarantined"]["wrong_view"]

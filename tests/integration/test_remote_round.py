@@ -19,17 +19,17 @@ from clinfl.federation.fanout import ThreadedFanout
 from clinfl.federation.messages import RoundSettings
 from clinfl.policy import parse_policy
 from clinfl.roster import announce
-from clinfl.transport.calls import JoinRequest, read_refusal
-from clinfl.transport.flower_app import app_pyproject
+from clinfl.transport.contract import JoinRequest, read_refusal
+from clinfl.transport.flower.bundle import app_pyproject
 from clinfl.transport.wire import encode
 from coordinator.checkpoints import CheckpointStore
-from coordinator.flower_link import RemoteEvaluator, RemoteSite, SiteRoster, Timeouts
-from coordinator.launcher import portable_run_config
+from coordinator.deploy.launcher import portable_run_config
+from coordinator.deploy.remote_sites import RemoteEvaluator, RemoteSite, SiteRoster, Timeouts
 from coordinator.rounds import Coordinator
 from coordinator.secure_aggregation import SecureAggregator
 from site_agent.agent import SiteIdentity
 from site_agent.audit_report import build_site_report
-from site_agent.deployed_site import DeployedSite, SiteData
+from site_agent.deploy.deployed_site import DeployedSite, SiteData
 from site_agent.ingest.pipeline import IngestOptions
 from site_agent.ledger import SiteLedger
 from tests.support.roster_pki import roster_of
@@ -37,7 +37,7 @@ from tests.support.roster_pki import roster_of
 BUNDLE, _ = build_fab_from_files({"pyproject.toml": app_pyproject().encode()})
 EVIL, _ = build_fab_from_files(
     {
-        "pyproject.toml": app_pyproject().replace("site_agent.flower_client_app", "evil").encode(),
+        "pyproject.toml": app_pyproject().replace("site_agent.deploy.client_app", "evil").encode(),
         "evil.py": b"import pathlib\npathlib.Path('PWNED').write_text('x')\n",
     }
 )
@@ -56,7 +56,7 @@ STRICT = RESEARCH.replace("min_sites = 2", "min_sites = 5")
 
 
 class LoopbackLink:
-    """A :class:`~coordinator.flower_link.Link` that hands each call to a site in this process."""
+    """A :class:`~coordinator.deploy.remote_sites.Link` that hands each call to a site in this process."""
 
     def __init__(self, sites: dict[int, DeployedSite], bundle: bytes = BUNDLE) -> None:
         self.sites = sites

@@ -2,7 +2,7 @@
 
     python -m tests.support.ledger_child STATE_DIR TRUTH_FILE
 
-It uses the real PrivateSite and SiteLedger with a tiny linear model (so each step takes
+It uses the real DP-SGD trainer and SiteLedger with a tiny linear model (so each step takes
 milliseconds). Before every optimizer step it appends "noise rate" to TRUTH_FILE and fsyncs, so
 the truth file counts every step that may have been taken. It prints "ready" once set up.
 """
@@ -25,7 +25,7 @@ from clinfl.model.networks import NetOutput
 from clinfl.policy import DPPolicy
 from clinfl.privacy.settings import DPSettings
 from site_agent.ledger import SiteLedger
-from site_agent.private_training import PrivateSite
+from site_agent.private_training import private_trainer
 
 
 class TinyNet(nn.Module):
@@ -63,7 +63,7 @@ def main() -> None:
     algorithm = TinyAlgorithm(MethodConfig(name="fedavg"))
     spec = ModelSpec(num_classes=4, image_size=16, federation_seed=1, init_seed=0)
     ledger = SiteLedger(state_dir)
-    site = PrivateSite(
+    site = private_trainer(
         "site-1",
         data,
         algorithm,
@@ -75,12 +75,12 @@ def main() -> None:
         local_epochs=1,
         weight_decay=0.0,
     )
-    optimizer = site._optimizer
+    optimizer = site.strategy.optimizer
     original_step = optimizer.step
     truth = open(truth_path, "a")  # noqa: SIM115 - kept open for the process's life
 
     def step_with_truth(*args: object, **kwargs: object) -> object:
-        truth.write(f"{site.noise_multiplier} {site.sample_rate}\n")
+        truth.write(f"{site.strategy.noise_multiplier} {site.strategy.sample_rate}\n")
         truth.flush()
         os.fsync(truth.fileno())
         return original_step(*args, **kwargs)

@@ -21,7 +21,7 @@ from clinfl.model.sphere import SphereNet, augmented, calibrated_classifier
 from clinfl.secagg.settings import largest_safe_scale
 from clinfl.simulation import run_simulation
 from site_agent.model_state import load_travelling_state
-from site_agent.training import LocalSite
+from site_agent.training import SiteTrainer, plain_trainer
 
 SPEC = ModelSpec(num_classes=4, image_size=16, federation_seed=7, init_seed=3)
 SETTINGS = RoundSettings(round=1, local_epochs=1, batch_size=8, lr=1e-3)
@@ -35,9 +35,9 @@ def _data(seed: int, n: int = 24) -> ImageSet:
     return ImageSet(images, targets, np.arange(n), ("a", "b", "c", "d"))
 
 
-def _site(method: str, data: ImageSet, **options: float) -> tuple[LocalSite, object]:
+def _site(method: str, data: ImageSet, **options: float) -> tuple[SiteTrainer, object]:
     algorithm = create_algorithm(MethodConfig(name=method, **options))  # type: ignore[arg-type]
-    site = LocalSite("site-1", data, algorithm, SPEC, weight_decay=0.01, shuffle_seed=5)
+    site = plain_trainer("site-1", data, algorithm, SPEC, weight_decay=0.01, shuffle_seed=5)
     return site, algorithm
 
 
@@ -116,7 +116,7 @@ def test_fedcurv_sends_max_normalised_fisher_and_lambda_zero_is_fedavg() -> None
 def test_spherefed_classifier_is_fixed_orthonormal_and_shared() -> None:
     data = _data(2)
     site, algorithm = _site("spherefed", data)
-    model = site._model
+    model = site.model
     assert isinstance(model, SphereNet)
     rows = model.classifier.clone()
     torch.testing.assert_close(rows @ rows.T, torch.eye(4), atol=1e-5, rtol=0)

@@ -14,8 +14,8 @@ from clinfl.cli.app import app
 from clinfl.config import RunConfig
 from clinfl.errors import CheckpointError
 from clinfl.pki import init_pki
-from coordinator.deployment import DeploymentPlan
-from coordinator.launcher import portable_run_config
+from coordinator.deploy.deployment import DeploymentPlan
+from coordinator.deploy.launcher import portable_run_config
 from site_agent.identity import init_site
 from tests.support.roster_pki import trusted_federation
 

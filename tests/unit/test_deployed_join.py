@@ -17,12 +17,12 @@ from clinfl.data.make_export import make_digits_export
 from clinfl.errors import PolicyViolation, ProtocolViolation
 from clinfl.policy import parse_policy
 from clinfl.roster import Member, Roster, announce
-from clinfl.transport.calls import JoinRequest, read_refusal
-from clinfl.transport.flower_app import app_pyproject
+from clinfl.transport.contract import JoinRequest, read_refusal
+from clinfl.transport.flower.bundle import app_pyproject
 from clinfl.transport.wire import encode
-from coordinator.launcher import portable_run_config
+from coordinator.deploy.launcher import portable_run_config
 from site_agent.agent import SiteIdentity
-from site_agent.deployed_site import INVALID_RUN_CONFIG, NAMES_A_PATH, DeployedSite, SiteData
+from site_agent.deploy.deployed_site import INVALID_RUN_CONFIG, NAMES_A_PATH, DeployedSite, SiteData
 from site_agent.ingest.pipeline import IngestOptions
 from site_agent.ledger import SiteLedger
 from tests.support.roster_pki import RESEARCH_POLICY

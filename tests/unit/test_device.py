@@ -23,9 +23,9 @@ from clinfl.errors import ConfigError, ValidationError
 from clinfl.federation.messages import RoundSettings
 from clinfl.policy import load_policy
 from site_agent.agent import SiteIdentity
-from site_agent.assembly import assemble_site
 from site_agent.evaluation import HeldOutEvaluator
-from site_agent.training import LocalSite
+from site_agent.setup import setup_site
+from site_agent.training import plain_trainer
 
 ROOT = Path(__file__).resolve().parents[2]
 SPEC = ModelSpec(num_classes=4, image_size=16, federation_seed=7, init_seed=3)
@@ -88,7 +88,7 @@ def test_an_explicit_cpu_device_trains_and_evaluates_bit_for_bit_like_the_defaul
     state = algorithm.initial_state(algorithm.build_model(SPEC))
     settings = RoundSettings(round=1, local_epochs=1, batch_size=8, lr=1e-3)
     updates = [
-        LocalSite(
+        plain_trainer(
             "site-1", _data(0), algorithm, SPEC, weight_decay=0.01, shuffle_seed=5, **extra
         ).train_round(state, settings)
         for extra in ({}, {"device": torch.device("cpu")})
@@ -111,7 +111,7 @@ def test_dp_sgd_on_an_accelerator_is_refused_before_anything_is_built(
     policy = load_policy(ROOT / "policies" / "default.toml")
     assert policy.dp.required
     with pytest.raises(ConfigError, match="DP-SGD, which clinfl runs on the CPU only"):
-        assemble_site(
+        setup_site(
             SiteIdentity("site-1", Ed25519PrivateKey.generate()),
             _data(0),
             policy,

@@ -10,7 +10,7 @@ import pytest
 from flwr.cli.build import build_fab_from_files
 
 from clinfl.errors import ProtocolViolation
-from clinfl.transport.flower_app import CLIENT_COMPONENT, app_pyproject, check_bundle
+from clinfl.transport.flower.bundle import CLIENT_COMPONENT, app_pyproject, check_bundle
 
 
 def _bundle(files: dict[str, bytes]) -> bytes:

@@ -26,7 +26,7 @@ from clinfl.privacy.settings import (
     opacus_grad_sample_mode,
 )
 from site_agent.ledger import SiteLedger
-from site_agent.private_training import PrivateSite
+from site_agent.private_training import private_trainer
 
 SPEC = ModelSpec(num_classes=4, image_size=16, federation_seed=3, init_seed=0)
 
@@ -136,7 +136,7 @@ def _site(
         )
     dp = DPSettings.from_policy(policy, grad_sample_mode=mode)
     algorithm = _algorithm(name)
-    site = PrivateSite(
+    site = private_trainer(
         "site-1",
         _images(24),
         algorithm,
@@ -176,10 +176,10 @@ def test_round_over_budget_is_refused_before_any_step(tmp_path: Path) -> None:
     site, algorithm = _site(tmp_path, budget=0.5)
     model = algorithm.build_model(SPEC)
     state = algorithm.travelling_state(model)
-    before = {k: v.clone() for k, v in site.inner_model.state_dict().items()}
+    before = {k: v.clone() for k, v in site.model.state_dict().items()}
     with pytest.raises(BudgetExhausted, match=r"past the budget 0\.5"):
         site.train_round(state, SETTINGS)
-    after = site.inner_model.state_dict()
+    after = site.model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert len(SiteLedger(tmp_path).refusals()) == 1
 
@@ -189,7 +189,7 @@ def test_more_local_epochs_than_calibrated_for_are_refused_before_any_step(
 ) -> None:
     site, algorithm = _site(tmp_path, per_round=2.0)  # calibrated for 1 epoch = 3 steps
     state = algorithm.travelling_state(algorithm.build_model(SPEC))
-    before = {k: v.clone() for k, v in site.inner_model.state_dict().items()}
+    before = {k: v.clone() for k, v in site.model.state_dict().items()}
     with pytest.raises(PolicyViolation) as caught:
         site.train_round(state, RoundSettings(round=1, local_epochs=4, batch_size=8, lr=1e-3))
     assert not isinstance(caught.value, BudgetExhausted)
@@ -198,12 +198,12 @@ def test_more_local_epochs_than_calibrated_for_are_refused_before_any_step(
     assert (
         "(1 local epochs, 3 steps)" in message and "at most 1 local epochs" in caught.value.remedy
     )
-    after = site.inner_model.state_dict()
+    after = site.model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
     ledger = SiteLedger(tmp_path)
     assert ledger.rounds() == [] and len(ledger.refusals()) == 1
     assert "past the per-round target 2" in ledger.refusals()[0].reason
-    assert site.engine.accountant.history == []
+    assert site.strategy.engine.accountant.history == []
     update = site.train_round(state, SETTINGS)  # the calibrated round still trains
     assert update.steps == 3 and [r.state for r in ledger.rounds()] == ["reserved"]
     assert ledger.epsilon(delta=1e-5, accountant="rdp") <= 2.0 * 1.01
@@ -238,7 +238,7 @@ def test_what_dp_cannot_cover_is_refused_with_the_reason(
 ) -> None:
     dp = DPSettings.from_policy(DPPolicy(), grad_sample_mode="hooks")
     with pytest.raises(ModelError, match=reason):
-        PrivateSite(
+        private_trainer(
             "site-1",
             _images(8),
             create_algorithm(method),

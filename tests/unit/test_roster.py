@@ -36,12 +36,12 @@ from clinfl.roster import (
 )
 from clinfl.secagg.advertise import check_advertisements, make_advertisement
 from clinfl.secagg.transcript import RoundBinding
-from clinfl.transport.calls import JoinRequest, read_refusal
-from clinfl.transport.flower_app import app_pyproject
+from clinfl.transport.contract import JoinRequest, read_refusal
+from clinfl.transport.flower.bundle import app_pyproject
 from clinfl.transport.wire import encode
-from coordinator.launcher import portable_run_config
+from coordinator.deploy.launcher import portable_run_config
 from site_agent.agent import SiteIdentity
-from site_agent.deployed_site import DeployedSite, SiteData
+from site_agent.deploy.deployed_site import DeployedSite, SiteData
 from site_agent.identity import (
     PINNED_ROSTER,
     identity_dir,

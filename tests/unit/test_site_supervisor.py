@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from clinfl.errors import DeploymentError
-from site_agent import site_runner
-from site_agent.supernode import SuperNode
+from site_agent.deploy import runner as site_runner
+from site_agent.deploy.supernode import SuperNode
 
 
 class FlakyNode:

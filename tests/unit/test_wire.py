@@ -31,7 +31,7 @@ from clinfl.secagg.messages import (
 )
 from clinfl.secagg.settings import RoundParameters
 from clinfl.secagg.transcript import RoundBinding
-from clinfl.transport.calls import (
+from clinfl.transport.contract import (
     CALLS,
     JoinReply,
     TrainRequest,

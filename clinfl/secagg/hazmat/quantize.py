@@ -17,6 +17,11 @@ CHUNK = 1 << 16
 """Values quantised per pass (512 KiB of float64)."""
 
 
+def largest_sum(*, clip: float, scale: float, sites: int) -> int:
+    """Return the largest sum ``sites`` quantised values can reach: ``n * ceil(2 c s)``."""
+    return sites * math.ceil(2 * clip * scale)
+
+
 def check_no_overflow(*, clip: float, scale: float, bits: int, sites: int) -> None:
     """Refuse settings whose sum over ``sites`` could wrap modulo ``2**bits``.
 
@@ -27,7 +32,7 @@ def check_no_overflow(*, clip: float, scale: float, bits: int, sites: int) -> No
         raise ValueError(
             f"invalid quantisation: clip={clip}, scale={scale}, bits={bits}, n={sites}"
         )
-    largest = sites * math.ceil(2 * clip * scale)
+    largest = largest_sum(clip=clip, scale=scale, sites=sites)
     if largest >= 2**bits:
         raise ValueError(
             f"sum of {sites} sites can reach {largest} = n*2*c*s (c={clip}, s={scale}) "

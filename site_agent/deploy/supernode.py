@@ -8,7 +8,7 @@
   which the coordinator registered from its roster; an unregistered key is refused by the
   SuperLink;
 - ``--isolation process``: the SuperNode starts no ClientApp process of its own, so no bundle is
-  ever installed or imported; the site's executor (:mod:`site_agent.flower_executor`) answers;
+  ever installed or imported; the site's executor (:mod:`site_agent.deploy.executor`) answers;
 - a fresh random secret (``--superexec-auth-secret-file``) that only this site's executor knows,
   so no other local process can take its tasks; the Runtime API listens on 127.0.0.1 only.
 
@@ -25,7 +25,7 @@ import subprocess
 from pathlib import Path
 
 from clinfl.errors import DeploymentError
-from clinfl.transport.processes import (
+from clinfl.transport.flower.processes import (
     flower_command,
     flower_environment,
     start_logged,

@@ -1,12 +1,16 @@
-"""The site's own executor for its SuperNode: it takes each message and answers it in this process.
+"""The site's own executor for its SuperNode (runs in ``clinfl site run``'s process).
 
 clinfl starts the SuperNode with ``--isolation process``, so the SuperNode launches nothing: no
 ``flwr-clientapp`` process, no bundle installation, no runtime dependency installation. This
 loop asks the SuperNode's local Runtime API (on 127.0.0.1, behind a shared secret) for the next
 task, reads its message and the run's bundle, hands both to
-:class:`~site_agent.deployed_site.DeployedSite` (which checks the bundle and never runs it), and
-pushes the reply. Keeping one long-lived process is what lets a secure-aggregation round keep its
-secrets in memory from stage to stage.
+:class:`~site_agent.deploy.deployed_site.DeployedSite` (which checks the bundle and never runs
+it), and pushes the reply. Keeping one long-lived process is what lets a secure-aggregation
+round keep its secrets in memory from stage to stage.
+
+Flower 1.41.0 has no public API for a custom executor: the Runtime API steps below are those of
+Flower's own ``flwr.supernode.runtime.run_clientapp`` (whose ``push_message`` and
+``push_task_output`` are reused), with a deadline on the message pull.
 """
 
 from __future__ import annotations
@@ -18,8 +22,9 @@ from collections.abc import Callable
 from typing import Protocol
 
 import httpx
-from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.app import Context, Message, Metadata
 from flwr.app.error import Error
+from flwr.app.message import make_message
 from flwr.common.constant import ErrorCode, SubStatus
 from flwr.common.serde import context_from_proto, fab_from_proto, run_from_proto
 from flwr.proto.node_pb2 import Node  # pylint: disable=E0611
@@ -47,14 +52,15 @@ from flwr.supercore.runtime import RuntimeHttpClient
 from flwr.supercore.task_identity import TaskIdentity
 from flwr.supernode.runtime.run_clientapp import push_message, push_task_output
 
-RECORD = "clinfl"
+from clinfl.transport.flower.records import read_call, reply_content
+
 ACQUIRE_RETRY_SECONDS = 5.0
 PULL_SECONDS = 60.0  # Flower's own default is 2 hours: a message whose run ended never arrives
 log = logging.getLogger("clinfl.site")
 
 
 class CallHandler(Protocol):
-    """Answers one call (see :meth:`~site_agent.deployed_site.DeployedSite.handle`)."""
+    """Answers one call (see :meth:`~site_agent.deploy.deployed_site.DeployedSite.handle`)."""
 
     def handle(
         self, *, flower_run: int, bundle: bytes, bundle_hash: str, call: str, body: bytes
@@ -93,17 +99,39 @@ def pull_task_input(client: RuntimeHttpClient) -> tuple[Message, Context, Run, F
         return_type=Message,
         max_time=PULL_SECONDS,
     )
-    message.metadata.__dict__["_message_id"] = tree.object_id  # as Flower's own pull does
-    return message, context, run, fab
+    return with_message_id(message, tree.object_id), context, run, fab
+
+
+def with_message_id(message: Message, message_id: str) -> Message:
+    """Return ``message`` with its id, which a reply names (a pulled message arrives without it).
+
+    Flower 1.41.0's public API cannot set it: ``Metadata.message_id`` has no setter and
+    ``Message``'s constructors take no metadata (Flower's own pull writes the private
+    ``_message_id`` field). So the message is rebuilt from its public metadata fields with
+    ``flwr.app.message.make_message``, the helper Flower builds messages from metadata with.
+    """
+    old = message.metadata
+    metadata = Metadata(
+        run_id=old.run_id,
+        message_id=message_id,
+        src_node_id=old.src_node_id,
+        dst_node_id=old.dst_node_id,
+        reply_to_message_id=old.reply_to_message_id,
+        group_id=old.group_id,
+        created_at=old.created_at,
+        ttl=old.ttl,
+        message_type=old.message_type,
+        src_task_id=old.src_task_id,
+        dst_task_id=old.dst_task_id,
+    )
+    if message.has_error():
+        return make_message(metadata, error=message.error)
+    return make_message(metadata, content=message.content)
 
 
 def message_call(message: Message) -> tuple[str, bytes]:
     """Return the call name and body a coordinator's message carries ('' if it has none)."""
-    record = message.content.config_records.get(RECORD) if message.has_content() else None
-    if record is None:
-        return "", b""
-    call, body = record.get("call"), record.get("body")
-    return (call if isinstance(call, str) else ""), (body if isinstance(body, bytes) else b"")
+    return read_call(message.content if message.has_content() else None)
 
 
 class SiteExecutor:
@@ -188,9 +216,7 @@ class SiteExecutor:
                 call=call,
                 body=body,
             )
-            reply = Message(
-                RecordDict({RECORD: ConfigRecord({"body": reply_body})}), reply_to=message
-            )
+            reply = Message(reply_content(reply_body), reply_to=message)
             push_message(client, reply, context)
             status, details = SubStatus.COMPLETED, ""
         except Exception:  # a broken task must not end the site: log it and take the next

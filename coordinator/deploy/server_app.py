@@ -1,7 +1,7 @@
 """clinfl's Flower ServerApp: the component ``clinfl coordinator start`` submits.
 
 It runs at the coordinator, in the process Flower starts for the run, and only reads the run
-folder's plan and drives :func:`~coordinator.deployment.run_deployment`.
+folder's plan and drives :func:`~coordinator.deploy.deployment.run_deployment`.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from clinfl.errors import ClinflError
-from clinfl.transport.flower_app import RUN_DIR_KEY
+from clinfl.transport.flower.bundle import RUN_DIR_KEY
 from coordinator.control import RunControl
-from coordinator.deployment import run_deployment
+from coordinator.deploy.deployment import run_deployment
 
 app = ServerApp()
 log = logging.getLogger("clinfl.coordinator")

@@ -18,23 +18,30 @@ from typing import Any
 
 from flwr.serverapp import Grid
 
-from clinfl.config import DEFAULT_MIN_SITES
-from clinfl.config_file import run_config_from_mapping
+from clinfl.config.file import run_config_from_mapping
 from clinfl.data.labels import LABEL_SPACES
 from clinfl.errors import CheckpointError, FederationError
 from clinfl.federation.fanout import ThreadedFanout
 from clinfl.federation.messages import RoundRecord
+from clinfl.files import write_json
+from clinfl.privacy.settings import resolve_grad_sample_mode
 from clinfl.roster import announce
-from clinfl.transport.calls import JoinRequest
-from coordinator.checkpoints import CheckpointStore, write_atomically
+from clinfl.transport.contract import JoinRequest
+from coordinator.checkpoints import CheckpointStore
 from coordinator.control import RunControl
-from coordinator.flower_link import FlowerLink, RemoteEvaluator, RemoteSite, SiteRoster, Timeouts
-from coordinator.resume import resume_point
+from coordinator.deploy.remote_sites import (
+    FlowerLink,
+    RemoteEvaluator,
+    RemoteSite,
+    SiteRoster,
+    Timeouts,
+)
+from coordinator.results import SiteEntry, run_results, write_results
+from coordinator.resume import begin_run, resume_point
 from coordinator.rounds import Coordinator
 from coordinator.secure_aggregation import build_aggregator
 
 PLAN_FILE = "deployment.json"
-RESULTS_FILE = "results.json"
 log = logging.getLogger("clinfl.coordinator")
 
 
@@ -56,7 +63,7 @@ class DeploymentPlan:
             CheckpointError: if it cannot be written.
         """
         document = asdict(self)
-        write_atomically(run_dir / PLAN_FILE, json.dumps(document, indent=2).encode())
+        write_json(run_dir / PLAN_FILE, document)
 
     @classmethod
     def load(cls, run_dir: Path) -> DeploymentPlan:
@@ -107,11 +114,9 @@ def run_deployment(grid: Grid, run_dir: Path) -> dict[str, Any]:
     control = RunControl(run_dir)
     store = CheckpointStore(run_dir, resume=True)
     point = resume_point(store, control)
-    if point.first_round == 1:
-        control.reset()
-    control.request("run")  # a request left from before a restart does not carry over
+    begin_run(control, point, plan.run_id)  # a request left from before a restart is cleared
     control.set_status("waiting for sites", sites=list(plan.sites), total_rounds=fed.rounds)
-    quorum = (config.secagg.min_sites or DEFAULT_MIN_SITES) if config.secagg.enabled else 1
+    quorum = config.secagg.sum_floor if config.secagg.enabled else 1
     roster.wait_for_sites(deadline_seconds=plan.join_wait, quorum=quorum)
     control.set_status("running", sites_joined=roster.joined(), refusals=roster.refusals)
     initial = point.state if point.state is not None else roster.initial_state
@@ -148,16 +153,21 @@ def run_deployment(grid: Grid, run_dir: Path) -> dict[str, Any]:
         outcome = coordinator.run_from(point, initial, fed, on_round=on_round)
     finally:
         control.close()
-    results = {
-        "run_id": plan.run_id,
-        "method": config.method.name,
-        "config": config.to_json_dict(),
-        "rounds": [r.to_json_dict() for r in outcome.records],
-        "best": outcome.selected.to_json_dict() if outcome.selected else None,
-        "stopped": outcome.stopped,
-        "refusals": roster.refusals,
-        "sites_joined": roster.joined(),
-        "seconds": time.perf_counter() - started,
-    }
-    write_atomically(run_dir / RESULTS_FILE, json.dumps(results, indent=2).encode())
-    return results
+    joined = set(roster.joined())
+    size = config.data.image_size
+    mode = config.privacy.grad_sample_mode
+    results = run_results(
+        run_id=plan.run_id,
+        mode="deployment",
+        config=config,
+        outcome=outcome,
+        class_names=LABEL_SPACES[config.data.label_space],
+        seconds=time.perf_counter() - started,
+        sites={
+            site: SiteEntry(joined=site in joined, refusal=roster.refusals.get(site))
+            for site in sorted(set(plan.sites) | set(roster.refusals))
+        },
+        grad_sample_mode=mode if size is None else resolve_grad_sample_mode(mode, size),
+    )
+    write_results(run_dir, results)
+    return results.to_json_dict()

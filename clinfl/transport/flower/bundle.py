@@ -19,8 +19,8 @@ from clinfl import __version__
 from clinfl.errors import ProtocolViolation
 
 APP_NAME = "clinfl-federation"
-SERVER_COMPONENT = "coordinator.flower_server_app:app"
-CLIENT_COMPONENT = "site_agent.flower_client_app:app"
+SERVER_COMPONENT = "coordinator.deploy.server_app:app"
+CLIENT_COMPONENT = "site_agent.deploy.client_app:app"
 RUN_DIR_KEY = "run-dir"
 ALLOWED_FILES = frozenset({"pyproject.toml", ".info/CONTENT"})
 

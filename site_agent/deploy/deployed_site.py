@@ -1,12 +1,13 @@
 """A site in a deployed federation: answers the coordinator's calls, checking policy on each.
 
 Every message is checked before anything else: its run's application bundle must be clinfl's
-own (:func:`~clinfl.transport.flower_app.check_bundle`), the call must be one clinfl has, and its
-body must decode to that call's type. The first call of a run (``join``) carries the run's
-configuration and its roster's digest; the site declines any run over another roster than the
-one its operator pinned (:mod:`clinfl.roster`), then checks the configuration against its
-policy and declines, with the reason, if the run asks for less protection than the policy
-demands. A configuration that names any local path, or
+own (:func:`~clinfl.transport.flower.bundle.check_bundle`), the call must be one of the
+contract's (:mod:`clinfl.transport.contract`), and its body must decode to that call's type.
+Each call then goes to its handler, through one explicit map from call to handler. The first
+call of a run (``join``) carries the run's configuration and its roster's digest; the site
+declines any run over another roster than the one its operator pinned (:mod:`clinfl.roster`),
+then checks the configuration against its policy and declines, with the reason, if the run asks
+for less protection than the policy demands. A configuration that names any local path, or
 that is not valid, is declined with one fixed reason that says nothing about the site's files
 (SECAGG.md, R8); the details go to the site's own log only. Training, secure aggregation and the
 budget are then enforced by the same :class:`~site_agent.agent.SiteAgent` as in the in-process
@@ -26,57 +27,44 @@ import torch
 
 from clinfl import __version__
 from clinfl.algorithms import ModelSpec, available_algorithms, create_algorithm
-from clinfl.audit.render import FORMATS, render_site
 from clinfl.config import RunConfig, validate_run_config
-from clinfl.config_file import named_path_fields, run_config_from_mapping
+from clinfl.config.file import run_config_from_mapping
+from clinfl.config.site_fields import named_path_fields
 from clinfl.data.labels import LABEL_SPACES
 from clinfl.errors import ClinflError, PolicyViolation, ProtocolViolation, RosterError
-from clinfl.federation.messages import RoundSettings
-from clinfl.policy import PrivacyRequest, SitePolicy, apply_request
-from clinfl.privacy.settings import default_grad_sample_mode
+from clinfl.federation.messages import EvaluationReport, RoundSettings
+from clinfl.policy import SitePolicy
 from clinfl.roster import Roster, split_announcement
 from clinfl.training_bounds import check_round_settings
-from clinfl.transport.calls import (
+from clinfl.transport.contract import (
+    EVALUATE,
+    JOIN,
+    ROUND_CALLS,
+    Call,
     JoinReply,
     JoinRequest,
-    TrainRequest,
-    check_call,
+    answer,
+    call_named,
     encode_refusal,
     encode_reply,
 )
-from clinfl.transport.flower_app import check_bundle
+from clinfl.transport.flower.bundle import check_bundle
 from clinfl.transport.wire import decode
+from clinfl.typing import StateDict
 from site_agent.agent import SiteAgent, SiteIdentity
-from site_agent.assembly import assemble_site
-from site_agent.audit_report import build_site_report
+from site_agent.audit_report import write_site_report
 from site_agent.evaluation import HeldOutEvaluator
-from site_agent.ingest.pipeline import IngestOptions
-from site_agent.ingest.split import ingest_and_split
-from site_agent.ledger import SiteLedger
+from site_agent.ledger import LEDGER_FILE, SiteLedger
+from site_agent.setup import SiteData, load_export, policy_for_run, setup_site
 
 log = logging.getLogger("clinfl.site")
-INGEST_DIR = "ingest"
-END_OF_ROUND = frozenset({"secagg_reveal", "upload_plain"})
+Handler = Callable[[int, Any], Any]  # (Flower run, the call's decoded argument) -> the reply
 # The only reasons a join's configuration is declined for: fixed texts, whatever the coordinator
 # sent, so a refusal never depends on the site's files (R8) nor quotes what the coordinator sent.
 NAMES_A_PATH = "the run configuration names a local path; sites accept none"
 NAMES_A_PATH_REMEDY = "send the run configuration without paths, as `clinfl coordinator start` does"
 INVALID_RUN_CONFIG = "the run configuration is not valid at this site"
 INVALID_RUN_CONFIG_REMEDY = "check that the coordinator and the site run the same clinfl version"
-
-
-@dataclass(frozen=True)
-class SiteData:
-    """Where the site's export is and how to read it (the run sets the image size)."""
-
-    export: Path
-    labels: Path | None
-    options: IngestOptions
-
-    @property
-    def label_space(self) -> str:
-        """The label space the site's labels are in."""
-        return self.options.label_space
 
 
 @dataclass
@@ -111,6 +99,12 @@ class DeployedSite:
         self._state_dir = state_dir
         self._runs: dict[int, _Joined] = {}
         self._checked_bundles: set[str] = set()
+        # every call of the contract, and only those, has its handler here
+        self._handlers: dict[str, Handler] = {
+            JOIN.name: self._join,
+            EVALUATE.name: self._evaluate,
+            **{call.name: self._round_handler(call) for call in ROUND_CALLS},
+        }
 
     @property
     def site_id(self) -> str:
@@ -133,16 +127,16 @@ class DeployedSite:
         audited = False  # the agent writes its own refusals to the ledger
         try:
             self._check_bundle(bundle, bundle_hash)
-            argument_type, _ = check_call(call)
-            argument = decode(body, argument_type)
-            audited = call not in ("join", "evaluate")
-            result = self._dispatch(flower_run, call, argument)
+            row = call_named(call)
+            argument = decode(body, row.argument)
+            audited = row.stage is not None  # a round call: the agent answers it
+            result = self._handlers[row.name](flower_run, argument)
         except ClinflError as error:
             log.warning("%s refused %s: %s", self.site_id, call[:40], error.message)
             if not audited:
                 self._audit(error.message)
             return encode_refusal(error, site_id=self.site_id)
-        if call in END_OF_ROUND:
+        if row.ends_round:
             self.write_audit_report()
         return encode_reply(result)
 
@@ -158,30 +152,27 @@ class DeployedSite:
         except ClinflError:
             log.exception("cannot write the refusal to the ledger")
 
-    def _dispatch(self, flower_run: int, call: str, argument: Any) -> Any:
-        if call == "join":
-            return self._join(flower_run, argument)
+    def _joined(self, flower_run: int) -> _Joined:
         joined = self._runs.get(flower_run)
         if joined is None:
             raise ProtocolViolation(
                 f"{self.site_id} has not joined this run",
                 remedy="the coordinator must send `join` first",
             )
-        agent = joined.agent
-        if call == "train_round":
-            assert isinstance(argument, TrainRequest)
-            return agent.train_round(argument.global_state, argument.settings)
-        if call == "upload_plain":
-            return agent.upload_plain()
-        if call == "evaluate":
-            if "auc" not in self._policy.reporting.metrics:
-                raise PolicyViolation(
-                    f"{self.site_id}'s policy keeps evaluation metrics at the site",
-                    remedy="choose another evaluation site, or add 'auc' to reporting.metrics",
-                )
-            return joined.evaluator.evaluate(argument)
-        method = getattr(agent, call)
-        return method(argument)
+        return joined
+
+    def _round_handler(self, call: Call[Any, Any]) -> Handler:
+        """The handler of a round call: the run's agent answers it (see the contract)."""
+        return lambda flower_run, argument: answer(self._joined(flower_run).agent, call, argument)
+
+    def _evaluate(self, flower_run: int, global_state: StateDict) -> EvaluationReport:
+        joined = self._joined(flower_run)
+        if "auc" not in self._policy.reporting.metrics:
+            raise PolicyViolation(
+                f"{self.site_id}'s policy keeps evaluation metrics at the site",
+                remedy="choose another evaluation site, or add 'auc' to reporting.metrics",
+            )
+        return joined.evaluator.evaluate(global_state)
 
     def _run_config(self, document: dict[str, Any]) -> RunConfig:
         """Read a join's run configuration; refuse it, with a fixed reason, if it names a path.
@@ -245,9 +236,8 @@ class DeployedSite:
                 f"run trains on {config.data.label_space!r}",
                 remedy="start the site with the run's --label-space",
             )
-        asked = PrivacyRequest(secagg=config.secagg.enabled, min_sites=config.secagg.min_sites)
         try:
-            policy = apply_request(self._policy, asked)
+            policy = policy_for_run(self._policy, config)
             # the trainer's batch size (and so DP's sampling rate) comes from the run's settings
             settings = RoundSettings.for_round(config.federation, 1)
             check_round_settings(settings, bounds=policy.training, site_id=self.site_id)
@@ -258,11 +248,10 @@ class DeployedSite:
         size = config.data.image_size or site_data.options.image_size
         if self._threads is not None:
             torch.set_num_threads(self._threads)
-        split = ingest_and_split(
-            site_data.export,
-            state_dir=self._state_dir / INGEST_DIR,
-            options=replace(site_data.options, image_size=size),
-            labels=site_data.labels,
+        split = load_export(
+            site_data,
+            state_dir=self._state_dir,
+            image_size=size,
             val_fraction=config.data.val_fraction,
             seed=config.federation.seed,
         )
@@ -273,8 +262,7 @@ class DeployedSite:
             federation_seed=config.federation.federation_seed,
             init_seed=config.federation.seed,
         )
-        mode = config.privacy.grad_sample_mode
-        assembled = assemble_site(
+        ready = setup_site(
             self._identity,
             split.train,
             policy,
@@ -285,11 +273,11 @@ class DeployedSite:
             roster_hash=roster.digest,
             state_dir=self._state_dir,
             run_id=request.run_id,
-            grad_sample_mode=default_grad_sample_mode(size) if mode == "auto" else mode,
+            grad_sample_mode=config.privacy.grad_sample_mode,
             shuffle_seed=config.federation.seed,
         )
         evaluator = HeldOutEvaluator(split.val, split.test, algorithm, spec)
-        self._runs = {flower_run: _Joined(assembled.agent, evaluator)}
+        self._runs = {flower_run: _Joined(ready.agent, evaluator)}
         log.info(
             "%s joined run %s (%d training images)", self.site_id, request.run_id, len(split.train)
         )
@@ -300,9 +288,6 @@ class DeployedSite:
 
     def write_audit_report(self) -> None:
         """Write the site's audit report (JSON, Markdown, HTML) into its state folder."""
-        if not (self._state_dir / "ledger.sqlite").is_file():
+        if not (self._state_dir / LEDGER_FILE).is_file():
             return
-        report = build_site_report(self._state_dir)
-        for fmt in FORMATS:
-            path = self._state_dir / f"audit_report.{fmt}"
-            path.write_text(render_site(report, fmt))
+        write_site_report(self._state_dir)

@@ -19,10 +19,11 @@ from pathlib import Path
 from clinfl.errors import DeploymentError
 from clinfl.policy import SitePolicy
 from site_agent.agent import SiteIdentity
-from site_agent.deployed_site import DeployedSite, SiteData
-from site_agent.flower_executor import SiteExecutor
+from site_agent.deploy.deployed_site import DeployedSite
+from site_agent.deploy.executor import SiteExecutor
+from site_agent.deploy.supernode import SuperNode
 from site_agent.identity import SiteFiles, pinned_roster
-from site_agent.supernode import SuperNode
+from site_agent.setup import SiteData
 
 Notify = Callable[[str], None]
 RESTART_DELAY = 5.0

@@ -10,7 +10,6 @@ continues after the last completed round.
 
 from __future__ import annotations
 
-import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,13 +17,15 @@ from pathlib import Path
 from typing import Any
 
 from clinfl.config import RunConfig
+from clinfl.config.site_fields import portable_run_config
 from clinfl.errors import DeploymentError
 from clinfl.pki import load_pki_roster
 from clinfl.roster import Roster
 from coordinator.control import RunControl
-from coordinator.deployment import PLAN_FILE, DeploymentPlan
-from coordinator.flower_link import Timeouts
-from coordinator.superlink import DEFAULT_ADDRESS, SuperLink
+from coordinator.deploy.deployment import PLAN_FILE, DeploymentPlan
+from coordinator.deploy.remote_sites import Timeouts
+from coordinator.deploy.superlink import DEFAULT_ADDRESS, SuperLink
+from coordinator.resume import new_run_id
 
 FINAL_STATES = frozenset({"finished", "stopped", "failed"})
 Notify = Callable[[str], None]
@@ -40,22 +41,6 @@ class CoordinatorOptions:
     poll_seconds: float = 1.0
 
 
-def portable_run_config(config: RunConfig) -> dict[str, Any]:
-    """Return the run configuration as sites receive it: no coordinator paths, no data paths."""
-    document = config.to_json_dict()
-    for key in ("images", "labels", "split_dir"):
-        document["data"].pop(key, None)
-    document["method"].pop("weights", None)
-    document["privacy"] = {"grad_sample_mode": config.privacy.grad_sample_mode}
-    document["drops"] = []
-    return {
-        section: {k: v for k, v in values.items() if v is not None}
-        if isinstance(values, dict)
-        else values
-        for section, values in document.items()
-    }
-
-
 def _plan(
     run_dir: Path, config: RunConfig, roster: Roster, options: CoordinatorOptions
 ) -> DeploymentPlan:
@@ -63,7 +48,7 @@ def _plan(
         previous = DeploymentPlan.load(run_dir)
         run_id = previous.run_id
     else:
-        run_id = f"{config.method.name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+        run_id = new_run_id(config.method.name)
     plan = DeploymentPlan(
         run_id=run_id,
         run_config=portable_run_config(config),

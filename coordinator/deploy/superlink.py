@@ -23,8 +23,8 @@ from typing import Any
 
 from clinfl.errors import DeploymentError
 from clinfl.pki import CA_CERT, COORDINATOR_CERT, COORDINATOR_KEY
-from clinfl.transport.flower_app import RUN_DIR_KEY, app_pyproject
-from clinfl.transport.processes import (
+from clinfl.transport.flower.bundle import RUN_DIR_KEY, app_pyproject
+from clinfl.transport.flower.processes import (
     flower_command,
     flower_environment,
     split_address,

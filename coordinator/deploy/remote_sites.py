@@ -1,12 +1,13 @@
-"""The coordinator's view of deployed sites: each one a participant reached through Flower.
+"""The coordinator's view of deployed sites (runs in the coordinator's ServerApp process).
 
-:class:`FlowerLink` sends one call to one SuperNode and waits for its reply, with a deadline
-(no wait is open-ended). :class:`SiteRoster` learns which node is which site by sending each new
-node the run's ``join`` call, and remembers the sites whose policy declined the run, with their
-reasons. :class:`RemoteSite` is a :class:`~clinfl.federation.roles.TrainingParticipant` like an
-in-process site: a site that does not answer in time is a dropout
-(:class:`~clinfl.errors.SiteUnavailable`), and a site's refusal is raised as the same clinfl
-error the site raised.
+:class:`FlowerLink` sends one call to one SuperNode through Flower and waits for its reply, with
+a deadline (no wait is open-ended). :class:`SiteRoster` learns which node is which site by
+sending each new node the run's ``join`` call, and remembers the sites whose policy declined the
+run, with their reasons. :class:`RemoteSite` is a
+:class:`~clinfl.transport.contract.TrainingParticipant` like an in-process site, with one
+generic :meth:`~RemoteSite.call` driven by the contract's table: a site that does not answer in
+time is a dropout (:class:`~clinfl.errors.SiteUnavailable`), and a site's refusal is raised as
+the same clinfl error the site raised.
 """
 
 from __future__ import annotations
@@ -15,54 +16,53 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol, TypeVar
 
-from flwr.app import ConfigRecord, RecordDict
 from flwr.serverapp import Grid
 
 from clinfl.errors import ClinflError, PolicyViolation, SiteUnavailable
-from clinfl.federation.messages import (
-    EvaluationReport,
-    RoundSettings,
-    SiteContribution,
-    TrainingReport,
-)
+from clinfl.federation.messages import EvaluationReport
 from clinfl.metrics import MultiLabelMetrics
-from clinfl.secagg.messages import (
-    Advertisement,
-    EncryptedShare,
-    GraphReveal,
-    MaskedInput,
-    RevealedShares,
-    SurvivorSignature,
-    UnmaskRequest,
-)
-from clinfl.secagg.settings import RoundParameters
-from clinfl.transport.calls import (
-    CALLS,
-    JoinReply,
+from clinfl.transport.contract import (
+    EVALUATE,
+    JOIN,
+    Call,
+    CallingParticipant,
     JoinRequest,
-    Nothing,
     Refusal,
-    TrainRequest,
+    TimeoutClass,
     decode_reply,
     open_reply,
 )
+from clinfl.transport.flower.records import call_content, read_reply
 from clinfl.transport.wire import encode
 from clinfl.typing import StateDict
 
-RECORD = "clinfl"
+A = TypeVar("A")
+R = TypeVar("R")
 log = logging.getLogger("clinfl.coordinator")
 
 
 @dataclass(frozen=True)
 class Timeouts:
-    """Seconds to wait for a reply to each kind of call (one secure-aggregation stage each)."""
+    """Seconds to wait for a reply, per timeout class (``stage``: each secure-aggregation stage)."""
 
     join: float = 120.0
     train: float = 1800.0
     stage: float = 120.0
     evaluate: float = 600.0
+
+    def seconds(self, kind: TimeoutClass) -> float:
+        """Return the seconds to wait for a call of timeout class ``kind``."""
+        match kind:
+            case TimeoutClass.JOIN:
+                return self.join
+            case TimeoutClass.TRAIN:
+                return self.train
+            case TimeoutClass.STAGE:
+                return self.stage
+            case TimeoutClass.EVALUATE:
+                return self.evaluate
 
 
 class Link(Protocol):
@@ -97,7 +97,7 @@ class FlowerLink:
             SiteUnavailable: if no reply comes within ``timeout`` seconds, or Flower reports
                 that the node could not handle the message.
         """
-        content = RecordDict({RECORD: ConfigRecord({"call": call, "body": body})})
+        content = call_content(call, body)
         with self._lock:
             message = self._grid.create_message(content, "query", node_id, call, ttl=timeout)
             ids = list(self._grid.push_messages([message]))
@@ -112,9 +112,8 @@ class FlowerLink:
                         f"node {node_id} failed {call}: {str(reply.error.reason)[:200]}",
                         remedy="see the site's log",
                     )
-                record = reply.content.config_records.get(RECORD)
-                data = record.get("body") if record is not None else None
-                if not isinstance(data, bytes):
+                data = read_reply(reply.content)
+                if data is None:
                     raise SiteUnavailable(
                         f"node {node_id} sent an empty reply to {call}", remedy="see its log"
                     )
@@ -154,8 +153,8 @@ class SiteRoster:
         if self.initial_state is None and not join.send_initial_state:
             join = JoinRequest(join.run_id, join.run_config, send_initial_state=True)
         try:
-            data = self._link.call(node, "join", encode(join), timeout=self._timeout)
-            reply = open_reply(data, JoinReply)
+            data = self._link.call(node, JOIN.name, encode(join), timeout=self._timeout)
+            reply = open_reply(data, JOIN.reply)
         except ClinflError as error:
             self._asked.discard(node)  # ask again at the next refresh
             log.warning("node %d did not join: %s", node, error.message)
@@ -185,12 +184,15 @@ class SiteRoster:
         """Refresh until every expected site joined or declined, or the deadline passes.
 
         Once ``quorum`` sites have joined, a site that has not come ``settle_seconds`` after
-        the last one joined is not waited for (it may join any later round).
+        the last one joined is not waited for (it may join any later round). The window is
+        measured from when the last join came back: a join can take long (the site ingests
+        and builds its trainer), and the time it took is not taken from the window.
         """
         now = time.monotonic()
         deadline, last_change, seen = now + deadline_seconds, now, 0
-        while (now := time.monotonic()) < deadline:
+        while time.monotonic() < deadline:
             self.refresh()
+            now = time.monotonic()  # after the joins this refresh waited for
             answered = set(self._nodes) | set(self.refusals)
             if answered >= self._expected:
                 return
@@ -224,8 +226,8 @@ class SiteRoster:
         return node
 
 
-class RemoteSite:
-    """One deployed site as a :class:`~clinfl.federation.roles.TrainingParticipant`."""
+class RemoteSite(CallingParticipant):
+    """One deployed site as a :class:`~clinfl.transport.contract.TrainingParticipant`."""
 
     def __init__(self, site_id: str, roster: SiteRoster, link: Link, timeouts: Timeouts) -> None:
         self._site_id = site_id
@@ -238,56 +240,22 @@ class RemoteSite:
         """The site's name."""
         return self._site_id
 
-    def _call(self, call: str, argument: object, timeout: float) -> Any:
+    def call(self, call: Call[A, R], argument: A) -> R:
+        """Send ``call`` to the site and return its reply, within the call's timeout class.
+
+        Raises:
+            ClinflError: what the site raised (PolicyViolation, ProtocolViolation...).
+            SiteUnavailable: if the site is not connected or does not answer in time.
+        """
         node = self._roster.node_of(self._site_id)
-        data = self._link.call(node, call, encode(argument), timeout=timeout)
-        return decode_reply(data, CALLS[call][1])
-
-    def train_round(self, global_state: StateDict, settings: RoundSettings) -> TrainingReport:
-        """Ask the site to train (raises what the site raised, or SiteUnavailable)."""
-        request = TrainRequest(global_state, settings)
-        report: TrainingReport = self._call("train_round", request, self._timeouts.train)
-        return report
-
-    def upload_plain(self) -> SiteContribution:
-        """Ask for the update in the clear (the site refuses when its policy forbids it)."""
-        contribution: SiteContribution = self._call("upload_plain", Nothing(), self._timeouts.stage)
-        return contribution
-
-    def secagg_advertise(self, params: RoundParameters) -> Advertisement:
-        """Secure aggregation, stage 1."""
-        advert: Advertisement = self._call("secagg_advertise", params, self._timeouts.stage)
-        return advert
-
-    def secagg_graph(self, adverts: tuple[Advertisement, ...]) -> GraphReveal:
-        """Secure aggregation, stage 2."""
-        reveal: GraphReveal = self._call("secagg_graph", adverts, self._timeouts.stage)
-        return reveal
-
-    def secagg_share(self, reveals: tuple[GraphReveal, ...]) -> list[EncryptedShare]:
-        """Secure aggregation, stage 3."""
-        shares: list[EncryptedShare] = self._call("secagg_share", reveals, self._timeouts.stage)
-        return shares
-
-    def secagg_masked_input(self, shares: list[EncryptedShare]) -> MaskedInput:
-        """Secure aggregation, stage 4."""
-        masked: MaskedInput = self._call("secagg_masked_input", shares, self._timeouts.stage)
-        return masked
-
-    def secagg_sign(self, survivors: frozenset[str]) -> SurvivorSignature:
-        """Secure aggregation, stage 5."""
-        signature: SurvivorSignature = self._call("secagg_sign", survivors, self._timeouts.stage)
-        return signature
-
-    def secagg_reveal(self, request: UnmaskRequest) -> RevealedShares:
-        """Secure aggregation, stage 6."""
-        revealed: RevealedShares = self._call("secagg_reveal", request, self._timeouts.stage)
-        return revealed
+        timeout = self._timeouts.seconds(call.timeout)
+        data = self._link.call(node, call.name, encode(argument), timeout=timeout)
+        reply: R = decode_reply(data, call.reply)
+        return reply
 
     def evaluate(self, global_state: StateDict) -> EvaluationReport:
         """Ask the site to evaluate the global model on its held-out studies."""
-        report: EvaluationReport = self._call("evaluate", global_state, self._timeouts.evaluate)
-        return report
+        return self.call(EVALUATE, global_state)
 
 
 def no_metrics(num_classes: int) -> MultiLabelMetrics:

@@ -1,0 +1,358 @@
+"""Reference accuracy benchmark: every model trained until validation stops improving, 5 seeds.
+
+The question it answers: does FedNCAlign-ML's *method* (ETF classifier, LADM, L_rej, L_con) gain
+over FedAvg and the other baselines, with fair heads (every linear head starts at the same prior
+bias as FedNCAlign-ML's classifier), the learning rate chosen on validation, and the spread over
+seeds reported as paired differences with 95% intervals (``benchmarks/paired_stats.py``).
+
+The model is right-sized for a 2-core CPU instead of cutting rounds: ResNet-18 at base width 16
+(``--width``; 64 is the paper's network) with the small stem, so digits at 32 px and NIH1000 at
+64 px give 4x4 and 8x8 LADM tokens. Every run trains up to ``--max-rounds`` rounds and stops once
+validation macro-AUC has not improved for ``--patience`` rounds; the best validation round is
+reported. Test data choose nothing.
+
+    python benchmarks/reference.py                         # the whole reference (make bench-reference)
+    python benchmarks/reference.py --stage tune            # lr and lambda choices on validation
+    python benchmarks/reference.py --stage main --datasets digits --variants fedavg,fedncalign_ln
+    python benchmarks/reference.py --resume                # keep finished cells, run the rest
+    python benchmarks/reference.py --render-only           # rebuild docs/benchmarks.md
+
+Every finished cell is appended to ``benchmarks/results/reference.json`` at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, replace
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.accuracy import (  # noqa: E402
+    NIH1000,
+    SETTINGS,
+    load_results,
+    save_results,
+    simulate_record,
+)
+from benchmarks.machine import machine_info  # noqa: E402
+from clinfl.config import DataConfig, FederationConfig, MethodConfig, RunConfig  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results" / "reference.json"
+SEEDS = (0, 1, 2, 3, 4)
+TUNING_SEEDS = (100, 101)
+"""Seeds of the tuning stage: never among the evaluation seeds, so no choice is fitted to them."""
+
+VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "centralized": ("fedavg", {}),
+    "fedavg": ("fedavg", {}),
+    "fedavg_zero_bias": ("fedavg", {"head_bias": "zero"}),
+    "fedprox": ("fedprox", {}),
+    "scaffold": ("scaffold", {}),
+    "fedcurv": ("fedcurv", {}),
+    "spherefed": ("spherefed", {}),
+    "fedncalign_paper": ("fedncalign", {"query_scaling": "none"}),
+    "fedncalign_ln": ("fedncalign", {"query_scaling": "layernorm"}),
+}
+"""Name -> (algorithm, method options). ``fedncalign_paper`` is the paper's LADM,
+``fedncalign_ln`` clinfl's extension (LayerNorm on queries and tokens)."""
+
+ABLATIONS: dict[str, dict[str, Any]] = {
+    "no_etf": {"classifier": "learnable"},
+    "no_ladm": {"ladm": False},
+    "learnable_queries": {"queries": "learnable"},
+    "no_rej": {"lambda_rej": 0.0},
+    "no_con": {"lambda_con": 0.0},
+}
+"""FedNCAlign-ML's ablations, each applied to ``ABLATION_BASE`` (digits, setting 1)."""
+ABLATION_BASE = "fedncalign_ln"
+
+LR_GRID = (1e-4, 3e-4, 1e-3)
+LR_TUNED = ("fedavg", "fedncalign_paper", "fedncalign_ln")
+LAMBDA_REJ_GRID = (0.0, 0.1, 1.0)
+LAMBDA_CON_GRID = (0.0, 0.1, 1.0)
+WIDTH_GRID = (16, 32)
+WIDTH_VARIANTS = ("fedavg", "fedncalign_ln")
+WIDTH_SEEDS = (0, 1)
+RELATIVE_COST = {"fedcurv": 2.0, "scaffold": 1.3, "centralized": 1.2}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What every cell shares: model size, learning rate, round budget."""
+
+    width: int = 16
+    lr: float = 1e-3
+    max_rounds: int = 30
+    patience: int = 4
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One run: stage, data set, skew setting, variant, seed, and any option it overrides."""
+
+    stage: str
+    dataset: str
+    setting: str
+    variant: str
+    seed: int
+    options: tuple[tuple[str, Any], ...] = ()
+    lr: float | None = None
+    width: int | None = None
+
+    @property
+    def key(self) -> str:
+        """A stable identifier of the cell in the results file."""
+        extra = ",".join(f"{k}={v}" for k, v in self.options)
+        lr = "" if self.lr is None else f"/lr={self.lr:g}"
+        width = "" if self.width is None else f"/width={self.width}"
+        return (
+            f"{self.stage}/{self.dataset}/{self.setting}/{self.variant}"
+            f"{'[' + extra + ']' if extra else ''}{lr}{width}/{self.seed}"
+        )
+
+
+def main_cells(datasets: list[str], variants: list[str], seeds: tuple[int, ...]) -> list[Cell]:
+    """Every method in both skew settings (centralized once: it has no skew)."""
+    out = []
+    for dataset in datasets:
+        for seed in seeds:
+            for variant in variants:
+                if variant == "centralized":
+                    out.append(Cell("main", dataset, "none", variant, seed))
+                else:
+                    out += [Cell("main", dataset, s, variant, seed) for s in SETTINGS]
+    return out
+
+
+def ablation_cells(seeds: tuple[int, ...]) -> list[Cell]:
+    """FedNCAlign-ML's ablations on digits, setting 1."""
+    return [
+        Cell("ablation", "digits", "s1", ABLATION_BASE, seed, tuple(options.items()))
+        for seed in seeds
+        for options in ABLATIONS.values()
+    ]
+
+
+def tuning_cells(
+    seeds: tuple[int, ...], grids: list[str], lr_grid: tuple[float, ...] = LR_GRID
+) -> list[Cell]:
+    """The learning-rate (``lr``) and loss-weight (``lambda``) grids on validation (digits, s1)."""
+    out = []
+    if "lr" in grids:
+        out += [
+            Cell("tune", "digits", "s1", variant, seed, lr=lr)
+            for lr in lr_grid
+            for variant in LR_TUNED
+            for seed in seeds
+        ]
+    if "lambda" in grids:
+        out += [
+            Cell("tune", "digits", "s1", "fedncalign_ln", seed, ((name, value),))
+            for name, grid in (("lambda_rej", LAMBDA_REJ_GRID), ("lambda_con", LAMBDA_CON_GRID))
+            for value in grid
+            for seed in seeds
+        ]
+    return out
+
+
+def width_cells() -> list[Cell]:
+    """What the narrower backbone costs in accuracy (digits, setting 1)."""
+    return [
+        Cell("width", "digits", "s1", variant, seed, width=width)
+        for width in WIDTH_GRID
+        for variant in WIDTH_VARIANTS
+        for seed in WIDTH_SEEDS
+    ]
+
+
+def tuning_choices(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Return each variant's choices from the tuning stage: ``{variant: {"lr": .., ...}}``.
+
+    The learning rate with the best mean validation macro-AUC (over the tuning seeds) per tuned
+    variant; FedAvg's applies to the other linear-head baselines, which share its head and
+    objective. lambda_rej and lambda_con are chosen the same way for ``fedncalign_ln`` (its
+    ablations use them too); the paper variant keeps the paper's weights. Test data choose
+    nothing. Empty without tuning results.
+    """
+    tune = [r for r in runs if r.get("stage") == "tune" and "error" not in r and r.get("best")]
+
+    def best_of(rows: list[dict[str, Any]], field: str) -> Any:
+        groups: dict[Any, list[float]] = {}
+        for row in rows:
+            groups.setdefault(row[field], []).append(row["best"]["val_macro_auc"])
+        return max(groups, key=lambda k: sum(groups[k]) / len(groups[k])) if groups else None
+
+    choices: dict[str, dict[str, Any]] = {}
+    for variant in LR_TUNED:
+        rows = [{**r, "lr_": r["lr"]} for r in tune if r["variant"] == variant and r["lr"]]
+        lr = best_of(rows, "lr_")
+        if lr is not None:
+            choices[variant] = {"lr": lr}
+    if "fedavg" in choices:
+        for variant in ("fedavg_zero_bias", "fedprox", "scaffold", "fedcurv", "spherefed"):
+            choices[variant] = dict(choices["fedavg"])
+        choices["centralized"] = dict(choices["fedavg"])
+    for name in ("lambda_rej", "lambda_con"):
+        rows = [{**r, name + "_": r["options"][name]} for r in tune if name in r.get("options", {})]
+        value = best_of(rows, name + "_")
+        if value is not None:
+            choices.setdefault("fedncalign_ln", {})[name] = value
+    return choices
+
+
+def run_config(
+    cell: Cell, settings: Settings, choices: dict[str, dict[str, Any]] | None = None
+) -> RunConfig:
+    """Build the run config of one cell (K=5 sites, small stem).
+
+    Raises:
+        SystemExit: for NIH1000 without ``../shared/data`` or an unknown data set.
+    """
+    if cell.dataset == "digits":
+        data = DataConfig(dataset="digits", image_size=32)
+    elif cell.dataset == "nih1000":
+        if not (NIH1000 / "labels.csv").is_file():
+            raise SystemExit(f"{NIH1000} is absent: NIH1000 needs ../shared/data")
+        data = DataConfig(
+            dataset="cxr14", images=NIH1000, labels=NIH1000 / "labels.csv", image_size=64
+        )
+    else:
+        raise SystemExit(f"unknown data set {cell.dataset!r}: use digits or nih1000")
+    name, options = VARIANTS[cell.variant]
+    chosen = dict((choices or {}).get(cell.variant, {})) if cell.stage != "tune" else {}
+    lr = cell.lr or chosen.pop("lr", None) or settings.lr
+    method = MethodConfig(
+        name=name,
+        backbone="small",
+        width=cell.width or settings.width,
+        **{**options, **chosen, **dict(cell.options)},
+    )
+    federation = FederationConfig(
+        sites=5, rounds=settings.max_rounds, patience=settings.patience, lr=lr, seed=cell.seed
+    )
+    if cell.variant == "centralized":
+        return RunConfig(
+            data=replace(data, rho=1.0), method=method, federation=replace(federation, sites=1)
+        )
+    alpha, rho = SETTINGS[cell.setting]
+    return RunConfig(data=replace(data, alpha=alpha, rho=rho), method=method, federation=federation)
+
+
+def run_cell(
+    cell: Cell, settings: Settings, choices: dict[str, dict[str, Any]], threads: int
+) -> dict[str, Any]:
+    """Run one cell in this (worker) process and return its record."""
+    import torch
+
+    torch.set_num_threads(threads)
+    record: dict[str, Any] = {
+        "key": cell.key,
+        **{k: v for k, v in cell.__dict__.items() if k != "options"},
+        "options": dict(cell.options),
+    }
+    return {**record, **simulate_record(run_config(cell, settings, choices))}
+
+
+def run_cells(todo: list[Cell], settings: Settings, args: argparse.Namespace) -> None:
+    """Run ``todo`` on ``args.workers`` processes, saving after every finished cell."""
+    if not todo:
+        return
+    results = load_results(args.results)
+    choices = tuning_choices(results["runs"])
+    threads = max(1, args.threads // args.workers)
+    todo = sorted(todo, key=lambda c: -RELATIVE_COST.get(c.variant, 1.0))
+    with ProcessPoolExecutor(args.workers, mp_context=get_context("spawn")) as pool:
+        futures = {pool.submit(run_cell, c, settings, choices, threads): c for c in todo}
+        for done, future in enumerate(as_completed(futures), start=1):
+            record = future.result()
+            results = load_results(args.results)  # another stage may have written meanwhile
+            results["runs"] = [r for r in results["runs"] if r["key"] != record["key"]]
+            results["runs"].append(record)
+            save_results(args.results, results)
+            best = record.get("best") or {}
+            outcome = (
+                f"error: {record['error']}"
+                if "error" in record
+                else f"macro-AUC {100 * best.get('macro_auc', float('nan')):.2f} "
+                f"val {100 * best.get('val_macro_auc', float('nan')):.2f} "
+                f"round {best.get('round')}/{len(record['rounds'])}"
+            )
+            print(
+                f"[{done}/{len(todo)}] {record['key']:60s} {outcome} ({record['seconds']:.0f} s)",
+                flush=True,
+            )
+
+
+def main() -> None:
+    """Parse arguments, run the missing cells of the chosen stages, render the report."""
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--stage",
+        default="tune,main,ablation,width",
+        help="comma-separated stages: tune, main, ablation, width (default: all)",
+    )
+    parser.add_argument("--datasets", default="digits,nih1000")
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--seeds", default=",".join(map(str, SEEDS)))
+    parser.add_argument("--tuning-seeds", default=",".join(map(str, TUNING_SEEDS)))
+    parser.add_argument("--tuning-grids", default="lr,lambda", help="lr, lambda or both")
+    parser.add_argument("--lr-grid", default=",".join(f"{lr:g}" for lr in LR_GRID))
+    parser.add_argument("--width", type=int, default=Settings.width)
+    parser.add_argument("--lr", type=float, default=Settings.lr)
+    parser.add_argument("--max-rounds", type=int, default=Settings.max_rounds)
+    parser.add_argument("--patience", type=int, default=Settings.patience)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads in all")
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--resume", action="store_true", help="keep finished cells, run the rest")
+    parser.add_argument("--render-only", action="store_true")
+    args = parser.parse_args()
+    if not args.render_only:
+        settings = Settings(args.width, args.lr, args.max_rounds, args.patience)
+        results = load_results(args.results) if args.resume else {"runs": [], "throughput": []}
+        datasets = args.datasets.split(",")
+        if "nih1000" in datasets and not NIH1000.is_dir():
+            print(f"{NIH1000} is absent: NIH1000 cells are skipped", flush=True)
+            datasets.remove("nih1000")
+        seeds = tuple(int(s) for s in args.seeds.split(","))
+        stages = args.stage.split(",")
+        todo: list[Cell] = []
+        if "tune" in stages:
+            tuning_seeds = tuple(int(s) for s in args.tuning_seeds.split(","))
+            lr_grid = tuple(float(lr) for lr in args.lr_grid.split(","))
+            todo += tuning_cells(tuning_seeds, args.tuning_grids.split(","), lr_grid)
+        if "main" in stages:
+            todo += main_cells(datasets, args.variants.split(","), seeds)
+        if "ablation" in stages and "digits" in datasets:
+            todo += ablation_cells(seeds)
+        if "width" in stages and "digits" in datasets:
+            todo += width_cells()
+        done = {r["key"] for r in results["runs"] if "error" not in r}
+        results["runs"] = [r for r in results["runs"] if r["key"] in done]
+        results.update(machine=machine_info(), preset="reference", settings=settings.__dict__)
+        results["machine"]["torch_threads"] = max(1, args.threads // args.workers)
+        save_results(args.results, results)
+        todo = [cell for cell in todo if cell.key not in done]
+        started = time.perf_counter()
+        for stage in ("tune", "main", "ablation", "width"):  # tune first: the rest use its choices
+            run_cells([c for c in todo if c.stage == stage], settings, args)
+        results = load_results(args.results)
+        results["last_invocation_seconds"] = time.perf_counter() - started
+        save_results(args.results, results)
+    from benchmarks.report import write_docs
+
+    write_docs()
+    print(f"wrote {args.results} and docs/benchmarks.md")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,315 @@
+"""Render the reference benchmark (``benchmarks/results/reference.json``) as Markdown tables.
+
+Every number comes from the JSON the run wrote; nothing here is typed in by hand except the
+paper's published numbers (``PAPER_TABLES``, METHOD.md section 8).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Callable
+from typing import Any
+
+from benchmarks.accuracy_report import CLOSEST_PAPER, PAPER_TABLES, SETTING_TITLES
+from benchmarks.paired_stats import PairedGain, paired_gain
+
+Run = dict[str, Any]
+NAMES = {
+    "centralized": "centralized",
+    "fedavg": "FedAvg (prior bias)",
+    "fedavg_zero_bias": "FedAvg (zero bias)",
+    "fedprox": "FedProx",
+    "scaffold": "SCAFFOLD",
+    "fedcurv": "FedCurv",
+    "spherefed": "SphereFed",
+    "fedncalign_paper": "FedNCAlign-ML (paper LADM)",
+    "fedncalign_ln": "FedNCAlign-ML (LADM + LayerNorm, clinfl)",
+}
+METHODS = ("fedncalign_paper", "fedncalign_ln")
+DATASET_TITLES = {
+    "digits": "Digits composites (all of sklearn's digits, 32 px, 10 labels)",
+    "nih1000": "NIH1000 (real ChestX-ray14, 64 px, 14 labels, official split)",
+}
+
+
+def _pct(value: float) -> str:
+    return "-" if value is None or math.isnan(value) else f"{100 * value:.2f}"
+
+
+def _mean_sd(values: list[float]) -> str:
+    if not values:
+        return "-"
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{100 * statistics.fmean(values):.2f} ± {100 * sd:.2f}"
+
+
+def _ok(runs: list[Run]) -> list[Run]:
+    return [r for r in runs if "error" not in r and r.get("best")]
+
+
+def _f1(run: Run) -> float:
+    value = run["best"].get("macro_f1_at_thresholds")
+    return float("nan") if value is None else float(value)
+
+
+def _by_seed(runs: list[Run], metric: Callable[[Run], float]) -> dict[int, float]:
+    return {int(r["seed"]): metric(r) for r in runs}
+
+
+def _gain_row(label: str, gain: PairedGain | None, *, detectable: bool) -> str:
+    if gain is None:
+        return f"| {label} | - | - | - | - |" + (" - |" if detectable else "")
+    diffs = ", ".join(f"{100 * d:+.2f}" for d in gain.differences)
+    interval = (
+        "-" if math.isnan(gain.ci_low) else f"[{100 * gain.ci_low:+.2f}, {100 * gain.ci_high:+.2f}]"
+    )
+    row = f"| {label} | {diffs} | {100 * gain.mean:+.2f} | {interval} | {gain.verdict} |"
+    if detectable:
+        row += " -" if math.isnan(gain.detectable) else f" {100 * gain.detectable:.2f} |"
+    return row
+
+
+def _main_tables(runs: list[Run], dataset: str, setting: str) -> list[str]:
+    cell = [r for r in runs if r["dataset"] == dataset and r["setting"] in (setting, "none")]
+    variants = [v for v in NAMES if any(r["variant"] == v for r in cell)]
+    if not variants:
+        return []
+    out = [
+        f"#### {SETTING_TITLES[setting]}",
+        "",
+        "| method | seeds | test macro-AUC | test macro-F1 (val thresholds) | macro-F1 at 0.5 "
+        "| selected round | rounds run |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for variant in variants:
+        rows = [r for r in cell if r["variant"] == variant]
+        out.append(
+            f"| {NAMES[variant]} | {len(rows)} | {_mean_sd([r['best']['macro_auc'] for r in rows])}"
+            f" | {_mean_sd([_f1(r) for r in rows])}"
+            f" | {_mean_sd([r['best']['macro_f1'] for r in rows])}"
+            f" | {statistics.fmean(r['best']['round'] for r in rows):.1f}"
+            f" | {statistics.fmean(len(r['rounds']) for r in rows):.1f} |"
+        )
+    paper = PAPER_TABLES.get(CLOSEST_PAPER.get((dataset, setting), ""), {})
+    if paper:
+        title = CLOSEST_PAPER[(dataset, setting)]
+        values = "; ".join(f"{m} {v[0]:.2f}" for m, v in paper.items() if v[0] is not None)
+        out += ["", f"The paper, {title} (macro-AUC): {values}."]
+    detectable = dataset == "nih1000"
+    for metric, label in (("auc", "macro-AUC"), ("f1", "macro-F1 at validation thresholds")):
+        measure: Callable[[Run], float] = (
+            (lambda r: float(r["best"]["macro_auc"])) if metric == "auc" else _f1
+        )
+        out += [
+            "",
+            f"Paired gain in {label} (points; one difference per seed, 95% t-interval):",
+            "",
+            "| comparison | per seed | mean | 95% CI | verdict |"
+            + (" smallest detectable |" if detectable else ""),
+            "| --- | --- | --- | --- | --- |" + (" --- |" if detectable else ""),
+        ]
+        for method in METHODS:
+            mine = _by_seed([r for r in cell if r["variant"] == method], measure)
+            if not mine:
+                continue
+            for baseline in variants:
+                if baseline in METHODS or baseline == "centralized":
+                    continue
+                theirs = _by_seed([r for r in cell if r["variant"] == baseline], measure)
+                gain = paired_gain(mine, theirs)
+                out.append(
+                    _gain_row(f"{NAMES[method]} − {NAMES[baseline]}", gain, detectable=detectable)
+                )
+        if all(m in {r["variant"] for r in cell} for m in METHODS):
+            a, b = (
+                _by_seed([r for r in cell if r["variant"] == m], measure) for m in reversed(METHODS)
+            )
+            out.append(
+                _gain_row("LayerNorm LADM − paper LADM", paired_gain(a, b), detectable=detectable)
+            )
+    return out
+
+
+def _diagnostics_table(runs: list[Run]) -> list[str]:
+    rows = []
+    for dataset in DATASET_TITLES:
+        for variant in METHODS:
+            chosen = [r for r in runs if r["dataset"] == dataset and r["variant"] == variant]
+            first, best = [], []
+            for run in chosen:
+                diag = [d for d in (x.get("model_diagnostics") for x in run["rounds"]) if d]
+                if not diag:
+                    continue
+                first.append(diag[0])
+                selected = run["rounds"][run["best"]["round"] - 1 - run["rounds"][0]["round"] + 1]
+                best.append(selected.get("model_diagnostics") or diag[-1])
+            if not best:
+                continue
+
+            def mean(items: list[dict[str, float]], key: str) -> float:
+                return statistics.fmean(d[key] for d in items)
+
+            rows.append(
+                f"| {dataset} | {NAMES[variant]} | {len(best)} "
+                f"| {mean(best, 'uniform_entropy'):.4f} "
+                f"| {mean(first, 'attention_entropy'):.4f} | {mean(best, 'attention_entropy'):.4f} "
+                f"| {mean(first, 'class_feature_cosine'):.4f} "
+                f"| {mean(best, 'class_feature_cosine'):.4f} |"
+            )
+    if not rows:
+        return []
+    return [
+        "### Does LADM attend? (validation images, both skew settings)",
+        "",
+        "Attention entropy in nats (its ceiling, uniform attention, is log of the number of "
+        "tokens) and the mean cosine between the class features of one image (1.0000: one "
+        "vector for every class), after round 1 and at the selected round; means over runs.",
+        "",
+        "| data set | LADM | runs | uniform entropy | entropy, round 1 | entropy, selected "
+        "| cosine, round 1 | cosine, selected |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        *rows,
+    ]
+
+
+def _tuning_tables(runs: list[Run], choices: dict[str, dict[str, Any]]) -> list[str]:
+    tune = [r for r in runs if r.get("stage") == "tune"]
+    if not tune:
+        return []
+    out = [
+        "### Choices made on validation (tuning seeds 100 and 101, digits, setting 1)",
+        "",
+        "Mean validation macro-AUC at each run's best round (test data are not read for these "
+        "choices, and the tuning seeds are not among the evaluation seeds).",
+        "",
+        "| method | learning rate | val macro-AUC | rounds run |",
+        "| --- | --- | --- | --- |",
+    ]
+    for variant in ("fedavg", "fedncalign_paper", "fedncalign_ln"):
+        for lr in sorted({r["lr"] for r in tune if r["variant"] == variant and r["lr"]}):
+            rows = [r for r in tune if r["variant"] == variant and r["lr"] == lr]
+            mark = " (chosen)" if choices.get(variant, {}).get("lr") == lr else ""
+            out.append(
+                f"| {NAMES[variant]} | {lr:g}{mark} "
+                f"| {_mean_sd([r['best']['val_macro_auc'] for r in rows])} "
+                f"| {statistics.fmean(len(r['rounds']) for r in rows):.1f} |"
+            )
+    for name in ("lambda_rej", "lambda_con"):
+        values = sorted({r["options"][name] for r in tune if name in r.get("options", {})})
+        if not values:
+            continue
+        out += ["", f"| {name} (LayerNorm LADM) | val macro-AUC |", "| --- | --- |"]
+        for value in values:
+            rows = [r for r in tune if r.get("options", {}).get(name) == value]
+            mark = " (chosen)" if choices.get("fedncalign_ln", {}).get(name) == value else ""
+            out.append(
+                f"| {value:g}{mark} | {_mean_sd([r['best']['val_macro_auc'] for r in rows])} |"
+            )
+    return out
+
+
+def _ablation_table(runs: list[Run], main: list[Run]) -> list[str]:
+    ablations = [r for r in runs if r.get("stage") == "ablation"]
+    if not ablations:
+        return []
+    base = [r for r in main if r["dataset"] == "digits" and r["setting"] == "s1"]
+    full = _by_seed([r for r in base if r["variant"] == "fedncalign_ln"], _auc)
+    out = [
+        "### Ablations (digits, setting 1, LayerNorm LADM as the full model)",
+        "",
+        "| variant | seeds | test macro-AUC | change against the full model (mean, 95% CI) "
+        "| verdict |",
+        "| --- | --- | --- | --- | --- |",
+        f"| full model | {len(full)} | {_mean_sd(list(full.values()))} | - | - |",
+    ]
+    names = sorted({",".join(f"{k}={v}" for k, v in r["options"].items()) for r in ablations})
+    for name in names:
+        rows = [
+            r for r in ablations if ",".join(f"{k}={v}" for k, v in r["options"].items()) == name
+        ]
+        gain = paired_gain(_by_seed(rows, _auc), full)
+        interval = (
+            "-"
+            if gain is None or math.isnan(gain.ci_low)
+            else f"{100 * gain.mean:+.2f} [{100 * gain.ci_low:+.2f}, {100 * gain.ci_high:+.2f}]"
+        )
+        verdict = "-" if gain is None else gain.verdict
+        out.append(
+            f"| {name} | {len(rows)} | {_mean_sd([_auc(r) for r in rows])} "
+            f"| {interval} | {verdict} |"
+        )
+    return out
+
+
+def _auc(run: Run) -> float:
+    return float(run["best"]["macro_auc"])
+
+
+def _width_table(runs: list[Run], main: list[Run], width: int) -> list[str]:
+    narrow = [r for r in runs if r.get("stage") == "width"]
+    if not narrow:
+        return []
+    out = [
+        "### What the narrow backbone costs (digits, setting 1)",
+        "",
+        "| base width | method | seeds | test macro-AUC | seconds per round |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    widths = sorted({r["width"] for r in narrow} | {width})
+    for w in widths:
+        for variant in ("fedavg", "fedncalign_ln"):
+            if w == width:
+                rows = [
+                    r
+                    for r in main
+                    if r["dataset"] == "digits"
+                    and r["setting"] == "s1"
+                    and r["variant"] == variant
+                    and r["seed"] in {x["seed"] for x in narrow}
+                ]
+            else:
+                rows = [r for r in narrow if r["width"] == w and r["variant"] == variant]
+            if not rows:
+                continue
+            per_round = statistics.fmean(r["seconds"] / len(r["rounds"]) for r in rows)
+            out.append(
+                f"| {w} | {NAMES[variant]} | {len(rows)} | {_mean_sd([_auc(r) for r in rows])} "
+                f"| {per_round:.1f} |"
+            )
+    return out
+
+
+def render_reference(results: dict[str, Any]) -> list[str]:
+    """Return the reference section of docs/benchmarks.md (empty without results)."""
+    from benchmarks.reference import tuning_choices
+
+    runs = _ok(results.get("runs", []))
+    if not runs:
+        return []
+    settings = results.get("settings", {})
+    choices = tuning_choices(runs)
+    main = [r for r in runs if r.get("stage") == "main"]
+    hours = sum(r["seconds"] for r in results.get("runs", [])) / 3600
+    out = [
+        "## Reference accuracy: trained to convergence, 5 seeds, paired gains",
+        "",
+        f"`make bench-reference` (`python benchmarks/reference.py`): ResNet-18 at base width "
+        f"{settings.get('width')} with the small stem, up to {settings.get('max_rounds')} rounds, "
+        f"stopping once validation macro-AUC has not improved for {settings.get('patience')} "
+        f"rounds; the round with the best validation macro-AUC is reported. Every linear head "
+        f"starts at the same prior bias as FedNCAlign-ML's classifier. The runs below took "
+        f"{hours:.2f} h of worker time ({len(results.get('runs', []))} runs).",
+        "",
+        *_tuning_tables(runs, choices),
+    ]
+    for dataset, title in DATASET_TITLES.items():
+        if not any(r["dataset"] == dataset for r in main):
+            continue
+        out += ["", f"### {title}", ""]
+        for setting in SETTING_TITLES:
+            out += [*_main_tables(main, dataset, setting), ""]
+    out += ["", *_diagnostics_table(main)]
+    out += ["", *_ablation_table(runs, main)]
+    out += ["", *_width_table(runs, main, int(settings.get("width", 16)))]
+    return out

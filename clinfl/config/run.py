@@ -1,0 +1,184 @@
+"""The run configuration's schema: frozen, typed dataclasses with their defaults.
+
+A :class:`RunConfig` bundles what a federated run needs: the data (:class:`DataConfig`), the method
+and its ablation switches (:class:`MethodConfig`), the federation itself
+(:class:`FederationConfig`), its secure aggregation (:class:`SecAggConfig`, defined with the
+protocol in :mod:`clinfl.secagg.settings`), the sites' policies (:class:`PrivacyConfig`) and
+injected dropouts (:class:`Dropout`). Each table of a run configuration file is one of these
+(:data:`SECTIONS`). The dataclasses' defaults are the only defaults: the config file reader and
+``clinfl simulate``'s options take theirs from here. Values are checked by
+:func:`clinfl.config.validation.validate_run_config`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from clinfl.secagg.settings import SecAggConfig
+from clinfl.secagg.stages import ROUND_STAGES, stage_name
+
+DatasetName = Literal["digits", "cxr14", "dicom"]
+BackboneVariant = Literal["auto", "standard", "small"]
+NormKind = Literal["group", "batch"]
+ClassifierKind = Literal["etf", "learnable"]
+QueryKind = Literal["fixed", "learnable"]
+QueryScalingKind = Literal["none", "layernorm"]
+HeadBiasKind = Literal["prior", "zero"]
+SelectionRule = Literal["best", "last"]
+
+DATASETS: tuple[str, ...] = ("digits", "cxr14", "dicom")
+LABEL_SPACE_NAMES: tuple[str, ...] = ("cxr14", "digits")
+BACKBONES: tuple[str, ...] = ("auto", "standard", "small")
+NORMS: tuple[str, ...] = ("group", "batch")
+CLASSIFIERS: tuple[str, ...] = ("etf", "learnable")
+QUERIES: tuple[str, ...] = ("fixed", "learnable")
+QUERY_SCALINGS: tuple[str, ...] = ("none", "layernorm")
+HEAD_BIASES: tuple[str, ...] = ("prior", "zero")
+WIDTHS: tuple[int, ...] = (16, 32, 64)
+SELECTIONS: tuple[str, ...] = ("best", "last")
+GRAD_SAMPLE_CHOICES: tuple[str, ...] = (
+    "auto",
+    "hooks",
+    "ew",
+    "ghost",
+    "mixed-ghost",
+    "functorch",
+)
+# where an injected dropout may start: the round's stages, in order (train, advertise, ...)
+DROP_STAGES: tuple[str, ...] = tuple(stage_name(stage) for stage in ROUND_STAGES)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which data set to load and how to cut it into sites."""
+
+    dataset: DatasetName = "digits"
+    images: Path | None = None
+    labels: Path | None = None
+    label_space: str = "cxr14"
+    split_dir: Path | None = None
+    image_size: int | None = None
+    alpha: float = 0.5
+    rho: float = 0.5
+    val_fraction: float = 0.15
+    composites_per_pair: int = 12
+    max_samples: int | None = None
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    """The local objective: method name, model shape, loss weights and the paper's ablations.
+
+    ``width`` is the ResNet-18 base width (64: the paper's full network; 16 or 32: the CPU
+    presets) and ``ladm_width`` LADM's attention width (None: the feature width, ``8 * width``).
+    ``query_scaling="layernorm"`` is clinfl's LADM extension (LayerNorm on queries and tokens);
+    ``"none"`` is the paper's module. ``head_bias`` is where a linear head's bias starts:
+    ``prior`` (the logit of a 1/C prior, as FedNCAlign-ML's classifier bias) or ``zero``.
+    """
+
+    name: str = "fedncalign"
+    backbone: BackboneVariant = "auto"
+    norm: NormKind = "group"
+    width: int = 64
+    weights: Path | None = None
+    classifier: ClassifierKind = "etf"
+    classifier_bias: bool = True
+    head_bias: HeadBiasKind = "prior"
+    ladm: bool = True
+    queries: QueryKind = "fixed"
+    query_scaling: QueryScalingKind = "none"
+    heads: int = 4
+    ladm_width: int | None = None
+    lambda_rej: float | None = None
+    lambda_con: float = 1.0
+    tau_rej: float = 0.3
+    temperature: float = 0.07
+    prox_mu: float = 0.01
+    fedcurv_lambda: float = 1e5
+
+
+@dataclass(frozen=True)
+class FederationConfig:
+    """Rounds, sites and local optimisation.
+
+    ``threshold_rule`` chooses each class's operating threshold on validation after every round
+    (``f1``, ``youden`` or ``sensitivity:S``; see :mod:`clinfl.thresholds`). With ``patience``,
+    training ends once validation macro-AUC has not improved for that many rounds (``rounds``
+    is then the maximum).
+    """
+
+    sites: int = 5
+    rounds: int = 6
+    local_epochs: int = 1
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    seed: int = 0
+    federation_seed: int = 20240917
+    selection: SelectionRule = "best"
+    patience: int | None = None
+    threads: int | None = None
+    device: str = "cpu"
+    threshold_rule: str = "f1"
+
+
+@dataclass(frozen=True)
+class PrivacyConfig:
+    """Site policies for a simulated federation.
+
+    ``policy`` applies one policy file to every site; ``policy_dir`` holds one ``site-K.toml``
+    per site. Without either, sites run the built-in research terms: no DP-SGD, and secure
+    aggregation as ``--secagg`` says. ``grad_sample_mode`` picks Opacus' per-sample-gradient
+    engine (``auto``: the fastest measured for the image size).
+    """
+
+    policy: Path | None = None
+    policy_dir: Path | None = None
+    grad_sample_mode: str = "auto"
+
+
+@dataclass(frozen=True)
+class Dropout:
+    """An injected dropout: ``site`` stops answering at ``stage`` (every round, or one round)."""
+
+    site: str
+    stage: str
+    round: int | None = None
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything one run needs; check it with :func:`~clinfl.config.validate_run_config`."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    federation: FederationConfig = field(default_factory=FederationConfig)
+    secagg: SecAggConfig = field(default_factory=SecAggConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    drops: tuple[Dropout, ...] = ()
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """Return a JSON-serialisable copy (paths as strings)."""
+
+        def convert(value: Any) -> Any:
+            if isinstance(value, Path):
+                return str(value)
+            if isinstance(value, dict):
+                return {k: convert(v) for k, v in value.items()}
+            return value
+
+        result: dict[str, Any] = convert(asdict(self))
+        return result
+
+
+# The tables of a run configuration (a file's [data] ... [privacy]; ``drops`` is an array of
+# [[drops]] tables): the name of each is the RunConfig field that holds it.
+SECTIONS: dict[str, type[Any]] = {
+    "data": DataConfig,
+    "method": MethodConfig,
+    "federation": FederationConfig,
+    "secagg": SecAggConfig,
+    "privacy": PrivacyConfig,
+}

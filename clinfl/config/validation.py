@@ -1,0 +1,190 @@
+"""Checking a run configuration's values: every violation at once (:mod:`clinfl.config.checks`).
+
+:func:`validate_run_config` checks every field of a :class:`~clinfl.config.run.RunConfig` and
+raises one :class:`~clinfl.errors.ValidationError` listing every violation with its value, bound
+and fix. Whether secure aggregation's sum can overflow is decided by the protocol's own formula
+(:func:`~clinfl.secagg.settings.sum_headroom`).
+"""
+
+from __future__ import annotations
+
+from clinfl.config import run
+from clinfl.config.checks import Problems
+from clinfl.config.run import (
+    DataConfig,
+    Dropout,
+    FederationConfig,
+    MethodConfig,
+    PrivacyConfig,
+    RunConfig,
+)
+from clinfl.device import is_device_name
+from clinfl.errors import ConfigError
+from clinfl.secagg.settings import SecAggConfig, sum_headroom
+from clinfl.thresholds import RULE_HELP, parse_rule
+
+
+def _check_data(data: DataConfig, p: Problems) -> None:
+    p.choice("dataset", data.dataset, run.DATASETS)
+    p.choice("label_space", data.label_space, run.LABEL_SPACE_NAMES)
+    if data.image_size is not None:
+        p.whole("image_size", data.image_size, 16, 1024)
+    p.positive("alpha", data.alpha, "use a positive Dirichlet concentration")
+    if not 0 < data.rho <= 1:
+        p.add("rho", data.rho, "0 < rho <= 1", "set --rho in (0, 1], e.g. 0.5")
+    if not 0 < data.val_fraction < 0.5:
+        p.add("val_fraction", data.val_fraction, "0 < v < 0.5", "e.g. 0.15")
+    p.whole("composites_per_pair", data.composites_per_pair, 0)
+    if data.max_samples is not None:
+        p.whole("max_samples", data.max_samples, 10)
+    if data.dataset == "dicom" and data.images is None:
+        p.add("images", None, "a folder", "pass --images EXPORT for --dataset dicom")
+    if data.dataset == "cxr14" and data.images is None:
+        p.add("images", None, "a folder", "pass --images DIR for --dataset cxr14")
+    if data.dataset == "cxr14" and data.labels is None:
+        p.add("labels", None, "a CSV file", "pass --labels CSV for --dataset cxr14")
+
+
+def _check_method(method: MethodConfig, known_methods: tuple[str, ...], p: Problems) -> None:
+    p.choice("method", method.name, known_methods)
+    p.choice("backbone", method.backbone, run.BACKBONES)
+    p.choice("norm", method.norm, run.NORMS)
+    p.choice("classifier", method.classifier, run.CLASSIFIERS)
+    p.choice("queries", method.queries, run.QUERIES)
+    p.choice("query_scaling", method.query_scaling, run.QUERY_SCALINGS)
+    p.choice("head_bias", method.head_bias, run.HEAD_BIASES)
+    if method.width not in run.WIDTHS:
+        p.add("width", method.width, "16, 32 or 64", "use 64 (the full ResNet-18)")
+    attention = method.ladm_width if method.ladm_width is not None else 8 * method.width
+    if method.ladm_width is not None and method.ladm_width < 1:
+        p.add("ladm_width", method.ladm_width, ">= 1", "leave it unset")
+    elif method.heads < 1 or attention % method.heads:
+        p.add(
+            "heads",
+            method.heads,
+            f"a divisor of the attention width {attention}",
+            "use 4 (the paper)",
+        )
+    for name in ("lambda_con", "tau_rej", "prox_mu", "fedcurv_lambda"):
+        if getattr(method, name) < 0:
+            p.add(name, getattr(method, name), ">= 0", f"set {name} >= 0")
+    if method.lambda_rej is not None and method.lambda_rej < 0:
+        p.add("lambda_rej", method.lambda_rej, ">= 0", "set lambda_rej >= 0")
+    p.positive("temperature", method.temperature, "use 0.07 (the paper)")
+    if method.weights is not None and not method.weights.is_file():
+        p.add("weights", str(method.weights), "an existing file", "check the path")
+
+
+def _check_federation(fed: FederationConfig, p: Problems) -> None:
+    p.whole("sites", fed.sites, 1, 1000)
+    p.whole("rounds", fed.rounds, 1)
+    p.whole("local_epochs", fed.local_epochs, 1)
+    p.whole("batch_size", fed.batch_size, 1)
+    p.positive("lr", fed.lr, "use a positive learning rate, e.g. 1e-3")
+    if fed.weight_decay < 0:
+        p.add("weight_decay", fed.weight_decay, ">= 0", "e.g. 0.01")
+    p.whole("seed", fed.seed, 0)
+    p.whole("federation_seed", fed.federation_seed, 0)
+    p.choice("selection", fed.selection, run.SELECTIONS)
+    if fed.patience is not None:
+        p.whole("patience", fed.patience, 1)
+    if fed.threads is not None:
+        p.whole("threads", fed.threads, 1, 256)
+    if not is_device_name(fed.device):
+        p.add("device", fed.device, "cpu, auto, cuda or cuda:N", "use cpu")
+    try:
+        parse_rule(fed.threshold_rule)
+    except ConfigError:
+        p.add("threshold_rule", fed.threshold_rule, RULE_HELP, "use f1")
+
+
+def _check_secagg(secagg: SecAggConfig, sites: int, p: Problems) -> None:
+    if not secagg.enabled or sites == 1:  # one site (centralized) aggregates nothing
+        return
+    before = len(p)
+    min_sites = secagg.sum_floor
+    p.whole("secagg.min_sites", min_sites, 2)
+    p.whole("secagg.bits", secagg.bits, 16, 64)
+    p.whole("secagg.weight_cap", secagg.weight_cap, 1)
+    p.whole("secagg.max_colluders", secagg.max_colluders, 0)
+    p.positive("secagg.clip", secagg.clip, "use 0.5")
+    complete = secagg.degree is not None and secagg.degree >= sites - 1
+    if secagg.degree is not None and not complete and (secagg.degree < 2 or secagg.degree % 2):
+        p.add("secagg.degree", secagg.degree, "even, >= 2, or >= sites - 1", "leave it unset")
+    if secagg.threshold is not None and secagg.threshold < min_sites:
+        p.add("secagg.threshold", secagg.threshold, ">= min_sites", "leave it unset")
+    if sites >= min_sites and sites < min_sites + secagg.max_colluders:
+        p.add(
+            "sites",
+            sites,
+            f">= secagg.min_sites + secagg.max_colluders ({min_sites + secagg.max_colluders})",
+            "use more sites: a sum must cover min_sites honest sites besides any colluders",
+        )
+    if sites < min_sites:
+        p.add(
+            "sites",
+            sites,
+            f">= secagg.min_sites ({min_sites})",
+            "use more sites, lower --secagg-min-sites, or run with --secagg off",
+        )
+    if len(p) > before:  # the overflow check needs valid numbers
+        return
+    room = sum_headroom(
+        sites=sites, weight_cap=secagg.weight_cap, clip=secagg.clip, bits=secagg.bits
+    )
+    if room < 1:
+        p.add(
+            "secagg.bits",
+            secagg.bits,
+            f"enough for {sites} sites x weight cap {secagg.weight_cap}",
+            "use more bits or a smaller weight cap",
+        )
+
+
+def _check_privacy(privacy: PrivacyConfig, sites: int, p: Problems) -> None:
+    p.choice("grad_sample_mode", privacy.grad_sample_mode, run.GRAD_SAMPLE_CHOICES)
+    if privacy.policy is not None and privacy.policy_dir is not None:
+        p.add("policy", str(privacy.policy), "not with --policy-dir", "pass only one")
+    if privacy.policy is not None and not privacy.policy.is_file():
+        p.add("policy", str(privacy.policy), "an existing file", "check the path")
+    if privacy.policy_dir is not None:
+        missing = [
+            f"site-{k + 1}.toml"
+            for k in range(sites)
+            if not (privacy.policy_dir / f"site-{k + 1}.toml").is_file()
+        ]
+        if missing:
+            p.add(
+                "policy_dir",
+                str(privacy.policy_dir),
+                "a folder with site-1.toml ... site-K.toml",
+                f"add {', '.join(missing)}",
+            )
+
+
+def _check_drops(drops: tuple[Dropout, ...], sites: int, p: Problems) -> None:
+    names = {f"site-{k + 1}" for k in range(sites)}
+    for drop in drops:
+        if drop.site not in names:
+            p.add("drop", drop.site, f"site-1..site-{sites}", "name a real site")
+        p.choice("drop stage", drop.stage, run.DROP_STAGES)
+        if drop.round is not None:
+            p.whole("drop round", drop.round, 1)
+
+
+def validate_run_config(config: RunConfig, *, known_methods: tuple[str, ...]) -> RunConfig:
+    """Check every field of ``config`` and return it unchanged when valid.
+
+    Raises:
+        ValidationError: listing every invalid field with its value, bound and fix.
+    """
+    problems = Problems()
+    sites = config.federation.sites
+    _check_data(config.data, problems)
+    _check_method(config.method, known_methods, problems)
+    _check_federation(config.federation, problems)
+    _check_secagg(config.secagg, sites, problems)
+    _check_privacy(config.privacy, sites, problems)
+    _check_drops(config.drops, sites, problems)
+    problems.raise_if_any("run configuration")
+    return config

@@ -1,0 +1,136 @@
+"""``results.json``: one schema for ``clinfl simulate`` and a deployed federation, one writer.
+
+The in-process federation (:mod:`clinfl.simulation.runner`) and the deployed coordinator
+(:mod:`coordinator.deploy.deployment`) both fill a :class:`RunResults` and write it with
+:func:`write_results`, atomically. Every key is present in both modes; a key one mode cannot
+know is ``null`` (or empty) there. The schema is documented in docs/coordinator.md, "results.json".
+Adding a report field means adding it here (and to that table); a field computed from the
+outcome or the configuration is filled in :func:`run_results` for both modes at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from clinfl.config import RunConfig
+from clinfl.files import write_json
+from coordinator.rounds import FederationOutcome
+
+RESULTS_FILE = "results.json"
+Mode = Literal["simulation", "deployment"]
+
+
+@dataclass(frozen=True)
+class SiteEntry:
+    """One site as ``results.json`` lists it."""
+
+    policy: str | None = None
+    """The policy file it trained under (simulation; a deployed site keeps its policy)."""
+    state_dir: str | None = None
+    """Its state folder: ledger, audit report (simulation; a deployed site's is its own)."""
+    joined: bool = True
+    """Whether it took part (a deployed site may decline the run)."""
+    refusal: str | None = None
+    """Why it declined the run, if it did."""
+
+
+@dataclass(frozen=True)
+class RunResults:
+    """Everything ``results.json`` holds (the field order is the file's key order)."""
+
+    run_id: str
+    mode: Mode
+    method: str
+    config: dict[str, Any]
+    data: str | None
+    """How the training data was described (None in a deployment: it stays at the sites)."""
+    partition: dict[str, Any] | None
+    """Simulation only: the label-skew partition of the training data over the sites."""
+    rounds: list[dict[str, Any]]
+    best: dict[str, Any] | None
+    stopped: str | None
+    converged: str | None
+    seconds: float
+    sites: dict[str, SiteEntry]
+    sites_joined: list[str]
+    refusals: dict[str, str]
+    grad_sample_mode: str | None
+    """The per-sample-gradient mode the sites ran (the configured one in a deployment)."""
+    reports: dict[str, str] = field(default_factory=dict)
+    """Where the audit reports were written (simulation: every site's and the federation's)."""
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """Return the document ``results.json`` holds."""
+        return asdict(self)
+
+
+def best_round(
+    outcome: FederationOutcome,
+    config: RunConfig,
+    class_names: Sequence[str],
+    operating: dict[str, Any] | None = None,
+) -> dict[str, Any] | None:
+    """Return the selected round's record with its per-class test AUC and the selection rule.
+
+    ``operating`` describes the thresholds chosen for it and their test rates (None where the
+    coordinator cannot compute them: in a deployment the evaluating site keeps its data).
+    """
+    selected = outcome.selected
+    if selected is None:
+        return None
+    best = selected.to_json_dict()
+    aucs = selected.report.test.per_class_auc
+    best["per_class_auc"] = (
+        dict(zip(class_names, aucs, strict=True)) if len(aucs) == len(class_names) else None
+    )
+    best["selection"] = config.federation.selection
+    best["operating"] = operating
+    return best
+
+
+def run_results(
+    *,
+    run_id: str,
+    mode: Mode,
+    config: RunConfig,
+    outcome: FederationOutcome,
+    class_names: Sequence[str],
+    seconds: float,
+    sites: dict[str, SiteEntry],
+    grad_sample_mode: str | None,
+    data: str | None = None,
+    partition: dict[str, Any] | None = None,
+    operating: dict[str, Any] | None = None,
+) -> RunResults:
+    """Return the results of a run: what both modes report the same way, filled here."""
+    return RunResults(
+        run_id=run_id,
+        mode=mode,
+        method=config.method.name,
+        config=config.to_json_dict(),
+        data=data,
+        partition=partition,
+        rounds=[record.to_json_dict() for record in outcome.records],
+        best=best_round(outcome, config, class_names, operating),
+        stopped=outcome.stopped,
+        converged=outcome.converged,
+        seconds=seconds,
+        sites=sites,
+        sites_joined=sorted(site for site, entry in sites.items() if entry.joined),
+        refusals={site: e.refusal for site, e in sites.items() if e.refusal is not None},
+        grad_sample_mode=grad_sample_mode,
+    )
+
+
+def write_results(run_dir: Path, results: RunResults) -> Path:
+    """Write ``<run_dir>/results.json`` atomically and return its path.
+
+    Raises:
+        CheckpointError: if it cannot be written.
+    """
+    path = run_dir / RESULTS_FILE
+    write_json(path, results.to_json_dict())
+    return path

@@ -1,0 +1,123 @@
+"""The reference benchmark's statistics, hyperparameter choices and report."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from benchmarks.paired_stats import paired_gain
+from benchmarks.reference import Cell, Settings, run_config, tuning_choices
+from benchmarks.reference_report import render_reference
+
+
+def test_paired_gain_known_answer() -> None:
+    gain = paired_gain({0: 0.80, 1: 0.82, 2: 0.84}, {0: 0.79, 1: 0.80, 2: 0.81, 7: 0.5})
+    assert gain is not None
+    assert gain.seeds == (0, 1, 2)  # seed 7 has no pair
+    assert gain.mean == pytest.approx(0.02)
+    assert gain.sd == pytest.approx(0.01)
+    # t(0.975, 2 dof) = 4.302653: half-width 4.302653 * 0.01 / sqrt(3)
+    assert gain.ci_high - gain.mean == pytest.approx(4.302653 * 0.01 / 3**0.5, rel=1e-5)
+    assert gain.verdict.startswith("no difference")  # 3 seeds: t(0.975) is wide
+
+
+def test_paired_gain_verdicts() -> None:
+    loss = paired_gain({0: 0.70, 1: 0.71, 2: 0.69}, {0: 0.80, 1: 0.80, 2: 0.81})
+    assert loss is not None and loss.verdict.startswith("loss")
+    mixed = paired_gain({0: 0.80, 1: 0.70}, {0: 0.75, 1: 0.75})
+    assert mixed is not None and mixed.verdict.startswith("no difference")
+    assert paired_gain({0: 0.8}, {1: 0.8}) is None
+    single = paired_gain({0: 0.8}, {0: 0.7})
+    assert single is not None and single.verdict == "one seed: no interval"
+
+
+@given(st.lists(st.floats(-1, 1), min_size=2, max_size=8), st.floats(-1, 1))
+def test_interval_contains_the_mean_and_shifts_with_it(diffs: list[float], shift: float) -> None:
+    base = {i: 0.0 for i in range(len(diffs))}
+    gain = paired_gain({i: d for i, d in enumerate(diffs)}, base)
+    moved = paired_gain({i: d + shift for i, d in enumerate(diffs)}, base)
+    assert gain is not None and moved is not None
+    assert gain.ci_low <= gain.mean + 1e-12 and gain.mean <= gain.ci_high + 1e-12
+    assert moved.ci_high - moved.ci_low == pytest.approx(gain.ci_high - gain.ci_low, abs=1e-9)
+    assert gain.detectable >= gain.ci_high - gain.mean - 1e-12
+
+
+def _run(stage: str, variant: str, seed: int, val: float, test: float, **extra: Any) -> dict:
+    rounds = [
+        {"round": r, "macro_auc": test, "val_macro_auc": val, "model_diagnostics": None}
+        for r in (1, 2)
+    ]
+    return {
+        "key": f"{stage}/{variant}/{seed}/{extra}",
+        "stage": stage,
+        "dataset": "digits",
+        "setting": "s1",
+        "variant": variant,
+        "seed": seed,
+        "options": extra.pop("options", {}),
+        "lr": extra.pop("lr", None),
+        "width": None,
+        "seconds": 10.0,
+        "rounds": rounds,
+        "best": {
+            "round": 2,
+            "macro_auc": test,
+            "val_macro_auc": val,
+            "macro_f1": 0.5,
+            "macro_f1_at_thresholds": 0.6,
+        },
+    }
+
+
+def test_choices_come_from_validation_never_from_test() -> None:
+    runs = [
+        # lr 1e-3 has the better *test* AUC; 3e-4 the better validation AUC: 3e-4 is chosen
+        _run("tune", "fedavg", 100, val=0.90, test=0.70, lr=3e-4),
+        _run("tune", "fedavg", 100, val=0.80, test=0.99, lr=1e-3),
+        _run("tune", "fedncalign_ln", 100, val=0.70, test=0.99, lr=1e-3),
+        _run("tune", "fedncalign_ln", 100, val=0.95, test=0.50, lr=1e-4),
+        _run("tune", "fedncalign_ln", 100, val=0.9, test=0.1, options={"lambda_rej": 0.1}),
+        _run("tune", "fedncalign_ln", 100, val=0.8, test=0.9, options={"lambda_rej": 1.0}),
+        _run("main", "fedavg", 0, val=0.99, test=0.99, lr=1e-2),  # main runs choose nothing
+    ]
+    choices = tuning_choices(runs)
+    assert choices["fedavg"]["lr"] == 3e-4 and choices["scaffold"]["lr"] == 3e-4
+    assert choices["fedncalign_ln"] == {"lr": 1e-4, "lambda_rej": 0.1}
+    config = run_config(Cell("main", "digits", "s1", "fedncalign_ln", 0), Settings(), choices)
+    assert config.federation.lr == 1e-4 and config.method.lambda_rej == 0.1
+    assert config.method.query_scaling == "layernorm" and config.federation.patience == 4
+    tune = run_config(
+        Cell("tune", "digits", "s1", "fedncalign_ln", 100, lr=1e-3), Settings(), choices
+    )
+    assert tune.federation.lr == 1e-3 and tune.method.lambda_rej is None
+
+
+def test_report_states_each_gain_and_its_interval() -> None:
+    runs = [_run("main", "fedavg", s, 0.8, 0.80 + 0.001 * s) for s in range(5)]
+    runs += [_run("main", "fedncalign_ln", s, 0.8, 0.83 + 0.002 * s) for s in range(5)]
+    text = "\n".join(render_reference({"runs": runs, "settings": Settings().__dict__}))
+    assert "FedNCAlign-ML (LADM + LayerNorm, clinfl) − FedAvg (prior bias)" in text
+    assert "+3.00, +3.10, +3.20, +3.30, +3.40" in text
+    assert "gain (interval above 0)" in text
+    assert render_reference({"runs": []}) == []
+
+
+def test_shipped_example_configs_load_and_validate() -> None:
+    from pathlib import Path
+
+    from clinfl.algorithms import available_algorithms
+    from clinfl.config import validate_run_config
+    from clinfl.config_file import load_run_config
+
+    folder = Path(__file__).resolve().parents[2] / "examples" / "configs"
+    loaded = {
+        path.stem: validate_run_config(load_run_config(path), known_methods=available_algorithms())
+        for path in sorted(folder.glob("*.toml"))
+    }
+    assert loaded["paper"].federation.lr == 1e-4 and loaded["paper"].method.width == 64
+    assert loaded["paper"].method.query_scaling == "none"
+    assert loaded["reference-cpu"].method.width == 16
+    assert loaded["reference-cpu"].federation.patience is not None
