@@ -64,16 +64,21 @@ class Preset:
     ablation_seeds: tuple[int, ...] = (0, 1, 2)
     nih1000_method: dict[str, Any] = field(default_factory=dict)
     device: str = "cpu"
+    digits_method: dict[str, Any] = field(default_factory=dict)
 
 
 PRESETS = {
+    # ResNet-18 at base width 16 with the small stem at 32 px: a 4x4 feature map, so LADM has 16
+    # tokens (the earlier quick preset's 16 px digits gave 2x2 and its 32 px X-rays with the
+    # standard stem 1x1), at about the earlier per-step cost
     "quick": Preset(
         "quick",
-        digits={"max_samples": 300, "composites_per_pair": 3},
+        digits={"max_samples": 300, "composites_per_pair": 3, "image_size": 32},
         nih1000={"image_size": 32},
         rounds=3,
         ablation_seeds=(0,),
-        nih1000_method={"backbone": "standard"},
+        nih1000_method={"backbone": "small", "width": 16},
+        digits_method={"backbone": "small", "width": 16},
     ),
     "full": Preset("full", digits={}, nih1000={"image_size": 64}, rounds=10),
     # CUDA only (the CPU presets stay the reference): every digits composite at 32 px instead of
@@ -139,7 +144,7 @@ def run_config(cell: Cell, preset: Preset) -> RunConfig:
     federation = FederationConfig(
         sites=5, rounds=preset.rounds, seed=cell.seed, device=preset.device
     )
-    shape = preset.nih1000_method if cell.dataset == "nih1000" else {}
+    shape = preset.nih1000_method if cell.dataset == "nih1000" else preset.digits_method
     if cell.method == "centralized":
         return RunConfig(
             data=replace(data, rho=1.0),
@@ -213,17 +218,20 @@ def run_cells(
             record = future.result()
             results["runs"].append(record)
             save_results(args.results, results)
-            best = record.get("best") or {}
-            outcome = (
-                f"error: {record['error']}"
-                if "error" in record
-                else f"macro-AUC {100 * best.get('macro_auc', float('nan')):.2f} "
-                f"macro-F1 {100 * best.get('macro_f1', float('nan')):.2f}"
-            )
-            print(
-                f"[{done}/{len(todo)}] {record['key']:34s} {outcome} ({record['seconds']:.0f} s)",
-                flush=True,
-            )
+            print_cell(done, len(todo), record)
+
+
+def print_cell(done: int, total: int, record: dict[str, Any]) -> None:
+    """Print one finished cell: its key, its selected round's metrics (or its error), its time."""
+    best = record.get("best") or {}
+    outcome = (
+        f"error: {record['error']}"
+        if "error" in record
+        else f"macro-AUC {100 * best.get('macro_auc', float('nan')):.2f} "
+        f"val {100 * best.get('val_macro_auc', float('nan')):.2f} "
+        f"round {best.get('round')}/{len(record.get('rounds') or [])}"
+    )
+    print(f"[{done}/{total}] {record['key']:48s} {outcome} ({record['seconds']:.0f} s)", flush=True)
 
 
 def choose_preset(args: argparse.Namespace) -> Preset:

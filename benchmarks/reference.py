@@ -38,6 +38,7 @@ from benchmarks.accuracy import (  # noqa: E402
     NIH1000,
     SETTINGS,
     load_results,
+    print_cell,
     save_results,
     simulate_record,
 )
@@ -276,18 +277,7 @@ def run_cells(todo: list[Cell], settings: Settings, args: argparse.Namespace) ->
             results["runs"] = [r for r in results["runs"] if r["key"] != record["key"]]
             results["runs"].append(record)
             save_results(args.results, results)
-            best = record.get("best") or {}
-            outcome = (
-                f"error: {record['error']}"
-                if "error" in record
-                else f"macro-AUC {100 * best.get('macro_auc', float('nan')):.2f} "
-                f"val {100 * best.get('val_macro_auc', float('nan')):.2f} "
-                f"round {best.get('round')}/{len(record['rounds'])}"
-            )
-            print(
-                f"[{done}/{len(todo)}] {record['key']:60s} {outcome} ({record['seconds']:.0f} s)",
-                flush=True,
-            )
+            print_cell(done, len(todo), record)
 
 
 def main() -> None:
