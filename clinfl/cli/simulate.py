@@ -91,7 +91,11 @@ RUN_OPTIONS: tuple[FieldOption, ...] = (
     FieldOption("federation.rounds", "Federated rounds R."),
     FieldOption("federation.local_epochs", "Local epochs E per round."),
     FieldOption("federation.batch_size", "Local mini-batch size."),
-    FieldOption("federation.lr", "AdamW learning rate."),
+    FieldOption(
+        "federation.lr",
+        "AdamW learning rate (the default was chosen on validation data: docs/benchmarks.md, "
+        "Reference accuracy).",
+    ),
     FieldOption("federation.weight_decay", "AdamW weight decay."),
     FieldOption("data.alpha", "Dirichlet concentration of the label skew."),
     FieldOption(
