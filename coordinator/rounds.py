@@ -80,7 +80,13 @@ class Coordinator:
             request = control.wait_while_paused()
         if request in ("stop", "stop-now"):
             return f"stopped by the operator before round {round_number}"
-        control.set_status("running", current_round=round_number, total_rounds=rounds)
+        # past the boundary: a pause requested from now on takes effect after this round
+        control.set_status(
+            "running",
+            current_round=round_number,
+            total_rounds=rounds,
+            last_round_started=round_number,
+        )
         return None
 
     def _stop_now(self) -> bool:

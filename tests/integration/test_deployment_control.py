@@ -108,10 +108,12 @@ def test_refusals_tampering_and_operator_control(federation: Federation) -> None
     assert rogue.wait(timeout=180) == 10, fed.log("rogue").read_text()
     assert "could not connect to the coordinator" in fed.log("rogue").read_text()
 
-    # (e) pause while round 1 runs: it takes effect at the boundary after round 1
+    # (e) pause while round 1 runs: it takes effect at the boundary after round 1. Wait for the
+    # coordinator to pass round 1's boundary, not just for "running": a pause that lands between
+    # the two (a loaded machine can stretch that gap) rightly takes effect before round 1.
     wait_until(
-        lambda: fed.status().get("state") == "running",
-        timeout=240, what="the run to start", logs=fed.logs,
+        lambda: fed.status().get("last_round_started") == 1,
+        timeout=240, what="round 1 to start", logs=fed.logs,
     )  # fmt: skip
     assert fed.control("pause").returncode == 0
     wait_until(

@@ -73,3 +73,9 @@ def test_an_improvement_resets_the_count(tmp_path: Path) -> None:
 def test_without_patience_every_round_runs(tmp_path: Path) -> None:
     outcome, _ = _run(tmp_path, [0.9, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5], patience=None)
     assert len(outcome.records) == 8 and outcome.converged is None
+
+
+def test_status_says_when_a_round_has_passed_its_boundary(tmp_path: Path) -> None:
+    """``last_round_started`` is what an operator (or a test) waits on before a mid-round pause."""
+    _, status = _run(tmp_path, [0.6, 0.7, 0.8], patience=None, rounds=3)
+    assert status["last_round_started"] == 3
