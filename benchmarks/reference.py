@@ -25,8 +25,10 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, replace
+from functools import partial
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
@@ -184,16 +186,15 @@ def tuning_choices(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """
     tune = [r for r in runs if r.get("stage") == "tune" and "error" not in r and r.get("best")]
 
-    def best_of(rows: list[dict[str, Any]], field: str) -> Any:
+    def best_of(rows: list[dict[str, Any]], value: Callable[[dict[str, Any]], Any]) -> Any:
         groups: dict[Any, list[float]] = {}
         for row in rows:
-            groups.setdefault(row[field], []).append(row["best"]["val_macro_auc"])
+            groups.setdefault(value(row), []).append(row["best"]["val_macro_auc"])
         return max(groups, key=lambda k: sum(groups[k]) / len(groups[k])) if groups else None
 
     choices: dict[str, dict[str, Any]] = {}
     for variant in LR_TUNED:
-        rows = [{**r, "lr_": r["lr"]} for r in tune if r["variant"] == variant and r["lr"]]
-        lr = best_of(rows, "lr_")
+        lr = best_of([r for r in tune if r["variant"] == variant and r["lr"]], lambda r: r["lr"])
         if lr is not None:
             choices[variant] = {"lr": lr}
     if "fedavg" in choices:
@@ -201,11 +202,15 @@ def tuning_choices(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             choices[variant] = dict(choices["fedavg"])
         choices["centralized"] = dict(choices["fedavg"])
     for name in ("lambda_rej", "lambda_con"):
-        rows = [{**r, name + "_": r["options"][name]} for r in tune if name in r.get("options", {})]
-        value = best_of(rows, name + "_")
+        rows = [r for r in tune if name in r.get("options", {})]
+        value = best_of(rows, partial(_option, name=name))
         if value is not None:
             choices.setdefault("fedncalign_ln", {})[name] = value
     return choices
+
+
+def _option(row: dict[str, Any], *, name: str) -> Any:
+    return row["options"][name]
 
 
 def run_config(

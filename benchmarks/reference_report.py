@@ -143,7 +143,7 @@ def _diagnostics_table(runs: list[Run]) -> list[str]:
                 if not diag:
                     continue
                 first.append(diag[0])
-                selected = run["rounds"][run["best"]["round"] - 1 - run["rounds"][0]["round"] + 1]
+                selected = next(x for x in run["rounds"] if x["round"] == run["best"]["round"])
                 best.append(selected.get("model_diagnostics") or diag[-1])
             if not best:
                 continue

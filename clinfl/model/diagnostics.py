@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from clinfl.model.losses import strongest_logit
 from clinfl.model.networks import FedNCAlignNet
 
 DIAGNOSTIC_IMAGES = 256
@@ -79,27 +80,25 @@ def ladm_diagnostics(
     model.eval()
     try:
         with torch.inference_mode():
-            feature_map = model.backbone(images)
+            feature_map = model.backbone(images)  # once, for the attention and the outputs
             queries = model.etf() if model.queries is None else model.queries()
             weights = model.ladm.attention_weights(queries, feature_map).double()  # [B, H, C, T]
             entropy = -(weights * torch.log(weights.clamp_min(1e-30))).sum(dim=-1).mean()
-            features = model.ladm(queries, feature_map)
-            output = model(images)
+            output = model.head(feature_map)
     finally:
         model.train(was_training)
+    assert output.class_features is not None  # the ETF network always returns them
     positions = feature_map.shape[2] * feature_map.shape[3]
     diagnostics = LadmDiagnostics(
         attention_entropy=float(entropy),
         uniform_entropy=math.log(positions),
-        class_feature_cosine=mean_pairwise_cosine(features),
+        class_feature_cosine=mean_pairwise_cosine(output.class_features),
     )
-    if targets is None or output.prototypes is None or output.class_features is None:
+    if targets is None or output.prototypes is None:
         return diagnostics
     labels = targets[: images.shape[0]].to(output.logits.device, torch.float64)
-    all_logits = output.class_features @ output.prototypes.T  # [B, C(k), C(j)]
-    if output.bias is not None:
-        all_logits = all_logits + output.bias.unsqueeze(1)
-    looks_like_a_class = torch.sigmoid(all_logits.max(dim=2).values) > tau
+    strongest = strongest_logit(output.class_features, output.prototypes, output.bias)
+    looks_like_a_class = torch.sigmoid(strongest) > tau
     probabilities = torch.sigmoid(output.logits).double()
     negatives, positives = (1 - labels), labels
     return replace(

@@ -42,11 +42,22 @@ def rejection_per_sample(
     ``features`` is ``[B, C, d]``, ``prototypes`` ``[C, d]``, ``targets`` ``[B, C]`` in {0, 1},
     ``bias`` ``[C]``, ``[B, C]`` (per sample) or None.
     """
+    strongest = torch.sigmoid(strongest_logit(features, prototypes, bias))  # [B, C]
+    return (F.relu(strongest - tau) * (1.0 - targets)).sum(dim=1)
+
+
+def strongest_logit(
+    features: torch.Tensor, prototypes: torch.Tensor, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Return ``max_j logit_j(f_k)`` for every class feature: ``[B, C, d] -> [B, C]``.
+
+    ``logit_j(f) = <f, w_j> (+ b_j)``: the classifier applied to class feature ``f_k``; ``bias``
+    is ``[C]``, ``[B, C]`` (per sample) or None. L_rej's hinge is on its sigmoid.
+    """
     all_logits = features @ prototypes.T  # [B, C(k), C(j)]
     if bias is not None:
         all_logits = all_logits + (bias.unsqueeze(1) if bias.dim() == 2 else bias)
-    strongest = torch.sigmoid(all_logits.max(dim=2).values)  # [B, C]
-    return (F.relu(strongest - tau) * (1.0 - targets)).sum(dim=1)
+    return all_logits.max(dim=2).values
 
 
 def contrastive_per_sample(

@@ -125,7 +125,10 @@ class FedNCAlignNet(nn.Module):
 
     def forward(self, images: torch.Tensor) -> NetOutput:
         """Return logits, class features and the prototypes used."""
-        feature_map = self.backbone(images)
+        return self.head(self.backbone(images))
+
+    def head(self, feature_map: torch.Tensor) -> NetOutput:
+        """Return what :meth:`forward` returns, from the backbone's feature map of the images."""
         etf = self.etf()
         prototypes = etf if self.classifier is None else self.classifier()
         if self.ladm is None:
@@ -135,7 +138,7 @@ class FedNCAlignNet(nn.Module):
             queries = etf if self.queries is None else self.queries()
             features = self.ladm(queries, feature_map)
         logits = (features * prototypes.unsqueeze(0)).sum(dim=2)
-        bias = None if self.bias is None else self.bias(images)
+        bias = None if self.bias is None else self.bias(feature_map)
         if bias is not None:
             logits = logits + bias
         return NetOutput(logits, features, prototypes, bias)
