@@ -128,8 +128,13 @@ class Cell:
         )
 
 
-def main_cells(datasets: list[str], variants: list[str], seeds: tuple[int, ...]) -> list[Cell]:
-    """Every method in both skew settings (centralized once: it has no skew)."""
+def main_cells(
+    datasets: list[str],
+    variants: list[str],
+    seeds: tuple[int, ...],
+    settings: tuple[str, ...] = tuple(SETTINGS),
+) -> list[Cell]:
+    """Every method in the skew ``settings`` (centralized once: it has no skew)."""
     out = []
     for dataset in datasets:
         for seed in seeds:
@@ -137,7 +142,7 @@ def main_cells(datasets: list[str], variants: list[str], seeds: tuple[int, ...])
                 if variant == "centralized":
                     out.append(Cell("main", dataset, "none", variant, seed))
                 else:
-                    out += [Cell("main", dataset, s, variant, seed) for s in SETTINGS]
+                    out += [Cell("main", dataset, s, variant, seed) for s in settings]
     return out
 
 
@@ -318,6 +323,9 @@ def main() -> None:
     parser.add_argument("--datasets", default="digits,nih1000")
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--seeds", default=",".join(map(str, SEEDS)))
+    parser.add_argument(
+        "--settings", default=",".join(SETTINGS), help="skew settings of the main stage"
+    )
     parser.add_argument("--tuning-seeds", default=",".join(map(str, TUNING_SEEDS)))
     parser.add_argument("--tuning-grids", default="lr,lambda", help="lr, lambda or both")
     parser.add_argument("--lr-grid", default=",".join(f"{lr:g}" for lr in LR_GRID))
@@ -346,7 +354,11 @@ def main() -> None:
             lr_grid = tuple(float(lr) for lr in args.lr_grid.split(","))
             todo += tuning_cells(tuning_seeds, args.tuning_grids.split(","), lr_grid)
         if "main" in stages:
-            todo += main_cells(datasets, args.variants.split(","), seeds)
+            main_settings = tuple(args.settings.split(","))
+            unknown = set(main_settings) - set(SETTINGS)
+            if unknown:
+                parser.error(f"unknown --settings {sorted(unknown)}: use {', '.join(SETTINGS)}")
+            todo += main_cells(datasets, args.variants.split(","), seeds, main_settings)
         if "ablation" in stages and "digits" in datasets:
             todo += ablation_cells(seeds)
         if "width" in stages and "digits" in datasets:
