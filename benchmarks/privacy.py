@@ -37,7 +37,7 @@ from benchmarks.machine import machine_info  # noqa: E402
 from benchmarks.report import write_docs  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "privacy.json"
-MODES = ("none", "hooks", "ew", "ghost", "mixed-ghost", "functorch")
+MODES = ("none", "hooks", "ew", "ghost", "mixed-ghost", "bookkeeping", "functorch")
 SIZES = (32, 64, 128)
 BATCH = 32
 THREADS = 2  # the reference machine's cores; docs/benchmarks.md states it per section
@@ -50,7 +50,8 @@ DELTA = 1e-5
 def build_step(mode: str, size: int, batches: int) -> tuple[Any, Any, Any, Any, Any]:
     """Return ``(model, optimizer, loader, criterion, algorithm)`` for one mode at ``size``.
 
-    ``criterion`` is Opacus' ghost-clipping loss wrapper for the ghost modes, else None.
+    ``criterion`` is Opacus' ghost-clipping loss wrapper for the ghost modes, book-keeping's
+    (:class:`BookKeepingCriterion`) for ``bookkeeping``, else None.
     """
     import torch
     from torch.utils.data import DataLoader, TensorDataset
@@ -70,15 +71,22 @@ def build_step(mode: str, size: int, batches: int) -> tuple[Any, Any, Any, Any, 
     if mode != "none":
         from opacus import PrivacyEngine
 
+        from clinfl.privacy.bookkeeping import enable_bookkeeping
         from clinfl.privacy.ghost_norms import enable_mixed_ghost, register_ghost_norm_samplers
-        from clinfl.privacy.settings import GHOST_CLIPPING_MODES, opacus_grad_sample_mode
+        from clinfl.privacy.settings import (
+            BOOKKEEPING_MODE,
+            GHOST_CLIPPING_MODES,
+            opacus_grad_sample_mode,
+        )
         from site_agent.private_training import _PerSampleCriterion
 
         register_ghost_norm_samplers()  # as in a site: it changes no other mode's numbers
         ghost = mode in GHOST_CLIPPING_MODES
+        bookkeeping = enable_bookkeeping(model) if mode == BOOKKEEPING_MODE else None
         if mode == "mixed-ghost":
             enable_mixed_ghost(model)
-        extra = {"criterion": _PerSampleCriterion(algorithm)} if ghost else {}
+        fast = ghost or bookkeeping is not None
+        extra = {"criterion": _PerSampleCriterion(algorithm)} if fast else {}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             made = PrivacyEngine(accountant="rdp").make_private(
@@ -93,7 +101,28 @@ def build_step(mode: str, size: int, batches: int) -> tuple[Any, Any, Any, Any, 
             )
         model, optimizer, loader = made[0], made[1], made[-1]
         criterion = made[2] if ghost else None
+        if bookkeeping is not None:
+            criterion = BookKeepingCriterion(bookkeeping, model, algorithm)
     return model, optimizer, loader, criterion, algorithm
+
+
+class BookKeepingCriterion:
+    """Book-keeping's loss in the shape of Opacus' ghost-clipping criterion: its ``backward``
+    is the one pass that leaves the clipped sum in ``.grad`` (as in ``DPSteps.step``)."""
+
+    def __init__(self, bookkeeping: Any, module: Any, algorithm: Any) -> None:
+        self.bookkeeping, self.module, self.algorithm = bookkeeping, module, algorithm
+
+    def __call__(self, output: Any, targets: Any) -> _BookKeepingLoss:
+        return _BookKeepingLoss(self, self.algorithm.per_sample_loss(output, targets))
+
+
+class _BookKeepingLoss:
+    def __init__(self, criterion: BookKeepingCriterion, loss_per_sample: Any) -> None:
+        self.criterion, self.loss_per_sample = criterion, loss_per_sample
+
+    def backward(self) -> None:
+        self.criterion.bookkeeping.backward(self.loss_per_sample.mean(), self.criterion.module)
 
 
 def one_step_cell(mode: str, size: int, steps: int, threads: int = THREADS) -> dict[str, Any]:

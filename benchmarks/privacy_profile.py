@@ -2,12 +2,14 @@
 
     python benchmarks/privacy_profile.py                  # mixed-ghost and non-private, 64 and 128 px
     python benchmarks/privacy_profile.py --sizes 64 --modes mixed-ghost,ghost
+    python benchmarks/privacy_profile.py --modes none,mixed-ghost,bookkeeping
 
 Each (mode, size) runs in its own process: 2 warm-up steps, then the median of the timed steps
 for each phase. Ghost-clipping modes are split as Opacus runs them (first backward with the
-norm hooks, clipping factors, second backward without hooks); the per-layer rows are the time of
-each layer's norm sampler in the first backward, summed by stage. Results go into the
-``profile`` entry of ``benchmarks/results/privacy.json`` and into docs/benchmarks.md.
+norm hooks, clipping factors, second backward without hooks); book-keeping as its one backward
+with the norm hooks, then the clipped sums it forms from what that pass kept. The per-layer rows
+are the time of each layer's norm sampler in the (first) backward, summed by stage. Results go
+into the ``profile`` entry of ``benchmarks/results/privacy.json`` and into docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -67,8 +69,14 @@ def profile_cell(mode: str, size: int, timed: int) -> dict[str, Any]:
         optimizer.zero_grad(set_to_none=True)
         output = model(x)
         marks.append(time.perf_counter())
+        bookkeeping = getattr(criterion, "bookkeeping", None)
         if criterion is None:
             algorithm.per_sample_loss(output, y).mean().backward()
+            marks.append(time.perf_counter())
+        elif bookkeeping is not None:  # BookKeeping.backward, phase by phase
+            bookkeeping.backpropagate(criterion(output, y).loss_per_sample.mean())
+            marks.append(time.perf_counter())
+            bookkeeping.assign_clipped_sums(model)
             marks.append(time.perf_counter())
         else:  # DPTensorFastGradientClipping.backward, phase by phase
             per_sample = criterion(output, y).loss_per_sample
@@ -83,7 +91,10 @@ def profile_cell(mode: str, size: int, timed: int) -> dict[str, Any]:
         optimizer.step()
         marks.append(time.perf_counter())
         labels = ["forward", "backward"] if criterion is None else ["forward", "first backward"]
-        labels += [] if criterion is None else ["clipping factors + second backward"]
+        if bookkeeping is not None:
+            labels = ["forward", "backward (one pass)", "clipping factors + clipped sums"]
+        elif criterion is not None:
+            labels += ["clipping factors + second backward"]
         labels += ["optimizer step (clip, noise, AdamW)"]
         for label, start, end in zip(labels, marks[:-1], marks[1:], strict=True):
             phases[label].append(end - start)

@@ -25,9 +25,15 @@ from clinfl.errors import BudgetExhausted, ModelError, PolicyViolation
 from clinfl.federation.messages import RoundSettings
 from clinfl.model.networks import LearnableRows
 from clinfl.privacy.accounting import epsilon_of, noise_for_round_epsilon
+from clinfl.privacy.bookkeeping import BookKeeping, enable_bookkeeping
 from clinfl.privacy.ghost_norms import enable_mixed_ghost
 from clinfl.privacy.noise import use_secure_noise
-from clinfl.privacy.settings import GHOST_CLIPPING_MODES, DPSettings, opacus_grad_sample_mode
+from clinfl.privacy.settings import (
+    BOOKKEEPING_MODE,
+    GHOST_CLIPPING_MODES,
+    DPSettings,
+    opacus_grad_sample_mode,
+)
 from clinfl.typing import StateDict
 from site_agent.ledger import Reservation, SiteLedger
 from site_agent.training import SiteTrainer, StepCallback, training_tensors
@@ -118,10 +124,14 @@ class DPSteps:
         optimizer = torch.optim.AdamW(params, lr=1e-3, weight_decay=weight_decay)
         extra: dict[str, Any] = {}
         ghost = self._dp.grad_sample_mode in GHOST_CLIPPING_MODES
-        if ghost:
+        self._bookkeeping: BookKeeping | None = None
+        if ghost or self._dp.grad_sample_mode == BOOKKEEPING_MODE:
             extra["criterion"] = _PerSampleCriterion(self._algorithm)
         if self._dp.grad_sample_mode == "mixed-ghost":
             enable_mixed_ghost(model)  # ghost norms for the convolutions where they cost less
+        if self._dp.grad_sample_mode == BOOKKEEPING_MODE:
+            # the same norms, one backward pass; refuses a layer it cannot form the sum for
+            self._bookkeeping = enable_bookkeeping(model)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Secure RNG turned off")
             made = self.engine.make_private(
@@ -185,8 +195,13 @@ class DPSteps:
     def loss(
         self, images: torch.Tensor, targets: torch.Tensor, reference: StateDict, memory: SiteMemory
     ) -> torch.Tensor:
-        """The batch's mean per-sample loss (Opacus' loss wrapper under ghost clipping)."""
+        """The batch's mean per-sample loss (Opacus' loss wrapper under ghost clipping).
+
+        Under book-keeping it is the plain mean, which :meth:`step` backpropagates once.
+        """
         self.optimizer.zero_grad(set_to_none=True)
+        if self._bookkeeping is not None:
+            self._bookkeeping.reset()
         output = self._wrapped(images)
         if self._criterion is not None:  # ghost clipping: Opacus' loss wrapper
             loss: torch.Tensor = self._criterion(output, targets)
@@ -200,7 +215,10 @@ class DPSteps:
         with warnings.catch_warnings():
             # ghost clipping backpropagates to module outputs only, which torch reports
             warnings.filterwarnings("ignore", message="Full backward hook is firing")
-            loss.backward()  # type: ignore[no-untyped-call]
+            if self._bookkeeping is not None:  # one pass; .grad is then the clipped sum
+                self._bookkeeping.backward(loss, self._wrapped)
+            else:
+                loss.backward()  # type: ignore[no-untyped-call]
         self.optimizer.step()
         self._proximal_step(reference, memory, lr)
 
@@ -223,6 +241,8 @@ class DPSteps:
     def end_round(self, settings: RoundSettings) -> None:
         """Drop the per-sample gradients (batch x parameters) until the next round."""
         self.optimizer.zero_grad(set_to_none=True)
+        if self._bookkeeping is not None:
+            self._bookkeeping.reset()  # and anything book-keeping still holds
 
     def data_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """None: reading the data outside DP-SGD would not be covered by the guarantee."""

@@ -199,7 +199,8 @@ RUN_OPTIONS: tuple[FieldOption, ...] = (
         "privacy.grad_sample_mode",
         "Opacus per-sample-gradient mode: auto (fastest measured for the image size), "
         "hooks, ew, ghost, mixed-ghost (ghost clipping with ghost norms for the "
-        "convolutions) or functorch.",
+        "convolutions), bookkeeping (mixed-ghost's norms and clipped update in one "
+        "backward pass) or functorch.",
         name="dp_mode",
     ),
 )

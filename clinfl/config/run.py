@@ -44,6 +44,7 @@ GRAD_SAMPLE_CHOICES: tuple[str, ...] = (
     "ew",
     "ghost",
     "mixed-ghost",
+    "bookkeeping",
     "functorch",
 )
 # where an injected dropout may start: the round's stages, in order (train, advertise, ...)

@@ -94,6 +94,7 @@ class LabelAttention(nn.Module):
         q, k = self._queries_and_keys(queries, tokens)
         v = self._split(self.v_proj(tokens))
         attended = F.scaled_dot_product_attention(q, k, v)  # [B, H, C, inner/H]
-        merged = attended.transpose(1, 2).reshape(batch, -1, self.inner)
+        # the class count, not -1: an empty (Poisson-sampled) batch has nothing to infer it from
+        merged = attended.transpose(1, 2).reshape(batch, attended.shape[2], self.inner)
         out: torch.Tensor = self.out_proj(merged)
         return out

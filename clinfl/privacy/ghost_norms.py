@@ -55,12 +55,13 @@ def ghost_norm_is_cheaper(positions: int, fan_in: int, fan_out: int) -> bool:
     return positions * (fan_in + fan_out) < fan_in * fan_out
 
 
-def _choice(layer: nn.Module) -> NormChoice | None:
+def layer_norm_choice(layer: nn.Module) -> NormChoice | None:
+    """Return the norm rule set on ``layer``, or None where stock Opacus applies."""
     choice: NormChoice | None = getattr(layer, _ATTRIBUTE, None)
     return choice
 
 
-def _unfold(layer: nn.Conv2d, inputs: torch.Tensor) -> torch.Tensor:
+def unfold_conv_input(layer: nn.Conv2d, inputs: torch.Tensor) -> torch.Tensor:
     """Return the unfolded input ``[n, D, T]`` (zero padding, any stride and dilation)."""
     from opacus.utils.tensor_utils import unfold2d
 
@@ -85,7 +86,7 @@ def _stock_norms(
     return {param: grad.flatten(1).norm(2, dim=1) for param, grad in grads.items()}
 
 
-def _ghost_norm(unfolded: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
+def conv_ghost_norm(unfolded: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
     """Return ``||B_i A_i^T||_F`` for each sample from ``A`` ``[n, D, T]`` and ``B`` ``[n, p, T]``.
 
     ``<A_i^T A_i, B_i^T B_i>``, built a block of rows of the ``T x T`` Gram matrices at a time,
@@ -116,7 +117,7 @@ def conv2d_norm_sample(
     Raises:
         KeyError: if Opacus has no grad sampler for ``nn.Conv2d`` (never with Opacus 1.6).
     """
-    choice = _choice(layer)
+    choice = layer_norm_choice(layer)
     simple = layer.groups == 1 and layer.padding_mode == "zeros"
     if choice is None or not simple:
         norms: NormSamples = _stock_norms(layer, activations, backprops)
@@ -130,7 +131,7 @@ def conv2d_norm_sample(
         if layer.bias is not None and layer.bias.requires_grad:
             out[layer.bias] = empty
         return out
-    unfolded = _unfold(layer, inputs)  # [n, D, T]
+    unfolded = unfold_conv_input(layer, inputs)  # [n, D, T]
     grads = backprops.reshape(n, backprops.shape[1], -1)  # [n, p, T]
     positions, fan_in, fan_out = grads.shape[2], unfolded.shape[1], grads.shape[1]
     if layer.weight.requires_grad:
@@ -138,7 +139,7 @@ def conv2d_norm_sample(
             choice == "mixed" and ghost_norm_is_cheaper(positions, fan_in, fan_out)
         )
         if ghost:
-            out[layer.weight] = _ghost_norm(unfolded, grads)
+            out[layer.weight] = conv_ghost_norm(unfolded, grads)
         else:
             per_sample = torch.bmm(grads, unfolded.transpose(1, 2))  # [n, p, D]
             out[layer.weight] = torch.linalg.vector_norm(per_sample, dim=(1, 2))

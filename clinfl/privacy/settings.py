@@ -6,11 +6,15 @@ from dataclasses import dataclass
 
 from clinfl.policy import DPPolicy
 
-GRAD_SAMPLE_MODES = ("hooks", "ew", "ghost", "mixed-ghost", "functorch")
+GRAD_SAMPLE_MODES = ("hooks", "ew", "ghost", "mixed-ghost", "bookkeeping", "functorch")
 # Modes that run Opacus' fast-gradient-clipping path ("ghost"): a per-sample loss criterion, two
 # backward passes. mixed-ghost adds clinfl's convolution and GroupNorm norm samplers
 # (clinfl/privacy/ghost_norms.py) with a per-layer choice of ghost norm or instantiation.
 GHOST_CLIPPING_MODES = ("ghost", "mixed-ghost")
+# bookkeeping: mixed-ghost's norms on Opacus' ghost-clipping module and optimizer, but one
+# backward pass; the clipped sum is formed per layer from what that pass kept
+# (clinfl/privacy/bookkeeping.py).
+BOOKKEEPING_MODE = "bookkeeping"
 # Fastest mode measured for this model on the reference CPU (benchmarks/privacy.py, batch 32,
 # 2 threads): mixed-ghost at 32, 64 and 128 px (docs/benchmarks.md); hooks at 16 px (an earlier
 # measurement; the benchmark starts at 32 px); above 128 px, where mixed-ghost is not measured,
@@ -39,7 +43,7 @@ def opacus_grad_sample_mode(mode: str) -> str:
     """
     if mode not in GRAD_SAMPLE_MODES:
         raise ValueError(f"unknown per-sample-gradient mode {mode!r}")
-    return "ghost" if mode in GHOST_CLIPPING_MODES else mode
+    return "ghost" if mode in (*GHOST_CLIPPING_MODES, BOOKKEEPING_MODE) else mode
 
 
 @dataclass(frozen=True)

@@ -145,8 +145,10 @@ def test_conv_and_group_norm_norms_and_clipped_sum_equal_brute_force(
         assert _relative_error(sums[name], expected) <= TOLERANCE, name
 
 
-def _fedncalign(image_size: int, batch: int = 2):  # type: ignore[no-untyped-def]
-    algorithm = create_algorithm(MethodConfig(name="fedncalign", lambda_rej=1.0))
+def _fedncalign(image_size: int, batch: int = 2, **method: object):  # type: ignore[no-untyped-def]
+    """FedNCAlign-ML (or ``name=...``) in float64 with a batch; ``method`` changes its config."""
+    config = {"name": "fedncalign", "lambda_rej": 1.0, **method}
+    algorithm = create_algorithm(MethodConfig(**config))  # type: ignore[arg-type]
     spec = ModelSpec(num_classes=4, image_size=image_size, federation_seed=3, init_seed=0)
     torch.manual_seed(0)
     model = algorithm.build_model(spec).double()
@@ -219,7 +221,7 @@ def test_a_samples_clipped_contribution_does_not_depend_on_its_batchmates() -> N
 
 def test_the_ledger_epsilon_does_not_depend_on_the_mode(tmp_path: Path) -> None:
     epsilons = []
-    for mode in ("hooks", "mixed-ghost"):
+    for mode in ("hooks", "mixed-ghost", "bookkeeping"):
         site, algorithm = _site(tmp_path / mode, mode=mode)
         state = algorithm.travelling_state(algorithm.build_model(site_spec()))
         update = site.train_round(state, SETTINGS)
@@ -228,7 +230,8 @@ def test_the_ledger_epsilon_does_not_depend_on_the_mode(tmp_path: Path) -> None:
         ledger = SiteLedger(tmp_path / mode)
         assert ledger.rounds()[0].grad_sample_mode == mode
         epsilons.append((ledger.epsilon(delta=1e-5, accountant="rdp"), site.epsilon()))
-    assert epsilons[0] == epsilons[1] and epsilons[0][0] == pytest.approx(epsilons[0][1])
+    assert all(e == epsilons[0] for e in epsilons)
+    assert epsilons[0][0] == pytest.approx(epsilons[0][1])
 
 
 def site_spec() -> ModelSpec:

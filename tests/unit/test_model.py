@@ -68,6 +68,16 @@ def test_label_attention_matches_nn_multihead_attention() -> None:
     assert torch.allclose(ours(queries, feature_map), expected, atol=1e-5)
 
 
+def test_label_attention_takes_an_empty_batch() -> None:
+    """Poisson sampling under DP-SGD can draw an empty batch; LADM must give ``[0, C, d]``."""
+    attention = LabelAttention(32, heads=4)
+    queries = torch.randn(5, 32, requires_grad=True)
+    out = attention(queries, torch.randn(0, 32, 4, 4))
+    assert out.shape == (0, 5, 32)
+    out.sum().backward()
+    assert queries.grad is not None and not queries.grad.any()
+
+
 def test_backbone_has_no_inplace_operations() -> None:
     backbone = ResNet18Features(small_input=True)
     for module in backbone.modules():

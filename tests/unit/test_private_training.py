@@ -17,6 +17,7 @@ from clinfl.data.imageset import ImageSet
 from clinfl.errors import BudgetExhausted, ModelError, PolicyViolation
 from clinfl.federation.messages import RoundSettings
 from clinfl.policy import DPPolicy
+from clinfl.privacy.bookkeeping import enable_bookkeeping
 from clinfl.privacy.ghost_norms import enable_mixed_ghost
 from clinfl.privacy.noise import secure_gaussian, use_secure_noise
 from clinfl.privacy.settings import (
@@ -56,7 +57,7 @@ def _brute_force_clipped_mean(model, algorithm, x, y, clip: float) -> dict[str, 
     return {n: t / x.shape[0] for n, t in total.items()}
 
 
-@pytest.mark.parametrize("mode", ["hooks", "ew", "ghost", "mixed-ghost"])
+@pytest.mark.parametrize("mode", ["hooks", "ew", "ghost", "mixed-ghost", "bookkeeping"])
 def test_clipped_per_sample_gradients_equal_a_brute_force_computation(mode: str) -> None:
     from opacus import PrivacyEngine
 
@@ -73,12 +74,13 @@ def test_clipped_per_sample_gradients_equal_a_brute_force_computation(mode: str)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     loader = DataLoader(TensorDataset(x, y), batch_size=4)
     extra = {}
-    if mode in GHOST_CLIPPING_MODES:
+    if mode in (*GHOST_CLIPPING_MODES, "bookkeeping"):
         from site_agent.private_training import _PerSampleCriterion
 
         extra["criterion"] = _PerSampleCriterion(algorithm)
     if mode == "mixed-ghost":
         enable_mixed_ghost(model)
+    bookkeeping = enable_bookkeeping(model) if mode == "bookkeeping" else None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         made = PrivacyEngine().make_private(
@@ -97,7 +99,10 @@ def test_clipped_per_sample_gradients_equal_a_brute_force_computation(mode: str)
             loss = made[2](output, y)
         else:
             loss = algorithm.per_sample_loss(output, y).mean()
-        loss.backward()
+        if bookkeeping is not None:  # one pass that leaves the clipped sum in .grad
+            bookkeeping.backward(loss, wrapped)
+        else:
+            loss.backward()
         dp_optimizer.pre_step()
     worst = max(
         (p.grad - expected[name]).abs().max().item()
@@ -128,11 +133,15 @@ def _site(
     mode: str = "hooks",
     name: str = "fedncalign",
     per_round: float | None = None,
+    secure_rng: bool = True,
 ):
-    policy = DPPolicy(epsilon_budget=budget)
+    policy = DPPolicy(epsilon_budget=budget, secure_rng=secure_rng)
     if per_round is not None:
         policy = DPPolicy(
-            epsilon_budget=budget, noise_multiplier=None, target_epsilon_per_round=per_round
+            epsilon_budget=budget,
+            noise_multiplier=None,
+            target_epsilon_per_round=per_round,
+            secure_rng=secure_rng,
         )
     dp = DPSettings.from_policy(policy, grad_sample_mode=mode)
     algorithm = _algorithm(name)
