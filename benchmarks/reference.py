@@ -115,17 +115,36 @@ class Cell:
     options: tuple[tuple[str, Any], ...] = ()
     lr: float | None = None
     width: int | None = None
+    tuned: tuple[tuple[str, Any], ...] = ()
+    """Loss weights chosen on validation (``tuning_choices``); ``options`` override them."""
 
     @property
     def key(self) -> str:
         """A stable identifier of the cell in the results file."""
         extra = ",".join(f"{k}={v}" for k, v in self.options)
+        tuned = ",".join(f"{k}={v}" for k, v in self.tuned)
         lr = "" if self.lr is None else f"/lr={self.lr:g}"
         width = "" if self.width is None else f"/width={self.width}"
         return (
             f"{self.stage}/{self.dataset}/{self.setting}/{self.variant}"
+            f"{'{' + tuned + '}' if tuned else ''}"
             f"{'[' + extra + ']' if extra else ''}{lr}{width}/{self.seed}"
         )
+
+
+def with_tuned_weights(cells: list[Cell], choices: dict[str, dict[str, Any]]) -> list[Cell]:
+    """Give each cell its variant's loss weights chosen on validation.
+
+    Only the digits cells outside the tuning stage take them: the weights are tuned on digits,
+    and NIH1000 keeps the paper's weights for X-rays (lambda_rej 0.01 on complex backgrounds).
+    """
+    out = []
+    for cell in cells:
+        tuned = cell.stage != "tune" and cell.dataset == "digits"
+        chosen = choices.get(cell.variant, {}) if tuned else {}
+        weights = tuple(sorted((k, v) for k, v in chosen.items() if k != "lr"))
+        out.append(replace(cell, tuned=weights))
+    return out
 
 
 def main_cells(
@@ -258,12 +277,12 @@ def run_config(
         raise SystemExit(f"unknown data set {cell.dataset!r}: use digits or nih1000")
     name, options = VARIANTS[cell.variant]
     chosen = dict((choices or {}).get(cell.variant, {})) if cell.stage != "tune" else {}
-    lr = cell.lr or chosen.pop("lr", None) or settings.lr
+    lr = cell.lr or chosen.get("lr") or settings.lr
     method = MethodConfig(
         name=name,
         backbone="small",
         width=cell.width or settings.width,
-        **{**options, **chosen, **dict(cell.options)},
+        **{**options, **dict(cell.tuned), **dict(cell.options)},
     )
     federation = FederationConfig(
         sites=5, rounds=settings.max_rounds, patience=settings.patience, lr=lr, seed=cell.seed
@@ -285,8 +304,9 @@ def run_cell(
     torch.set_num_threads(threads)
     record: dict[str, Any] = {
         "key": cell.key,
-        **{k: v for k, v in cell.__dict__.items() if k != "options"},
+        **{k: v for k, v in cell.__dict__.items() if k not in ("options", "tuned")},
         "options": dict(cell.options),
+        "tuned": dict(cell.tuned),
     }
     return {**record, **simulate_record(run_config(cell, settings, choices))}
 
@@ -348,11 +368,12 @@ def main() -> None:
             datasets.remove("nih1000")
         seeds = tuple(int(s) for s in args.seeds.split(","))
         stages = args.stage.split(",")
-        todo: list[Cell] = []
+        tuning: list[Cell] = []
         if "tune" in stages:
             tuning_seeds = tuple(int(s) for s in args.tuning_seeds.split(","))
             lr_grid = tuple(float(lr) for lr in args.lr_grid.split(","))
-            todo += tuning_cells(tuning_seeds, args.tuning_grids.split(","), lr_grid)
+            tuning = tuning_cells(tuning_seeds, args.tuning_grids.split(","), lr_grid)
+        todo: list[Cell] = []
         if "main" in stages:
             main_settings = tuple(args.settings.split(","))
             unknown = set(main_settings) - set(SETTINGS)
@@ -368,10 +389,12 @@ def main() -> None:
         results.update(machine=machine_info(), preset="reference", settings=settings.__dict__)
         results["machine"]["torch_threads"] = max(1, args.threads // args.workers)
         save_results(args.results, results)
-        todo = [cell for cell in todo if cell.key not in done]
         started = time.perf_counter()
-        for stage in ("tune", "main", "ablation", "width"):  # tune first: the rest use its choices
-            run_cells([c for c in todo if c.stage == stage], settings, args)
+        run_cells([cell for cell in tuning if cell.key not in done], settings, args)
+        # tune first: the other stages take its choices (and their keys name the loss weights)
+        todo = with_tuned_weights(todo, tuning_choices(load_results(args.results)["runs"]))
+        for stage in ("main", "ablation", "width"):
+            run_cells([c for c in todo if c.stage == stage and c.key not in done], settings, args)
         results = load_results(args.results)
         results["last_invocation_seconds"] = time.perf_counter() - started
         save_results(args.results, results)

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from benchmarks.paired_stats import paired_gain
-from benchmarks.reference import Cell, Settings, run_config, tuning_choices
+from benchmarks.reference import Cell, Settings, run_config, tuning_choices, with_tuned_weights
 from benchmarks.reference_report import render_reference
 
 
@@ -58,6 +58,7 @@ def _run(stage: str, variant: str, seed: int, val: float, test: float, **extra: 
         "variant": variant,
         "seed": seed,
         "options": extra.pop("options", {}),
+        "tuned": extra.pop("tuned", {}),
         "lr": extra.pop("lr", None),
         "width": None,
         "seconds": 10.0,
@@ -77,22 +78,33 @@ def test_choices_come_from_validation_never_from_test() -> None:
         # lr 1e-3 has the better *test* AUC; 3e-4 the better validation AUC: 3e-4 is chosen
         _run("tune", "fedavg", 100, val=0.90, test=0.70, lr=3e-4),
         _run("tune", "fedavg", 100, val=0.80, test=0.99, lr=1e-3),
-        _run("tune", "fedncalign_ln", 100, val=0.70, test=0.99, lr=1e-3),
-        _run("tune", "fedncalign_ln", 100, val=0.95, test=0.50, lr=1e-4),
-        _run("tune", "fedncalign_ln", 100, val=0.9, test=0.1, options={"lambda_rej": 0.1}),
-        _run("tune", "fedncalign_ln", 100, val=0.8, test=0.9, options={"lambda_rej": 1.0}),
+        _run("tune", "fedncalign_paper", 100, val=0.70, test=0.99, lr=1e-3),
+        # the paper's loss weights, scored by the run at the chosen rate
+        _run("tune", "fedncalign_paper", 100, val=0.85, test=0.99, lr=1e-4),
+        _run("tune", "fedncalign_paper", 100, val=0.9, test=0.1, options={"lambda_rej": 0.1}),
+        _run("tune", "fedncalign_paper", 100, val=0.8, test=0.9, options={"lambda_rej": 0.01}),
+        _run("tune", "fedncalign_paper", 100, val=0.8, test=0.9, options={"lambda_con": 0.1}),
         _run("main", "fedavg", 0, val=0.99, test=0.99, lr=1e-2),  # main runs choose nothing
     ]
     choices = tuning_choices(runs)
     assert choices["fedavg"]["lr"] == 3e-4 and choices["scaffold"]["lr"] == 3e-4
-    assert choices["fedncalign_ln"] == {"lr": 1e-4, "lambda_rej": 0.1}
-    config = run_config(Cell("main", "digits", "s1", "fedncalign_ln", 0), Settings(), choices)
-    assert config.federation.lr == 1e-4 and config.method.lambda_rej == 0.1
-    assert config.method.query_scaling == "layernorm" and config.federation.patience == 4
-    tune = run_config(
-        Cell("tune", "digits", "s1", "fedncalign_ln", 100, lr=1e-3), Settings(), choices
+    # lambda_rej 0.1 beats the paper's weight on validation; lambda_con 0.1 does not
+    assert choices["fedncalign_paper"] == {"lr": 1e-4, "lambda_rej": 0.1}
+    assert choices["fedncalign_ln"]["lambda_rej"] == 0.1  # the LayerNorm variant shares them
+    cells = with_tuned_weights(
+        [
+            Cell("main", "digits", "s1", "fedncalign_paper", 0),
+            Cell("main", "nih1000", "s1", "fedncalign_paper", 0),
+            Cell("tune", "digits", "s1", "fedncalign_paper", 100, lr=1e-3),
+        ],
+        choices,
     )
-    assert tune.federation.lr == 1e-3 and tune.method.lambda_rej is None
+    digits, nih, tune_cell = (run_config(cell, Settings(), choices) for cell in cells)
+    assert digits.federation.lr == 1e-4 and digits.method.lambda_rej == 0.1
+    assert "{lambda_rej=0.1}" in cells[0].key  # a rerun with other weights is another cell
+    assert nih.method.lambda_rej is None and "{" not in cells[1].key  # tuned on digits only
+    assert digits.method.query_scaling == "none" and digits.federation.patience == 4
+    assert tune_cell.federation.lr == 1e-3 and tune_cell.method.lambda_rej is None
 
 
 def test_report_states_each_gain_and_its_interval() -> None:
@@ -103,6 +115,27 @@ def test_report_states_each_gain_and_its_interval() -> None:
     assert "+3.00, +3.10, +3.20, +3.30, +3.40" in text
     assert "gain (interval above 0)" in text
     assert render_reference({"runs": []}) == []
+
+
+def test_ablations_pair_with_the_full_model_of_the_same_loss_weights() -> None:
+    """The full model of the ablation table is the tuned main run, not the paper-weight one."""
+    weights = {"lambda_rej": 0.1}
+
+    def cell(stage: str, variant: str, seed: int, test: float, **extra: Any) -> dict:
+        return {**_run(stage, variant, seed, 0.9, test, **extra), "setting": "s2"}
+
+    runs = [cell("main", "fedavg", s, 0.80) for s in range(5)]
+    runs += [cell("main", "fedncalign_paper", s, 0.70) for s in range(5)]  # paper weights
+    runs += [cell("main", "fedncalign_paper", s, 0.90, tuned=weights) for s in range(5)]
+    runs += [
+        cell("ablation", "fedncalign_paper", s, 0.85, tuned=weights, options={"ladm": False})
+        for s in range(5)
+    ]
+    text = "\n".join(render_reference({"runs": runs, "settings": Settings().__dict__}))
+    ablation = text[text.index("### Ablations") :]
+    assert "FedNCAlign-ML (paper LADM, loss weights tuned) as the full model" in ablation
+    assert "| ladm=False | 5 | 85.00 ± 0.00 | -5.00 [-5.00, -5.00] | loss" in ablation
+    assert "tuned − paper loss weights | +20.00" in text  # both kinds of run are reported
 
 
 def test_shipped_example_configs_load_and_validate() -> None:
