@@ -9,7 +9,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from benchmarks.paired_stats import paired_gain
-from benchmarks.reference import Cell, Settings, run_config, tuning_choices, with_tuned_weights
+from benchmarks.reference import (
+    Cell,
+    Settings,
+    long_cells,
+    run_config,
+    tuning_choices,
+    with_tuned_weights,
+)
 from benchmarks.reference_report import render_reference
 
 
@@ -154,3 +161,20 @@ def test_shipped_example_configs_load_and_validate() -> None:
     assert loaded["paper"].method.query_scaling == "none"
     assert loaded["reference-cpu"].method.width == 16
     assert loaded["reference-cpu"].federation.patience is not None
+
+
+def test_long_stage_gives_fedavg_a_longer_cap_and_is_reported_against_the_main_runs() -> None:
+    (cell,) = long_cells((0,), 30)
+    assert cell.key.endswith("/rounds=60/0") and cell.variant == "fedavg"
+    assert run_config(cell, Settings(max_rounds=30)).federation.rounds == 60
+    runs = [
+        {**_run("main", "fedncalign_paper", s, 0.9, 0.90 + 0.01 * s), "setting": "s2"}
+        for s in range(3)
+    ]
+    runs += [
+        {**_run("long", "fedavg", s, 0.9, 0.88), "setting": "s2", "max_rounds": 60}
+        for s in range(3)
+    ]
+    text = "\n".join(render_reference({"runs": runs, "settings": Settings().__dict__}))
+    assert "### FedAvg with 60 rounds" in text
+    assert "FedNCAlign-ML (paper LADM) − FedAvg (cap 60) | +2.00, +3.00, +4.00 | +3.00" in text
