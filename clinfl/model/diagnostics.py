@@ -85,6 +85,12 @@ def ladm_diagnostics(
             weights = model.ladm.attention_weights(queries, feature_map).double()  # [B, H, C, T]
             entropy = -(weights * torch.log(weights.clamp_min(1e-30))).sum(dim=-1).mean()
             output = model.head(feature_map)
+            # inside inference mode: a learnable classifier's prototypes require grad
+            strongest = (
+                None
+                if output.prototypes is None or output.class_features is None
+                else strongest_logit(output.class_features, output.prototypes, output.bias)
+            )
     finally:
         model.train(was_training)
     assert output.class_features is not None  # the ETF network always returns them
@@ -94,10 +100,9 @@ def ladm_diagnostics(
         uniform_entropy=math.log(positions),
         class_feature_cosine=mean_pairwise_cosine(output.class_features),
     )
-    if targets is None or output.prototypes is None:
+    if targets is None or strongest is None:
         return diagnostics
     labels = targets[: images.shape[0]].to(output.logits.device, torch.float64)
-    strongest = strongest_logit(output.class_features, output.prototypes, output.bias)
     looks_like_a_class = torch.sigmoid(strongest) > tau
     probabilities = torch.sigmoid(output.logits).double()
     negatives, positives = (1 - labels), labels

@@ -155,3 +155,14 @@ def test_rejection_diagnostics_count_negative_pairs_that_look_like_a_class() -> 
     assert "rejection_active" in low.to_json_dict()
     assert ladm_diagnostics(model, images) is not None
     assert "rejection_active" not in ladm_diagnostics(model, images).to_json_dict()  # type: ignore[union-attr]
+
+
+def test_rejection_diagnostics_work_with_a_learnable_classifier() -> None:
+    """The no-ETF ablation's prototypes require grad; measuring must not trip autograd."""
+    method = MethodConfig(name="fedncalign", width=16, classifier="learnable")
+    model = create_algorithm(method).build_model(SPEC)
+    targets = torch.zeros(4, 6)
+    targets[:, 1] = 1
+    diagnostics = ladm_diagnostics(model, torch.randn(4, 1, 32, 32), targets)
+    assert diagnostics is not None and diagnostics.rejection_active is not None
+    assert 0.0 <= diagnostics.rejection_active <= 1.0
