@@ -346,7 +346,17 @@ def run_cells(todo: list[Cell], settings: Settings, args: argparse.Namespace) ->
     with ProcessPoolExecutor(args.workers, mp_context=get_context("spawn")) as pool:
         futures = {pool.submit(run_cell, c, settings, choices, threads): c for c in todo}
         for done, future in enumerate(as_completed(futures), start=1):
-            record = future.result()
+            try:
+                record = future.result()
+            except Exception as error:  # a crash in one cell is recorded, the others go on
+                cell = futures[future]
+                record = {
+                    "key": cell.key,
+                    "stage": cell.stage,
+                    "error": repr(error),
+                    "seconds": 0.0,
+                }
+                print(f"{cell.key} failed: {error!r}", file=sys.stderr, flush=True)
             results = load_results(args.results)  # another stage may have written meanwhile
             results["runs"] = [r for r in results["runs"] if r["key"] != record["key"]]
             results["runs"].append(record)
