@@ -16,10 +16,11 @@ GHOST_CLIPPING_MODES = ("ghost", "mixed-ghost")
 # (clinfl/privacy/bookkeeping.py).
 BOOKKEEPING_MODE = "bookkeeping"
 # Fastest mode measured for this model on the reference CPU (benchmarks/privacy.py, batch 32,
-# 2 threads): mixed-ghost at 32, 64 and 128 px (docs/benchmarks.md); hooks at 16 px (an earlier
-# measurement; the benchmark starts at 32 px); above 128 px, where mixed-ghost is not measured,
-# expanded weights ("ew"), the fastest there in the design notes' 224 px measurement.
-_FASTEST_BY_SIZE = ((129, "ew"), (32, "mixed-ghost"), (0, "hooks"))
+# 2 threads): bookkeeping at 32, 64 and 128 px (1.56x, 1.43x and 1.79x the non-private step
+# on 2026-12-01, docs/benchmarks.md); hooks at 16 px (an earlier measurement; the benchmark
+# starts at 32 px); above 128 px, where the ghost-norm modes are not measured, expanded weights
+# ("ew"), the fastest there in the design notes' 224 px measurement.
+_FASTEST_BY_SIZE = ((129, "ew"), (32, "bookkeeping"), (0, "hooks"))
 
 
 def default_grad_sample_mode(image_size: int) -> str:

@@ -284,5 +284,5 @@ def test_secure_noise_replaces_opacus_noise_on_one_optimizer() -> None:
 
 def test_default_mode_follows_the_measured_table() -> None:
     assert default_grad_sample_mode(16) == "hooks"
-    assert {default_grad_sample_mode(size) for size in (32, 64, 128)} == {"mixed-ghost"}
+    assert {default_grad_sample_mode(size) for size in (32, 64, 128)} == {"bookkeeping"}
     assert default_grad_sample_mode(224) == "ew"
