@@ -101,6 +101,7 @@ def test_a_convolution_s_clipped_sum_equals_brute_force(
     [
         (16, {}),
         (32, {}),
+        (64, {}),  # an 8x8 LADM map; the mixed rule takes ghost norms for more layers
         (16, {"query_scaling": "layernorm"}),  # LayerNorm on LADM's queries and tokens
         (32, {"name": "fedavg"}),  # a Linear head with a bias
     ],
