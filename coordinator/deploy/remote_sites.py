@@ -15,12 +15,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
+import httpx
 from flwr.serverapp import Grid
 
-from clinfl.errors import ClinflError, PolicyViolation, SiteUnavailable
+from clinfl.errors import ClinflError, DeploymentError, PolicyViolation, SiteUnavailable
 from clinfl.federation.messages import EvaluationReport
 from clinfl.metrics import MultiLabelMetrics
 from clinfl.transport.contract import (
@@ -41,6 +43,17 @@ from clinfl.typing import StateDict
 A = TypeVar("A")
 R = TypeVar("R")
 log = logging.getLogger("clinfl.coordinator")
+T = TypeVar("T")
+NODE_LIST_RETRY_SECONDS = 60.0
+
+
+def is_transient(error: Exception) -> bool:
+    """Whether ``error`` is a server error from the SuperLink that a retry may clear.
+
+    Under load the SuperLink answers some requests with HTTP 500 (its database busy). Flower
+    1.41's HTTP grid retries 502, 503 and 504 itself, but raises 500 to the caller.
+    """
+    return isinstance(error, httpx.HTTPStatusError) and error.response.status_code >= 500
 
 
 @dataclass(frozen=True)
@@ -86,25 +99,41 @@ class FlowerLink:
         self._poll = poll_seconds
 
     def node_ids(self) -> set[int]:
-        """Return the nodes connected now."""
-        with self._lock:
-            return set(self._grid.get_node_ids())
+        """Return the nodes connected now.
+
+        Raises:
+            DeploymentError: if the SuperLink keeps failing for ``NODE_LIST_RETRY_SECONDS``.
+        """
+        deadline = time.monotonic() + NODE_LIST_RETRY_SECONDS
+        nodes = self._retrying(lambda: set(self._grid.get_node_ids()), deadline, "listing nodes")
+        if nodes is None:
+            raise DeploymentError(
+                f"the SuperLink failed to list the connected nodes for "
+                f"{NODE_LIST_RETRY_SECONDS:g} s",
+                remedy="see the SuperLink's log in the run folder",
+            )
+        return nodes
 
     def call(self, node_id: int, call: str, body: bytes, *, timeout: float) -> bytes:
         """Send ``call`` to ``node_id`` and return the reply body.
+
+        A transient SuperLink error (:func:`is_transient`) is retried until the deadline.
 
         Raises:
             SiteUnavailable: if no reply comes within ``timeout`` seconds, or Flower reports
                 that the node could not handle the message.
         """
         content = call_content(call, body)
+        deadline = time.monotonic() + timeout
         with self._lock:
             message = self._grid.create_message(content, "query", node_id, call, ttl=timeout)
-            ids = list(self._grid.push_messages([message]))
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with self._lock:
-                replies = list(self._grid.pull_messages(ids))
+        ids = self._retrying(
+            lambda: list(self._grid.push_messages([message])), deadline, f"sending {call}"
+        )
+        while ids is not None and time.monotonic() < deadline:
+            replies = self._retrying(
+                lambda: list(self._grid.pull_messages(ids)), deadline, f"pulling {call}"
+            )
             if replies:
                 reply = replies[0]
                 if reply.has_error():
@@ -123,6 +152,25 @@ class FlowerLink:
             f"node {node_id} did not answer {call} within {timeout:g} s",
             remedy="check that the site's agent is running, or raise the timeout",
         )
+
+    def _retrying(self, request: Callable[[], T], deadline: float, what: str) -> T | None:
+        """Run ``request`` under the lock; retry transient SuperLink errors until ``deadline``.
+
+        Returns None if the deadline passes first. Any other error propagates.
+        """
+        pause = self._poll
+        while True:
+            try:
+                with self._lock:
+                    return request()
+            except httpx.HTTPStatusError as error:
+                if not is_transient(error):
+                    raise
+                log.warning("the SuperLink failed %s (%s); retrying", what, error)
+            if time.monotonic() + pause >= deadline:
+                return None
+            time.sleep(pause)
+            pause = min(2 * pause, 5.0)
 
 
 class SiteRoster:

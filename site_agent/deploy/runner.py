@@ -51,7 +51,8 @@ def run_site(
     process group (agent and SuperNode) at once, as a power cut would.
 
     Raises:
-        DeploymentError: if the SuperNode cannot start or exits while serving.
+        DeploymentError: if the SuperNode cannot connect (or stay connected) to the
+            coordinator for ``connect_timeout`` seconds.
     """
     site = DeployedSite(
         SiteIdentity(keys.site, keys.signing_key),
@@ -70,7 +71,7 @@ def run_site(
         connect_timeout=connect_timeout,
     )
     notify(f"{keys.site}: starting the SuperNode for {coordinator} (log: {supernode.log_file})")
-    supernode.start()
+    _first_start(supernode, notify)
 
     def on_task(call: str) -> None:
         notify(f"{keys.site}: {call or 'unknown call'}")
@@ -94,6 +95,20 @@ def run_site(
         supernode.stop()
         serving.join(timeout=30)
         site.write_audit_report()
+
+
+def _first_start(supernode: SuperNode, notify: Notify) -> None:
+    """Start the SuperNode; an exit while starting is left to :func:`_supervise` to retry.
+
+    A site may start before the coordinator is up or has registered this site's node key
+    (the coordinator registers the roster's keys one by one after its SuperLink starts); the
+    SuperLink then refuses the SuperNode, which exits. That is the same condition as an exit
+    while serving, so it gets the same restarts, bounded by the same ``connect_timeout``.
+    """
+    try:
+        supernode.start()
+    except DeploymentError as error:
+        notify(f"{error.message}: {supernode.exit_reason()}; retrying")
 
 
 def _supervise(

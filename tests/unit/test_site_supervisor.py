@@ -58,6 +58,26 @@ def test_a_node_that_comes_back_is_kept_and_the_site_serves_until_stopped() -> N
     assert sum("starting it again" in line for line in lines) == 3
 
 
+class RefusedAtFirstNode(FlakyNode):
+    """Exits while starting the first time, as when its node key is not registered yet."""
+
+    def start(self) -> None:
+        super().start()
+        if not self.up:
+            raise DeploymentError("the SuperNode exited with code 1 while starting", remedy="-")
+
+
+def test_a_node_refused_at_its_first_start_is_retried_like_any_exit() -> None:
+    """A site started before the coordinator registered its node key does not give up."""
+    node, stop, lines = RefusedAtFirstNode(failures=2), threading.Event(), []
+    site_runner._first_start(node, lines.append)  # type: ignore[arg-type]
+    assert not node.alive() and "Failed to activate" in lines[0]
+    timer = threading.Timer(4.0, stop.set)
+    timer.start()
+    site_runner._supervise(node, stop, connect_timeout=60, notify=lines.append)  # type: ignore[arg-type]
+    assert node.starts == 3 and node.alive()
+
+
 def test_the_exit_reason_is_flowers_exit_message_without_colours(tmp_path: Path) -> None:
     key = tmp_path / "node.key"
     key.write_text("x")
