@@ -12,7 +12,7 @@ validation macro-AUC has not improved for ``--patience`` rounds; the best valida
 reported. Test data choose nothing.
 
     python benchmarks/reference.py                         # the whole reference (make bench-reference)
-    python benchmarks/reference.py --stage tune            # lr and lambda choices on validation
+    python benchmarks/reference.py --stage tune            # lr, lambda, baseline choices on validation
     python benchmarks/reference.py --stage long            # FedAvg with twice the round cap
     python benchmarks/reference.py --stage main --datasets digits --variants fedavg,fedncalign_ln
     python benchmarks/reference.py --resume                # keep finished cells, run the rest
@@ -88,6 +88,13 @@ LAMBDA_REJ_GRID = (0.01, 0.1)
 LAMBDA_CON_GRID = (0.1, 0.3)
 """Alternatives to the paper's weights (lambda_rej 1 on clean backgrounds, lambda_con 1); the
 paper's own weights are scored by the learning-rate run at the chosen rate. 0 is an ablation."""
+BASELINE_GRIDS: dict[str, tuple[str, tuple[float, ...]]] = {
+    "fedprox": ("prox_mu", (0.001, 0.01, 0.1)),
+    "fedcurv": ("fedcurv_lambda", (1e3, 1e4, 1e5)),
+}
+"""Each baseline's own strength, tuned on validation at FedAvg's chosen learning rate, as
+FedNCAlign-ML's loss weights are (the tuning budget is the same: three values, two seeds). Each
+grid holds the product's default (``MethodConfig``)."""
 LONG_FACTOR = 2
 """The ``long`` stage's round cap, in multiples of ``--max-rounds``."""
 WIDTH_GRID = (32,)
@@ -197,7 +204,8 @@ def long_cells(seeds: tuple[int, ...], max_rounds: int) -> list[Cell]:
 def tuning_cells(
     seeds: tuple[int, ...], grids: list[str], lr_grid: tuple[float, ...] = LR_GRID
 ) -> list[Cell]:
-    """The learning-rate (``lr``) and loss-weight (``lambda``) grids on validation (digits, s1)."""
+    """The learning-rate (``lr``), loss-weight (``lambda``) and baseline-strength
+    (``baseline``, :data:`BASELINE_GRIDS`) grids on validation (digits, s1)."""
     out = []
     if "lr" in grids:
         out += [
@@ -210,6 +218,13 @@ def tuning_cells(
         out += [
             Cell("tune", "digits", "s1", LAMBDA_TUNED, seed, ((name, value),))
             for name, grid in (("lambda_rej", LAMBDA_REJ_GRID), ("lambda_con", LAMBDA_CON_GRID))
+            for value in grid
+            for seed in seeds
+        ]
+    if "baseline" in grids:
+        out += [
+            Cell("tune", "digits", "s1", variant, seed, ((name, value),))
+            for variant, (name, grid) in BASELINE_GRIDS.items()
             for value in grid
             for seed in seeds
         ]
@@ -233,8 +248,9 @@ def tuning_choices(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     variant; FedAvg's applies to the other linear-head baselines, which share its head and
     objective. lambda_rej and lambda_con are chosen the same way for ``LAMBDA_TUNED``, among
     the grid and the paper's weights (scored by that variant's learning-rate run at its chosen
-    rate), and shared by both FedNCAlign-ML variants (the ablations use them too). Test data
-    choose nothing. Empty without tuning results.
+    rate), and shared by both FedNCAlign-ML variants (the ablations use them too). FedProx's mu
+    and FedCurv's lambda are chosen among :data:`BASELINE_GRIDS` (kept only where they differ
+    from the product's default). Test data choose nothing. Empty without tuning results.
     """
     tune = [r for r in runs if r.get("stage") == "tune" and "error" not in r and r.get("best")]
 
@@ -253,6 +269,11 @@ def tuning_choices(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         for variant in ("fedavg_zero_bias", "fedprox", "scaffold", "fedcurv", "spherefed"):
             choices[variant] = dict(choices["fedavg"])
         choices["centralized"] = dict(choices["fedavg"])
+    for variant, (name, _) in BASELINE_GRIDS.items():
+        rows = [r for r in tune if r["variant"] == variant and name in r.get("options", {})]
+        value = best_of(rows, partial(_option, name=name))
+        if value is not None and value != baseline_default(name):
+            choices.setdefault(variant, {})[name] = value
     for name in ("lambda_rej", "lambda_con"):
         rows = [r for r in tune if r["variant"] == LAMBDA_TUNED and name in r.get("options", {})]
         paper = [
@@ -271,6 +292,11 @@ def tuning_choices(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 PAPER_WEIGHT = "paper"
 """How ``tuning_choices`` labels the paper's own loss weight (the method's default)."""
+
+
+def baseline_default(name: str) -> Any:
+    """The product's default for a baseline's strength (a ``MethodConfig`` field)."""
+    return MethodConfig.__dataclass_fields__[name].default
 
 
 def _option(row: dict[str, Any], *, name: str) -> Any:
@@ -297,6 +323,9 @@ def run_config(
         raise SystemExit(f"unknown data set {cell.dataset!r}: use digits or nih1000")
     name, options = VARIANTS[cell.variant]
     chosen = dict((choices or {}).get(cell.variant, {})) if cell.stage != "tune" else {}
+    if cell.stage == "tune" and cell.variant in BASELINE_GRIDS:
+        # a baseline's strength is tuned at the learning rate it will train with (FedAvg's)
+        chosen = {k: v for k, v in (choices or {}).get(cell.variant, {}).items() if k == "lr"}
     lr = cell.lr or chosen.get("lr") or settings.lr
     method = MethodConfig(
         name=name,
@@ -381,7 +410,9 @@ def main() -> None:
         "--settings", default=",".join(SETTINGS), help="skew settings of the main stage"
     )
     parser.add_argument("--tuning-seeds", default=",".join(map(str, TUNING_SEEDS)))
-    parser.add_argument("--tuning-grids", default="lr,lambda", help="lr, lambda or both")
+    parser.add_argument(
+        "--tuning-grids", default="lr,lambda,baseline", help="any of lr, lambda, baseline"
+    )
     parser.add_argument("--lr-grid", default=",".join(f"{lr:g}" for lr in LR_GRID))
     parser.add_argument("--width", type=int, default=Settings.width)
     parser.add_argument("--lr", type=float, default=Settings.lr)

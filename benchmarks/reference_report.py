@@ -20,16 +20,19 @@ NAMES = {
     "fedavg": "FedAvg (prior bias)",
     "fedavg_zero_bias": "FedAvg (zero bias)",
     "fedprox": "FedProx",
+    "fedprox+tuned": "FedProx (mu tuned)",
     "scaffold": "SCAFFOLD",
     "fedcurv": "FedCurv",
+    "fedcurv+tuned": "FedCurv (lambda tuned)",
     "spherefed": "SphereFed",
     "fedncalign_paper+tuned": "FedNCAlign-ML (paper LADM, loss weights tuned)",
     "fedncalign_paper": "FedNCAlign-ML (paper LADM)",
     "fedncalign_ln+tuned": "FedNCAlign-ML (LADM + LayerNorm, loss weights tuned)",
     "fedncalign_ln": "FedNCAlign-ML (LADM + LayerNorm, clinfl)",
 }
-"""Display names; ``+tuned`` marks runs with the loss weights chosen on validation (the others
-have the paper's weights)."""
+"""Display names; ``+tuned`` marks runs with the loss weights (FedNCAlign-ML) or the strength
+(FedProx, FedCurv) chosen on validation where it differs from the default (the others have the
+paper's weights, the product's defaults)."""
 METHODS = ("fedncalign_paper+tuned", "fedncalign_paper", "fedncalign_ln+tuned", "fedncalign_ln")
 TUNED = "+tuned"
 DATASET_TITLES = {
@@ -235,6 +238,26 @@ def _tuning_tables(runs: list[Run], choices: dict[str, dict[str, Any]]) -> list[
             out.append(
                 f"| {value:g}{mark} | {_mean_sd([r['best']['val_macro_auc'] for r in rows])} |"
             )
+    return out + _baseline_tuning_tables(tune, choices)
+
+
+def _baseline_tuning_tables(tune: list[Run], choices: dict[str, dict[str, Any]]) -> list[str]:
+    from benchmarks.reference import BASELINE_GRIDS, baseline_default
+
+    out: list[str] = []
+    lr = choices.get("fedavg", {}).get("lr")
+    for variant, (name, _) in BASELINE_GRIDS.items():
+        rows = [r for r in tune if r["variant"] == variant and name in r.get("options", {})]
+        if not rows:
+            continue
+        picked = choices.get(variant, {}).get(name, baseline_default(name))
+        at = f", FedAvg's lr {lr:g}" if lr else ""
+        out += ["", f"| {name} ({NAMES[variant]}{at}) | val macro-AUC |", "| --- | --- |"]
+        for value in sorted({r["options"][name] for r in rows}):
+            scores = [r["best"]["val_macro_auc"] for r in rows if r["options"][name] == value]
+            default = " (default)" if value == baseline_default(name) else ""
+            mark = " (chosen)" if value == picked else ""
+            out.append(f"| {value:g}{default}{mark} | {_mean_sd(scores)} |")
     return out
 
 

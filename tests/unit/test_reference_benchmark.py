@@ -14,6 +14,7 @@ from benchmarks.reference import (
     Settings,
     long_cells,
     run_config,
+    tuning_cells,
     tuning_choices,
     with_tuned_weights,
 )
@@ -112,6 +113,36 @@ def test_choices_come_from_validation_never_from_test() -> None:
     assert nih.method.lambda_rej is None and "{" not in cells[1].key  # tuned on digits only
     assert digits.method.query_scaling == "none" and digits.federation.patience == 4
     assert tune_cell.federation.lr == 1e-3 and tune_cell.method.lambda_rej is None
+
+
+def test_baseline_strengths_are_tuned_on_validation_at_fedavgs_rate() -> None:
+    """FedProx's mu and FedCurv's lambda get the same tuning budget as FedNCAlign-ML's weights."""
+    runs = [
+        _run("tune", "fedavg", 100, val=0.9, test=0.5, lr=3e-4),
+        _run("tune", "fedavg", 100, val=0.8, test=0.9, lr=1e-3),
+        # mu 0.1 is best on validation (worst on test); the default 0.01 is not
+        _run("tune", "fedprox", 100, val=0.95, test=0.1, options={"prox_mu": 0.1}),
+        _run("tune", "fedprox", 100, val=0.90, test=0.9, options={"prox_mu": 0.01}),
+        # FedCurv's default is best on validation: nothing changes for it
+        _run("tune", "fedcurv", 100, val=0.95, test=0.1, options={"fedcurv_lambda": 1e5}),
+        _run("tune", "fedcurv", 100, val=0.90, test=0.9, options={"fedcurv_lambda": 1e3}),
+    ]
+    choices = tuning_choices(runs)
+    assert choices["fedprox"] == {"lr": 3e-4, "prox_mu": 0.1}
+    assert choices["fedcurv"] == {"lr": 3e-4}
+    main, curv = with_tuned_weights(
+        [Cell("main", "digits", "s2", "fedprox", 0), Cell("main", "digits", "s2", "fedcurv", 0)],
+        choices,
+    )
+    assert "fedprox{prox_mu=0.1}" in main.key and "{" not in curv.key
+    assert run_config(main, Settings(), choices).method.prox_mu == 0.1
+    tune = [c for c in tuning_cells((100,), ["baseline"]) if c.variant == "fedprox"]
+    assert sorted(dict(c.options)["prox_mu"] for c in tune) == [0.001, 0.01, 0.1]
+    config = run_config(tune[0], Settings(lr=1e-3), choices)
+    assert config.federation.lr == 3e-4 and config.method.prox_mu == 0.001
+    text = "\n".join(render_reference({"runs": runs, "settings": Settings().__dict__}))
+    assert "| 0.1 (chosen) |" in text and "| 0.01 (default) |" in text
+    assert "| 100000 (default) (chosen) |" in text
 
 
 def test_report_states_each_gain_and_its_interval() -> None:
