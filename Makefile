@@ -73,8 +73,8 @@ bench: $(STAMP)
 bench-full: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py --full
 
-## The reference accuracy benchmark (docs/benchmarks.md, "Reference accuracy"): learning rate and
-## loss weights chosen on validation, then every method trained until validation macro-AUC stops
+## The reference accuracy benchmark (docs/benchmarks.md, "Reference accuracy"): learning rate, loss
+## weights and baseline strengths chosen on validation, then every method trained until validation macro-AUC stops
 ## improving, 5 seeds, both skew settings, digits and NIH1000, the ablations, the width study and
 ## FedAvg with twice the round cap. About 240 runs: some 4.5 hours on 2 idle cores, so it does not
 ## fit 3 hours here (docs/benchmarks.md says which stages were run). Resumable:
