@@ -351,8 +351,8 @@ def _auc(run: Run) -> float:
 
 
 def _width_table(runs: list[Run], main: list[Run], width: int) -> list[str]:
-    from benchmarks.reference import WIDTH_VARIANTS
-
+    """Each narrow-width variant against the main setting-1 runs of the same variant, the same
+    loss weights (``+tuned`` on both sides or neither) and the same seeds."""
     narrow = [r for r in runs if r.get("stage") == "width"]
     if not narrow:
         return []
@@ -363,8 +363,9 @@ def _width_table(runs: list[Run], main: list[Run], width: int) -> list[str]:
         "| --- | --- | --- | --- | --- |",
     ]
     widths = sorted({r["width"] for r in narrow} | {width})
+    variants = [v for v in NAMES if any(r["variant"] == v for r in narrow)]
     for w in widths:
-        for variant in WIDTH_VARIANTS:
+        for variant in variants:
             if w == width:
                 rows = [
                     r

@@ -209,3 +209,18 @@ def test_long_stage_gives_fedavg_a_longer_cap_and_is_reported_against_the_main_r
     text = "\n".join(render_reference({"runs": runs, "settings": Settings().__dict__}))
     assert "### FedAvg with 60 rounds" in text
     assert "FedNCAlign-ML (paper LADM) − FedAvg (cap 60) | +2.00, +3.00, +4.00 | +3.00" in text
+
+
+def test_width_study_compares_runs_with_the_same_loss_weights() -> None:
+    """A narrow-width run with tuned weights is set against the tuned main run, not the paper's."""
+    tuned = {"lambda_rej": 0.1}
+    runs = [
+        _run("main", "fedncalign_paper", 0, 0.9, 0.71),
+        _run("main", "fedncalign_paper", 0, 0.9, 0.72, tuned=tuned),
+        {**_run("width", "fedncalign_paper", 0, 0.9, 0.73, tuned=tuned), "width": 32},
+    ]
+    text = "\n".join(render_reference({"runs": runs, "settings": Settings().__dict__}))
+    table = text[text.index("What the narrow backbone costs") :]
+    assert "| 16 | FedNCAlign-ML (paper LADM, loss weights tuned) | 1 | 72.00 ± 0.00 |" in table
+    assert "| 32 | FedNCAlign-ML (paper LADM, loss weights tuned) | 1 | 73.00 ± 0.00 |" in table
+    assert "71.00" not in table
