@@ -232,12 +232,14 @@ def tuning_cells(
     return out
 
 
-def width_cells() -> list[Cell]:
-    """What the narrower backbone costs in accuracy (digits, setting 1; width 16 is the main run)."""
+def width_cells(variants: list[str]) -> list[Cell]:
+    """What the narrower backbone costs in accuracy (digits, setting 1; width 16 is the main run),
+    for those of ``WIDTH_VARIANTS`` among ``variants``."""
     return [
         Cell("width", "digits", "s1", variant, seed, width=width)
         for width in WIDTH_GRID
         for variant in WIDTH_VARIANTS
+        if variant in variants
         for seed in WIDTH_SEEDS
     ]
 
@@ -449,7 +451,7 @@ def main() -> None:
         if "ablation" in stages and "digits" in datasets:
             todo += ablation_cells(seeds)
         if "width" in stages and "digits" in datasets:
-            todo += width_cells()
+            todo += width_cells(args.variants.split(","))
         if "long" in stages and "digits" in datasets:
             todo += long_cells(seeds, settings.max_rounds)
         done = {r["key"] for r in results["runs"] if "error" not in r}
