@@ -27,6 +27,23 @@ ACCOUNTANTS = ("rdp", "prv")
 MODALITIES = ("CR", "DX", "CT", "MR", "US", "MG", "XA", "RF", "NM", "PT", "OT")
 VIEWS = ("PA", "AP", "LL", "RL", "LATERAL", "OBLIQUE")
 METRICS = ("loss", "auc", "counts", "epsilon", "ingest")
+METRIC_DISCLOSURE: dict[str, str] = {
+    "loss": "the mean training loss rides in the masked sum, outside the DP accountant; a "
+    "coordinator that crafts the global model and varies the survivor set across rounds can "
+    "compute this site's per-class positive counts from it",
+    "auc": "this site may evaluate whatever model the coordinator sends on its validation and "
+    "test sets and return the metrics in the clear; from a few crafted models a coordinator "
+    "computes those sets' sizes and per-class positive counts",
+    "counts": "the sample count weights the masked update and is in the site's shared audit "
+    "summary; a coordinator that varies the survivor set across rounds (one dropout is enough) "
+    "computes it exactly",
+    "epsilon": "the cumulative epsilon leaves in the clear; it depends on the sampling rate, so "
+    "it gives the batches per epoch (the sample count to within one batch)",
+    "ingest": "the ingestion summary (files accepted, quarantined by reason) is in the site's "
+    "shared audit summary",
+}
+"""What a lying coordinator can compute about this site from each reported metric (SECAGG.md,
+R7; docs/threat-model.md). None of it is covered by the DP accountant's epsilon."""
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from clinfl.cli.errors import cli_errors
-from clinfl.policy import SitePolicy, load_policy
+from clinfl.policy import METRIC_DISCLOSURE, SitePolicy, load_policy
 
 policy_app = typer.Typer(help="Site privacy policies.", no_args_is_help=True)
 
@@ -66,12 +66,23 @@ def check(
     """Validate a policy file (every problem at once) and print what it allows."""
     with cli_errors(as_json=as_json):
         policy = load_policy(file)
+        disclosed = {m: METRIC_DISCLOSURE[m] for m in policy.reporting.metrics}
         if as_json:
-            print(json.dumps({"valid": True, **asdict(policy)}, indent=2))
+            print(json.dumps({"valid": True, **asdict(policy), "discloses": disclosed}, indent=2))
             return
         table = Table(title=f"{file}: valid (sha256 {policy.sha256[:12]}...)")
         table.add_column("term")
         table.add_column("this policy")
         for term, text in _summary(policy):
             table.add_row(term, text)
-        Console().print(table)
+        console = Console()
+        console.print(table)
+        if disclosed:
+            console.print("What a lying coordinator can compute from the metrics listed:")
+            for metric, text in disclosed.items():
+                console.print(f"  {metric}: {text}", highlight=False)
+            console.print(
+                "Remove a metric from reporting.metrics to keep it at the site "
+                "(docs/threat-model.md, 'What the coordinator learns').",
+                highlight=False,
+            )

@@ -356,6 +356,34 @@ def encode_reply(value: object) -> bytes:
     return encode({"ok": value})
 
 
+WITHHELD_REASONS: dict[str, str] = {
+    "budget": "the round would take it past its privacy budget",
+    "policy": "its policy does not allow this round",
+    "unavailable": "it cannot take part now",
+    "federation": "it could not take part in this round",
+}
+"""What a site tells the coordinator when it refuses a round call for a reason of its own."""
+
+
+def withheld_refusal(error: ClinflError, *, site_id: str, call: str) -> ClinflError:
+    """Return what a site may tell the coordinator about refusing round call ``call``.
+
+    A protocol violation describes what the coordinator sent, and goes back as it is. Any other
+    refusal of a round call may depend on the site's data (its sample count, the epsilon a round
+    would cost, its steps per epoch), so only its kind leaves the site, with a fixed text
+    (SECAGG.md, R7): a coordinator that varies the batch size or the budget it asks for learns
+    nothing from the wording. The reason stays in the site's log and audit report.
+    """
+    if isinstance(error, ProtocolViolation):
+        return error
+    kind = _kind(error)
+    return _KINDS[kind](
+        f"{site_id} declined {call[:40]}: {WITHHELD_REASONS[kind]} (the reason is in its audit "
+        "report)",
+        remedy=f"ask {site_id}'s operator for the reason in the site's audit report",
+    )
+
+
 def encode_refusal(error: ClinflError, *, site_id: str | None) -> bytes:
     """Return a refusal or failure reply: its kind, message and remedy, and the site's name."""
     body = {"kind": _kind(error), "message": error.message, "remedy": error.remedy}

@@ -11,7 +11,9 @@ for less protection than the policy demands. A configuration that names any loca
 that is not valid, is declined with one fixed reason that says nothing about the site's files
 (SECAGG.md, R8); the details go to the site's own log only. Training, secure aggregation and the
 budget are then enforced by the same :class:`~site_agent.agent.SiteAgent` as in the in-process
-federation. Refusals go to the ledger's audit log and back to the coordinator.
+federation. Refusals go to the ledger's audit log and back to the coordinator; a round call's
+refusal goes back as its kind and a fixed text only, since its reason may depend on the site's
+data (a sample count, the epsilon a round would cost; SECAGG.md, R7).
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from clinfl.transport.contract import (
     call_named,
     encode_refusal,
     encode_reply,
+    withheld_refusal,
 )
 from clinfl.transport.flower.bundle import check_bundle
 from clinfl.transport.wire import decode
@@ -135,6 +138,8 @@ class DeployedSite:
             log.warning("%s refused %s: %s", self.site_id, call[:40], error.message)
             if not audited:
                 self._audit(error.message)
+            else:  # a round call's reason may depend on the site's data: it stays here (R7)
+                error = withheld_refusal(error, site_id=self.site_id, call=call)
             return encode_refusal(error, site_id=self.site_id)
         if row.ends_round:
             self.write_audit_report()

@@ -177,6 +177,20 @@ def test_policy_check_prints_what_a_policy_allows() -> None:
         runner.invoke(app, ["policy", "check", str(POLICIES / "research.toml"), "--json"]).output
     )
     assert as_json["valid"] and as_json["dp"]["required"] is False
+    assert set(as_json["discloses"]) == set(as_json["reporting"]["metrics"])
+
+
+def test_policy_check_says_what_each_reported_metric_gives_a_lying_coordinator(
+    tmp_path: Path,
+) -> None:
+    result = runner.invoke(app, ["policy", "check", str(POLICIES / "default.toml")])
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "counts: the sample count weights the masked update" in text
+    assert "computes it exactly" in text and "auc: this site may evaluate" in text
+    silent = _policy(tmp_path, "[reporting]\nmetrics = []\n")
+    result = runner.invoke(app, ["policy", "check", str(silent), "--json"])
+    assert json.loads(result.output)["discloses"] == {}
 
 
 def test_policy_check_lists_every_problem(tmp_path: Path) -> None:
