@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, replace
@@ -367,6 +368,17 @@ def run_cell(
     return {**record, **simulate_record(run_config(cell, settings, choices))}
 
 
+def cpus_of(runs: list[dict[str, Any]]) -> str:
+    """Name the CPU the finished ``runs`` ran on, with each one's run count if there are several.
+
+    Seconds per round compare only within one CPU; the report's machine table shows this.
+    """
+    counts = Counter(str(r.get("cpu", "?")) for r in runs if "error" not in r)
+    if len(counts) <= 1:
+        return next(iter(counts), "?")
+    return ", ".join(f"{cpu} ({n} runs)" for cpu, n in counts.most_common())
+
+
 def run_cells(todo: list[Cell], settings: Settings, args: argparse.Namespace) -> None:
     """Run ``todo`` on ``args.workers`` processes, saving after every finished cell."""
     if not todo:
@@ -389,9 +401,11 @@ def run_cells(todo: list[Cell], settings: Settings, args: argparse.Namespace) ->
                     "seconds": 0.0,
                 }
                 print(f"{cell.key} failed: {error!r}", file=sys.stderr, flush=True)
+            record["cpu"] = machine_info()["cpu"]  # a results file may gather several machines
             results = load_results(args.results)  # another stage may have written meanwhile
             results["runs"] = [r for r in results["runs"] if r["key"] != record["key"]]
             results["runs"].append(record)
+            results["machine"]["cpu"] = cpus_of(results["runs"])
             save_results(args.results, results)
             print_cell(done, len(todo), record)
 
@@ -457,6 +471,8 @@ def main() -> None:
         done = {r["key"] for r in results["runs"] if "error" not in r}
         results["runs"] = [r for r in results["runs"] if r["key"] in done]
         results.update(machine=machine_info(), preset="reference", settings=settings.__dict__)
+        if results["runs"]:
+            results["machine"]["cpu"] = cpus_of(results["runs"])
         results["machine"]["torch_threads"] = max(1, args.threads // args.workers)
         save_results(args.results, results)
         started = time.perf_counter()

@@ -12,6 +12,7 @@ from benchmarks.paired_stats import paired_gain
 from benchmarks.reference import (
     Cell,
     Settings,
+    cpus_of,
     long_cells,
     run_config,
     tuning_cells,
@@ -224,3 +225,9 @@ def test_width_study_compares_runs_with_the_same_loss_weights() -> None:
     assert "| 16 | FedNCAlign-ML (paper LADM, loss weights tuned) | 1 | 72.00 ± 0.00 |" in table
     assert "| 32 | FedNCAlign-ML (paper LADM, loss weights tuned) | 1 | 73.00 ± 0.00 |" in table
     assert "71.00" not in table
+
+
+def test_the_machine_names_every_cpu_its_runs_ran_on() -> None:
+    runs = [{"cpu": "A"}, {"cpu": "B"}, {"cpu": "A"}, {"cpu": "C", "error": "boom"}]
+    assert cpus_of(runs) == "A (2 runs), B (1 runs)"
+    assert cpus_of([{"cpu": "A"}]) == "A"
