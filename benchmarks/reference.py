@@ -386,6 +386,7 @@ def run_cells(todo: list[Cell], settings: Settings, args: argparse.Namespace) ->
     results = load_results(args.results)
     choices = tuning_choices(results["runs"])
     threads = max(1, args.threads // args.workers)
+    cpu = machine_info()["cpu"]  # a results file may gather runs from several machines
     todo = sorted(todo, key=lambda c: -RELATIVE_COST.get(c.variant, 1.0))
     with ProcessPoolExecutor(args.workers, mp_context=get_context("spawn")) as pool:
         futures = {pool.submit(run_cell, c, settings, choices, threads): c for c in todo}
@@ -401,7 +402,7 @@ def run_cells(todo: list[Cell], settings: Settings, args: argparse.Namespace) ->
                     "seconds": 0.0,
                 }
                 print(f"{cell.key} failed: {error!r}", file=sys.stderr, flush=True)
-            record["cpu"] = machine_info()["cpu"]  # a results file may gather several machines
+            record["cpu"] = cpu
             results = load_results(args.results)  # another stage may have written meanwhile
             results["runs"] = [r for r in results["runs"] if r["key"] != record["key"]]
             results["runs"].append(record)

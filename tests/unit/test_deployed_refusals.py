@@ -68,12 +68,13 @@ def _refusal_of_round_one(tmp_path: Path, samples: int, batch_size: int) -> byte
     export = tmp_path / f"export-{samples}"
     if not export.is_dir():
         make_digits_export(export, seed=0, limit=samples, image_size=32)
+    state_dir = tmp_path / f"state-{samples}-{batch_size}"
     site = DeployedSite(
         SiteIdentity("site-1", KEY),
         policy=parse_policy(TIGHT_BUDGET_POLICY),
         roster=ROSTER,
         data=SiteData(export, None, IngestOptions(image_size=16, label_space="digits")),
-        state_dir=tmp_path / f"state-{samples}-{batch_size}",
+        state_dir=state_dir,
         threads=1,
     )
     config: dict[str, Any] = {
@@ -81,12 +82,12 @@ def _refusal_of_round_one(tmp_path: Path, samples: int, batch_size: int) -> byte
         "federation": {**HONEST["federation"], "batch_size": batch_size},
     }
     request = JoinRequest("run-1", announce(config, ROSTER.digest), send_initial_state=True)
-    joined = open_reply(_call(site, "join", request), Any)
-    assert read_refusal(_call(site, "join", request)) is None
-    state = {name: value for name, value in joined["initial_state"].items()}
+    joined = _call(site, "join", request)
+    assert read_refusal(joined) is None
+    state = open_reply(joined, Any)["initial_state"]
     settings = RoundSettings(round=1, local_epochs=1, batch_size=batch_size, lr=1e-3)
     reply = _call(site, "train_round", TrainRequest(state, settings))
-    reasons = [r.reason for r in SiteLedger(tmp_path / f"state-{samples}-{batch_size}").refusals()]
+    reasons = [r.reason for r in SiteLedger(state_dir).refusals()]
     assert any("past the budget" in reason for reason in reasons), "the site keeps the reason"
     return reply
 
