@@ -5,9 +5,9 @@ over FedAvg and the other baselines, with fair heads (every linear head starts a
 bias as FedNCAlign-ML's classifier), the learning rate chosen on validation, and the spread over
 seeds reported as paired differences with 95% intervals (``benchmarks/paired_stats.py``).
 
-The model is right-sized for a 2-core CPU instead of cutting rounds: ResNet-18 at base width 16
-(``--width``; 64 is the paper's network) with the small stem, so digits at 32 px and NIH1000 at
-64 px give 4x4 and 8x8 LADM tokens. Every run trains up to ``--max-rounds`` rounds and stops once
+The model is right-sized for a 2-core CPU instead of cutting rounds: ResNet-18 at base width 8
+(``--width``; 64 is the paper's network, and the ``width`` stage measures what 8 costs against 16)
+with the small stem, so digits at 32 px and NIH1000 at 64 px give 4x4 and 8x8 LADM tokens. Every run trains up to ``--max-rounds`` rounds and stops once
 validation macro-AUC has not improved for ``--patience`` rounds; the best validation round is
 reported. Test data choose nothing.
 
@@ -99,7 +99,7 @@ the tuning seeds). Each grid holds the product's default (``MethodConfig``). Fed
 two decades lower: its validation score still rose at 1e3, the low end of the first grid."""
 LONG_FACTOR = 2
 """The ``long`` stage's round cap, in multiples of ``--max-rounds``."""
-WIDTH_GRID = (32,)
+WIDTH_GRID = (16,)
 WIDTH_VARIANTS = ("fedavg", "fedncalign_paper")
 WIDTH_SEEDS = (0, 1)
 RELATIVE_COST = {"fedcurv": 2.0, "scaffold": 1.3, "centralized": 1.2}
@@ -109,7 +109,7 @@ RELATIVE_COST = {"fedcurv": 2.0, "scaffold": 1.3, "centralized": 1.2}
 class Settings:
     """What every cell shares: model size, learning rate, round budget."""
 
-    width: int = 16
+    width: int = 8
     lr: float = 1e-3
     max_rounds: int = 30
     patience: int = 4
@@ -234,7 +234,7 @@ def tuning_cells(
 
 
 def width_cells(variants: list[str]) -> list[Cell]:
-    """What the narrower backbone costs in accuracy (digits, setting 1; width 16 is the main run),
+    """What the narrow backbone costs in accuracy (digits, setting 1; the main runs' width is 8),
     for those of ``WIDTH_VARIANTS`` among ``variants``."""
     return [
         Cell("width", "digits", "s1", variant, seed, width=width)
@@ -379,6 +379,23 @@ def cpus_of(runs: list[dict[str, Any]]) -> str:
     return ", ".join(f"{cpu} ({n} runs)" for cpu, n in counts.most_common())
 
 
+def settings_conflict(results: dict[str, Any], settings: Settings) -> str | None:
+    """Say why ``results`` cannot be resumed with ``settings``, or return None if they can.
+
+    Cell keys do not name the shared settings (width, learning rate, round cap, patience), so
+    resuming a results file made with other settings would mix two models in one table.
+    """
+    recorded = results.get("settings")
+    if not results.get("runs") or not recorded or recorded == settings.__dict__:
+        return None
+    differ = ", ".join(
+        f"{name} {recorded.get(name)} (now {value})"
+        for name, value in settings.__dict__.items()
+        if recorded.get(name) != value
+    )
+    return f"the results file was made with other settings: {differ}"
+
+
 def run_cells(todo: list[Cell], settings: Settings, args: argparse.Namespace) -> None:
     """Run ``todo`` on ``args.workers`` processes, saving after every finished cell."""
     if not todo:
@@ -445,6 +462,9 @@ def main() -> None:
     if not args.render_only:
         settings = Settings(args.width, args.lr, args.max_rounds, args.patience)
         results = load_results(args.results) if args.resume else {"runs": [], "throughput": []}
+        conflict = settings_conflict(results, settings)
+        if conflict:
+            parser.error(f"{conflict}; give the same options, or another --results file")
         datasets = args.datasets.split(",")
         if "nih1000" in datasets and not NIH1000.is_dir():
             print(f"{NIH1000} is absent: NIH1000 cells are skipped", flush=True)
@@ -476,7 +496,8 @@ def main() -> None:
             results["machine"]["cpu"] = cpus_of(results["runs"])
         results["machine"]["torch_threads"] = max(1, args.threads // args.workers)
         save_results(args.results, results)
-        started = time.perf_counter()
+        started, began = time.perf_counter(), time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        before = len(done)
         run_cells([cell for cell in tuning if cell.key not in done], settings, args)
         # tune first: the other stages take its choices (and their keys name the loss weights)
         todo = with_tuned_weights(todo, tuning_choices(load_results(args.results)["runs"]))
@@ -484,6 +505,15 @@ def main() -> None:
             run_cells([c for c in todo if c.stage == stage and c.key not in done], settings, args)
         results = load_results(args.results)
         results["last_invocation_seconds"] = time.perf_counter() - started
+        results.setdefault("invocations", []).append(
+            {
+                "started": began,
+                "seconds": results["last_invocation_seconds"],
+                "cells": sum("error" not in r for r in results["runs"]) - before,
+                "stages": args.stage,
+                "workers": args.workers,
+            }
+        )
         save_results(args.results, results)
     from benchmarks.report import write_docs
 

@@ -36,7 +36,7 @@ CLASSIFIERS: tuple[str, ...] = ("etf", "learnable")
 QUERIES: tuple[str, ...] = ("fixed", "learnable")
 QUERY_SCALINGS: tuple[str, ...] = ("none", "layernorm")
 HEAD_BIASES: tuple[str, ...] = ("prior", "zero")
-WIDTHS: tuple[int, ...] = (16, 32, 64)
+WIDTHS: tuple[int, ...] = (8, 16, 32, 64)
 SELECTIONS: tuple[str, ...] = ("best", "last")
 GRAD_SAMPLE_CHOICES: tuple[str, ...] = (
     "auto",
@@ -72,7 +72,7 @@ class DataConfig:
 class MethodConfig:
     """The local objective: method name, model shape, loss weights and the paper's ablations.
 
-    ``width`` is the ResNet-18 base width (64: the paper's full network; 16 or 32: the CPU
+    ``width`` is the ResNet-18 base width (64: the paper's full network; 8, 16 or 32: the CPU
     presets) and ``ladm_width`` LADM's attention width (None: the feature width, ``8 * width``).
     ``query_scaling="layernorm"`` is clinfl's LADM extension (LayerNorm on queries and tokens);
     ``"none"`` is the paper's module. ``head_bias`` is where a linear head's bias starts:

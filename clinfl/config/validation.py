@@ -54,7 +54,7 @@ def _check_method(method: MethodConfig, known_methods: tuple[str, ...], p: Probl
     p.choice("query_scaling", method.query_scaling, run.QUERY_SCALINGS)
     p.choice("head_bias", method.head_bias, run.HEAD_BIASES)
     if method.width not in run.WIDTHS:
-        p.add("width", method.width, "16, 32 or 64", "use 64 (the full ResNet-18)")
+        p.add("width", method.width, "8, 16, 32 or 64", "use 64 (the full ResNet-18)")
     attention = method.ladm_width if method.ladm_width is not None else 8 * method.width
     if method.ladm_width is not None and method.ladm_width < 1:
         p.add("ladm_width", method.ladm_width, ">= 1", "leave it unset")

@@ -21,9 +21,10 @@ from clinfl.errors import ModelError
 FEATURE_DIM = 512
 """The feature width of the full ResNet-18 (base width 64): ``8 * width`` in general."""
 FULL_WIDTH = 64
-WIDTHS: tuple[int, ...] = (16, 32, 64)
-"""Base widths the backbone can be built with: 64 is torchvision's ResNet-18 (the paper's), 16
-and 32 are the CPU-sized variants of the reference benchmark (every stage's width scaled alike)."""
+WIDTHS: tuple[int, ...] = (8, 16, 32, 64)
+"""Base widths the backbone can be built with: 64 is torchvision's ResNet-18 (the paper's); 8, 16
+and 32 are CPU-sized variants (every stage's width scaled alike): 8 is the reference benchmark's,
+16 the demo's."""
 NormKind = Literal["group", "batch"]
 
 
@@ -63,11 +64,12 @@ class ResNet18Features(nn.Module):
 
     ``small_input=True`` gives the small-image variant (3x3 stride-1 stem, no max-pool) for 16-64
     px inputs; otherwise the standard 7x7 stride-2 stem with max-pool. ``width`` is the base
-    width: 64 (the default) is torchvision's ResNet-18 with 512 output features; 16 or 32 scale
-    every stage alike (128 or 256 output features, about 1/16 or 1/4 of the compute).
+    width: 64 (the default) is torchvision's ResNet-18 with 512 output features; 8, 16 or 32
+    scale every stage alike (64, 128 or 256 output features, about 1/64, 1/16 or 1/4 of the
+    parameters).
 
     Raises:
-        ModelError: for a width other than 16, 32 or 64.
+        ModelError: for a width other than 8, 16, 32 or 64.
     """
 
     def __init__(

@@ -18,7 +18,7 @@ from clinfl.model.networks import FedNCAlignNet, LinearHeadNet, prior_logit
 SPEC = ModelSpec(num_classes=6, image_size=32, federation_seed=7, init_seed=0)
 
 
-@pytest.mark.parametrize("width", [16, 32, 64])
+@pytest.mark.parametrize("width", [8, 16, 32, 64])
 def test_backbone_width_scales_every_stage(width: int) -> None:
     backbone = ResNet18Features(small_input=True, width=width)
     out = backbone(torch.randn(2, 1, 32, 32))

@@ -15,6 +15,7 @@ from benchmarks.reference import (
     cpus_of,
     long_cells,
     run_config,
+    settings_conflict,
     tuning_cells,
     tuning_choices,
     with_tuned_weights,
@@ -191,8 +192,11 @@ def test_shipped_example_configs_load_and_validate() -> None:
     }
     assert loaded["paper"].federation.lr == 1e-4 and loaded["paper"].method.width == 64
     assert loaded["paper"].method.query_scaling == "none"
-    assert loaded["reference-cpu"].method.width == 16
-    assert loaded["reference-cpu"].federation.patience is not None
+    reference, settings = loaded["reference-cpu"], Settings()
+    assert reference.method.width == settings.width
+    assert reference.federation.rounds == settings.max_rounds
+    assert reference.federation.patience == settings.patience
+    assert reference.federation.lr == settings.lr
 
 
 def test_long_stage_gives_fedavg_a_longer_cap_and_is_reported_against_the_main_runs() -> None:
@@ -220,7 +224,7 @@ def test_width_study_compares_runs_with_the_same_loss_weights() -> None:
         _run("main", "fedncalign_paper", 0, 0.9, 0.72, tuned=tuned),
         {**_run("width", "fedncalign_paper", 0, 0.9, 0.73, tuned=tuned), "width": 32},
     ]
-    text = "\n".join(render_reference({"runs": runs, "settings": Settings().__dict__}))
+    text = "\n".join(render_reference({"runs": runs, "settings": Settings(width=16).__dict__}))
     table = text[text.index("What the narrow backbone costs") :]
     assert "| 16 | FedNCAlign-ML (paper LADM, loss weights tuned) | 1 | 72.00 ± 0.00 |" in table
     assert "| 32 | FedNCAlign-ML (paper LADM, loss weights tuned) | 1 | 73.00 ± 0.00 |" in table
@@ -231,3 +235,13 @@ def test_the_machine_names_every_cpu_its_runs_ran_on() -> None:
     runs = [{"cpu": "A"}, {"cpu": "B"}, {"cpu": "A"}, {"cpu": "C", "error": "boom"}]
     assert cpus_of(runs) == "A (2 runs), B (1 runs)"
     assert cpus_of([{"cpu": "A"}]) == "A"
+
+
+def test_resuming_a_results_file_made_with_other_settings_is_refused() -> None:
+    settings = Settings()
+    made = {"runs": [{"key": "main/digits/s1/fedavg/0"}], "settings": settings.__dict__}
+    assert settings_conflict(made, settings) is None
+    assert settings_conflict({"runs": [], "settings": {"width": 16}}, settings) is None
+    wider = {**made, "settings": {**settings.__dict__, "width": 2 * settings.width}}
+    conflict = settings_conflict(wider, settings)
+    assert conflict is not None and f"width {2 * settings.width} (now {settings.width})" in conflict
