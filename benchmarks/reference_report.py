@@ -387,7 +387,30 @@ def _width_table(runs: list[Run], main: list[Run], width: int) -> list[str]:
     return out
 
 
-def render_reference(results: dict[str, Any]) -> list[str]:
+REFERENCE_TITLE = (
+    "Reference accuracy: trained until validation stops improving, 5 seeds, paired gains"
+)
+
+
+def wall_time_line(results: dict[str, Any]) -> str:
+    """Say how long the invocations that made ``results`` took on the clock (empty if unknown)."""
+    invocations = results.get("invocations", [])
+    if not invocations:
+        return ""
+    hours = sum(i["seconds"] for i in invocations) / 3600
+    cells = sum(i.get("cells", 0) for i in invocations)
+    parts = "; ".join(
+        f"{i['started']}, {i['seconds'] / 3600:.2f} h, {i.get('cells', '?')} cells, "
+        f"stages {i.get('stages', '?')}, {i.get('workers', '?')} workers"
+        for i in invocations
+    )
+    return (
+        f"Wall time: {hours:.2f} h for {cells} cells in {len(invocations)} "
+        f"invocation{'s' if len(invocations) > 1 else ''} ({parts})."
+    )
+
+
+def render_reference(results: dict[str, Any], *, title: str = REFERENCE_TITLE) -> list[str]:
     """Return the reference section of docs/benchmarks.md (empty without results)."""
     from benchmarks.reference import tuning_choices
 
@@ -399,7 +422,7 @@ def render_reference(results: dict[str, Any]) -> list[str]:
     main = [r for r in runs if r.get("stage") == "main"]
     hours = sum(r["seconds"] for r in results.get("runs", [])) / 3600
     out = [
-        "## Reference accuracy: trained until validation stops improving, 5 seeds, paired gains",
+        f"## {title}",
         "",
         f"`make bench-reference` (`python benchmarks/reference.py`): ResNet-18 at base width "
         f"{settings.get('width')} with the small stem, up to {settings.get('max_rounds')} rounds, "
@@ -407,7 +430,8 @@ def render_reference(results: dict[str, Any]) -> list[str]:
         f"rounds (the last column of each table says how many runs stopped before the cap); "
         f"the round with the best validation macro-AUC is reported. Every linear head "
         f"starts at the same prior bias as FedNCAlign-ML's classifier. The runs below took "
-        f"{hours:.2f} h of worker time ({len(results.get('runs', []))} runs).",
+        f"{hours:.2f} h of worker time ({len(results.get('runs', []))} runs). "
+        f"{wall_time_line(results)}".rstrip(),
         "",
         *_tuning_tables(runs, choices),
     ]

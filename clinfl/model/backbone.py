@@ -23,8 +23,8 @@ FEATURE_DIM = 512
 FULL_WIDTH = 64
 WIDTHS: tuple[int, ...] = (8, 16, 32, 64)
 """Base widths the backbone can be built with: 64 is torchvision's ResNet-18 (the paper's); 8, 16
-and 32 are CPU-sized variants (every stage's width scaled alike): 8 is the reference benchmark's,
-16 the demo's."""
+and 32 are CPU-sized variants (every stage's width scaled alike). 16 is the reference benchmark's
+and the demo's; its width stage measures 8 and 32 against it."""
 NormKind = Literal["group", "batch"]
 
 

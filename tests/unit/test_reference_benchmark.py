@@ -245,3 +245,16 @@ def test_resuming_a_results_file_made_with_other_settings_is_refused() -> None:
     wider = {**made, "settings": {**settings.__dict__, "width": 2 * settings.width}}
     conflict = settings_conflict(wider, settings)
     assert conflict is not None and f"width {2 * settings.width} (now {settings.width})" in conflict
+
+
+def test_the_report_gives_the_wall_time_of_every_invocation() -> None:
+    from benchmarks.reference_report import wall_time_line
+
+    assert wall_time_line({"runs": []}) == ""
+    invocations = [
+        {"started": "2026-12-06T19:00:00Z", "seconds": 5400.0, "cells": 150, "stages": "all"},
+        {"started": "2026-12-07T09:00:00Z", "seconds": 1800.0, "cells": 96, "stages": "all"},
+    ]
+    line = wall_time_line({"invocations": invocations})
+    assert line.startswith("Wall time: 2.00 h for 246 cells in 2 invocations")
+    assert "2026-12-06T19:00:00Z, 1.50 h, 150 cells" in line
