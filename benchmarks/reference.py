@@ -397,6 +397,54 @@ def settings_conflict(results: dict[str, Any], settings: Settings) -> str | None
     return f"the results file was made with other settings: {differ}"
 
 
+def projected_seconds(cells: list[Cell], runs: list[dict[str, Any]]) -> tuple[float, list[Cell]]:
+    """Project the worker time of ``cells`` from the finished ``runs``.
+
+    Each cell counts its own run's rounds at the fastest time per round measured for its data
+    set, variant and width, plus the fastest set-up time measured: a lower bound, as if every
+    run had idle cores. Returns the seconds and the cells with no finished run to project from.
+    """
+    done = {r["key"]: r for r in runs if "error" not in r and r.get("rounds")}
+
+    def group(run: dict[str, Any]) -> tuple[Any, ...]:
+        return (run.get("dataset"), run.get("variant"), run.get("width"))
+
+    per_round: dict[tuple[Any, ...], float] = {}
+    setup = float("inf")
+    for run in done.values():
+        in_rounds = sum(r.get("seconds", 0.0) for r in run["rounds"])
+        rate = in_rounds / len(run["rounds"])
+        per_round[group(run)] = min(per_round.get(group(run), rate), rate)
+        setup = min(setup, max(0.0, run["seconds"] - in_rounds))
+    total, missing = 0.0, []
+    for cell in cells:
+        run = done.get(cell.key)
+        if run is None:
+            missing.append(cell)
+        else:
+            total += len(run["rounds"]) * per_round[group(run)] + setup
+    return total, missing
+
+
+def print_projection(todo: list[Cell], runs: list[dict[str, Any]], workers: int) -> None:
+    """Print the projected time of ``todo`` per stage and in all (see ``projected_seconds``)."""
+    total = 0.0
+    for stage in ("tune", "main", "ablation", "width", "long"):
+        cells = [c for c in todo if c.stage == stage]
+        if not cells:
+            continue
+        seconds, missing = projected_seconds(cells, runs)
+        total += seconds
+        print(
+            f"{stage}: {len(cells)} cells, {seconds / 3600:.2f} h of worker time"
+            + (f" ({len(missing)} never run, not counted)" if missing else "")
+        )
+    print(
+        f"in all: {total / 3600:.2f} h of worker time, at least {total / 3600 / workers:.2f} h "
+        f"on {workers} workers (fastest measured time per round; stage ends not counted)"
+    )
+
+
 def run_cells(todo: list[Cell], settings: Settings, args: argparse.Namespace) -> None:
     """Run ``todo`` on ``args.workers`` processes, saving after every finished cell."""
     if not todo:
@@ -459,10 +507,16 @@ def main() -> None:
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--resume", action="store_true", help="keep finished cells, run the rest")
     parser.add_argument("--render-only", action="store_true")
+    parser.add_argument(
+        "--estimate",
+        action="store_true",
+        help="print the chosen stages' projected time from the finished runs and exit",
+    )
     args = parser.parse_args()
     if not args.render_only:
         settings = Settings(args.width, args.lr, args.max_rounds, args.patience)
-        results = load_results(args.results) if args.resume else {"runs": [], "throughput": []}
+        fresh: dict[str, Any] = {"runs": [], "throughput": []}
+        results = load_results(args.results) if args.resume or args.estimate else fresh
         conflict = settings_conflict(results, settings)
         if conflict:
             parser.error(f"{conflict}; give the same options, or another --results file")
@@ -490,6 +544,12 @@ def main() -> None:
             todo += width_cells(args.variants.split(","))
         if "long" in stages and "digits" in datasets:
             todo += long_cells(seeds, settings.max_rounds)
+        if args.estimate:
+            choices = tuning_choices(results["runs"])
+            print_projection(
+                tuning + with_tuned_weights(todo, choices), results["runs"], args.workers
+            )
+            return
         done = {r["key"] for r in results["runs"] if "error" not in r}
         results["runs"] = [r for r in results["runs"] if r["key"] in done]
         results.update(machine=machine_info(), preset="reference", settings=settings.__dict__)

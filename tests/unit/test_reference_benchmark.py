@@ -14,6 +14,7 @@ from benchmarks.reference import (
     Settings,
     cpus_of,
     long_cells,
+    projected_seconds,
     run_config,
     settings_conflict,
     tuning_cells,
@@ -258,3 +259,17 @@ def test_the_report_gives_the_wall_time_of_every_invocation() -> None:
     line = wall_time_line({"invocations": invocations})
     assert line.startswith("Wall time: 2.00 h for 246 cells in 2 invocations")
     assert "2026-12-06T19:00:00Z, 1.50 h, 150 cells" in line
+
+
+def test_the_projection_counts_each_cells_rounds_at_the_fastest_measured_rate() -> None:
+    fast, slow = (_run("main", "fedavg", s, 0.9, 0.8) for s in (0, 1))
+    fast["rounds"] = [{**r, "seconds": 2.0} for r in fast["rounds"]]  # 2 rounds of 2 s
+    slow["rounds"] = [{**r, "seconds": 5.0} for r in slow["rounds"] * 2]  # 4 rounds of 5 s
+    fast["seconds"], slow["seconds"] = 4.0 + 3.0, 20.0 + 1.0  # set-up: 3 s and 1 s
+    cells = [Cell("main", "digits", "s1", "fedavg", s) for s in (0, 1, 2)]
+    keyed = {cells[0].key: fast, cells[1].key: slow}
+    runs = [{**run, "key": key} for key, run in keyed.items()]
+    seconds, missing = projected_seconds(cells, runs)
+    # 2 rounds and 4 rounds at 2 s a round, each with the fastest set-up (1 s)
+    assert seconds == pytest.approx((2 * 2.0 + 1.0) + (4 * 2.0 + 1.0))
+    assert missing == [cells[2]]
