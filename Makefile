@@ -76,8 +76,8 @@ bench-full: $(STAMP)
 ## The reference accuracy benchmark (docs/benchmarks.md, "Reference accuracy"): learning rate, loss
 ## weights and baseline strengths chosen on validation, then every method trained until validation macro-AUC stops
 ## improving, 5 seeds, both skew settings, digits and NIH1000, the ablations, the width study and
-## FedAvg with twice the round cap. About 240 runs: some 4.5 hours on 2 idle cores, so it does not
-## fit 3 hours here (docs/benchmarks.md says which stages were run). Resumable:
+## FedAvg with twice the round cap. 229 runs: at least 4.9 hours on 2 idle cores (`--estimate`
+## projects it from the recorded runs), so it does not fit 3 hours here. Resumable:
 ## `python benchmarks/reference.py --resume` keeps the finished runs; `--stage` runs some stages.
 bench-reference: $(STAMP)
 	$(BIN)/python benchmarks/reference.py

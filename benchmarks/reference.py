@@ -17,6 +17,7 @@ reported. Test data choose nothing.
     python benchmarks/reference.py --stage main --datasets digits --variants fedavg,fedncalign_ln
     python benchmarks/reference.py --resume                # keep finished cells, run the rest
     python benchmarks/reference.py --render-only           # rebuild docs/benchmarks.md
+    python benchmarks/reference.py --estimate --resume     # projected time, from the recorded runs
 
 Every finished cell is appended to ``benchmarks/results/reference.json`` at once.
 """

@@ -405,8 +405,9 @@ def wall_time_line(results: dict[str, Any]) -> str:
         for i in invocations
     )
     return (
-        f"Wall time: {hours:.2f} h for {cells} cells in {len(invocations)} "
-        f"invocation{'s' if len(invocations) > 1 else ''} ({parts})."
+        f"Wall time of the invocations recorded in the results file: {hours:.2f} h for {cells} "
+        f"of these runs in {len(invocations)} invocation{'s' if len(invocations) > 1 else ''} "
+        f"({parts})."
     )
 
 

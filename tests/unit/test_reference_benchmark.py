@@ -257,7 +257,7 @@ def test_the_report_gives_the_wall_time_of_every_invocation() -> None:
         {"started": "2026-12-07T09:00:00Z", "seconds": 1800.0, "cells": 96, "stages": "all"},
     ]
     line = wall_time_line({"invocations": invocations})
-    assert line.startswith("Wall time: 2.00 h for 246 cells in 2 invocations")
+    assert "2.00 h for 246 of these runs in 2 invocations" in line
     assert "2026-12-06T19:00:00Z, 1.50 h, 150 cells" in line
 
 
