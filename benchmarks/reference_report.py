@@ -387,11 +387,6 @@ def _width_table(runs: list[Run], main: list[Run], width: int) -> list[str]:
     return out
 
 
-REFERENCE_TITLE = (
-    "Reference accuracy: trained until validation stops improving, 5 seeds, paired gains"
-)
-
-
 def wall_time_line(results: dict[str, Any]) -> str:
     """Say how long the invocations that made ``results`` took on the clock (empty if unknown)."""
     invocations = results.get("invocations", [])
@@ -411,7 +406,7 @@ def wall_time_line(results: dict[str, Any]) -> str:
     )
 
 
-def render_reference(results: dict[str, Any], *, title: str = REFERENCE_TITLE) -> list[str]:
+def render_reference(results: dict[str, Any]) -> list[str]:
     """Return the reference section of docs/benchmarks.md (empty without results)."""
     from benchmarks.reference import tuning_choices
 
@@ -423,7 +418,7 @@ def render_reference(results: dict[str, Any], *, title: str = REFERENCE_TITLE) -
     main = [r for r in runs if r.get("stage") == "main"]
     hours = sum(r["seconds"] for r in results.get("runs", [])) / 3600
     out = [
-        f"## {title}",
+        "## Reference accuracy: trained until validation stops improving, 5 seeds, paired gains",
         "",
         f"`make bench-reference` (`python benchmarks/reference.py`): ResNet-18 at base width "
         f"{settings.get('width')} with the small stem, up to {settings.get('max_rounds')} rounds, "

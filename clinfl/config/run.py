@@ -37,6 +37,9 @@ QUERIES: tuple[str, ...] = ("fixed", "learnable")
 QUERY_SCALINGS: tuple[str, ...] = ("none", "layernorm")
 HEAD_BIASES: tuple[str, ...] = ("prior", "zero")
 WIDTHS: tuple[int, ...] = (8, 16, 32, 64)
+"""ResNet-18 base widths: 64 is torchvision's network (the paper's); 8, 16 and 32 are CPU-sized
+(every stage scaled alike). 16 is the reference benchmark's and the demo's; the benchmark's width
+stage measures 8 and 32 against it. The backbone builds exactly these."""
 SELECTIONS: tuple[str, ...] = ("best", "last")
 GRAD_SAMPLE_CHOICES: tuple[str, ...] = (
     "auto",

@@ -16,15 +16,12 @@ from safetensors.torch import load_file
 from torch import nn
 from torchvision.models.resnet import BasicBlock, ResNet
 
+from clinfl.config.run import WIDTHS
 from clinfl.errors import ModelError
 
 FEATURE_DIM = 512
 """The feature width of the full ResNet-18 (base width 64): ``8 * width`` in general."""
 FULL_WIDTH = 64
-WIDTHS: tuple[int, ...] = (8, 16, 32, 64)
-"""Base widths the backbone can be built with: 64 is torchvision's ResNet-18 (the paper's); 8, 16
-and 32 are CPU-sized variants (every stage's width scaled alike). 16 is the reference benchmark's
-and the demo's; its width stage measures 8 and 32 against it."""
 NormKind = Literal["group", "batch"]
 
 
