@@ -417,13 +417,13 @@ def projected_seconds(cells: list[Cell], runs: list[dict[str, Any]]) -> tuple[fl
         rate = in_rounds / len(run["rounds"])
         per_round[group(run)] = min(per_round.get(group(run), rate), rate)
         setup = min(setup, max(0.0, run["seconds"] - in_rounds))
-    total, missing = 0.0, []
+    total, missing = 0.0, list[Cell]()
     for cell in cells:
-        run = done.get(cell.key)
-        if run is None:
+        finished = done.get(cell.key)
+        if finished is None:
             missing.append(cell)
         else:
-            total += len(run["rounds"]) * per_round[group(run)] + setup
+            total += len(finished["rounds"]) * per_round[group(finished)] + setup
     return total, missing
 
 
