@@ -20,15 +20,14 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from multiprocessing import get_context
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.accuracy import load_results, print_cell, save_results  # noqa: E402
+from benchmarks.accuracy import load_results, save_results  # noqa: E402
 from benchmarks.machine import machine_info  # noqa: E402
 from benchmarks.reference import (  # noqa: E402
     RESULTS as REFERENCE_RESULTS,
@@ -38,6 +37,7 @@ from benchmarks.reference import (  # noqa: E402
     Cell,
     Settings,
     run_cell,
+    run_cells,
     tuning_choices,
     with_tuned_weights,
 )
@@ -65,12 +65,23 @@ def use_blocks_per_stage(blocks: int) -> None:
     backbone.ResNet = ShallowResNet  # type: ignore[attr-defined]
 
 
+def probe_key(cell: Cell, blocks: int) -> str:
+    """The key of ``cell`` at ``blocks`` blocks per stage in the probe's results file."""
+    return f"{cell.key}/blocks={blocks}"
+
+
 def run_probe_cell(
-    cell: Cell, settings: Settings, choices: dict[str, dict[str, Any]], blocks: int
+    cell: Cell,
+    settings: Settings,
+    choices: dict[str, dict[str, Any]],
+    threads: int,
+    *,
+    blocks: int,
 ) -> dict[str, Any]:
     """Run one cell at ``blocks`` blocks per stage in this (worker) process."""
     use_blocks_per_stage(blocks)
-    return {**run_cell(cell, settings, choices, 1), "blocks": blocks}
+    record = run_cell(cell, settings, choices, threads)
+    return {**record, "key": probe_key(cell, blocks), "blocks": blocks}
 
 
 def main() -> None:
@@ -85,6 +96,7 @@ def main() -> None:
     parser.add_argument("--variants", default="fedavg,fedncalign_paper")
     parser.add_argument("--seeds", default=",".join(map(str, SEEDS)))
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads in all")
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args()
     if not 1 <= args.blocks <= RESNET18_BLOCKS:
@@ -92,27 +104,23 @@ def main() -> None:
 
     settings = Settings(max_rounds=args.max_rounds)
     choices = tuning_choices(load_results(REFERENCE_RESULTS)["runs"])
-    results = load_results(args.results)
-    finished = {(r["key"], r.get("blocks")) for r in results["runs"] if "error" not in r}
+    finished = {r["key"] for r in load_results(args.results)["runs"] if "error" not in r}
     cells = [
         Cell("main", args.dataset, args.setting, variant, int(seed), max_rounds=args.max_rounds)
         for variant in args.variants.split(",")
         for seed in args.seeds.split(",")
     ]
     todo = with_tuned_weights(cells, choices)  # the loss weights of the preset's main cells
-    todo = [cell for cell in todo if (cell.key, args.blocks) not in finished]
-    cpu = machine_info()["cpu"]
+    todo = [cell for cell in todo if probe_key(cell, args.blocks) not in finished]
+    if not todo:
+        print(f"every cell is in {args.results} already")
+        return
+    results = load_results(args.results)
+    results.setdefault("machine", machine_info())  # run_cells names each run's CPU in it
+    save_results(args.results, results)
     started = time.perf_counter()
-    with ProcessPoolExecutor(args.workers, mp_context=get_context("spawn")) as pool:
-        futures = [
-            pool.submit(run_probe_cell, cell, settings, choices, args.blocks) for cell in todo
-        ]
-        for done, future in enumerate(as_completed(futures), start=1):
-            record = {**future.result(), "cpu": cpu}
-            results = load_results(args.results)
-            results["runs"].append(record)
-            save_results(args.results, results)
-            print_cell(done, len(todo), record)
+    runner = partial(run_probe_cell, blocks=args.blocks)
+    run_cells(todo, settings, args, choices=choices, runner=runner)
     wall = time.perf_counter() - started
     results = load_results(args.results)
     results.setdefault("invocations", []).append(

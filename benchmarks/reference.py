@@ -99,6 +99,8 @@ BASELINE_GRIDS: dict[str, tuple[str, tuple[float, ...]]] = {
 FedNCAlign-ML's loss weights are, with at least the same budget (three values per weight, on
 the tuning seeds). Each grid holds the product's default (``MethodConfig``). FedCurv's reaches
 two decades lower: its validation score still rose at 1e3, the low end of the first grid."""
+STAGES = ("tune", "main", "ablation", "width", "long")
+"""The stages in the order they run: tuning first, its choices feed the others."""
 LONG_FACTOR = 2
 """The ``long`` stage's round cap, in multiples of ``--max-rounds``."""
 WIDTH_GRID = (8, 32)
@@ -430,7 +432,7 @@ def projected_seconds(cells: list[Cell], runs: list[dict[str, Any]]) -> tuple[fl
 def print_projection(todo: list[Cell], runs: list[dict[str, Any]], workers: int) -> None:
     """Print the projected time of ``todo`` per stage and in all (see ``projected_seconds``)."""
     total = 0.0
-    for stage in ("tune", "main", "ablation", "width", "long"):
+    for stage in STAGES:
         cells = [c for c in todo if c.stage == stage]
         if not cells:
             continue
@@ -446,17 +448,32 @@ def print_projection(todo: list[Cell], runs: list[dict[str, Any]], workers: int)
     )
 
 
-def run_cells(todo: list[Cell], settings: Settings, args: argparse.Namespace) -> None:
-    """Run ``todo`` on ``args.workers`` processes, saving after every finished cell."""
+CellRunner = Callable[[Cell, Settings, dict[str, dict[str, Any]], int], dict[str, Any]]
+"""Runs one cell in a worker process: (cell, settings, choices, torch threads) -> its record."""
+
+
+def run_cells(
+    todo: list[Cell],
+    settings: Settings,
+    args: argparse.Namespace,
+    *,
+    choices: dict[str, dict[str, Any]] | None = None,
+    runner: CellRunner = run_cell,
+) -> None:
+    """Run ``todo`` on ``args.workers`` processes, saving after every finished cell.
+
+    ``choices`` default to the tuning choices in ``args.results``; ``runner`` (a picklable,
+    module-level function) to :func:`run_cell`. A record replaces any earlier one of its key.
+    """
     if not todo:
         return
-    results = load_results(args.results)
-    choices = tuning_choices(results["runs"])
+    if choices is None:
+        choices = tuning_choices(load_results(args.results)["runs"])
     threads = max(1, args.threads // args.workers)
     cpu = machine_info()["cpu"]  # a results file may gather runs from several machines
     todo = sorted(todo, key=lambda c: -RELATIVE_COST.get(c.variant, 1.0))
     with ProcessPoolExecutor(args.workers, mp_context=get_context("spawn")) as pool:
-        futures = {pool.submit(run_cell, c, settings, choices, threads): c for c in todo}
+        futures = {pool.submit(runner, c, settings, choices, threads): c for c in todo}
         for done, future in enumerate(as_completed(futures), start=1):
             try:
                 record = future.result()
@@ -485,7 +502,7 @@ def main() -> None:
     )
     parser.add_argument(
         "--stage",
-        default="tune,main,ablation,width,long",
+        default=",".join(STAGES),
         help="comma-separated stages: tune, main, ablation, width, long (default: all)",
     )
     parser.add_argument("--datasets", default="digits,nih1000")
@@ -563,14 +580,13 @@ def main() -> None:
         run_cells([cell for cell in tuning if cell.key not in done], settings, args)
         # tune first: the other stages take its choices (and their keys name the loss weights)
         todo = with_tuned_weights(todo, tuning_choices(load_results(args.results)["runs"]))
-        for stage in ("main", "ablation", "width", "long"):
+        for stage in STAGES[1:]:
             run_cells([c for c in todo if c.stage == stage and c.key not in done], settings, args)
         results = load_results(args.results)
-        results["last_invocation_seconds"] = time.perf_counter() - started
         results.setdefault("invocations", []).append(
             {
                 "started": began,
-                "seconds": results["last_invocation_seconds"],
+                "seconds": time.perf_counter() - started,
                 "cells": sum("error" not in r for r in results["runs"]) - before,
                 "stages": args.stage,
                 "workers": args.workers,

@@ -31,3 +31,12 @@ def test_two_blocks_per_stage_keeps_resnet18(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setattr(backbone, "ResNet", backbone.ResNet)
     use_blocks_per_stage(2)
     assert _blocks_per_stage(backbone.ResNet18Features(small_input=True, width=16)) == [2] * 4
+
+
+def test_probe_keys_name_the_depth_so_one_file_holds_both() -> None:
+    from benchmarks.depth_probe import probe_key
+    from benchmarks.reference import Cell
+
+    cell = Cell("main", "digits", "s1", "fedavg", 0, max_rounds=60)
+    assert probe_key(cell, 1) == f"{cell.key}/blocks=1"
+    assert probe_key(cell, 1) != probe_key(cell, 2)
