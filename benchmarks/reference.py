@@ -117,6 +117,8 @@ class Settings:
     lr: float = 1e-3
     max_rounds: int = 30
     patience: int = 4
+    backbone: str = "small"
+    """The ResNet-18 stem (``MethodConfig.backbone``): ``small`` or the cheaper ``compact``."""
 
 
 @dataclass(frozen=True)
@@ -337,7 +339,7 @@ def run_config(
     lr = cell.lr or chosen.get("lr") or settings.lr
     method = MethodConfig(
         name=name,
-        backbone="small",
+        backbone=settings.backbone,  # type: ignore[arg-type]  # argparse checks the choice
         width=cell.width or settings.width,
         **{**options, **dict(cell.tuned), **dict(cell.options)},
     )
@@ -520,6 +522,12 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=Settings.lr)
     parser.add_argument("--max-rounds", type=int, default=Settings.max_rounds)
     parser.add_argument("--patience", type=int, default=Settings.patience)
+    parser.add_argument(
+        "--backbone",
+        default=Settings.backbone,
+        choices=("small", "compact"),
+        help="ResNet-18 stem (compact: the small stem's token map at about a third of its compute)",
+    )
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2, help="torch threads in all")
     parser.add_argument("--results", type=Path, default=RESULTS)
@@ -532,7 +540,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     if not args.render_only:
-        settings = Settings(args.width, args.lr, args.max_rounds, args.patience)
+        settings = Settings(args.width, args.lr, args.max_rounds, args.patience, args.backbone)
         fresh: dict[str, Any] = {"runs": [], "throughput": []}
         results = load_results(args.results) if args.resume or args.estimate else fresh
         conflict = settings_conflict(results, settings)

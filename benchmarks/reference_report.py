@@ -421,7 +421,7 @@ def render_reference(results: dict[str, Any]) -> list[str]:
         "## Reference accuracy: trained until validation stops improving, 5 seeds, paired gains",
         "",
         f"`make bench-reference` (`python benchmarks/reference.py`): ResNet-18 at base width "
-        f"{settings.get('width')} with the small stem, up to {settings.get('max_rounds')} rounds, "
+        f"{settings.get('width')} with the {settings.get('backbone', 'small')} stem, up to {settings.get('max_rounds')} rounds, "
         f"stopping once validation macro-AUC has not improved for {settings.get('patience')} "
         f"rounds (the last column of each table says how many runs stopped before the cap); "
         f"the round with the best validation macro-AUC is reported. Every linear head "

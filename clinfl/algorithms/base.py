@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from clinfl.config import MethodConfig
-from clinfl.model.backbone import ResNet18Features, load_backbone_weights
+from clinfl.model.backbone import ResNet18Features, StemKind, load_backbone_weights
 from clinfl.model.networks import NetOutput
 from clinfl.typing import StateDict
 
@@ -65,14 +65,18 @@ class ModelSpec:
 def build_backbone(method: MethodConfig, spec: ModelSpec) -> ResNet18Features:
     """Build the ResNet-18 backbone the method config asks for, at its base width.
 
-    The stem is the small one below 64 px when the variant is ``auto``.
+    The stem is the variant's (``standard``, ``small`` or ``compact``; see
+    :class:`~clinfl.model.backbone.ResNet18Features`); ``auto`` is the small one below 64 px.
 
     Raises:
         ModelError: if a weights file is given and cannot be loaded.
     """
-    variant = method.backbone
-    small = variant == "small" or (variant == "auto" and spec.image_size < 64)
-    backbone = ResNet18Features(small_input=small, norm=method.norm, width=method.width)
+    stem: StemKind
+    if method.backbone == "auto":
+        stem = "small" if spec.image_size < 64 else "standard"
+    else:
+        stem = method.backbone
+    backbone = ResNet18Features(stem=stem, norm=method.norm, width=method.width)
     if method.weights is not None:
         load_backbone_weights(backbone, method.weights)
     return backbone

@@ -107,7 +107,11 @@ RUN_OPTIONS: tuple[FieldOption, ...] = (
     ),
     FieldOption("federation.seed", "Seed for data split, partition, initialisation, shuffling."),
     FieldOption("federation.federation_seed", "Seed of the shared simplex ETF."),
-    FieldOption("method.backbone", "ResNet-18 stem: auto (small below 64 px), standard, small."),
+    FieldOption(
+        "method.backbone",
+        "ResNet-18 stem: auto (small below 64 px), standard, small, or compact "
+        "(small's token map at about a third of its compute).",
+    ),
     FieldOption("method.norm", "Normalisation: group (DP-ready) or batch."),
     FieldOption(
         "method.width",

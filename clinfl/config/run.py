@@ -20,7 +20,7 @@ from clinfl.secagg.settings import SecAggConfig
 from clinfl.secagg.stages import ROUND_STAGES, stage_name
 
 DatasetName = Literal["digits", "cxr14", "dicom"]
-BackboneVariant = Literal["auto", "standard", "small"]
+BackboneVariant = Literal["auto", "standard", "small", "compact"]
 NormKind = Literal["group", "batch"]
 ClassifierKind = Literal["etf", "learnable"]
 QueryKind = Literal["fixed", "learnable"]
@@ -30,7 +30,7 @@ SelectionRule = Literal["best", "last"]
 
 DATASETS: tuple[str, ...] = ("digits", "cxr14", "dicom")
 LABEL_SPACE_NAMES: tuple[str, ...] = ("cxr14", "digits")
-BACKBONES: tuple[str, ...] = ("auto", "standard", "small")
+BACKBONES: tuple[str, ...] = ("auto", "standard", "small", "compact")
 NORMS: tuple[str, ...] = ("group", "batch")
 CLASSIFIERS: tuple[str, ...] = ("etf", "learnable")
 QUERIES: tuple[str, ...] = ("fixed", "learnable")
@@ -75,6 +75,9 @@ class DataConfig:
 class MethodConfig:
     """The local objective: method name, model shape, loss weights and the paper's ablations.
 
+    ``backbone`` is the ResNet-18 stem: ``standard`` (the paper's), ``small`` (3x3 stride 1, for
+    16-64 px), ``compact`` (3x3 stride 2 with ``layer4`` unstrided: ``small``'s token map at about
+    a third of its compute) or ``auto`` (``small`` below 64 px, else ``standard``).
     ``width`` is the ResNet-18 base width (64: the paper's full network; 8, 16 or 32: the CPU
     presets) and ``ladm_width`` LADM's attention width (None: the feature width, ``8 * width``).
     ``query_scaling="layernorm"`` is clinfl's LADM extension (LayerNorm on queries and tokens);

@@ -23,6 +23,8 @@ FEATURE_DIM = 512
 """The feature width of the full ResNet-18 (base width 64): ``8 * width`` in general."""
 FULL_WIDTH = 64
 NormKind = Literal["group", "batch"]
+StemKind = Literal["standard", "small", "compact"]
+STEMS: tuple[StemKind, ...] = ("standard", "small", "compact")
 
 
 class SafeBasicBlock(BasicBlock):  # type: ignore[misc]
@@ -59,20 +61,33 @@ def _norm_layer(kind: NormKind) -> Callable[[int], nn.Module] | None:
 class ResNet18Features(nn.Module):
     """ResNet-18 up to its last residual stage: ``[B, 3 or 1, H, W] -> [B, 8 * width, h, w]``.
 
-    ``small_input=True`` gives the small-image variant (3x3 stride-1 stem, no max-pool) for 16-64
-    px inputs; otherwise the standard 7x7 stride-2 stem with max-pool. ``width`` is the base
+    ``stem`` picks the input end:
+
+    - ``standard``: torchvision's 7x7 stride-2 stem with max-pool (total stride 32; 224 px gives
+      the paper's 7x7 map);
+    - ``small``: a 3x3 stride-1 stem, no max-pool, for 16-64 px inputs (total stride 8: 32 px
+      gives a 4x4 map, 64 px 8x8);
+    - ``compact``: a 3x3 stride-2 stem, no max-pool, and ``layer4`` unstrided: the same total
+      stride and map as ``small`` with the first three stages at half the resolution, for about
+      a third of ``small``'s compute (clinfl's CPU-sized variant; ``docs/method.md``).
+
+    ``width`` is the base
     width: 64 (the default) is torchvision's ResNet-18 with 512 output features; 8, 16 or 32
     scale every stage alike (64, 128 or 256 output features, about 1/64, 1/16 or 1/4 of the
     parameters).
 
     Raises:
-        ModelError: for a width other than 8, 16, 32 or 64.
+        ModelError: for a width other than 8, 16, 32 or 64, or an unknown stem.
     """
 
     def __init__(
-        self, *, small_input: bool, norm: NormKind = "group", width: int = FULL_WIDTH
+        self, *, stem: StemKind, norm: NormKind = "group", width: int = FULL_WIDTH
     ) -> None:
         super().__init__()
+        if stem not in STEMS:
+            raise ModelError(
+                f"backbone stem {stem!r} is not supported", remedy=f"use one of {', '.join(STEMS)}"
+            )
         if width not in WIDTHS:
             raise ModelError(
                 f"backbone width {width} is not supported",
@@ -91,9 +106,14 @@ class ResNet18Features(nn.Module):
             for module in net.modules():  # torchvision's own initialisation of the new layers
                 if isinstance(module, nn.Conv2d):
                     nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-        if small_input:
-            net.conv1 = nn.Conv2d(3, width, kernel_size=3, stride=1, padding=1, bias=False)
+        if stem != "standard":
+            stride = 2 if stem == "compact" else 1
+            net.conv1 = nn.Conv2d(3, width, kernel_size=3, stride=stride, padding=1, bias=False)
             net.maxpool = nn.Identity()
+        if stem == "compact":  # the stem takes layer4's stride: same map, same weights' shapes
+            first = net.layer4[0]
+            first.conv1.stride = (1, 1)
+            first.downsample[0].stride = (1, 1)
         self.conv1 = net.conv1
         self.bn1 = net.bn1
         self.relu = nn.ReLU(inplace=False)

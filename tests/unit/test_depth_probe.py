@@ -15,9 +15,9 @@ def _blocks_per_stage(net: backbone.ResNet18Features) -> list[int]:
 
 def test_one_block_per_stage_builds_a_resnet10(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(backbone, "ResNet", backbone.ResNet)  # restored after the test
-    full = backbone.ResNet18Features(small_input=True, width=16)
+    full = backbone.ResNet18Features(stem="small", width=16)
     use_blocks_per_stage(1)
-    shallow = backbone.ResNet18Features(small_input=True, width=16)
+    shallow = backbone.ResNet18Features(stem="small", width=16)
 
     assert _blocks_per_stage(full) == [2, 2, 2, 2]
     assert _blocks_per_stage(shallow) == [1, 1, 1, 1]
@@ -30,7 +30,7 @@ def test_one_block_per_stage_builds_a_resnet10(monkeypatch: pytest.MonkeyPatch) 
 def test_two_blocks_per_stage_keeps_resnet18(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(backbone, "ResNet", backbone.ResNet)
     use_blocks_per_stage(2)
-    assert _blocks_per_stage(backbone.ResNet18Features(small_input=True, width=16)) == [2] * 4
+    assert _blocks_per_stage(backbone.ResNet18Features(stem="small", width=16)) == [2] * 4
 
 
 def test_probe_keys_name_the_depth_so_one_file_holds_both() -> None:

@@ -10,7 +10,12 @@ from torch import nn
 from clinfl.algorithms import ModelSpec, available_algorithms, create_algorithm
 from clinfl.config import MethodConfig
 from clinfl.errors import ModelError
-from clinfl.model.backbone import ResNet18Features, SafeBasicBlock, load_backbone_weights
+from clinfl.model.backbone import (
+    ResNet18Features,
+    SafeBasicBlock,
+    StemKind,
+    load_backbone_weights,
+)
 from clinfl.model.ladm import LabelAttention
 from clinfl.model.networks import FedNCAlignNet
 
@@ -79,7 +84,7 @@ def test_label_attention_takes_an_empty_batch() -> None:
 
 
 def test_backbone_has_no_inplace_operations() -> None:
-    backbone = ResNet18Features(small_input=True)
+    backbone = ResNet18Features(stem="small")
     for module in backbone.modules():
         if isinstance(module, nn.ReLU):
             assert not module.inplace
@@ -93,12 +98,48 @@ def test_backbone_has_no_inplace_operations() -> None:
 
 
 @pytest.mark.parametrize(
-    ("small", "size", "expected"), [(True, 16, 2), (False, 64, 2), (True, 32, 4)]
+    ("stem", "size", "expected"),
+    [
+        ("small", 16, 2),
+        ("standard", 64, 2),
+        ("small", 32, 4),
+        ("compact", 32, 4),
+        ("compact", 64, 8),
+    ],
 )
-def test_backbone_feature_map_shape(small: bool, size: int, expected: int) -> None:
-    backbone = ResNet18Features(small_input=small)
+def test_backbone_feature_map_shape(stem: StemKind, size: int, expected: int) -> None:
+    backbone = ResNet18Features(stem=stem)
     out = backbone(torch.randn(2, 1, size, size))
     assert out.shape == (2, 512, expected, expected)
+
+
+def test_compact_stem_keeps_small_weights_and_map_at_less_compute() -> None:
+    """Same tensors and token map as the small stem; the first stages see half the resolution."""
+    torch.manual_seed(3)
+    small = ResNet18Features(stem="small", width=16)
+    torch.manual_seed(3)
+    compact = ResNet18Features(stem="compact", width=16)
+    for (name, a), (other, b) in zip(
+        small.state_dict().items(), compact.state_dict().items(), strict=True
+    ):
+        assert name == other and torch.equal(a, b)
+    seen = {"small": _stage_sizes(small, 32), "compact": _stage_sizes(compact, 32)}
+    assert seen["small"] == {"layer1": 32, "layer2": 16, "layer3": 8, "layer4": 4}
+    assert seen["compact"] == {"layer1": 16, "layer2": 8, "layer3": 4, "layer4": 4}
+
+
+def _stage_sizes(net: ResNet18Features, size: int) -> dict[str, int]:
+    x = net.maxpool(net.relu(net.bn1(net.conv1(torch.randn(1, 3, size, size)))))
+    sizes = {}
+    for stage in ("layer1", "layer2", "layer3", "layer4"):
+        x = getattr(net, stage)(x)
+        sizes[stage] = int(x.shape[-1])
+    return sizes
+
+
+def test_unknown_stem_is_refused() -> None:
+    with pytest.raises(ModelError, match="stem"):
+        ResNet18Features(stem="tiny")  # type: ignore[arg-type]
 
 
 def test_ablation_switches_change_the_trainable_tensors() -> None:
@@ -127,16 +168,16 @@ def test_fixed_etf_classifier_logits_are_projection_on_own_prototype() -> None:
 
 
 def test_local_weights_file_loads_and_bad_file_is_refused(tmp_path: Path) -> None:
-    source = ResNet18Features(small_input=False, norm="batch")
+    source = ResNet18Features(stem="standard", norm="batch")
     path = tmp_path / "resnet18.safetensors"
     state = {k: v.contiguous() for k, v in source.state_dict().items()}
     state["fc.weight"] = torch.zeros(1000, 512)
     save_file(state, str(path))
-    target = ResNet18Features(small_input=False, norm="batch")
+    target = ResNet18Features(stem="standard", norm="batch")
     assert load_backbone_weights(target, path) == []
     assert torch.equal(target.conv1.weight, source.conv1.weight)
     with pytest.raises(ModelError, match="wrong shape"):
-        load_backbone_weights(ResNet18Features(small_input=True), path)
+        load_backbone_weights(ResNet18Features(stem="small"), path)
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a checkpoint")
     with pytest.raises(ModelError, match="cannot read"):

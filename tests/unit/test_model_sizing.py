@@ -20,7 +20,7 @@ SPEC = ModelSpec(num_classes=6, image_size=32, federation_seed=7, init_seed=0)
 
 @pytest.mark.parametrize("width", [8, 16, 32, 64])
 def test_backbone_width_scales_every_stage(width: int) -> None:
-    backbone = ResNet18Features(small_input=True, width=width)
+    backbone = ResNet18Features(stem="small", width=width)
     out = backbone(torch.randn(2, 1, 32, 32))
     assert out.shape == (2, 8 * width, 4, 4)
     assert backbone.out_dim == 8 * width
@@ -29,14 +29,14 @@ def test_backbone_width_scales_every_stage(width: int) -> None:
 
 
 def test_full_width_backbone_is_torchvision_resnet18_by_parameter_count() -> None:
-    backbone = ResNet18Features(small_input=False)
+    backbone = ResNet18Features(stem="standard")
     # torchvision's ResNet-18 has 11,689,512 parameters, 513,000 of them in its fc head
     assert sum(p.numel() for p in backbone.parameters()) == 11_689_512 - 513_000
 
 
 def test_unsupported_width_is_refused_with_a_remedy() -> None:
     with pytest.raises(ModelError, match="width 48"):
-        ResNet18Features(small_input=True, width=48)
+        ResNet18Features(stem="small", width=48)
 
 
 def test_config_rejects_bad_width_scaling_and_bias_at_once() -> None:

@@ -246,6 +246,15 @@ def test_resuming_a_results_file_made_with_other_settings_is_refused() -> None:
     wider = {**made, "settings": {**settings.__dict__, "width": 2 * settings.width}}
     conflict = settings_conflict(wider, settings)
     assert conflict is not None and f"width {2 * settings.width} (now {settings.width})" in conflict
+    compact = Settings(backbone="compact")
+    conflict = settings_conflict(made, compact)
+    assert conflict is not None and "backbone small (now compact)" in conflict
+
+
+def test_the_backbone_setting_reaches_every_cell() -> None:
+    cell = Cell("main", "digits", "s1", "fedavg", 0)
+    assert run_config(cell, Settings()).method.backbone == "small"
+    assert run_config(cell, Settings(backbone="compact")).method.backbone == "compact"
 
 
 def test_the_report_gives_the_wall_time_of_every_invocation() -> None:
