@@ -25,6 +25,7 @@ Every finished cell is appended to ``benchmarks/results/reference.json`` at once
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
 from collections import Counter
@@ -474,27 +475,71 @@ def run_cells(
     threads = max(1, args.threads // args.workers)
     cpu = machine_info()["cpu"]  # a results file may gather runs from several machines
     todo = sorted(todo, key=lambda c: -RELATIVE_COST.get(c.variant, 1.0))
-    with ProcessPoolExecutor(args.workers, mp_context=get_context("spawn")) as pool:
-        futures = {pool.submit(runner, c, settings, choices, threads): c for c in todo}
-        for done, future in enumerate(as_completed(futures), start=1):
-            try:
-                record = future.result()
-            except Exception as error:  # a crash in one cell is recorded, the others go on
-                cell = futures[future]
-                record = {
-                    "key": cell.key,
-                    "stage": cell.stage,
-                    "error": repr(error),
-                    "seconds": 0.0,
-                }
-                print(f"{cell.key} failed: {error!r}", file=sys.stderr, flush=True)
-            record["cpu"] = cpu
-            results = load_results(args.results)  # another stage may have written meanwhile
-            results["runs"] = [r for r in results["runs"] if r["key"] != record["key"]]
-            results["runs"].append(record)
-            results["machine"]["cpu"] = cpus_of(results["runs"])
-            save_results(args.results, results)
-            print_cell(done, len(todo), record)
+    pool = ProcessPoolExecutor(args.workers, mp_context=get_context("spawn"))
+    try:
+        _run_in(pool, todo, settings, args, choices, runner, threads, cpu)
+    except KeyboardInterrupt:  # stop the workers too: no cell goes on running unrecorded
+        processes = list((getattr(pool, "_processes", None) or {}).values())  # public in 3.14
+        pool.shutdown(wait=False, cancel_futures=True)
+        for process in processes:
+            process.terminate()
+        raise
+    pool.shutdown()
+
+
+def _run_in(
+    pool: ProcessPoolExecutor,
+    todo: list[Cell],
+    settings: Settings,
+    args: argparse.Namespace,
+    choices: dict[str, dict[str, Any]],
+    runner: CellRunner,
+    threads: int,
+    cpu: str,
+) -> None:
+    """Submit ``todo`` to ``pool`` and save each record as it finishes."""
+    futures = {pool.submit(runner, c, settings, choices, threads): c for c in todo}
+    for done, future in enumerate(as_completed(futures), start=1):
+        try:
+            record = future.result()
+        except Exception as error:  # a crash in one cell is recorded, the others go on
+            cell = futures[future]
+            record = {
+                "key": cell.key,
+                "stage": cell.stage,
+                "error": repr(error),
+                "seconds": 0.0,
+            }
+            print(f"{cell.key} failed: {error!r}", file=sys.stderr, flush=True)
+        record["cpu"] = cpu
+        results = load_results(args.results)  # another stage may have written meanwhile
+        results["runs"] = [r for r in results["runs"] if r["key"] != record["key"]]
+        results["runs"].append(record)
+        results["machine"]["cpu"] = cpus_of(results["runs"])
+        save_results(args.results, results)
+        print_cell(done, len(todo), record)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def record_invocation(
+    args: argparse.Namespace, began: str, seconds: float, before: int, *, interrupted: bool
+) -> None:
+    """Append this invocation's wall time to the results file (``interrupted`` if stopped)."""
+    results = load_results(args.results)
+    results.setdefault("invocations", []).append(
+        {
+            "started": began,
+            "seconds": seconds,
+            "cells": sum("error" not in r for r in results["runs"]) - before,
+            "stages": args.stage,
+            "workers": args.workers,
+            **({"interrupted": True} if interrupted else {}),
+        }
+    )
+    save_results(args.results, results)
 
 
 def main() -> None:
@@ -585,22 +630,20 @@ def main() -> None:
         save_results(args.results, results)
         started, began = time.perf_counter(), time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         before = len(done)
-        run_cells([cell for cell in tuning if cell.key not in done], settings, args)
-        # tune first: the other stages take its choices (and their keys name the loss weights)
-        todo = with_tuned_weights(todo, tuning_choices(load_results(args.results)["runs"]))
-        for stage in STAGES[1:]:
-            run_cells([c for c in todo if c.stage == stage and c.key not in done], settings, args)
-        results = load_results(args.results)
-        results.setdefault("invocations", []).append(
-            {
-                "started": began,
-                "seconds": time.perf_counter() - started,
-                "cells": sum("error" not in r for r in results["runs"]) - before,
-                "stages": args.stage,
-                "workers": args.workers,
-            }
-        )
-        save_results(args.results, results)
+        signal.signal(signal.SIGTERM, _interrupt)  # a stopped run still records its wall time
+        try:
+            run_cells([cell for cell in tuning if cell.key not in done], settings, args)
+            # tune first: the other stages take its choices (and their keys name the weights)
+            todo = with_tuned_weights(todo, tuning_choices(load_results(args.results)["runs"]))
+            for stage in STAGES[1:]:
+                todo_now = [c for c in todo if c.stage == stage and c.key not in done]
+                run_cells(todo_now, settings, args)
+        except KeyboardInterrupt:
+            record_invocation(args, began, time.perf_counter() - started, before, interrupted=True)
+            raise SystemExit(
+                "interrupted: finished cells are kept (--resume runs the rest)"
+            ) from None
+        record_invocation(args, began, time.perf_counter() - started, before, interrupted=False)
     from benchmarks.report import write_docs
 
     write_docs()

@@ -397,6 +397,7 @@ def wall_time_line(results: dict[str, Any]) -> str:
     parts = "; ".join(
         f"{i['started']}, {i['seconds'] / 3600:.2f} h, {i.get('cells', '?')} cells, "
         f"stages {i.get('stages', '?')}, {i.get('workers', '?')} workers"
+        + (", interrupted" if i.get("interrupted") else "")
         for i in invocations
     )
     return (

@@ -17,6 +17,7 @@ from benchmarks.plots import draw_all
 from benchmarks.privacy_report import render_privacy
 from benchmarks.reference_report import render_reference
 from benchmarks.secagg_report import render_secagg
+from benchmarks.stem_report import render_stem_comparison
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
@@ -94,6 +95,7 @@ def write_docs(docs: Path = DOCS, results_dir: Path = RESULTS_DIR) -> None:
             fedcurv_lambda=load("fedcurv_lambda.json"),
             run_all=load("run_all.json"),
             reference=load("reference.json"),
+            small_stem=load("reference_small_stem.json"),
         )
     )
 
@@ -109,6 +111,7 @@ def render_report(
     fedcurv_lambda: dict[str, Any] | None = None,
     run_all: dict[str, Any] | None = None,
     reference: dict[str, Any] | None = None,
+    small_stem: dict[str, Any] | None = None,
 ) -> str:
     """Return the Markdown report: accuracy (``results``, then ``accelerator``), secure
     aggregation, privacy, ingestion."""
@@ -141,6 +144,9 @@ def render_report(
     reference_lines = render_reference(reference or {})
     if reference_lines:
         out += [*reference_lines, ""]
+        stem_lines = render_stem_comparison(reference or {}, small_stem or {})
+        if stem_lines:
+            out += [*stem_lines, ""]
         if REFERENCE_NOTES.is_file():
             out += [REFERENCE_NOTES.read_text().strip(), ""]
     out += render_accuracy(results, plots)
