@@ -76,8 +76,9 @@ bench-full: $(STAMP)
 ## The reference accuracy benchmark (docs/benchmarks.md, "Reference accuracy"): learning rate, loss
 ## weights and baseline strengths chosen on validation, then every method trained until validation macro-AUC stops
 ## improving, 5 seeds, both skew settings, digits and NIH1000, the ablations, the width study and
-## FedAvg with twice the round cap. 229 runs: at least 4.9 hours on 2 idle cores (`--estimate`
-## projects it from the recorded runs), so it does not fit 3 hours here. Resumable:
+## FedAvg with twice the round cap. 229 runs: at least 4.9 hours on 2 idle cores with the small
+## stem (`--estimate` projects it from the recorded runs); with `--backbone compact`, 207 of the
+## runs took 2.05 hours (docs/benchmarks.md). Resumable:
 ## `python benchmarks/reference.py --resume` keeps the finished runs; `--stage` runs some stages.
 bench-reference: $(STAMP)
 	$(BIN)/python benchmarks/reference.py

@@ -7,7 +7,8 @@ seeds reported as paired differences with 95% intervals (``benchmarks/paired_sta
 
 The model is right-sized for a 2-core CPU instead of cutting rounds: ResNet-18 at base width 16
 (``--width``; 64 is the paper's network; the ``width`` stage measures 8 and 32 against 16) with
-the small stem, so digits at 32 px and NIH1000 at 64 px give 4x4 and 8x8 LADM tokens. Every run
+the small stem, so digits at 32 px and NIH1000 at 64 px give 4x4 and 8x8 LADM tokens
+(``--backbone compact``: the same tokens at about a third of the compute per step). Every run
 trains up to ``--max-rounds`` rounds and stops once validation macro-AUC has not improved for
 ``--patience`` rounds; the best validation round is reported. Test data choose nothing.
 
