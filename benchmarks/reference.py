@@ -50,7 +50,13 @@ from benchmarks.accuracy import (  # noqa: E402
     simulate_record,
 )
 from benchmarks.machine import machine_info  # noqa: E402
-from clinfl.config import DataConfig, FederationConfig, MethodConfig, RunConfig  # noqa: E402
+from clinfl.config import (  # noqa: E402
+    BackboneVariant,
+    DataConfig,
+    FederationConfig,
+    MethodConfig,
+    RunConfig,
+)
 
 RESULTS = ROOT / "benchmarks" / "results" / "reference.json"
 SEEDS = (0, 1, 2, 3, 4)
@@ -119,7 +125,7 @@ class Settings:
     lr: float = 1e-3
     max_rounds: int = 30
     patience: int = 4
-    backbone: str = "small"
+    backbone: BackboneVariant = "small"
     """The ResNet-18 stem (``MethodConfig.backbone``): ``small`` or the cheaper ``compact``."""
 
 
@@ -341,7 +347,7 @@ def run_config(
     lr = cell.lr or chosen.get("lr") or settings.lr
     method = MethodConfig(
         name=name,
-        backbone=settings.backbone,  # type: ignore[arg-type]  # argparse checks the choice
+        backbone=settings.backbone,
         width=cell.width or settings.width,
         **{**options, **dict(cell.tuned), **dict(cell.options)},
     )
@@ -476,16 +482,15 @@ def run_cells(
     threads = max(1, args.threads // args.workers)
     cpu = machine_info()["cpu"]  # a results file may gather runs from several machines
     todo = sorted(todo, key=lambda c: -RELATIVE_COST.get(c.variant, 1.0))
-    pool = ProcessPoolExecutor(args.workers, mp_context=get_context("spawn"))
-    try:
-        _run_in(pool, todo, settings, args, choices, runner, threads, cpu)
-    except KeyboardInterrupt:  # stop the workers too: no cell goes on running unrecorded
-        processes = list((getattr(pool, "_processes", None) or {}).values())  # public in 3.14
-        pool.shutdown(wait=False, cancel_futures=True)
-        for process in processes:
-            process.terminate()
-        raise
-    pool.shutdown()
+    with ProcessPoolExecutor(args.workers, mp_context=get_context("spawn")) as pool:
+        try:
+            _run_in(pool, todo, settings, args, choices, runner, threads, cpu)
+        except KeyboardInterrupt:  # stop the workers too: no cell goes on running unrecorded
+            processes = list((getattr(pool, "_processes", None) or {}).values())  # 3.14: public
+            pool.shutdown(wait=False, cancel_futures=True)
+            for process in processes:
+                process.terminate()
+            raise
 
 
 def _run_in(
@@ -637,8 +642,9 @@ def main() -> None:
             # tune first: the other stages take its choices (and their keys name the weights)
             todo = with_tuned_weights(todo, tuning_choices(load_results(args.results)["runs"]))
             for stage in STAGES[1:]:
-                todo_now = [c for c in todo if c.stage == stage and c.key not in done]
-                run_cells(todo_now, settings, args)
+                run_cells(
+                    [c for c in todo if c.stage == stage and c.key not in done], settings, args
+                )
         except KeyboardInterrupt:
             record_invocation(args, began, time.perf_counter() - started, before, interrupted=True)
             raise SystemExit(
