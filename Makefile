@@ -76,9 +76,8 @@ bench-full: $(STAMP)
 ## The reference accuracy benchmark (docs/benchmarks.md, "Reference accuracy"): learning rate, loss
 ## weights and baseline strengths chosen on validation, then every method trained until validation macro-AUC stops
 ## improving, 5 seeds, both skew settings, digits and NIH1000, the ablations, the width study and
-## FedAvg with twice the round cap. 229 runs: at least 4.9 hours on 2 idle cores with the small
-## stem (`--estimate` projects it from the recorded runs); with `--backbone compact`, 207 of the
-## runs took 2.05 hours (docs/benchmarks.md). Resumable:
+## FedAvg with twice the round cap. 229 runs: 2.36 hours on this 2-core machine with the compact
+## stem it uses by default; at least 4.9 hours with `--backbone small` (docs/benchmarks.md). Resumable:
 ## `python benchmarks/reference.py --resume` keeps the finished runs; `--stage` runs some stages.
 bench-reference: $(STAMP)
 	$(BIN)/python benchmarks/reference.py

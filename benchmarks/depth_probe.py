@@ -3,10 +3,12 @@
 The issue behind ``make bench-reference`` asks it to fit 3 hours by right-sizing the model. Width
 was measured in ``reference.py`` (base width 8 against 16); this probe measures depth. It runs
 the reference preset's ``main`` cells (same data, sites, seeds, learning rate, patience and
-loss weights chosen on validation, read from ``benchmarks/results/reference.json``) with ``--blocks`` residual
-blocks per stage instead of ResNet-18's two, and a round cap of its own, and appends each run to
-``benchmarks/results/depth_probe.json``. The report compares them with the preset's runs in
-``benchmarks/reference_notes.md``.
+loss weights chosen on validation) with ``--blocks`` residual blocks per stage instead of
+ResNet-18's two, and a round cap of its own, and appends each run to
+``benchmarks/results/depth_probe.json``. The probe was measured against the small stem, so it
+builds the small stem and reads its loss weights from that preset's results,
+``benchmarks/results/reference_small_stem.json``. The notes
+(``benchmarks/reference_notes.md``) compare its runs with that preset's.
 
     python benchmarks/depth_probe.py --blocks 1 --max-rounds 60 --setting s1
 
@@ -30,9 +32,6 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.accuracy import load_results, save_results  # noqa: E402
 from benchmarks.machine import machine_info  # noqa: E402
 from benchmarks.reference import (  # noqa: E402
-    RESULTS as REFERENCE_RESULTS,
-)
-from benchmarks.reference import (  # noqa: E402
     SEEDS,
     Cell,
     Settings,
@@ -43,6 +42,8 @@ from benchmarks.reference import (  # noqa: E402
 )
 
 RESULTS = ROOT / "benchmarks" / "results" / "depth_probe.json"
+SMALL_STEM_RESULTS = ROOT / "benchmarks" / "results" / "reference_small_stem.json"
+"""The small-stem reference preset the probe compares with, and takes its loss weights from."""
 RESNET18_BLOCKS = 2
 
 
@@ -102,8 +103,8 @@ def main() -> None:
     if not 1 <= args.blocks <= RESNET18_BLOCKS:
         parser.error(f"--blocks must be 1 or {RESNET18_BLOCKS}")
 
-    settings = Settings(max_rounds=args.max_rounds)
-    choices = tuning_choices(load_results(REFERENCE_RESULTS)["runs"])
+    settings = Settings(max_rounds=args.max_rounds, backbone="small")
+    choices = tuning_choices(load_results(SMALL_STEM_RESULTS)["runs"])
     finished = {r["key"] for r in load_results(args.results)["runs"] if "error" not in r}
     cells = [
         Cell("main", args.dataset, args.setting, variant, int(seed), max_rounds=args.max_rounds)

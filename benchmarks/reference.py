@@ -7,8 +7,10 @@ seeds reported as paired differences with 95% intervals (``benchmarks/paired_sta
 
 The model is right-sized for a 2-core CPU instead of cutting rounds: ResNet-18 at base width 16
 (``--width``; 64 is the paper's network; the ``width`` stage measures 8 and 32 against 16) with
-the small stem, so digits at 32 px and NIH1000 at 64 px give 4x4 and 8x8 LADM tokens
-(``--backbone compact``: the same tokens at about a third of the compute per step). Every run
+the compact stem (``--backbone``; a 3x3 stride-2 stem and an unstrided ``layer4``), so digits at
+32 px and NIH1000 at 64 px give 4x4 and 8x8 LADM tokens at about a third of the small stem's
+compute per step (``--backbone small`` reruns the small stem; its results are kept in
+``benchmarks/results/reference_small_stem.json``). Every run
 trains up to ``--max-rounds`` rounds and stops once validation macro-AUC has not improved for
 ``--patience`` rounds; the best validation round is reported. Test data choose nothing.
 
@@ -19,6 +21,8 @@ trains up to ``--max-rounds`` rounds and stops once validation macro-AUC has not
     python benchmarks/reference.py --resume                # keep finished cells, run the rest
     python benchmarks/reference.py --render-only           # rebuild docs/benchmarks.md
     python benchmarks/reference.py --estimate --resume     # projected time, from the recorded runs
+    python benchmarks/reference.py --stage main --patience 10 --results other.json \
+        --choices-from benchmarks/results/reference.json  # other settings, the preset's choices
 
 Every finished cell is appended to ``benchmarks/results/reference.json`` at once.
 """
@@ -125,8 +129,8 @@ class Settings:
     lr: float = 1e-3
     max_rounds: int = 30
     patience: int = 4
-    backbone: BackboneVariant = "small"
-    """The ResNet-18 stem (``MethodConfig.backbone``): ``small`` or the cheaper ``compact``."""
+    backbone: BackboneVariant = "compact"
+    """The ResNet-18 stem (``MethodConfig.backbone``): ``compact``, or the costlier ``small``."""
 
 
 @dataclass(frozen=True)
@@ -206,8 +210,8 @@ def ablation_cells(seeds: tuple[int, ...]) -> list[Cell]:
 def long_cells(seeds: tuple[int, ...], max_rounds: int) -> list[Cell]:
     """FedAvg with ``LONG_FACTOR`` times the round cap, in ``ABLATION_SETTING`` (digits).
 
-    FedAvg mostly reaches the cap while FedNCAlign-ML stops before it, so an equal cap may turn
-    speed into accuracy; against FedAvg with the longer cap, a gain is not speed alone.
+    A FedAvg run that reaches the cap may still be improving, so an equal cap may turn speed
+    into accuracy; against FedAvg with the longer cap, a gain is not speed alone.
     """
     return [
         Cell(
@@ -582,6 +586,11 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2, help="torch threads in all")
     parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--choices-from",
+        type=Path,
+        help="take the tuning stage's choices from this results file (no tune stage then)",
+    )
     parser.add_argument("--resume", action="store_true", help="keep finished cells, run the rest")
     parser.add_argument("--render-only", action="store_true")
     parser.add_argument(
@@ -603,6 +612,11 @@ def main() -> None:
             datasets.remove("nih1000")
         seeds = tuple(int(s) for s in args.seeds.split(","))
         stages = args.stage.split(",")
+        if args.choices_from and "tune" in stages:
+            parser.error("--choices-from replaces the tune stage: leave tune out of --stage")
+        if args.choices_from and not args.choices_from.is_file():
+            parser.error(f"--choices-from {args.choices_from}: no such results file")
+        choices_file = args.choices_from or args.results
         tuning: list[Cell] = []
         if "tune" in stages:
             tuning_seeds = tuple(int(s) for s in args.tuning_seeds.split(","))
@@ -622,7 +636,9 @@ def main() -> None:
         if "long" in stages and "digits" in datasets:
             todo += long_cells(seeds, settings.max_rounds)
         if args.estimate:
-            choices = tuning_choices(results["runs"])
+            choices = tuning_choices(
+                load_results(choices_file)["runs"] if args.choices_from else results["runs"]
+            )
             print_projection(
                 tuning + with_tuned_weights(todo, choices), results["runs"], args.workers
             )
@@ -640,10 +656,14 @@ def main() -> None:
         try:
             run_cells([cell for cell in tuning if cell.key not in done], settings, args)
             # tune first: the other stages take its choices (and their keys name the weights)
-            todo = with_tuned_weights(todo, tuning_choices(load_results(args.results)["runs"]))
+            choices = tuning_choices(load_results(choices_file)["runs"])
+            todo = with_tuned_weights(todo, choices)
             for stage in STAGES[1:]:
                 run_cells(
-                    [c for c in todo if c.stage == stage and c.key not in done], settings, args
+                    [c for c in todo if c.stage == stage and c.key not in done],
+                    settings,
+                    args,
+                    choices=choices,
                 )
         except KeyboardInterrupt:
             record_invocation(args, began, time.perf_counter() - started, before, interrupted=True)

@@ -198,6 +198,7 @@ def test_shipped_example_configs_load_and_validate() -> None:
     assert reference.federation.rounds == settings.max_rounds
     assert reference.federation.patience == settings.patience
     assert reference.federation.lr == settings.lr
+    assert reference.method.backbone == settings.backbone
 
 
 def test_long_stage_gives_fedavg_a_longer_cap_and_is_reported_against_the_main_runs() -> None:
@@ -246,15 +247,15 @@ def test_resuming_a_results_file_made_with_other_settings_is_refused() -> None:
     wider = {**made, "settings": {**settings.__dict__, "width": 2 * settings.width}}
     conflict = settings_conflict(wider, settings)
     assert conflict is not None and f"width {2 * settings.width} (now {settings.width})" in conflict
-    compact = Settings(backbone="compact")
-    conflict = settings_conflict(made, compact)
-    assert conflict is not None and "backbone small (now compact)" in conflict
+    small = Settings(backbone="small")
+    conflict = settings_conflict(made, small)
+    assert conflict is not None and "backbone compact (now small)" in conflict
 
 
 def test_the_backbone_setting_reaches_every_cell() -> None:
     cell = Cell("main", "digits", "s1", "fedavg", 0)
-    assert run_config(cell, Settings()).method.backbone == "small"
-    assert run_config(cell, Settings(backbone="compact")).method.backbone == "compact"
+    assert run_config(cell, Settings()).method.backbone == "compact"
+    assert run_config(cell, Settings(backbone="small")).method.backbone == "small"
 
 
 def test_the_report_gives_the_wall_time_of_every_invocation() -> None:
@@ -282,3 +283,50 @@ def test_the_projection_counts_each_cells_rounds_at_the_fastest_measured_rate() 
     # 2 rounds and 4 rounds at 2 s a round, each with the fastest set-up (1 s)
     assert seconds == pytest.approx((2 * 2.0 + 1.0) + (4 * 2.0 + 1.0))
     assert missing == [cells[2]]
+
+
+def test_choices_from_another_results_file_reach_the_cells_run(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--choices-from`` runs other settings with the preset's choices, and refuses a tune."""
+    import sys
+
+    import benchmarks.reference as reference
+    import benchmarks.report as report
+    from benchmarks.accuracy import save_results
+
+    source = tmp_path / "reference.json"
+    tune = [
+        _run("tune", "fedavg", 100, val=0.9, test=0.5, lr=3e-4),
+        _run("tune", "fedavg", 100, val=0.8, test=0.9, lr=1e-3),
+        _run("tune", "fedncalign_paper", 100, val=0.8, test=0.9, lr=1e-3),
+        _run("tune", "fedncalign_paper", 100, val=0.9, test=0.1, options={"lambda_rej": 0.1}),
+    ]
+    save_results(source, {"runs": tune})
+    ran: list[tuple[list[Cell], dict[str, Any]]] = []
+
+    def fake_run_cells(todo: list[Cell], settings: Settings, args: Any, **kw: Any) -> None:
+        if todo:  # the (empty) tune stage passes no choices
+            ran.append((todo, kw["choices"]))
+
+    monkeypatch.setattr(reference, "run_cells", fake_run_cells)
+    monkeypatch.setattr(report, "write_docs", lambda: None)
+    target = tmp_path / "patience.json"
+    argv = ["reference.py", "--stage", "main", "--datasets", "digits", "--settings", "s2"]
+    argv += ["--variants", "fedavg,fedncalign_paper", "--seeds", "0", "--patience", "10"]
+    argv += ["--results", str(target), "--choices-from", str(source)]
+    monkeypatch.setattr(sys, "argv", argv)
+    reference.main()
+    cells = [cell for todo, _ in ran for cell in todo]
+    assert sorted(cell.key for cell in cells) == [
+        "main/digits/s2/fedavg/0",
+        "main/digits/s2/fedncalign_paper{lambda_rej=0.1}/0",
+    ]
+    assert all(choices["fedavg"]["lr"] == 3e-4 for _, choices in ran)
+    assert reference.load_results(target)["settings"]["patience"] == 10
+    monkeypatch.setattr(sys, "argv", [*argv[:2], "tune,main", *argv[3:]])
+    with pytest.raises(SystemExit):
+        reference.main()
+    monkeypatch.setattr(sys, "argv", [*argv[:-1], str(tmp_path / "missing.json")])
+    with pytest.raises(SystemExit):
+        reference.main()
