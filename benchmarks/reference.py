@@ -636,9 +636,7 @@ def main() -> None:
         if "long" in stages and "digits" in datasets:
             todo += long_cells(seeds, settings.max_rounds)
         if args.estimate:
-            choices = tuning_choices(
-                load_results(choices_file)["runs"] if args.choices_from else results["runs"]
-            )
+            choices = tuning_choices(load_results(choices_file)["runs"])
             print_projection(
                 tuning + with_tuned_weights(todo, choices), results["runs"], args.workers
             )
