@@ -16,7 +16,15 @@ from collections import defaultdict
 from typing import Any
 
 from benchmarks.paired_stats import paired_gain
-from benchmarks.reference_report import NAMES, SETTING_TITLES, _auc, _display_variant, _mean_sd, _ok
+from benchmarks.reference_report import (
+    NAMES,
+    SETTING_TITLES,
+    _auc,
+    _display_variant,
+    _interval,
+    _mean_sd,
+    _ok,
+)
 
 Run = dict[str, Any]
 Group = tuple[str, str, str]
@@ -89,18 +97,11 @@ def render_stem_comparison(reference: dict[str, Any], small_stem: dict[str, Any]
     ]
     for row in rows:
         dataset, setting, variant = row["group"]
-        gain = row["gain"]
-        if gain is None or gain.n < 2:
-            interval = "-"
-        else:
-            interval = (
-                f"{100 * gain.mean:+.2f} [{100 * gain.ci_low:+.2f}, {100 * gain.ci_high:+.2f}]"
-            )
         out.append(
             f"| {dataset} | {SETTING_TITLES.get(setting, setting).split(' (')[0]} "
             f"| {NAMES.get(variant, variant)} "
             f"| {len(row['compact'])} | {_mean_sd([_auc(r) for r in row['small']])} "
-            f"| {_mean_sd([_auc(r) for r in row['compact']])} | {interval} "
+            f"| {_mean_sd([_auc(r) for r in row['compact']])} | {_interval(row['gain'])} "
             f"| {row['rounds_small']} -> {row['rounds_compact']} "
             f"| {_round_seconds(row['small'])} | {_round_seconds(row['compact'])} |"
         )
