@@ -100,6 +100,7 @@ def run_clinfl(
         round_id=params.round_id,
         params_hash=params.bound_to(settings_hash),
         model_hash=model_hash,
+        config_hash=digest(b"bench-config"),
     )
     sessions = {
         s: SiteSession(

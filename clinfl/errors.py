@@ -98,6 +98,14 @@ class RoundAborted(FederationError):  # noqa: N818 - reads as an event, like Pro
     """A round was abandoned (too few survivors, or a site refused); nothing was applied."""
 
 
+class LocalTrainingFailed(FederationError):  # noqa: N818 - reads as an event
+    """A site's local training failed for a reason that may depend on its data (a diverging loss).
+
+    A site never shows this to the coordinator as a refusal (SECAGG.md, R7'): it audits it and
+    takes part in the round with a zero update of weight 0.
+    """
+
+
 class SiteUnavailable(FederationError):  # noqa: N818
     """A site did not answer at some stage (it dropped out); the round may go on without it."""
 

@@ -131,6 +131,12 @@ class SecureAggregator:
             ]
         )
         total = server.unmask([r for r in revealed if r is not None])
+        if int(total[params.vector_length]) == 0:  # every survivor's training failed (R7')
+            raise RoundAborted(
+                f"round {round_id} abandoned: the sum of {len(survivors)} sites carries no "
+                "weight (no site's local training succeeded); nothing was applied",
+                remedy="see the sites' audit reports; lower the learning rate",
+            )
         decoded = decode_sum(total, params=params)
         mean = unflatten_state(decoded.mean, template=template)
         self._lap("unmask", clock)

@@ -14,9 +14,16 @@ from dataclasses import dataclass
 from typing import NoReturn, Protocol
 
 import numpy as np
+import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from clinfl.errors import ClinflError, FederationError, PolicyViolation, ProtocolViolation
+from clinfl.errors import (
+    ClinflError,
+    FederationError,
+    LocalTrainingFailed,
+    PolicyViolation,
+    ProtocolViolation,
+)
 from clinfl.federation.digests import round_parameters_digest, state_digest
 from clinfl.federation.messages import RoundSettings, SiteContribution, TrainingReport
 from clinfl.federation.vectors import flatten_state
@@ -39,6 +46,38 @@ from site_agent.training import LocalUpdate
 
 AuditHook = Callable[[int, str], None]  # (round id, why the site refused)
 SettingsCheck = Callable[[RoundSettings], None]  # raises PolicyViolation outside the bounds
+ExpectedSettings = Callable[[int], RoundSettings]  # a round's settings under the joined config
+StateLayout = Mapping[str, tuple[tuple[int, ...], torch.dtype]]  # name -> (shape, dtype)
+
+
+def state_layout(state: StateDict) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    """Return the names, shapes and dtypes of ``state`` (what a site accepts as a global state)."""
+    return {name: (tuple(value.shape), value.dtype) for name, value in state.items()}
+
+
+def layout_problem(state: StateDict, layout: StateLayout) -> str | None:
+    """Return why ``state`` does not have exactly ``layout``'s entries, or None if it does.
+
+    A site refuses a global state with any entry its own algorithm does not produce (another
+    algorithm's ``aux/`` slots, R1'), or without one it does, or of another shape or dtype.
+    """
+    extra = sorted(set(state) - set(layout))
+    if extra:
+        return f"it carries entries this site's algorithm does not produce: {', '.join(extra[:3])}"
+    missing = sorted(set(layout) - set(state))
+    if missing:
+        return f"it lacks entries this site's algorithm needs: {', '.join(missing[:3])}"
+    for name, (shape, dtype) in layout.items():
+        value = state[name]
+        if tuple(value.shape) != shape or value.dtype != dtype:
+            return f"{name} is {value.dtype} {tuple(value.shape)}, this site expects {dtype} {shape}"
+    return None
+
+
+def zero_update(global_state: StateDict) -> LocalUpdate:
+    """The update a site sends when its training failed: zeros, weight 0, no loss (R7')."""
+    delta = {name: torch.zeros_like(value) for name, value in global_state.items()}
+    return LocalUpdate(delta=delta, num_samples=0, mean_loss=float("nan"), steps=0)
 
 
 class LocalTrainer(Protocol):
@@ -91,7 +130,18 @@ class SiteAgent:
     the masked vector (the coordinator learns federation-wide sums). Without ``report_counts``
     the site contributes with weight 1. ``roster_hash`` is the hash of the roster the site
     pinned (the directory's hash when None); ``round_store`` persists the last round id of each
-    run (in memory when None).
+    run and its attempts (in memory when None).
+
+    ``config_hash`` is the digest of the run configuration the site joined with
+    (:func:`~clinfl.config.digest.run_config_digest`), bound into every advertisement (R1').
+    ``expected_settings`` gives each round's settings under that configuration: a round asked
+    with any other settings is refused. ``layout`` is the global state the site's algorithm
+    works with (names, shapes, dtypes): a global state with other entries, such as another
+    algorithm's ``aux/`` slots, is refused.
+
+    A local training that fails for a reason that may depend on the data (a diverging loss) is
+    audited, and the site takes part with a zero update of weight 0, so the coordinator sees a
+    normal round (R7').
     """
 
     def __init__(
@@ -101,7 +151,10 @@ class SiteAgent:
         identity: SiteIdentity,
         directory: Mapping[str, Ed25519PublicKey],
         requirements: SecAggRequirements,
+        config_hash: bytes,
         run_id: str = "",
+        expected_settings: ExpectedSettings | None = None,
+        layout: StateLayout | None = None,
         roster_hash: bytes | None = None,
         round_store: RoundStore | None = None,
         audit: AuditHook | None = None,
@@ -118,7 +171,10 @@ class SiteAgent:
         self._identity = identity
         self._directory = dict(directory)
         self._requirements = requirements
+        self._config_hash = config_hash
         self._run_id = run_id
+        self._expected_settings = expected_settings
+        self._layout = dict(layout) if layout is not None else None
         self._roster_hash = roster_hash if roster_hash is not None else directory_hash(directory)
         self._rounds: RoundStore = round_store if round_store is not None else MemoryRoundStore()
         self._audit = audit
@@ -146,47 +202,108 @@ class SiteAgent:
     def train_round(self, global_state: StateDict, settings: RoundSettings) -> TrainingReport:
         """Train from ``global_state``; keep the update here until a permitted upload.
 
-        The round id must be the last one plus one (R2), and the settings within the policy's
-        training bounds, before any training step.
+        Before any training step: the settings must be the joined configuration's for this
+        round and within the policy's training bounds, the global state must have exactly the
+        entries the site's algorithm produces, the round id must be the last one plus one or
+        an allowed retry (R2, R3'), and the site must not have sent a completed update from
+        this global model before (R10). A training failure that may depend on the data is not
+        a refusal: it is audited and the site sends a zero update of weight 0 (R7').
 
         Raises:
             PolicyViolation: if the site holds fewer samples than its policy's ``min_samples``,
                 or the settings are outside the policy's training bounds.
-            ProtocolViolation: for a replayed, repeated or skipped round id.
+            ProtocolViolation: for settings other than the run's, a global state with entries
+                the algorithm does not produce, a replayed, repeated or skipped round id, a
+                retry past the policy's cap, or a global model already trained from.
             BudgetExhausted: if the round would pass the site's privacy budget.
-            FederationError: if training fails.
+            FederationError: if the global state does not fit the local model.
         """
         self._session = None
         self._pending = None
         self._received = None
+        round_id = settings.round
         if self._trainer.num_samples < self._min_samples:
             reason = (
                 f"{self.site_id} holds {self._trainer.num_samples} samples, its policy requires "
                 f"at least {self._min_samples} to train"
             )
             self._refuse(
-                settings.round,
+                round_id,
                 PolicyViolation(reason, remedy="add data at the site or relax data.min_samples"),
             )
         if self._check_settings is not None:
             try:
                 self._check_settings(settings)
             except PolicyViolation as refusal:
-                self._refuse(settings.round, refusal)
+                self._refuse(round_id, refusal)
+        self._check_run_settings(settings)
+        self._check_layout(global_state, round_id)
+        model_hash = state_digest(global_state)
         try:
-            accept_round(
-                self._rounds, run_id=self._run_id, round_id=settings.round, site_id=self.site_id
+            attempt = accept_round(
+                self._rounds,
+                run_id=self._run_id,
+                round_id=round_id,
+                site_id=self.site_id,
+                model_hash=model_hash,
+                max_retries=self._requirements.max_retries,
             )
         except ProtocolViolation as refusal:
-            self._refuse(settings.round, refusal)
-        received = _Received(settings, state_digest(global_state))
-        self._pending = self._trainer.train_round(global_state, settings)
+            self._refuse(round_id, refusal)
+        if attempt > 1:
+            self._note(
+                round_id,
+                f"round {round_id} retried by the coordinator: attempt {attempt}, the policy "
+                f"allows {self._requirements.max_retries} retries",
+            )
+        try:
+            update = self._trainer.train_round(global_state, settings)
+        except LocalTrainingFailed as failure:
+            self._note(
+                round_id,
+                f"training failed ({failure.message}); the site takes part with a zero update "
+                "of weight 0",
+            )
+            update = zero_update(global_state)
+        self._pending = update
         self._template = global_state
-        self._received = received
+        self._received = _Received(settings, model_hash)
         epsilon = getattr(self._trainer, "epsilon", None)  # None without DP-SGD
         value = epsilon() if self._share_epsilon and callable(epsilon) else None
         spent = None if value is None else float(value)
         return TrainingReport(self.site_id, spent)
+
+    def _note(self, round_id: int, message: str) -> None:
+        """Audit an event of the round that is not a refusal (a retry, a training failure)."""
+        if self._audit is not None:
+            self._audit(round_id, message)
+
+    def _check_run_settings(self, settings: RoundSettings) -> None:
+        if self._expected_settings is None:
+            return
+        expected = self._expected_settings(settings.round)
+        if settings != expected:
+            self._refuse(
+                settings.round,
+                ProtocolViolation(
+                    f"{self.site_id} refuses round {settings.round}: its settings are not the "
+                    "ones of the run configuration the site joined with",
+                    remedy="the coordinator must ask every round with the run's own settings",
+                ),
+            )
+
+    def _check_layout(self, global_state: StateDict, round_id: int) -> None:
+        if self._layout is None:
+            return
+        problem = layout_problem(global_state, self._layout)
+        if problem is not None:
+            self._refuse(
+                round_id,
+                ProtocolViolation(
+                    f"{self.site_id} refuses the global state of round {round_id}: {problem}",
+                    remedy="every site of a run trains the same method; check the coordinator",
+                ),
+            )
 
     def _take_pending(self) -> tuple[LocalUpdate, StateDict]:
         if self._pending is None or self._template is None:
@@ -197,12 +314,16 @@ class SiteAgent:
         return self._pending, self._template
 
     def _weight(self, update: LocalUpdate) -> int:
+        if update.num_samples == 0:  # a failed training: a zero update that weighs nothing
+            return 0
         if not self._report_counts:
             return 1
         return min(update.num_samples, self._requirements.max_weight)
 
     def _loss(self, update: LocalUpdate) -> float | None:
-        return update.mean_loss if self._report_loss else None
+        if update.num_samples == 0 or not self._report_loss:
+            return None
+        return update.mean_loss
 
     def upload_plain(self) -> SiteContribution:
         """Send ``w_i * delta_i`` and ``w_i`` unmasked (and the loss, if the policy allows).
@@ -236,12 +357,14 @@ class SiteAgent:
     def secagg_advertise(self, params: RoundParameters) -> Advertisement:
         """Check the round's parameters against the policy and advertise fresh keys.
 
-        The advertisement binds the pinned roster, the run, the round, the parameters with the
-        round's settings, and the global model this site received (R1).
+        The advertisement binds the pinned roster, the run, the round, the parameters (with the
+        session nonce) and the round's settings, the global model this site received, and the
+        run configuration it joined with (R1, R1').
 
         Raises:
-            ProtocolViolation: if the parameters break the policy, or name another run or
-                round than the one this site trained for.
+            ProtocolViolation: if the parameters break the policy, name another run or round
+                than the one this site trained for, or reuse a session nonce (or this
+                training was already advertised in another session).
         """
         self._take_pending()
         received = self._received
@@ -262,7 +385,21 @@ class SiteAgent:
             round_id=received.settings.round,
             params_hash=params_hash,
             model_hash=received.model_hash,
+            config_hash=self._config_hash,
         )
+        if params.round_id == received.settings.round and not self._rounds.use_session(
+            self._run_id, params.round_id, params.session
+        ):
+            self._refuse(
+                params.round_id,
+                ProtocolViolation(
+                    f"{self.site_id} refuses session {params.session[:12]!r} of round "
+                    f"{params.round_id}: a session nonce is used once, and one training takes "
+                    "part in one session",
+                    remedy="the coordinator must retry a round from training, with a fresh "
+                    "session nonce",
+                ),
+            )
         self._session = SiteSession(
             params,
             site_id=self.site_id,

@@ -55,6 +55,15 @@ CREATE TABLE IF NOT EXISTS round_ids (
     last_round INTEGER NOT NULL,
     completed INTEGER NOT NULL DEFAULT 0
 );
+CREATE TABLE IF NOT EXISTS attempts (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id TEXT NOT NULL,
+    round INTEGER NOT NULL,
+    model_hash TEXT NOT NULL,
+    session TEXT UNIQUE,
+    completed INTEGER NOT NULL DEFAULT 0,
+    at REAL NOT NULL
+);
 """
 
 
@@ -145,6 +154,56 @@ class SiteLedger:
                 "INSERT OR REPLACE INTO round_ids (run_id, last_round, completed) VALUES (?, ?, ?)",
                 (run_id, round_id, int(completed)),
             )
+
+    def record_attempt(self, run_id: str, round_id: int, *, model_hash: bytes) -> int:
+        """Record one more attempt at ``round_id`` from ``model_hash``; return its number."""
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO attempts (run_id, round, model_hash, at) VALUES (?, ?, ?, ?)",
+                (run_id, round_id, model_hash.hex(), time.time()),
+            )
+        return self.attempts(run_id, round_id)
+
+    def attempts(self, run_id: str, round_id: int) -> int:
+        """Return how many attempts at ``round_id`` of ``run_id`` were recorded."""
+        row = self._db.execute(
+            "SELECT COUNT(*) FROM attempts WHERE run_id = ? AND round = ?", (run_id, round_id)
+        ).fetchone()
+        return int(row[0])
+
+    def use_session(self, run_id: str, round_id: int, session: str) -> bool:
+        """Bind ``session`` to the latest attempt at ``round_id``; False if it cannot be used.
+
+        A session nonce is used once (in any run), and an attempt takes one session.
+        """
+        with self._transaction() as db:
+            latest = db.execute(
+                "SELECT id, session FROM attempts WHERE run_id = ? AND round = ? "
+                "ORDER BY id DESC LIMIT 1",
+                (run_id, round_id),
+            ).fetchone()
+            seen = db.execute("SELECT 1 FROM attempts WHERE session = ?", (session,)).fetchone()
+            if latest is None or latest[1] is not None or seen is not None:
+                return False
+            db.execute("UPDATE attempts SET session = ? WHERE id = ?", (session, latest[0]))
+        return True
+
+    def complete_attempt(self, run_id: str, round_id: int) -> None:
+        """Mark the latest attempt at ``round_id`` of ``run_id`` completed."""
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE attempts SET completed = 1 WHERE id = (SELECT MAX(id) FROM attempts "
+                "WHERE run_id = ? AND round = ?)",
+                (run_id, round_id),
+            )
+
+    def contributed(self, run_id: str, model_hash: bytes) -> bool:
+        """Return whether a completed attempt of ``run_id`` trained from ``model_hash``."""
+        row = self._db.execute(
+            "SELECT 1 FROM attempts WHERE run_id = ? AND model_hash = ? AND completed = 1",
+            (run_id, model_hash.hex()),
+        ).fetchone()
+        return row is not None
 
     def meta(self) -> dict[str, str]:
         """Return the recorded facts."""

@@ -5,7 +5,8 @@
   shared by run configurations, their files and site policies;
 * :mod:`clinfl.config.validation`: the checks of a run configuration's values;
 * :mod:`clinfl.config.file`: reading a run configuration file (TOML);
-* :mod:`clinfl.config.site_fields`: which settings belong to the sites, not the coordinator.
+* :mod:`clinfl.config.site_fields`: which settings belong to the sites, not the coordinator;
+* :mod:`clinfl.config.digest`: the hash of a run configuration that every site binds.
 
 A site's own terms are its policy (:mod:`clinfl.policy`, checked the same way); secure
 aggregation's settings types sit with the protocol (:mod:`clinfl.secagg.settings`). Everything

@@ -42,17 +42,18 @@ def encode_update(
 ) -> np.ndarray:
     """Return the residue vector (length ``params.masked_length``) a site masks and sends.
 
-    ``loss`` is the site's mean training loss, or None when its policy keeps it at the site.
+    ``loss`` is the site's mean training loss, or None when its policy keeps it at the site. A
+    ``num_samples`` of 0 is a site whose training failed (R7'): it contributes zeros, weight 0.
 
     Raises:
-        ValueError: for a vector of the wrong length or a non-positive sample count.
+        ValueError: for a vector of the wrong length or a negative sample count.
     """
     if update.shape != (params.vector_length,):
         raise ValueError(
             f"update has shape {update.shape}, the round expects ({params.vector_length},)"
         )
-    if num_samples < 1:
-        raise ValueError(f"a site needs at least one sample to contribute, got {num_samples}")
+    if num_samples < 0:
+        raise ValueError(f"a sample count cannot be negative, got {num_samples}")
     weight = min(num_samples, params.weight_cap)
     quantised = quantize(update, clip=params.clip, scale=params.scale, bits=params.bits, rng=rng)
     dtype = residue_dtype(params.bits)

@@ -15,6 +15,7 @@ listed at once. Whether a sum can wrap the modulus is decided in one place,
 from __future__ import annotations
 
 import math
+import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -34,12 +35,15 @@ class SecAggRequirements:
     threshold and its survivor set must both reach it. ``max_weight`` caps the sample count a
     site puts into the sum, so one site cannot dominate. ``max_colluders`` is ``c``: how many
     sites the site assumes may collude with a malicious coordinator (SECAGG.md, "Version 2").
+    ``max_retries`` caps how many times the coordinator may retry a round the site has not
+    completed (R3'): each retry is a new session with fresh keys, audited and counted.
     """
 
     required: bool = True
     min_sites: int = DEFAULT_MIN_SITES
     max_weight: int = 10_000
     max_colluders: int = 1
+    max_retries: int = 2
 
     def survivor_floor(self, threshold: int) -> int:
         """Return the fewest sites a round with ``threshold`` may go on with (R5)."""
@@ -77,7 +81,13 @@ class SecAggConfig:
         return self.min_sites or DEFAULT_MIN_SITES
 
     def plan(
-        self, *, round_id: int, site_ids: tuple[str, ...], vector_length: int, run_id: str = ""
+        self,
+        *,
+        round_id: int,
+        site_ids: tuple[str, ...],
+        vector_length: int,
+        run_id: str = "",
+        session: str | None = None,
     ) -> RoundParameters:
         """Return the parameters of round ``round_id`` over ``site_ids`` (see :func:`plan_round`).
 
@@ -87,6 +97,7 @@ class SecAggConfig:
         return plan_round(
             run_id=run_id,
             round_id=round_id,
+            session=session,
             site_ids=site_ids,
             vector_length=vector_length,
             min_sites=self.sum_floor,
@@ -99,6 +110,7 @@ class SecAggConfig:
         )
 
 
+SESSION_NONCE_HEX = 32  # a session nonce: 16 random bytes, as lower-case hex
 METADATA_SLOTS = 3  # after the update: sample weight, loss-reporting flag, quantised loss
 LOSS_CLIP = 64.0  # a site's reported mean loss is clipped to [0, LOSS_CLIP] before quantising
 
@@ -114,7 +126,10 @@ class RoundParameters:
     ``weight_cap``; losses are clipped to ``[0, LOSS_CLIP]`` and quantised with ``loss_scale``;
     all arithmetic is modulo ``2**bits``. ``degree`` is only a proposal: up to
     :data:`~clinfl.secagg.graph.COMPLETE_GRAPH_LIMIT` sites the graph is complete, and above it
-    sites never accept less than the SecAgg+ degree.
+    sites never accept less than the SecAgg+ degree. ``session`` is the coordinator's fresh
+    nonce for this attempt at the round (:data:`SESSION_NONCE_HEX` hex digits): it is bound into
+    every advertisement, and a site never takes part in a session it has seen before, so a retry
+    of a round can never reuse an earlier attempt's advertisements or signatures (R1', R3').
     """
 
     run_id: str
@@ -128,6 +143,7 @@ class RoundParameters:
     weight_cap: int
     vector_length: int
     loss_scale: float = 1.0
+    session: str = ""
 
     @property
     def masked_length(self) -> int:
@@ -164,6 +180,7 @@ class RoundParameters:
             str(self.weight_cap).encode(),
             str(self.vector_length).encode(),
             transcript.canonical_number(self.loss_scale),
+            self.session.encode(),
         )
 
 
@@ -227,6 +244,7 @@ def plan_round(
     site_ids: tuple[str, ...],
     vector_length: int,
     run_id: str = "",
+    session: str | None = None,
     min_sites: int = DEFAULT_MIN_SITES,
     max_colluders: int = SecAggConfig.max_colluders,
     bits: int = SecAggConfig.bits,
@@ -236,6 +254,9 @@ def plan_round(
     threshold: int | None = None,
 ) -> RoundParameters:
     """Return the coordinator's proposal for a round, with defaults derived from n.
+
+    ``session`` is the attempt's nonce; None draws a fresh one from the OS's cryptographic
+    source (every call is a new attempt).
 
     The settings are :class:`SecAggConfig`'s (its defaults are these defaults);
     :meth:`SecAggConfig.plan` calls this with a run's settings.
@@ -264,6 +285,7 @@ def plan_round(
         weight_cap=weight_cap,
         vector_length=vector_length,
         loss_scale=largest_loss_scale(sites=n, bits=bits),
+        session=secrets.token_hex(SESSION_NONCE_HEX // 2) if session is None else session,
     )
 
 
@@ -281,7 +303,8 @@ def check_round_parameters(
 
     Raises:
         ProtocolViolation: if the site is not listed, a site repeats, the threshold is below
-            the site's policy or above the number of sites, the weight cap exceeds the policy,
+            the site's policy or above the number of sites, the session nonce is malformed,
+            the weight cap exceeds the policy,
             a number is not finite and positive, or the sum could overflow.
     """
     problems: list[str] = []
@@ -301,6 +324,13 @@ def check_round_parameters(
         problems.append(
             f"weight cap {params.weight_cap} must lie between 1 and this site's policy cap "
             f"{requirements.max_weight}"
+        )
+    if len(params.session) != SESSION_NONCE_HEX or not all(
+        char in "0123456789abcdef" for char in params.session
+    ):
+        problems.append(
+            f"the session nonce must be {SESSION_NONCE_HEX} lower-case hex digits (a fresh one "
+            "for every attempt at a round)"
         )
     if params.vector_length < 1:
         problems.append(f"vector length {params.vector_length} must be >= 1")

@@ -1,12 +1,14 @@
-"""What a round is bound to (SECAGG.md, "Version 2", R1 and R6), as hashes every site compares.
+"""What a round is bound to (SECAGG.md, R1, R1' and R6), as hashes every site compares.
 
 A site binds each signed advertisement to a :class:`RoundBinding`: the roster it pinned, the run
-and round it joined, a hash of the round's parameters and settings, and a hash of the global
-model it received. Every advertisement a site is shown must carry exactly its own binding, so a
-coordinator that sends different models or settings to different sites (Pasquini et al., CCS
-2022), or mixes runs, rounds or rosters, is refused before any share exists. The transcript hash
-then covers the binding and every advertised key and graph commitment, and survivor signatures
-are over it, so no signature can be replayed into another round or session.
+and round it joined, a hash of the round's parameters (with the session nonce) and settings, a
+hash of the global model it received, and a hash of the whole run configuration it joined with.
+Every advertisement a site is shown must carry exactly its own binding, so a coordinator that
+sends different models or settings to different sites (Pasquini et al., CCS 2022), joins the
+sites of one run with different configurations, or mixes runs, rounds, sessions or rosters, is
+refused before any share exists. The transcript hash then covers the binding and every
+advertised key and graph commitment, and survivor signatures are over it, so no signature can be
+replayed into another round or session.
 """
 
 from __future__ import annotations
@@ -38,11 +40,14 @@ def digest(label: bytes, *parts: bytes) -> bytes:
 
 @dataclass(frozen=True)
 class RoundBinding:
-    """The five things a round is bound to; every advertisement in a round must carry the same.
+    """The six things a round is bound to; every advertisement in a round must carry the same.
 
     ``roster_hash`` is the SHA-256 of the roster the site pinned, ``params_hash`` covers the
-    protocol parameters and the training settings of the round, and ``model_hash`` the global
-    tensors the site received.
+    protocol parameters (the session nonce among them) and the training settings of the round,
+    ``model_hash`` the global tensors the site received, and ``config_hash`` the whole run
+    configuration the site joined with and trains by (SECAGG.md, "Version 3", R1';
+    :func:`clinfl.config.digest.run_config_digest`): method and hyper-parameters, seeds, batch
+    size, epochs or steps, image size, validation fraction and every other field.
     """
 
     roster_hash: bytes
@@ -50,21 +55,23 @@ class RoundBinding:
     round_id: int
     params_hash: bytes
     model_hash: bytes
+    config_hash: bytes
 
     def encode(self) -> bytes:
         """Return the binding's unambiguous byte encoding."""
         return length_prefixed(
-            b"clinfl/secagg/binding/v2",
+            b"clinfl/secagg/binding/v3",
             self.roster_hash,
             self.run_id.encode(),
             str(self.round_id).encode(),
             self.params_hash,
             self.model_hash,
+            self.config_hash,
         )
 
     def differences(self, other: RoundBinding) -> list[str]:
         """Return the names of the fields on which ``other`` differs from this binding."""
-        names = ("roster_hash", "run_id", "round_id", "params_hash", "model_hash")
+        names = ("roster_hash", "run_id", "round_id", "params_hash", "model_hash", "config_hash")
         return [name for name in names if getattr(self, name) != getattr(other, name)]
 
 
@@ -84,14 +91,17 @@ def canonical_number(value: float) -> bytes:
     return float(value).hex().encode()
 
 
-def settings_hash(*, round_id: int, local_epochs: int, batch_size: int, lr: float) -> bytes:
-    """Return the hash of a round's training settings."""
+def settings_hash(
+    *, round_id: int, local_epochs: int, batch_size: int, lr: float, local_steps: int | None = None
+) -> bytes:
+    """Return the hash of a round's training settings (``local_steps`` None: epochs mode)."""
     return digest(
-        b"clinfl/round-settings/v1",
+        b"clinfl/round-settings/v2",
         str(round_id).encode(),
         str(local_epochs).encode(),
         str(batch_size).encode(),
         canonical_number(lr),
+        b"epochs" if local_steps is None else str(local_steps).encode(),
     )
 
 

@@ -30,6 +30,7 @@ import torch
 from clinfl import __version__
 from clinfl.algorithms import ModelSpec, available_algorithms, create_algorithm
 from clinfl.config import RunConfig, validate_run_config
+from clinfl.config.digest import run_config_digest
 from clinfl.config.file import run_config_from_mapping
 from clinfl.config.site_fields import named_path_fields
 from clinfl.data.labels import LABEL_SPACES
@@ -278,8 +279,8 @@ class DeployedSite:
             roster_hash=roster.digest,
             state_dir=self._state_dir,
             run_id=request.run_id,
+            config_hash=run_config_digest(config, image_size=size),
             grad_sample_mode=config.privacy.grad_sample_mode,
-            shuffle_seed=config.federation.seed,
         )
         evaluator = HeldOutEvaluator(split.val, split.test, algorithm, spec)
         self._runs = {flower_run: _Joined(ready.agent, evaluator)}

@@ -12,6 +12,7 @@ from clinfl.secagg.settings import SecAggRequirements
 from clinfl.typing import StateDict
 from site_agent.agent import SiteAgent, SiteIdentity
 from site_agent.training import LocalUpdate
+from tests.support.secagg_round import CONFIG_HASH
 
 SETTINGS = RoundSettings(round=1, local_epochs=1, batch_size=8, lr=1e-3)
 
@@ -70,6 +71,7 @@ def make_agents(
                 identity=identity,
                 directory=directory,
                 requirements=requirements or SecAggRequirements(),
+                config_hash=CONFIG_HASH,
                 audit=hook,
                 report_loss=True,
                 report_counts=True,

@@ -20,6 +20,7 @@ T = TypeVar("T")
 STAGES = ("advertise", "graph", "share", "masked-input", "consistency", "unmask")
 MODEL_HASH = digest(b"test-model")
 SETTINGS_HASH = digest(b"test-settings")
+CONFIG_HASH = digest(b"test-config")
 
 
 def binding_for(
@@ -32,6 +33,7 @@ def binding_for(
         round_id=params.round_id,
         params_hash=params.bound_to(SETTINGS_HASH),
         model_hash=model_hash,
+        config_hash=CONFIG_HASH,
     )
 
 

@@ -288,7 +288,7 @@ def test_a_coordinator_without_the_sites_keys_cannot_make_an_accepted_advertisem
 ) -> None:
     pki, states = federation
     pinned = pinned_roster(states["site-1"])
-    binding = RoundBinding(pinned.digest, "run-1", 1, b"\x01" * 32, b"\x02" * 32)
+    binding = RoundBinding(pinned.digest, "run-1", 1, b"\x01" * 32, b"\x02" * 32, b"\x03" * 32)
 
     def advert(site: str, key: Ed25519PrivateKey, bound: RoundBinding = binding) -> Any:
         return make_advertisement(
@@ -312,7 +312,7 @@ def test_a_coordinator_without_the_sites_keys_cannot_make_an_accepted_advertisem
     # (b) sybils the coordinator admitted to its own roster, and bound to that roster
     admit_sites(pki, {f"sybil-{k}": tmp_path / f"sybil-{k}" for k in (1, 2)})
     sybil_roster = load_pki_roster(pki)
-    sybil_binding = RoundBinding(sybil_roster.digest, "run-1", 1, b"\x01" * 32, b"\x02" * 32)
+    sybil_binding = RoundBinding(sybil_roster.digest, "run-1", 1, b"\x01" * 32, b"\x02" * 32, b"\x03" * 32)
     sybils = [
         advert(s, load_signing_key(tmp_path / s), sybil_binding) for s in ("sybil-1", "sybil-2")
     ]

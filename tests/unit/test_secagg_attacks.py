@@ -44,7 +44,7 @@ from site_agent.ledger import SiteLedger
 from tests.support.adversary import Adversary, ColluderState
 from tests.support.federation import SETTINGS, FixedTrainer
 from tests.support.recording import RecordingParticipant
-from tests.support.secagg_round import Federation
+from tests.support.secagg_round import CONFIG_HASH, Federation
 
 POLICY = SecAggRequirements(min_sites=3, max_colluders=1)
 SPARSE_SITES = COMPLETE_GRAPH_LIMIT + 1
@@ -426,7 +426,7 @@ def _agents(
                 report_loss=report,
                 report_counts=report,
                 run_id=run_id,
-                **{"requirements": POLICY, **options},  # type: ignore[arg-type]
+                **{"requirements": POLICY, "config_hash": CONFIG_HASH, **options},  # type: ignore[arg-type]
             )
         )
     return agents
@@ -538,16 +538,20 @@ def test_attack7_replayed_round_id_is_refused_even_after_a_restart(tmp_path: Pat
 
     restarted_ledger = SiteLedger(tmp_path / "state")  # a restart, then a new join of the run
     restarted = agent_with(restarted_ledger)
+
+    def model(round_id: int) -> dict[str, torch.Tensor]:  # each completed round moves the model
+        return {name: value + round_id for name, value in TEMPLATE.items()}
+
     for replayed in (1, 0):
         with pytest.raises(ProtocolViolation):
-            restarted.train_round(TEMPLATE, replace(SETTINGS, round=replayed))
-    restarted.train_round(TEMPLATE, replace(SETTINGS, round=2))
+            restarted.train_round(model(replayed), replace(SETTINGS, round=replayed))
+    restarted.train_round(model(2), replace(SETTINGS, round=2))
     restarted.upload_plain()
     with pytest.raises(ProtocolViolation, match="replayed or repeated round"):
-        restarted.train_round(TEMPLATE, replace(SETTINGS, round=2))
+        restarted.train_round(model(2), replace(SETTINGS, round=2))
     with pytest.raises(ProtocolViolation, match="rounds skipped"):
-        restarted.train_round(TEMPLATE, replace(SETTINGS, round=5))
-    restarted.train_round(TEMPLATE, replace(SETTINGS, round=6))  # resynchronised after the skip
+        restarted.train_round(model(5), replace(SETTINGS, round=5))
+    restarted.train_round(model(6), replace(SETTINGS, round=6))  # resynchronised after the skip
     restarted_ledger.close()
     assert sum("replayed or repeated round" in message for _, message in audit) == 3
 

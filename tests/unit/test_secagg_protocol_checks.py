@@ -44,6 +44,7 @@ def _binding(round_id: int = 3) -> RoundBinding:
         round_id=round_id,
         params_hash=digest(b"params"),
         model_hash=digest(b"model"),
+        config_hash=digest(b"config"),
     )
 
 

@@ -48,7 +48,7 @@ StateDict = dict[str, torch.Tensor]
 
 def test_every_secure_aggregation_message_round_trips() -> None:
     params = RoundParameters("run", 7, ("a", "b", "c"), 2, 2, 48, 0.5, 1024.0, 100, 12, 64.0)
-    binding = RoundBinding(b"\x05" * 32, "run", 7, b"\x06" * 32, b"\x07" * 32)
+    binding = RoundBinding(b"\x05" * 32, "run", 7, b"\x06" * 32, b"\x07" * 32, b"\x08" * 32)
     advert = Advertisement("a", binding, b"\x01" * 32, b"\x02" * 32, b"\x04" * 32, b"\x03" * 64)
     reveal = GraphReveal("a", 7, b"\x08" * 32)
     share = EncryptedShare("a", "b", 7, b"sealed\x00\xff")
