@@ -70,7 +70,8 @@ def layout_problem(state: StateDict, layout: StateLayout) -> str | None:
     for name, (shape, dtype) in layout.items():
         value = state[name]
         if tuple(value.shape) != shape or value.dtype != dtype:
-            return f"{name} is {value.dtype} {tuple(value.shape)}, this site expects {dtype} {shape}"
+            found = f"{value.dtype} {tuple(value.shape)}"
+            return f"{name} is {found}, this site expects {dtype} {shape}"
     return None
 
 

@@ -42,7 +42,7 @@ class RoundStore(Protocol):
         ...
 
     def record_attempt(self, run_id: str, round_id: int, *, model_hash: bytes) -> int:
-        """Record one more attempt at ``round_id`` from ``model_hash``; return its number (1-based)."""
+        """Record one more attempt at ``round_id`` from ``model_hash``; return its number."""
         ...
 
     def attempts(self, run_id: str, round_id: int) -> int:

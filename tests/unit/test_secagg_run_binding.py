@@ -1,0 +1,249 @@
+"""SECAGG.md "Version 3" at the site agent, played to the end in process (issue 28).
+
+R1': the whole run configuration, the run's settings, the algorithm's state layout and a session
+nonce are bound; R3': retries are new sessions, audited and capped; R7': a failed local training
+is a zero update of weight 0, never a refusal; R10: a site never sends two completed updates
+trained from one global model, so differencing two sums is not exact.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from functools import partial
+
+import numpy as np
+import pytest
+import torch
+
+from clinfl.errors import LocalTrainingFailed, ProtocolViolation, RoundAborted
+from clinfl.federation.messages import RoundSettings
+from clinfl.federation.vectors import flatten_state
+from clinfl.secagg.settings import SecAggConfig, SecAggRequirements, plan_round
+from clinfl.secagg.transcript import digest
+from clinfl.typing import StateDict
+from coordinator.secure_aggregation import SecureAggregator
+from site_agent.agent import SiteAgent, state_layout
+from site_agent.training import LocalUpdate
+from tests.support.federation import SETTINGS, FixedTrainer, make_agents, random_deltas
+from tests.support.recording import RecordingParticipant
+
+TEMPLATE: StateDict = {"w": torch.zeros(3, 2), "b": torch.zeros(2)}
+# five sites, sums of at least two honest sites, one colluder assumed: t = 4 of 5, floor 3
+POLICY = SecAggRequirements(min_sites=2, max_colluders=1, max_retries=2)
+SECAGG = SecAggConfig(min_sites=2, max_colluders=1)
+
+
+def _agents(n: int = 5, **options: object) -> tuple[list[SiteAgent], list[tuple[str, str]]]:
+    audit: list[tuple[str, str]] = []
+    deltas = random_deltas(n, TEMPLATE, seed=3)
+    agents = make_agents(
+        deltas,
+        [10 * (k + 1) for k in range(n)],
+        requirements=POLICY,
+        audit=lambda site, message: audit.append((site, message)),
+    )
+    for agent in agents:
+        for name, value in options.items():
+            setattr(agent, f"_{name}", value)
+    return agents, audit
+
+
+def _reasons(audit: list[tuple[str, str]], site: str) -> str:
+    return " | ".join(message for s, message in audit if s == site)
+
+
+def _params(agents: list[SiteAgent], round_id: int = 1, **options: object):  # type: ignore[no-untyped-def]
+    return plan_round(
+        run_id="",
+        round_id=round_id,
+        site_ids=tuple(a.site_id for a in agents),
+        vector_length=8,
+        min_sites=2,
+        **options,  # type: ignore[arg-type]
+    )
+
+
+# R1': the run configuration -----------------------------------------------------------------------
+
+
+def test_a_site_joined_with_another_configuration_is_refused_by_every_site_before_any_share() -> None:
+    """Finding 1: one run id, one site joined with another configuration (a SCAFFOLD victim
+    among FedAvg sites, or other seeds or weight decay): every advertisement check fails, so no
+    share, masked input or unmask share ever exists."""
+    agents, audit = _agents()
+    victim = agents[0]
+    victim._config_hash = digest(b"scaffold, weight decay 5.0")  # what the coordinator sent it
+    recorded = [RecordingParticipant(agent) for agent in agents]
+    for participant in recorded:
+        participant.train_round(TEMPLATE, SETTINGS)
+    with pytest.raises(RoundAborted):
+        SecureAggregator(SECAGG).aggregate(recorded, round_id=1, template=TEMPLATE)
+    for agent in agents:
+        assert "bound to another config_hash" in _reasons(audit, agent.site_id)
+    stages = {stage for participant in recorded for stage, _ in participant.to_coordinator}
+    assert stages <= {"train", "advertise"}, "a stage past the advertisement check answered"
+
+
+def test_the_same_configuration_completes_the_round_exactly() -> None:
+    agents, _ = _agents()
+    for agent in agents:
+        agent.train_round(TEMPLATE, SETTINGS)
+    update = SecureAggregator(SECAGG).aggregate(agents, round_id=1, template=TEMPLATE)
+    assert update.site_ids == frozenset(a.site_id for a in agents)
+
+
+def test_round_settings_other_than_the_joined_configuration_are_refused_before_training() -> None:
+    agents, audit = _agents(1)
+    (agent,) = agents
+    agent._expected_settings = partial(RoundSettings, local_epochs=1, batch_size=8, lr=1e-3)
+    with pytest.raises(ProtocolViolation, match="not the ones of the run configuration"):
+        agent.train_round(TEMPLATE, replace(SETTINGS, batch_size=9))
+    assert "not the ones of the run configuration" in _reasons(audit, agent.site_id)
+    agent.train_round(TEMPLATE, SETTINGS)  # the run's own settings train
+
+
+def test_a_global_state_with_another_algorithms_aux_slots_is_refused() -> None:
+    """Finding 1's lever: a FedAvg site used to send zeros in SCAFFOLD's ``aux/`` slots, so
+    the ``aux/`` half of the sum was the SCAFFOLD victim's alone."""
+    agents, audit = _agents(1)
+    (agent,) = agents
+    agent._layout = state_layout(TEMPLATE)
+    scaffold_state = {**TEMPLATE, "aux/scaffold/c/w": torch.zeros(3, 2)}
+    with pytest.raises(ProtocolViolation, match="does not produce: aux/scaffold/c/w"):
+        agent.train_round(scaffold_state, SETTINGS)
+    with pytest.raises(ProtocolViolation, match="expects"):
+        agent.train_round({**TEMPLATE, "b": torch.zeros(3)}, SETTINGS)
+    assert "aux/scaffold/c/w" in _reasons(audit, agent.site_id)
+    agent.train_round(TEMPLATE, SETTINGS)
+
+
+# R3': sessions and retries ------------------------------------------------------------------------
+
+
+def test_a_retry_is_a_new_session_and_refuses_the_earlier_sessions_advertisements() -> None:
+    agents, audit = _agents()
+    for agent in agents:
+        agent.train_round(TEMPLATE, SETTINGS)
+    first = _params(agents)
+    old_adverts = tuple(agent.secagg_advertise(first) for agent in agents)
+    # the coordinator abandons the attempt and retries round 1 with a new session
+    for agent in agents:
+        agent.train_round(TEMPLATE, SETTINGS)
+    second = _params(agents)
+    assert second.session != first.session
+    new_adverts = tuple(agent.secagg_advertise(second) for agent in agents)
+    mixed = (old_adverts[0], *new_adverts[1:])
+    for agent in agents[1:]:
+        with pytest.raises(ProtocolViolation, match="bound to another params_hash"):
+            agent.secagg_graph(mixed)
+    for agent in agents:
+        assert "retried by the coordinator: attempt 2" in _reasons(audit, agent.site_id)
+
+
+def test_a_session_nonce_is_used_once_and_one_training_takes_one_session() -> None:
+    agents, _ = _agents(3)
+    agent = agents[0]
+    agent.train_round(TEMPLATE, SETTINGS)
+    params = _params(agents, session="ab" * 16)
+    agent.secagg_advertise(params)
+    with pytest.raises(ProtocolViolation, match="a session nonce is used once"):
+        agent.secagg_advertise(replace(params, session="cd" * 16))  # same training, new session
+    agent.train_round(TEMPLATE, SETTINGS)  # a retry: a new training
+    with pytest.raises(ProtocolViolation, match="a session nonce is used once"):
+        agent.secagg_advertise(params)  # the earlier session's nonce
+    agent.secagg_advertise(replace(params, session="ef" * 16))
+    agent.train_round(TEMPLATE, SETTINGS)
+    with pytest.raises(ProtocolViolation, match="session nonce must be 32 lower-case hex"):
+        agent.secagg_advertise(replace(params, session="not hex"))
+
+
+def test_retries_are_capped_by_the_policy_and_each_is_audited() -> None:
+    agents, audit = _agents(1)
+    (agent,) = agents
+    for _ in range(1 + POLICY.max_retries):
+        agent.train_round(TEMPLATE, SETTINGS)
+    with pytest.raises(ProtocolViolation, match="allows 2 retries"):
+        agent.train_round(TEMPLATE, SETTINGS)
+    reasons = _reasons(audit, agent.site_id)
+    assert reasons.count("retried by the coordinator") == POLICY.max_retries
+    assert "refuses a retry of round 1" in reasons
+    agent.train_round(TEMPLATE, replace(SETTINGS, round=2))  # it takes part again next round
+
+
+# R10: no exact differencing -----------------------------------------------------------------------
+
+
+def test_two_sums_over_one_global_model_cannot_be_differenced() -> None:
+    """Finding 4 to the end: round 1 completes with all five sites (deterministic trainers, so
+    retraining would give the same updates); the coordinator then claims it failed and runs the
+    same model again without the victim. The four others refuse to train it, so no second sum
+    exists and the victim's update cannot be computed as a difference."""
+    agents, audit = _agents()
+    victim, others = agents[0], agents[1:]
+    for agent in agents:
+        agent.train_round(TEMPLATE, SETTINGS)
+    first = SecureAggregator(SECAGG).aggregate(agents, round_id=1, template=TEMPLATE)
+    assert victim.site_id in first.site_ids
+    trained = []
+    for agent in others:
+        try:
+            agent.train_round(TEMPLATE, replace(SETTINGS, round=2))
+        except ProtocolViolation:
+            continue
+        trained.append(agent)
+    second = None
+    if trained:
+        try:
+            second = SecureAggregator(SECAGG).aggregate(trained, round_id=2, template=TEMPLATE)
+        except RoundAborted:
+            second = None
+    if second is not None:  # the attacker's computation: the victim's weighted update
+        weight_1, weight_2 = first.num_samples, second.num_samples
+        recovered = {
+            name: first.mean_delta[name] * weight_1 - second.mean_delta[name] * weight_2
+            for name in TEMPLATE
+        }
+        truth = victim._trainer.train_round(TEMPLATE, SETTINGS)  # type: ignore[attr-defined]
+        leak = all(
+            torch.allclose(recovered[name], truth.delta[name] * truth.num_samples, atol=1e-3)
+            for name in TEMPLATE
+        )
+        assert not leak, "the victim's update is the difference of the two sums"
+    assert trained == [], "a site trained a global model it already sent an update from"
+    for agent in others:
+        assert "never trains one model twice" in _reasons(audit, agent.site_id)
+    moved = {name: value + 0.5 for name, value in TEMPLATE.items()}
+    for agent in others:  # a new model trains as usual
+        agent.train_round(moved, replace(SETTINGS, round=2))
+
+
+# R7': a failed training is not a refusal ----------------------------------------------------------
+
+
+class DivergingTrainer(FixedTrainer):
+    def train_round(self, global_state: StateDict, settings: RoundSettings) -> LocalUpdate:
+        raise LocalTrainingFailed("local loss became nan", remedy="lower --lr")
+
+
+def test_a_diverging_site_takes_part_with_a_zero_update_of_weight_zero() -> None:
+    """Finding 2's oracle: the fact of a refusal told the coordinator that a crafted model made
+    the site's training diverge. Now the site answers every stage as usual; only the masked
+    sum's weight moves, and its failure is in its own audit log."""
+    agents, audit = _agents()
+    diverging = agents[0]
+    healthy = FixedTrainer(diverging.site_id, diverging._trainer.delta, 10)  # type: ignore[attr-defined]
+    diverging._trainer = DivergingTrainer(healthy.site_id, healthy.delta, 10)
+    reports = [RecordingParticipant(agent).train_round(TEMPLATE, SETTINGS) for agent in agents]
+    assert {type(report) for report in reports} == {type(reports[1])}
+    assert reports[0] == replace(reports[1], site_id=diverging.site_id)
+    update = SecureAggregator(SECAGG).aggregate(agents, round_id=1, template=TEMPLATE)
+    assert update.site_ids == frozenset(a.site_id for a in agents)  # it took part to the end
+    expected_weight = sum(10 * (k + 1) for k in range(1, 5))
+    assert update.num_samples == expected_weight  # it weighed nothing
+    truth = sum(
+        flatten_state(a._trainer.delta, template=TEMPLATE) * a._trainer.num_samples  # type: ignore[attr-defined]
+        for a in agents[1:]
+    )
+    mean = flatten_state(update.mean_delta, template=TEMPLATE)
+    assert np.allclose(mean, truth / expected_weight, atol=1e-3)
+    assert "training failed (local loss became nan)" in _reasons(audit, diverging.site_id)
