@@ -117,7 +117,9 @@ class Attacker:
 
     def train(self, site: str, state: dict[str, torch.Tensor], config: dict[str, Any]) -> bytes:
         federation = run_config_from_mapping(config, base=Path(".")).federation
-        return self.call(site, "train_round", TrainRequest(state, RoundSettings.for_round(federation, 1)))
+        return self.call(
+            site, "train_round", TrainRequest(state, RoundSettings.for_round(federation, 1))
+        )
 
     def secure_round(self, states: dict[str, dict[str, torch.Tensor]]) -> dict[str, str]:
         """Run the protocol as far as any site goes; return each site's refusal at the end."""

@@ -66,7 +66,9 @@ def _params(agents: list[SiteAgent], round_id: int = 1, **options: object):  # t
 # R1': the run configuration -----------------------------------------------------------------------
 
 
-def test_a_site_joined_with_another_configuration_is_refused_by_every_site_before_any_share() -> None:
+def test_a_site_joined_with_another_configuration_is_refused_by_every_site_before_any_share() -> (
+    None
+):
     """Finding 1: one run id, one site joined with another configuration (a SCAFFOLD victim
     among FedAvg sites, or other seeds or weight decay): every advertisement check fails, so no
     share, masked input or unmask share ever exists."""
