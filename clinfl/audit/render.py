@@ -94,7 +94,7 @@ def _site_tables(report: dict[str, Any]) -> list[tuple[str, list[str], list[list
             ],
             rounds,
         ),
-        ("Refusals", ["run", "round", "reason"], refusals),
+        ("Refusals, retries and training failures", ["run", "round", "reason"], refusals),
         ("Warnings", ["warning"], [[w] for w in report["warnings"]]),
         ("Data", ["item", "value"], ingest_rows),
     ]
