@@ -45,6 +45,16 @@ METRIC_DISCLOSURE: dict[str, str] = {
 """What a lying coordinator can compute about this site from each reported metric (SECAGG.md,
 R7; docs/threat-model.md). None of it is covered by the DP accountant's epsilon."""
 
+NO_DP_WARNING = (
+    "this policy lets the site train without DP-SGD (dp.required = false): a coordinator that "
+    "sums two rounds over survivor sets that differ only by this site (one dropout is enough) "
+    "and subtracts gets a close approximation of this site's update (not an exact one: every "
+    "local training call draws fresh randomness), and nothing bounds what that update reveals "
+    "about the site's data; set dp.required = true for patient data"
+)
+"""Why a policy without DP-SGD is a risk even under secure aggregation (SECAGG.md "Version 3",
+R10; docs/threat-model.md, "Limits")."""
+
 
 @dataclass(frozen=True)
 class DPPolicy:
@@ -92,9 +102,13 @@ class TrainingBounds:
 
 @dataclass(frozen=True)
 class ReportingPolicy:
-    """Which metrics may leave the site."""
+    """Which metrics may leave the site: none unless the policy lists them.
 
-    metrics: tuple[str, ...] = ("loss", "auc", "counts", "epsilon")
+    Each metric lets a lying coordinator compute this site's own figures, outside the DP
+    accountant (:data:`METRIC_DISCLOSURE`), so a policy consents to none by default.
+    """
+
+    metrics: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -113,6 +127,11 @@ class SitePolicy:
     def secagg_requirements(self) -> SecAggRequirements:
         """The secure-aggregation protocol's view of this policy: its ``[secagg]`` table."""
         return self.secagg
+
+
+def policy_warnings(policy: SitePolicy) -> list[str]:
+    """Return what ``clinfl policy check`` warns about ``policy``, beyond its metrics."""
+    return [] if policy.dp.required else [NO_DP_WARNING]
 
 
 @dataclass(frozen=True)
@@ -284,9 +303,14 @@ def apply_request(policy: SitePolicy, request: PrivacyRequest) -> SitePolicy:
         problems.append("secure aggregation off, but the policy requires it")
     if request.secagg is True:
         secagg = replace(secagg, required=True)
+    remedy = "a coordinator may only tighten a site's policy; ask the site to change it"
     if request.min_sites is not None:
         if request.min_sites < secagg.min_sites:
             problems.append(f"min sites {request.min_sites} < policy {secagg.min_sites}")
+            remedy += (
+                " (a federation too small for its secagg.min_sites: docs/secure-aggregation.md, "
+                "'Small federations', says what a smaller min_sites means)"
+            )
         else:
             secagg = replace(secagg, min_sites=request.min_sites)
     if request.metrics is not None:
@@ -299,6 +323,6 @@ def apply_request(policy: SitePolicy, request: PrivacyRequest) -> SitePolicy:
         raise PolicyViolation(
             f"the site's policy ({policy.source}) refuses the coordinator's request: "
             + "; ".join(problems),
-            remedy="a coordinator may only tighten a site's policy; ask the site to change it",
+            remedy=remedy,
         )
     return replace(policy, dp=dp, secagg=secagg, reporting=reporting)

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from clinfl.cli.errors import cli_errors
-from clinfl.policy import METRIC_DISCLOSURE, SitePolicy, load_policy
+from clinfl.policy import METRIC_DISCLOSURE, SitePolicy, load_policy, policy_warnings
 
 policy_app = typer.Typer(help="Site privacy policies.", no_args_is_help=True)
 
@@ -67,8 +67,10 @@ def check(
     with cli_errors(as_json=as_json):
         policy = load_policy(file)
         disclosed = {m: METRIC_DISCLOSURE[m] for m in policy.reporting.metrics}
+        warnings = policy_warnings(policy)
         if as_json:
-            print(json.dumps({"valid": True, **asdict(policy), "discloses": disclosed}, indent=2))
+            document = {"valid": True, **asdict(policy), "discloses": disclosed}
+            print(json.dumps({**document, "warnings": warnings}, indent=2))
             return
         table = Table(title=f"{file}: valid (sha256 {policy.sha256[:12]}...)")
         table.add_column("term")
@@ -86,3 +88,5 @@ def check(
                 "(docs/threat-model.md, 'What the coordinator learns').",
                 highlight=False,
             )
+        for warning in warnings:
+            console.print(f"Warning: {warning}.", highlight=False)

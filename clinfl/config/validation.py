@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from clinfl.config import run
 from clinfl.config.checks import Problems
+from clinfl.config.federation_size import small_federation_fix
 from clinfl.config.run import (
     DataConfig,
     Dropout,
@@ -99,8 +100,8 @@ def _check_federation(fed: FederationConfig, p: Problems) -> None:
 
 
 def _check_secagg(secagg: SecAggConfig, sites: int, p: Problems) -> None:
-    if not secagg.enabled or sites == 1:  # one site (centralized) aggregates nothing
-        return
+    if not secagg.enabled or sites < 2:  # one site (centralized) aggregates nothing; fewer
+        return  # than one is refused as `sites` itself
     before = len(p)
     min_sites = secagg.sum_floor
     p.whole("secagg.min_sites", min_sites, 2)
@@ -113,19 +114,14 @@ def _check_secagg(secagg: SecAggConfig, sites: int, p: Problems) -> None:
         p.add("secagg.degree", secagg.degree, "even, >= 2, or >= sites - 1", "leave it unset")
     if secagg.threshold is not None and secagg.threshold < min_sites:
         p.add("secagg.threshold", secagg.threshold, ">= min_sites", "leave it unset")
-    if sites >= min_sites and sites < min_sites + secagg.max_colluders:
+    valid = not p.has("secagg.min_sites", "secagg.max_colluders")
+    if valid and sites < min_sites + secagg.max_colluders:
         p.add(
             "sites",
             sites,
-            f">= secagg.min_sites + secagg.max_colluders ({min_sites + secagg.max_colluders})",
-            "use more sites: a sum must cover min_sites honest sites besides any colluders",
-        )
-    if sites < min_sites:
-        p.add(
-            "sites",
-            sites,
-            f">= secagg.min_sites ({min_sites})",
-            "use more sites, lower --secagg-min-sites, or run with --secagg off",
+            f">= secagg.min_sites + secagg.max_colluders ({min_sites + secagg.max_colluders}): "
+            "a sum must cover min_sites honest sites besides any colluders",
+            small_federation_fix(sites, min_sites=min_sites, max_colluders=secagg.max_colluders),
         )
     if len(p) > before:  # the overflow check needs valid numbers
         return

@@ -19,7 +19,7 @@ from clinfl.config import DEFAULT_MIN_SITES, RunConfig, SecAggConfig
 from clinfl.data.imageset import ImageSet
 from clinfl.errors import ConfigError, PolicyViolation
 from clinfl.federation.roles import TrainingParticipant
-from clinfl.policy import DPPolicy, SecAggPolicy, SitePolicy
+from clinfl.policy import DPPolicy, ReportingPolicy, SecAggPolicy, SitePolicy
 from clinfl.policy import load_policy as read_policy
 from clinfl.privacy.settings import resolve_grad_sample_mode
 from clinfl.simulation.dropouts import DroppingParticipant
@@ -43,7 +43,11 @@ class SimulatedSites:
 
 
 def builtin_policy(config: RunConfig) -> SitePolicy:
-    """The terms of a site without a policy file: no DP, secure aggregation as configured."""
+    """The terms of a site without a policy file: no DP, secure aggregation as configured.
+
+    Like ``policies/research.toml``, it lets the training loss, AUC, sample count and epsilon
+    leave the site (a policy file lists none unless it says so).
+    """
     return SitePolicy(
         dp=DPPolicy(required=False),
         secagg=SecAggPolicy(
@@ -52,6 +56,7 @@ def builtin_policy(config: RunConfig) -> SitePolicy:
             max_weight=config.secagg.weight_cap,
             max_colluders=config.secagg.max_colluders,
         ),
+        reporting=ReportingPolicy(metrics=("loss", "auc", "counts", "epsilon")),
         source="built-in (no policy file: DP-SGD off)",
     )
 

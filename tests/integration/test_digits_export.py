@@ -188,6 +188,7 @@ def _simulate_with_data_policy(export: Path, tmp_path: Path, data_terms: str) ->
     policy = tmp_path / "policy.toml"
     policy.write_text(
         f"[dp]\nrequired = false\n[secagg]\nmin_sites = 2\n[data]\n{data_terms}\nmin_samples = 1\n"
+        '[reporting]\nmetrics = ["loss", "auc", "counts", "epsilon"]\n'  # as research.toml
     )
     result = _simulate_on(export, tmp_path / "run", "--policy", str(policy))
     assert result.exit_code == 0, result.output

@@ -183,7 +183,7 @@ def test_policy_check_prints_what_a_policy_allows() -> None:
 def test_policy_check_says_what_each_reported_metric_gives_a_lying_coordinator(
     tmp_path: Path,
 ) -> None:
-    result = runner.invoke(app, ["policy", "check", str(POLICIES / "default.toml")])
+    result = runner.invoke(app, ["policy", "check", str(POLICIES / "research.toml")])
     assert result.exit_code == 0, result.output
     text = " ".join(result.output.split())
     assert "counts: the sample count weights the masked update" in text
@@ -191,6 +191,28 @@ def test_policy_check_says_what_each_reported_metric_gives_a_lying_coordinator(
     silent = _policy(tmp_path, "[reporting]\nmetrics = []\n")
     result = runner.invoke(app, ["policy", "check", str(silent), "--json"])
     assert json.loads(result.output)["discloses"] == {}
+
+
+def test_policy_check_of_the_defaults_default_discloses_nothing_research_warns() -> None:
+    default = runner.invoke(app, ["policy", "check", str(POLICIES / "default.toml")])
+    assert default.exit_code == 0, default.output
+    text = " ".join(default.output.split())
+    assert "may leave the site │ nothing" in text
+    assert "What a lying coordinator" not in text and "Warning" not in text
+    as_json = json.loads(
+        runner.invoke(app, ["policy", "check", str(POLICIES / "default.toml"), "--json"]).output
+    )
+    assert as_json["discloses"] == {} and as_json["warnings"] == []
+    research = runner.invoke(app, ["policy", "check", str(POLICIES / "research.toml")])
+    text = " ".join(research.output.split())
+    for metric in ("loss", "auc", "counts", "epsilon", "ingest"):
+        assert f"{metric}: " in text
+    assert "Warning: this policy lets the site train without DP-SGD" in text
+    assert "close approximation of this site's update" in text
+    as_json = json.loads(
+        runner.invoke(app, ["policy", "check", str(POLICIES / "research.toml"), "--json"]).output
+    )
+    assert len(as_json["warnings"]) == 1 and "without DP-SGD" in as_json["warnings"][0]
 
 
 def test_policy_check_lists_every_problem(tmp_path: Path) -> None:

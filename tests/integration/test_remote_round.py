@@ -51,6 +51,9 @@ min_sites = 2
 max_colluders = 0
 [data]
 min_samples = 10
+[reporting]
+# as policies/research.toml: the metrics leave the site, so a site evaluates for the coordinator
+metrics = ["loss", "auc", "counts", "epsilon"]
 """
 STRICT = RESEARCH.replace("min_sites = 2", "min_sites = 5")
 

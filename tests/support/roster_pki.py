@@ -28,6 +28,9 @@ required = true
 min_sites = 2
 [data]
 min_samples = 10
+[reporting]
+# as policies/research.toml: the metrics leave the site (a policy lists none unless it says so)
+metrics = ["loss", "auc", "counts", "epsilon"]
 """
 
 

@@ -8,11 +8,15 @@ import pytest
 
 from clinfl.errors import ConfigError, PolicyViolation, ValidationError
 from clinfl.policy import (
+    METRIC_DISCLOSURE,
+    METRICS,
+    NO_DP_WARNING,
     PrivacyRequest,
     TrainingBounds,
     apply_request,
     load_policy,
     parse_policy,
+    policy_warnings,
 )
 
 POLICIES = Path(__file__).resolve().parents[2] / "policies"
@@ -153,14 +157,16 @@ def test_requests_may_tighten() -> None:
             max_grad_norm=0.5,
             epsilon_budget=4.0,
             min_sites=5,
-            metrics=("epsilon",),
+            metrics=(),
         ),
     )
     assert tighter.dp.noise_multiplier == 1.5 and tighter.dp.max_grad_norm == 0.5
     assert tighter.dp.epsilon_budget == 4.0 and tighter.secagg.min_sites == 5
-    assert tighter.reporting.metrics == ("epsilon",)
+    assert tighter.reporting.metrics == ()
     research = load_policy(POLICIES / "research.toml")
     assert apply_request(research, PrivacyRequest(dp=True)).dp.required
+    fewer = apply_request(research, PrivacyRequest(metrics=("epsilon",)))
+    assert fewer.reporting.metrics == ("epsilon",)
 
 
 def test_a_looser_request_is_refused_with_every_reason() -> None:
@@ -184,10 +190,14 @@ def test_a_looser_request_is_refused_with_every_reason() -> None:
         "epsilon budget 50.0 > policy 8.0",
         "secure aggregation off",
         "min sites 2 < policy 3",
-        "metrics the policy keeps at the site: ingest",
+        "metrics the policy keeps at the site: ingest, loss",
     ):
         assert reason in message
     assert caught.value.exit_code == 8
+    assert "'Small federations'" in caught.value.remedy  # what a smaller min_sites means
+    with pytest.raises(PolicyViolation) as caught:
+        apply_request(policy, PrivacyRequest(dp=False))
+    assert "Small federations" not in caught.value.remedy  # only where min_sites is refused
 
 
 def test_policy_check_shows_colluders_and_round_settings() -> None:
@@ -198,3 +208,25 @@ def test_policy_check_shows_colluders_and_round_settings() -> None:
     assert rows["round settings"] == (
         "learning rate 1e-06 to 0.01; at most 5 local epochs; batch size 16 to 1024"
     )
+
+
+def test_the_shipped_default_lets_nothing_leave_and_research_lists_every_metric() -> None:
+    """Each metric lets a lying coordinator compute the site's own figures outside DP, so the
+    clinical policies list none (epsilon included: it gives the batches per epoch); research
+    lists them all, and a policy that omits [reporting] consents to none."""
+    assert load_policy(POLICIES / "default.toml").reporting.metrics == ()
+    assert load_policy(POLICIES / "strict.toml").reporting.metrics == ()
+    research = load_policy(POLICIES / "research.toml")
+    assert set(research.reporting.metrics) == set(METRICS) == set(METRIC_DISCLOSURE)
+    assert parse_policy("[dp]\nrequired = true\n").reporting.metrics == ()
+    text = (POLICIES / "research.toml").read_text()
+    for metric in METRICS:  # research.toml warns in place, metric by metric
+        assert f"#   {metric}: " in text
+
+
+def test_a_policy_without_dp_is_warned_about_differencing() -> None:
+    research = load_policy(POLICIES / "research.toml")
+    assert policy_warnings(research) == [NO_DP_WARNING]
+    assert "approximation of this site's update" in NO_DP_WARNING
+    assert policy_warnings(load_policy(POLICIES / "default.toml")) == []
+    assert policy_warnings(parse_policy("[dp]\nrequired = false\n")) == [NO_DP_WARNING]
