@@ -42,9 +42,19 @@ echo "== one small DICOM export per site"
 for k in 0 1 2; do
     "$CLINFL" data make-export --digits --seed "$k" --limit 150 --out "$OUT/export-${SITES[$k]}"
 done
-# the clinical default policy (DP-SGD and secure aggregation required), sized for 3 demo sites
+# the clinical default policy (DP-SGD and secure aggregation required), sized for 3 demo sites:
+# min_sites 2 with one colluder assumed, so every round needs all three
+# (docs/secure-aggregation.md, "Small federations")
 sed -e 's/min_sites = 3/min_sites = 2/' -e 's/min_samples = 50/min_samples = 10/' \
     "$(dirname "$0")/../policies/default.toml" > "$OUT/policy.toml"
+# The default lets no metric leave a site, so no site would evaluate the global model for the
+# coordinator. Until evaluation travels through the masked sum, site-1 alone lists auc.
+sed -e 's/^metrics = \[\]$/metrics = ["auc"]/' "$OUT/policy.toml" > "$OUT/policy-site-1.toml"
+grep -q '^metrics = \["auc"\]$' "$OUT/policy-site-1.toml"
+echo "== NOTE: site-1's policy lists auc (the others list no metric): site-1 evaluates each global"
+echo "   model on its validation and test sets and sends the metrics to the coordinator in the"
+echo "   clear, so a lying coordinator could learn those sets' sizes and positive counts from"
+echo "   crafted models. The demo needs one evaluator until evaluation goes through the masked sum."
 cat > "$OUT/federation.toml" <<'TOML'
 [data]
 label_space = "digits"
@@ -68,8 +78,10 @@ echo "== the coordinator (log: $OUT/coordinator.log)"
 coordinator=$!
 for k in 0 1 2; do
     site=${SITES[$k]}
-    echo "== $site (log: $OUT/$site.log)"
-    "$CLINFL" site run --data "$OUT/export-$site" --policy "$OUT/policy.toml" \
+    policy="$OUT/policy.toml"
+    if [ "$site" = site-1 ]; then policy="$OUT/policy-site-1.toml"; fi
+    echo "== $site (log: $OUT/$site.log, policy: $policy)"
+    "$CLINFL" site run --data "$OUT/export-$site" --policy "$policy" \
         --coordinator "127.0.0.1:$PORT" --state "$OUT/state-$site" \
         --label-space digits --image-size 16 --runtime-port $((PORT + 10 + k)) --threads 1 \
         > "$OUT/$site.log" 2>&1 &
