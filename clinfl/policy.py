@@ -47,10 +47,10 @@ R7; docs/threat-model.md). None of it is covered by the DP accountant's epsilon.
 
 NO_DP_WARNING = (
     "this policy lets the site train without DP-SGD (dp.required = false): a coordinator that "
-    "sums two rounds over survivor sets that differ only by this site (one dropout is enough) "
-    "and subtracts gets a close approximation of this site's update (not an exact one: every "
-    "local training call draws fresh randomness), and nothing bounds what that update reveals "
-    "about the site's data; set dp.required = true for patient data"
+    "runs two rounds on nearly the same global model, with survivor sets that differ only by "
+    "this site, and subtracts the two sums gets a close approximation of this site's update "
+    "(not an exact one: every local training call draws fresh randomness), and nothing bounds "
+    "what that update reveals about the site's data; set dp.required = true for patient data"
 )
 """Why a policy without DP-SGD is a risk even under secure aggregation (SECAGG.md "Version 3",
 R10; docs/threat-model.md, "Limits")."""
