@@ -88,9 +88,10 @@ class DataPolicy:
 class TrainingBounds:
     """The round settings a coordinator may ask of the site (SECAGG.md, rule R7).
 
-    A round whose learning rate, local epochs or batch size lies outside these bounds is refused
-    before any training step (:func:`clinfl.training_bounds.check_round_settings`). A batch
-    minimum above 1 keeps one sample from being a whole step's gradient.
+    A round whose learning rate, local epochs (or, in fixed-step mode, local steps) or batch
+    size lies outside these bounds is refused before any training step
+    (:func:`clinfl.training_bounds.check_round_settings`). A batch minimum above 1 keeps one
+    sample from being a whole step's gradient.
     """
 
     min_lr: float = 1e-6
@@ -98,6 +99,7 @@ class TrainingBounds:
     max_local_epochs: int = 20
     min_batch_size: int = 8
     max_batch_size: int = 1024
+    max_local_steps: int = 10000
 
 
 @dataclass(frozen=True)
@@ -201,6 +203,12 @@ def _check_training(training: TrainingBounds, p: Problems) -> None:
         )
     p.whole(
         "training.max_local_epochs", training.max_local_epochs, 1, fix="use 1 or more (default 20)"
+    )
+    p.whole(
+        "training.max_local_steps",
+        training.max_local_steps,
+        1,
+        fix="use 1 or more (default 10000)",
     )
     p.whole("training.min_batch_size", training.min_batch_size, 1, fix="use 8 or more (default 8)")
     p.whole("training.max_batch_size", training.max_batch_size, 1, fix="use e.g. 1024")

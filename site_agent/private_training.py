@@ -5,10 +5,16 @@ ledger's history, so a restarted site continues the same accounting. Every round
 privacy spend in the ledger before the first step and is refused, with the refusal recorded,
 if it would pass the budget. A site whose noise is calibrated to ``target_epsilon_per_round``
 also refuses, before any step, a round with more steps than it calibrated for.
+
+A round takes ``local_epochs`` epochs of Poisson-sampled batches, or, with ``local_steps``,
+exactly that many Poisson-sampled batches at the same sampling rate (about batch size / N), and
+reserves exactly those steps in the ledger. Each round's sampling draws fresh randomness from the
+injected source (``os.urandom`` unless the in-process simulation passes a seeded one).
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import warnings
 from collections.abc import Iterable, Iterator
@@ -36,7 +42,13 @@ from clinfl.privacy.settings import (
 )
 from clinfl.typing import StateDict
 from site_agent.ledger import Reservation, SiteLedger
-from site_agent.training import SiteTrainer, StepCallback, training_tensors
+from site_agent.training import (
+    RandomBytes,
+    SiteTrainer,
+    StepCallback,
+    round_steps,
+    training_tensors,
+)
 
 
 def dp_incompatibilities(model: nn.Module) -> list[str]:
@@ -57,7 +69,9 @@ class DPSteps:
     """DP-SGD steps (Opacus): Poisson sampling, per-sample clipping, noise; CPU only.
 
     The batch size, and with it the sampling rate, is fixed when the site is built; each round
-    reserves its privacy spend in the ledger before its first step.
+    reserves its privacy spend in the ledger before its first step. With ``local_steps`` a round
+    is exactly that many Poisson-sampled steps (whatever the site's size), and a per-round
+    epsilon target is calibrated for that many.
     """
 
     divergence_remedy = "lower --lr or the clipping norm"
@@ -76,7 +90,8 @@ class DPSteps:
         batch_size: int,
         local_epochs: int,
         weight_decay: float,
-        sampling_seed: int | None = None,
+        local_steps: int | None = None,
+        random_bytes: RandomBytes = os.urandom,
     ) -> None:
         """Build the privacy engine once (its accountant continues the ledger's history)."""
         self._site_id = site_id
@@ -86,23 +101,23 @@ class DPSteps:
         self._run_id = run_id
         self._reservation: Reservation | None = None
         self._steps = 0
-        seed = int.from_bytes(os.urandom(8), "big") if sampling_seed is None else sampling_seed
+        self._random_bytes = random_bytes
+        # the Poisson sampler's generator: re-seeded from random_bytes at every round
+        self._generator = torch.Generator()
         loader = DataLoader(
-            TensorDataset(inputs, targets),
-            batch_size=batch_size,
-            generator=torch.Generator().manual_seed(seed),
+            TensorDataset(inputs, targets), batch_size=batch_size, generator=self._generator
         )
         # The batch size, and with it the sampling rate, is fixed here for the site's life: a
         # round's settings.batch_size does not change the loader, so it cannot change the rate.
         self.sample_rate = 1.0 / len(loader)
-        # (per-round epsilon target, local epochs, steps) the noise was calibrated for, if any
-        self._calibration: tuple[float, int, int] | None = None
+        # (per-round epsilon target, what the round was, steps) the noise was calibrated for
+        self._calibration: tuple[float, str, int] | None = None
         if dp.noise_multiplier is not None:  # 0.0 is a setting (no noise), not "unset"
             self.noise_multiplier = dp.noise_multiplier
         else:
             per_round = dp.target_epsilon_per_round
             target = 1.0 if per_round is None else per_round
-            steps = local_epochs * len(loader)
+            steps = local_steps if local_steps is not None else local_epochs * len(loader)
             self.noise_multiplier = noise_for_round_epsilon(
                 target,
                 delta=dp.delta,
@@ -110,8 +125,10 @@ class DPSteps:
                 steps=steps,
                 accountant=dp.accountant,
             )
-            self._calibration = (target, local_epochs, steps)
+            unit = f"{local_steps} local steps" if local_steps else f"{local_epochs} local epochs"
+            self._calibration = (target, unit, steps)
         self._build_engine(model, loader, weight_decay)
+        self._steps_per_epoch = len(self._loader)  # the batches one epoch of the sampler yields
 
     def _build_engine(self, model: nn.Module, loader: DataLoader[Any], weight_decay: float) -> None:
         from opacus import PrivacyEngine
@@ -164,12 +181,15 @@ class DPSteps:
     def begin_round(self, settings: RoundSettings) -> int:
         """Check the round against the calibration, reserve its privacy spend; return its steps.
 
+        The steps are ``local_steps`` when the round sets them, else epochs x batches per
+        epoch; the sampler is re-seeded with fresh randomness for the round.
+
         Raises:
             PolicyViolation: if the round has more steps than the per-round epsilon target was
                 calibrated for (recorded as a refusal; nothing trains).
             BudgetExhausted: if the round would pass the site's epsilon budget (nothing trains).
         """
-        steps = settings.local_epochs * len(self._loader)
+        steps = round_steps(settings, self._steps_per_epoch)
         self._check_round_target(settings, steps)
         try:
             self._reservation = self._reserve(settings, steps)
@@ -179,6 +199,7 @@ class DPSteps:
             ) from None
         for group in self.optimizer.param_groups:
             group["lr"] = settings.lr
+        self._generator.manual_seed(int.from_bytes(self._random_bytes(8), "big"))
         self._wrapped.train()
         return steps
 
@@ -188,9 +209,16 @@ class DPSteps:
             self._ledger.release(self._reservation.row_id)
 
     def batches(self, settings: RoundSettings) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
-        """One epoch of Poisson-sampled batches (the sizes vary; a batch may be empty)."""
+        """One epoch of Poisson-sampled batches (the sizes vary; a batch may be empty).
+
+        In fixed-step mode, exactly ``settings.local_steps`` such batches, as many as
+        :meth:`begin_round` reserved: the sampler's epochs are read one after another.
+        """
         loader: Iterable[tuple[torch.Tensor, torch.Tensor]] = self._loader
-        return loader
+        if settings.local_steps is None:
+            return loader
+        epochs = itertools.chain.from_iterable(itertools.repeat(loader))
+        return itertools.islice(epochs, settings.local_steps)
 
     def loss(
         self, images: torch.Tensor, targets: torch.Tensor, reference: StateDict, memory: SiteMemory
@@ -256,7 +284,7 @@ class DPSteps:
         """
         if self._calibration is None:
             return
-        target, epochs, calibrated_steps = self._calibration
+        target, calibrated, calibrated_steps = self._calibration
         if steps <= calibrated_steps:  # a round's epsilon grows with its steps
             return
         epsilon = epsilon_of(
@@ -264,17 +292,22 @@ class DPSteps:
             delta=self._dp.delta,
             accountant=self._dp.accountant,
         )
+        asked = (
+            f"{settings.local_epochs} local epochs ({steps} steps)"
+            if settings.local_steps is None
+            else f"{steps} local steps"
+        )
         reason = (
-            f"round {settings.round}: {settings.local_epochs} local epochs ({steps} steps) would "
+            f"round {settings.round}: {asked} would "
             f"cost epsilon {epsilon:.3f} at delta {self._dp.delta:g}, past the per-round target "
             f"{target:g} its noise multiplier {self.noise_multiplier:.4f} was calibrated for "
-            f"({epochs} local epochs, {calibrated_steps} steps)"
+            f"({calibrated}, {calibrated_steps} steps)"
         )
         self._ledger.record_refusal(run_id=self._run_id, round_number=settings.round, reason=reason)
         raise PolicyViolation(
             f"{self._site_id} refuses {reason}",
-            remedy=f"ask for at most {epochs} local epochs per round (the run's configured "
-            "value when the site joined)",
+            remedy=f"ask for at most {calibrated} per round (the run's configured value when the "
+            "site joined)",
         )
 
     def _reserve(self, settings: RoundSettings, steps: int) -> Reservation:
@@ -319,10 +352,16 @@ def private_trainer(
     batch_size: int,
     local_epochs: int,
     weight_decay: float,
-    sampling_seed: int | None = None,
+    local_steps: int | None = None,
+    random_bytes: RandomBytes = os.urandom,
     on_step: StepCallback | None = None,
 ) -> SiteTrainer:
     """Return a site's DP-SGD trainer: the model and the privacy engine, built once.
+
+    ``local_steps`` (the run's, None by epochs) sets the steps a per-round epsilon target is
+    calibrated for. Each round samples with fresh randomness from ``random_bytes``: the operating
+    system's cryptographic source unless the in-process simulation passes
+    :func:`~site_agent.training.simulation_random_bytes`.
 
     Raises:
         FederationError: if the site has no samples.
@@ -351,7 +390,8 @@ def private_trainer(
         batch_size=batch_size,
         local_epochs=local_epochs,
         weight_decay=weight_decay,
-        sampling_seed=sampling_seed,
+        local_steps=local_steps,
+        random_bytes=random_bytes,
     )
     return SiteTrainer(site_id, algorithm, steps, num_samples=int(inputs.shape[0]), on_step=on_step)
 

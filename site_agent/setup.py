@@ -19,6 +19,7 @@ site-side setting is a policy field (:mod:`clinfl.policy`) applied here.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from functools import partial
@@ -33,13 +34,18 @@ from clinfl.device import resolve_device
 from clinfl.errors import ConfigError
 from clinfl.policy import DataPolicy, PrivacyRequest, SitePolicy, apply_request
 from clinfl.privacy.settings import DPSettings, resolve_grad_sample_mode
-from clinfl.training_bounds import check_round_settings
+from clinfl.training_bounds import check_round_settings, check_training_mode
 from site_agent.agent import SiteAgent, SiteIdentity
 from site_agent.ingest.pipeline import SITE_INGEST_DIR, IngestOptions
 from site_agent.ingest.split import ingest_and_split
 from site_agent.ledger import SiteLedger
 from site_agent.private_training import private_trainer
-from site_agent.training import SiteTrainer, StepCallback, plain_trainer
+from site_agent.training import (
+    SiteTrainer,
+    StepCallback,
+    plain_trainer,
+    simulation_random_bytes,
+)
 
 AuditListener = Callable[[str, str], None]
 
@@ -69,11 +75,17 @@ def ingest_options(options: IngestOptions, policies: Sequence[DataPolicy]) -> In
 def policy_for_run(policy: SitePolicy, config: RunConfig) -> SitePolicy:
     """Return ``policy`` tightened by what the run asks (secure aggregation, its minimum sites).
 
+    A policy that keeps sample counts at the site also declines a run that sets no
+    ``federation.local_steps``: by epochs the site's work per round would follow its size
+    (:func:`~clinfl.training_bounds.check_training_mode`).
+
     Raises:
         PolicyViolation: if the run asks for less protection than the policy demands.
     """
     asked = PrivacyRequest(secagg=config.secagg.enabled, min_sites=config.secagg.min_sites)
-    return apply_request(policy, asked)
+    tightened = apply_request(policy, asked)
+    check_training_mode(tightened, config.federation.local_steps)
+    return tightened
 
 
 @dataclass(frozen=True)
@@ -141,7 +153,7 @@ def setup_site(
     state_dir: Path,
     run_id: str,
     grad_sample_mode: str,
-    shuffle_seed: int,
+    simulation_seed: int | None = None,
     roster_hash: bytes | None = None,
     on_step: StepCallback | None = None,
     on_audit: AuditListener | None = None,
@@ -149,6 +161,10 @@ def setup_site(
     """Build one site's ledger, trainer and agent under ``state_dir``.
 
     ``grad_sample_mode`` is the run's (``auto``: the fastest measured at the image size).
+    Every training call draws fresh randomness from the operating system's cryptographic source
+    (R10). ``simulation_seed`` is for the in-process simulation only: it makes the site's
+    shuffling and sampling a reproducible, non-cryptographic stream from that seed, so benchmark
+    runs repeat. A deployed site never passes it.
     ``roster_hash`` is the digest of the roster the site pinned (a deployed site); the agent
     binds it into every advertisement it signs. Without it the agent uses the directory's hash.
 
@@ -166,6 +182,9 @@ def setup_site(
         )
     ledger = SiteLedger(state_dir)
     record_policy(ledger, site, policy, len(data))
+    random_bytes = os.urandom
+    if simulation_seed is not None:  # the in-process simulation only (reproducible runs)
+        random_bytes = simulation_random_bytes(simulation_seed)
     if policy.dp.required:
         mode = resolve_grad_sample_mode(grad_sample_mode, spec.image_size)
         trainer = private_trainer(
@@ -179,6 +198,8 @@ def setup_site(
             batch_size=federation.batch_size,
             local_epochs=federation.local_epochs,
             weight_decay=federation.weight_decay,
+            local_steps=federation.local_steps,
+            random_bytes=random_bytes,
             on_step=on_step,
         )
     else:
@@ -188,7 +209,7 @@ def setup_site(
             algorithm,
             spec,
             weight_decay=federation.weight_decay,
-            shuffle_seed=shuffle_seed,
+            random_bytes=random_bytes,
             on_step=on_step,
             device=device,
         )

@@ -2,11 +2,23 @@
 
 One trainer (:class:`SiteTrainer`) runs every round; how its steps are taken, plainly or with
 DP-SGD, is its strategy's (:class:`PlainSteps`, :class:`~site_agent.private_training.DPSteps`).
+
+A round trains ``local_epochs`` epochs, or, when the round sets ``local_steps``, exactly that
+many steps whatever the site's size (SECAGG.md, "Version 3", R7'; :func:`round_steps`).
+
+Every training call draws fresh randomness for its shuffling and sampling from an injected
+:data:`RandomBytes` source (SECAGG.md, "Version 3", R10), by default the operating system's
+cryptographic source (``os.urandom``), so two calls on the same global model do not give the
+same update. Only the in-process simulation passes a seeded source
+(:func:`simulation_random_bytes`), to make its runs reproducible. Nothing here seeds a global
+random number generator.
 """
 
 from __future__ import annotations
 
 import math
+import os
+import random
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
@@ -16,7 +28,7 @@ from torch import nn
 
 from clinfl.algorithms import Algorithm, ModelSpec
 from clinfl.algorithms.base import RoundContext, SiteMemory, is_auxiliary
-from clinfl.data.batching import shuffled_batches, to_input_tensor
+from clinfl.data.batching import shuffled_batches, to_input_tensor, wrapped_batches
 from clinfl.data.imageset import ImageSet
 from clinfl.errors import FederationError
 from clinfl.federation.messages import RoundSettings
@@ -24,6 +36,39 @@ from clinfl.typing import StateDict
 from site_agent.model_state import load_travelling_state
 
 StepCallback = Callable[[str, int, int], None]
+RandomBytes = Callable[[int], bytes]
+"""A source of random bytes: ``RandomBytes(n)`` returns ``n`` bytes. ``os.urandom`` by default."""
+
+
+def simulation_random_bytes(seed: int) -> RandomBytes:
+    """Return a reproducible, NOT cryptographic, byte source seeded with ``seed``.
+
+    For the in-process simulation only (benchmarks and tests compare its runs): a site fed by it
+    shuffles and samples the same way in every run with the same seed, so a coordinator that
+    knew the seed could replay them. A deployed site never uses it: it draws from ``os.urandom``.
+    """
+    return random.Random(seed).randbytes
+
+
+def fresh_generator(random_bytes: RandomBytes) -> torch.Generator:
+    """Return a torch generator seeded with 64 fresh bits from ``random_bytes`` (one per call)."""
+    return torch.Generator().manual_seed(int.from_bytes(random_bytes(8), "big"))
+
+
+def round_steps(settings: RoundSettings, steps_per_epoch: int) -> int:
+    """Return a round's optimiser steps: ``local_steps`` when set, else epochs x steps/epoch."""
+    if settings.local_steps is not None:
+        return settings.local_steps
+    return settings.local_epochs * steps_per_epoch
+
+
+def round_passes(settings: RoundSettings) -> int:
+    """Return how many times a round iterates its strategy's batches.
+
+    ``local_epochs`` by epochs; once in fixed-step mode, where one pass is the round's
+    ``local_steps`` batches.
+    """
+    return 1 if settings.local_steps is not None else settings.local_epochs
 
 
 @dataclass(frozen=True)
@@ -84,7 +129,12 @@ class TrainingStrategy(Protocol):
         ...
 
     def batches(self, settings: RoundSettings) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
-        """Return one epoch's (images, targets) batches, on :attr:`device`."""
+        """Return one pass's (images, targets) batches, on :attr:`device`.
+
+        By epochs a pass is one epoch; in fixed-step mode it is the round's
+        ``settings.local_steps`` batches (:func:`round_passes`). Their order comes from the
+        randomness :meth:`begin_round` drew for this call.
+        """
         ...
 
     def loss(
@@ -102,7 +152,11 @@ class TrainingStrategy(Protocol):
         ...
 
     def data_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """The site's data in order, for the algorithm's auxiliary update (none under DP-SGD)."""
+        """The site's data for the algorithm's auxiliary update (none under DP-SGD).
+
+        In order by epochs; in fixed-step mode as many fresh random full batches as the round's
+        steps, so this pass does not follow the site's size either.
+        """
         ...
 
     def update_sent(self, *, secagg: bool) -> None:
@@ -121,10 +175,11 @@ class TrainingStrategy(Protocol):
 class SiteTrainer:
     """One hospital's trainer. Its data, model and optimiser state never leave it.
 
-    Each round it loads the global travelling state, trains ``local_epochs`` epochs (steps taken
-    by its :class:`TrainingStrategy`) and returns ``w_local - w_global`` over the travelling
-    tensors only, with the mean training loss over the samples it saw. Build one with
-    :func:`plain_trainer` or :func:`~site_agent.private_training.private_trainer`.
+    Each round it loads the global travelling state, trains ``local_epochs`` epochs or
+    ``local_steps`` steps (steps taken by its :class:`TrainingStrategy`) and returns
+    ``w_local - w_global`` over the travelling tensors only, with the mean training loss over the
+    samples it saw. Build one with :func:`plain_trainer` or
+    :func:`~site_agent.private_training.private_trainer`.
     """
 
     def __init__(
@@ -190,7 +245,7 @@ class SiteTrainer:
         }
         strategy.model.train()
         tally = LossTally()
-        for _ in range(settings.local_epochs):
+        for _ in range(round_passes(settings)):
             for images, targets in strategy.batches(settings):
                 loss = strategy.loss(images, targets, reference, self._memory)
                 value = float(loss.detach())
@@ -255,7 +310,13 @@ def training_tensors(site_id: str, data: ImageSet) -> tuple[torch.Tensor, torch.
 
 
 class PlainSteps:
-    """Steps without DP: AdamW on shuffled batches of the round's batch size, on any device."""
+    """Steps without DP: AdamW on shuffled batches of the round's batch size, on any device.
+
+    By epochs, each epoch is one fresh random pass (its last batch may be short). With
+    ``local_steps``, exactly that many batches of exactly the batch size, from fresh random
+    passes read one after another (:func:`~clinfl.data.batching.wrapped_batches`). Each round's
+    order comes from a generator seeded afresh from ``random_bytes`` in :meth:`begin_round`.
+    """
 
     divergence_remedy = "lower --lr"
 
@@ -267,7 +328,7 @@ class PlainSteps:
         algorithm: Algorithm,
         *,
         weight_decay: float,
-        shuffle_seed: int,
+        random_bytes: RandomBytes,
         device: torch.device,
     ) -> None:
         self._device = device
@@ -276,9 +337,12 @@ class PlainSteps:
         self._targets = targets
         self._algorithm = algorithm
         self._weight_decay = weight_decay
-        self._generator = torch.Generator().manual_seed(shuffle_seed)
+        self._random_bytes = random_bytes
+        self._generator = fresh_generator(random_bytes)  # replaced by every begin_round
         self._optimizer: torch.optim.AdamW | None = None
-        self._batch_size = 32  # for data_batches: the last round's batch size once one ran
+        # for data_batches: the last round's batch size and local steps once one ran
+        self._batch_size = 32
+        self._local_steps: int | None = None
 
     @property
     def model(self) -> nn.Module:
@@ -291,7 +355,7 @@ class PlainSteps:
         return self._device
 
     def begin_round(self, settings: RoundSettings) -> int:
-        """Set the round's learning rate; return its steps."""
+        """Set the round's learning rate, draw its fresh randomness; return its steps."""
         if self._optimizer is None:
             params = [p for p in self._model.parameters() if p.requires_grad]
             self._optimizer = torch.optim.AdamW(
@@ -299,18 +363,28 @@ class PlainSteps:
             )
         for group in self._optimizer.param_groups:
             group["lr"] = settings.lr
+        self._generator = fresh_generator(self._random_bytes)
         steps_per_epoch = -(-int(self._inputs.shape[0]) // settings.batch_size)
-        return steps_per_epoch * settings.local_epochs
+        return round_steps(settings, steps_per_epoch)
 
     def abort_round(self) -> None:
         """Nothing was reserved."""
 
     def batches(self, settings: RoundSettings) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Yield one epoch in a fresh random order."""
+        """Yield one epoch in a fresh random order, or the round's fixed steps' full batches."""
         size = int(self._inputs.shape[0])
-        for rows in shuffled_batches(
-            size, batch_size=settings.batch_size, generator=self._generator
-        ):
+        if settings.local_steps is not None:
+            rows_of = wrapped_batches(
+                size,
+                batch_size=settings.batch_size,
+                steps=settings.local_steps,
+                generator=self._generator,
+            )
+        else:
+            rows_of = shuffled_batches(
+                size, batch_size=settings.batch_size, generator=self._generator
+            )
+        for rows in rows_of:
             yield self._batch(rows)
 
     def _batch(self, rows: slice | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -331,12 +405,29 @@ class PlainSteps:
         self._algorithm.after_step(self._model, reference, memory)
 
     def end_round(self, settings: RoundSettings) -> None:
-        """Remember the round's batch size for :meth:`data_batches`."""
+        """Remember the round's batch size and steps for :meth:`data_batches`."""
         self._batch_size = settings.batch_size
+        self._local_steps = settings.local_steps
 
     def data_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """The site's data in order, a batch at a time."""
-        for start in range(0, int(self._inputs.shape[0]), self._batch_size):
+        """The site's data in order, a batch at a time; in fixed-step mode, the round's steps.
+
+        In fixed-step mode it yields as many fresh random full batches as the round took steps
+        (:func:`~clinfl.data.batching.wrapped_batches`), so the auxiliary pass does not follow
+        the site's size either.
+        """
+        size = int(self._inputs.shape[0])
+        if self._local_steps is not None:
+            rows_of = wrapped_batches(
+                size,
+                batch_size=self._batch_size,
+                steps=self._local_steps,
+                generator=self._generator,
+            )
+            for rows in rows_of:
+                yield self._batch(rows)
+            return
+        for start in range(0, size, self._batch_size):
             yield self._batch(slice(start, start + self._batch_size))
 
     def update_sent(self, *, secagg: bool) -> None:
@@ -357,11 +448,15 @@ def plain_trainer(
     spec: ModelSpec,
     *,
     weight_decay: float,
-    shuffle_seed: int,
+    random_bytes: RandomBytes = os.urandom,
     on_step: StepCallback | None = None,
     device: torch.device | None = None,
 ) -> SiteTrainer:
     """Return a site's trainer without DP (its model, ETF from the federation seed, built here).
+
+    Each training call shuffles with fresh randomness from ``random_bytes``: the operating
+    system's cryptographic source, unless the in-process simulation passes
+    :func:`simulation_random_bytes`.
 
     Raises:
         FederationError: if the site has no samples.
@@ -373,7 +468,7 @@ def plain_trainer(
         targets,
         algorithm,
         weight_decay=weight_decay,
-        shuffle_seed=shuffle_seed,
+        random_bytes=random_bytes,
         device=torch.device("cpu") if device is None else device,
     )
     return SiteTrainer(site_id, algorithm, steps, num_samples=int(inputs.shape[0]), on_step=on_step)

@@ -13,6 +13,7 @@ from rich.table import Table
 
 from clinfl.cli.errors import cli_errors
 from clinfl.policy import METRIC_DISCLOSURE, SitePolicy, load_policy, policy_warnings
+from clinfl.training_bounds import work_may_follow_size
 
 policy_app = typer.Typer(help="Site privacy policies.", no_args_is_help=True)
 
@@ -45,8 +46,16 @@ def _summary(policy: SitePolicy) -> list[tuple[str, str]]:
         (
             "round settings",
             f"learning rate {training.min_lr:g} to {training.max_lr:g}; at most "
-            f"{training.max_local_epochs} local epochs; batch size {training.min_batch_size} "
+            f"{training.max_local_epochs} local epochs or {training.max_local_steps} local "
+            f"steps; batch size {training.min_batch_size} "
             f"to {training.max_batch_size}",
+        ),
+        (
+            "local training",
+            "as the run asks: local epochs, or a fixed number of local steps"
+            if work_may_follow_size(policy)
+            else "a fixed number of local steps only (federation.local_steps): sample counts "
+            "stay at the site, so its work per round must not follow them",
         ),
         (
             "data",

@@ -8,9 +8,11 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from clinfl.config import FederationConfig
 from clinfl.data.imageset import SplitData
 from clinfl.data.partition import Partition
 from clinfl.federation.messages import RoundRecord
+from clinfl.simulation.local_steps import DerivedLocalSteps
 
 
 def partition_table(partition: Partition, class_names: tuple[str, ...]) -> Table:
@@ -129,6 +131,10 @@ class ProgressListener:
                 f"val macro-AUC {100 * record.report.validation.macro_auc:.2f}{attention} "
                 f"({record.sites} sites, {record.seconds:.1f}s)"
             )
+
+    def local_steps_derived(self, derived: DerivedLocalSteps, federation: FederationConfig) -> None:
+        """Print the local steps the simulation derived (with --json too: the console is stderr)."""
+        self._console.print(f"[bold]local steps[/]: {escape(derived.describe(federation))}")
 
     def site_audit(self, site_id: str, message: str) -> None:
         """Print a site's refusal (what it also writes to its audit log)."""

@@ -114,11 +114,19 @@ class FederationConfig:
     (``f1``, ``youden`` or ``sensitivity:S``; see :mod:`clinfl.thresholds`). With ``patience``,
     training ends once validation macro-AUC has not improved for that many rounds (``rounds``
     is then the maximum).
+
+    ``local_steps`` switches local training from epochs to a fixed number of optimiser steps per
+    round, each on a batch of ``batch_size`` samples (plain training) or Poisson-sampled at rate
+    about ``batch_size / N`` (DP-SGD), so a site's work per round does not depend on its size
+    (SECAGG.md, "Version 3", R7'). ``local_epochs`` is then unused. A site whose policy keeps
+    sample counts at the site declines a run that leaves it unset
+    (:func:`clinfl.training_bounds.check_training_mode`).
     """
 
     sites: int = 5
     rounds: int = 6
     local_epochs: int = 1
+    local_steps: int | None = None
     batch_size: int = 32
     lr: float = 1e-3
     weight_decay: float = 0.01

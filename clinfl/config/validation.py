@@ -80,6 +80,9 @@ def _check_federation(fed: FederationConfig, p: Problems) -> None:
     p.whole("sites", fed.sites, 1, 1000)
     p.whole("rounds", fed.rounds, 1)
     p.whole("local_epochs", fed.local_epochs, 1)
+    if fed.local_steps is not None:
+        fix = "use 1 or more, or leave it unset to train local_epochs epochs per round"
+        p.whole("local_steps", fed.local_steps, 1, fix=fix)
     p.whole("batch_size", fed.batch_size, 1)
     p.positive("lr", fed.lr, "use a positive learning rate, e.g. 1e-3")
     if fed.weight_decay < 0:

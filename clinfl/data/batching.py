@@ -26,6 +26,24 @@ def shuffled_batches(
         yield order[start : start + batch_size]
 
 
+def wrapped_batches(
+    size: int, *, batch_size: int, steps: int, generator: torch.Generator
+) -> Iterator[torch.Tensor]:
+    """Yield ``steps`` index tensors of exactly ``batch_size`` rows each.
+
+    The rows come from fresh random passes over ``range(size)``, one after another: a batch that
+    runs past the end of a pass continues in the next one, so every batch is full whatever
+    ``size`` is (a set smaller than a batch repeats rows within it). The work is ``steps``
+    batches of ``batch_size``, whatever ``size`` is.
+    """
+    pending = torch.empty(0, dtype=torch.int64)
+    for _ in range(steps):
+        while pending.numel() < batch_size:
+            pending = torch.cat((pending, torch.randperm(size, generator=generator)))
+        yield pending[:batch_size]
+        pending = pending[batch_size:]
+
+
 def ordered_batches(size: int, *, batch_size: int) -> Iterator[slice]:
     """Yield slices covering ``range(size)`` in order (for evaluation)."""
     for start in range(0, size, batch_size):

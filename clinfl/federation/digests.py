@@ -30,6 +30,7 @@ def round_settings_digest(settings: RoundSettings) -> bytes:
         local_epochs=settings.local_epochs,
         batch_size=settings.batch_size,
         lr=settings.lr,
+        local_steps=settings.local_steps,
     )
 
 

@@ -13,12 +13,17 @@ from clinfl.typing import StateDict
 
 @dataclass(frozen=True)
 class RoundSettings:
-    """What the coordinator asks of a site for one round."""
+    """What the coordinator asks of a site for one round.
+
+    With ``local_steps`` set the site takes exactly that many optimiser steps (its work does
+    not depend on its size) and ``local_epochs`` is unused; without it, ``local_epochs`` epochs.
+    """
 
     round: int
     local_epochs: int
     batch_size: int
     lr: float
+    local_steps: int | None = None
 
     @classmethod
     def for_round(cls, federation: FederationConfig, round_number: int) -> RoundSettings:
@@ -28,6 +33,7 @@ class RoundSettings:
             local_epochs=federation.local_epochs,
             batch_size=federation.batch_size,
             lr=federation.lr,
+            local_steps=federation.local_steps,
         )
 
 

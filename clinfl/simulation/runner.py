@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 from clinfl.algorithms import ModelSpec, available_algorithms, create_algorithm
 from clinfl.audit.render import federation_html, federation_markdown
-from clinfl.config import RunConfig, validate_run_config
+from clinfl.config import FederationConfig, RunConfig, validate_run_config
 from clinfl.data.imageset import SplitData
 from clinfl.data.partition import Partition, partition_label_skew
 from clinfl.device import resolve_device
@@ -23,8 +23,9 @@ from clinfl.errors import DataError, PartitionError
 from clinfl.federation.messages import RoundRecord
 from clinfl.files import write_atomically
 from clinfl.simulation.datasets import load_split_data, resolve_defaults
+from clinfl.simulation.local_steps import DerivedLocalSteps, simulation_local_steps
 from clinfl.simulation.resume import ResumePoint, resume_point, save_run_config
-from clinfl.simulation.sites import SimulatedSites, build_sites
+from clinfl.simulation.sites import SimulatedSites, build_sites, read_site_policies
 from clinfl.thresholds import parse_rule
 from coordinator.checkpoints import CheckpointStore
 from coordinator.control import RunControl
@@ -57,6 +58,12 @@ class SimulationListener(Protocol):
 
     def site_audit(self, site_id: str, message: str) -> None:
         """A site refused a secure-aggregation request and wrote why to its audit log."""
+
+    def local_steps_derived(self, derived: DerivedLocalSteps, federation: FederationConfig) -> None:
+        """The simulation derived ``federation.local_steps`` for ``federation`` (simulation only).
+
+        See :mod:`clinfl.simulation.local_steps`.
+        """
 
 
 @dataclass(frozen=True)
@@ -134,6 +141,11 @@ def run_simulation(
     With ``resume``, continue the run in ``out_dir`` after its last checkpointed round (see
     :mod:`clinfl.simulation.resume`); ``config`` must be the one it saved.
 
+    When a site's policy keeps sample counts at the site and ``config`` sets no
+    ``federation.local_steps``, the simulation derives one (simulation only:
+    :func:`~clinfl.simulation.local_steps.simulation_local_steps`), tells the listener, and runs
+    and records the run with it.
+
     Raises:
         ClinflError: any configuration, data, partition, federation or checkpoint error.
     """
@@ -161,6 +173,14 @@ def run_simulation(
         )
     if listener is not None:
         listener.data_loaded(data, partition)
+    site_ids = [f"site-{k + 1}" for k in range(fed.sites)]
+    policies = read_site_policies(config, site_ids)
+    derived = simulation_local_steps(fed, partition.samples.tolist(), policies)
+    if derived is not None:  # simulation only: a deployed coordinator must set it itself
+        config = replace(config, federation=replace(fed, local_steps=derived.steps))
+        if listener is not None:
+            listener.local_steps_derived(derived, fed)
+        fed = config.federation
     algorithm = create_algorithm(config.method)
     spec = ModelSpec(
         num_classes=data.train.num_classes,

@@ -61,21 +61,33 @@ def builtin_policy(config: RunConfig) -> SitePolicy:
     )
 
 
-def load_site_policies(config: RunConfig, site_ids: Sequence[str]) -> dict[str, SitePolicy]:
-    """Read each site's policy and apply the coordinator's request to it.
+def read_site_policies(config: RunConfig, site_ids: Sequence[str]) -> dict[str, SitePolicy]:
+    """Read each site's policy as written (one file, one per site, or the built-in terms).
 
     Raises:
         ConfigError, ValidationError: for an unreadable or invalid policy file.
-        PolicyViolation: if the coordinator's settings are looser than a site's policy.
     """
     privacy = config.privacy
     policies: dict[str, SitePolicy] = {}
     shared = read_policy(privacy.policy) if privacy.policy is not None else None
     for site in site_ids:
         if privacy.policy_dir is not None:
-            policy = read_policy(privacy.policy_dir / f"{site}.toml")
+            policies[site] = read_policy(privacy.policy_dir / f"{site}.toml")
         else:
-            policy = shared or builtin_policy(config)
+            policies[site] = shared or builtin_policy(config)
+    return policies
+
+
+def load_site_policies(config: RunConfig, site_ids: Sequence[str]) -> dict[str, SitePolicy]:
+    """Read each site's policy and apply the coordinator's request to it.
+
+    Raises:
+        ConfigError, ValidationError: for an unreadable or invalid policy file.
+        PolicyViolation: if the coordinator's settings are looser than a site's policy, or
+            the run trains by epochs and a site's policy keeps sample counts at the site.
+    """
+    policies: dict[str, SitePolicy] = {}
+    for site, policy in read_site_policies(config, site_ids).items():
         try:
             policies[site] = policy_for_run(policy, config)
         except PolicyViolation as refusal:
@@ -153,7 +165,7 @@ def build_sites(
             state_dir=state_dirs[site],
             run_id=run_id,
             grad_sample_mode=mode,
-            shuffle_seed=fed.seed * 1000 + k,
+            simulation_seed=fed.seed * 1000 + k,  # in-process only: reproducible runs
             on_step=on_step,
             on_audit=on_audit,
         )

@@ -37,7 +37,8 @@ image_size = 16
 
 [federation]
 rounds = {rounds}
-local_epochs = 1
+# the default policy keeps sample counts at the site: it trains a fixed number of steps
+local_steps = 4
 batch_size = 16
 
 [secagg]

@@ -21,7 +21,7 @@ from clinfl.model.sphere import SphereNet, augmented, calibrated_classifier
 from clinfl.secagg.settings import largest_safe_scale
 from clinfl.simulation import run_simulation
 from site_agent.model_state import load_travelling_state
-from site_agent.training import SiteTrainer, plain_trainer
+from site_agent.training import SiteTrainer, plain_trainer, simulation_random_bytes
 
 SPEC = ModelSpec(num_classes=4, image_size=16, federation_seed=7, init_seed=3)
 SETTINGS = RoundSettings(round=1, local_epochs=1, batch_size=8, lr=1e-3)
@@ -37,7 +37,9 @@ def _data(seed: int, n: int = 24) -> ImageSet:
 
 def _site(method: str, data: ImageSet, **options: float) -> tuple[SiteTrainer, object]:
     algorithm = create_algorithm(MethodConfig(name=method, **options))  # type: ignore[arg-type]
-    site = plain_trainer("site-1", data, algorithm, SPEC, weight_decay=0.01, shuffle_seed=5)
+    site = plain_trainer(
+        "site-1", data, algorithm, SPEC, weight_decay=0.01, random_bytes=simulation_random_bytes(5)
+    )
     return site, algorithm
 
 

@@ -77,15 +77,15 @@ def _refusal_of_round_one(tmp_path: Path, samples: int, batch_size: int) -> byte
         state_dir=state_dir,
         threads=1,
     )
-    config: dict[str, Any] = {
+    config: dict[str, Any] = {  # the policy keeps counts at the site: fixed local steps
         **HONEST,
-        "federation": {**HONEST["federation"], "batch_size": batch_size},
+        "federation": {**HONEST["federation"], "batch_size": batch_size, "local_steps": 4},
     }
     request = JoinRequest("run-1", announce(config, ROSTER.digest), send_initial_state=True)
     joined = _call(site, "join", request)
     assert read_refusal(joined) is None
     state = open_reply(joined, Any)["initial_state"]
-    settings = RoundSettings(round=1, local_epochs=1, batch_size=batch_size, lr=1e-3)
+    settings = RoundSettings(round=1, local_epochs=1, batch_size=batch_size, lr=1e-3, local_steps=4)
     reply = _call(site, "train_round", TrainRequest(state, settings))
     reasons = [r.reason for r in SiteLedger(state_dir).refusals()]
     assert any("past the budget" in reason for reason in reasons), "the site keeps the reason"

@@ -25,7 +25,7 @@ from clinfl.policy import load_policy
 from site_agent.agent import SiteIdentity
 from site_agent.evaluation import HeldOutEvaluator
 from site_agent.setup import setup_site
-from site_agent.training import plain_trainer
+from site_agent.training import plain_trainer, simulation_random_bytes
 
 ROOT = Path(__file__).resolve().parents[2]
 SPEC = ModelSpec(num_classes=4, image_size=16, federation_seed=7, init_seed=3)
@@ -89,7 +89,13 @@ def test_an_explicit_cpu_device_trains_and_evaluates_bit_for_bit_like_the_defaul
     settings = RoundSettings(round=1, local_epochs=1, batch_size=8, lr=1e-3)
     updates = [
         plain_trainer(
-            "site-1", _data(0), algorithm, SPEC, weight_decay=0.01, shuffle_seed=5, **extra
+            "site-1",
+            _data(0),
+            algorithm,
+            SPEC,
+            weight_decay=0.01,
+            random_bytes=simulation_random_bytes(5),
+            **extra,
         ).train_round(state, settings)
         for extra in ({}, {"device": torch.device("cpu")})
     ]
@@ -122,7 +128,6 @@ def test_dp_sgd_on_an_accelerator_is_refused_before_anything_is_built(
             state_dir=tmp_path / "site-1",
             run_id="run",
             grad_sample_mode="hooks",
-            shuffle_seed=0,
         )
 
 

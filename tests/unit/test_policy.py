@@ -97,9 +97,9 @@ def test_max_colluders_defaults_to_one_and_reaches_the_protocol() -> None:
 def test_training_bounds_are_read_and_every_violation_is_listed() -> None:
     policy = parse_policy(
         "[training]\nmin_lr = 1\nmax_lr = 2\nmax_local_epochs = 3\n"
-        "min_batch_size = 4\nmax_batch_size = 4\n"
+        "min_batch_size = 4\nmax_batch_size = 4\nmax_local_steps = 50\n"
     )
-    assert policy.training == TrainingBounds(1.0, 2.0, 3, 4, 4)
+    assert policy.training == TrainingBounds(1.0, 2.0, 3, 4, 4, max_local_steps=50)
     assert isinstance(policy.training.min_lr, float)
     text = """
 [training]
@@ -108,6 +108,7 @@ max_lr = inf
 max_local_epochs = 0
 min_batch_size = 0
 max_batch_size = "many"
+max_local_steps = 0
 epochs = 3
 """
     with pytest.raises(ValidationError) as caught:
@@ -117,11 +118,13 @@ epochs = 3
         "training.epochs",
         "training.max_batch_size",
         "training.max_local_epochs",
+        "training.max_local_steps",
         "training.max_lr",
         "training.min_batch_size",
         "training.min_lr",
     ]
     assert "training.max_local_epochs=0 is invalid: allowed >= 1" in caught.value.message
+    assert "training.max_local_steps=0 is invalid: allowed >= 1" in caught.value.message
 
 
 def test_training_minimums_above_maximums_are_refused_together() -> None:
@@ -206,7 +209,8 @@ def test_policy_check_shows_colluders_and_round_settings() -> None:
     rows = dict(_summary(load_policy(POLICIES / "strict.toml")))
     assert "assumes up to 2 site(s) collude" in rows["secure aggregation"]
     assert rows["round settings"] == (
-        "learning rate 1e-06 to 0.01; at most 5 local epochs; batch size 16 to 1024"
+        "learning rate 1e-06 to 0.01; at most 5 local epochs or 2000 local steps; batch size 16 "
+        "to 1024"
     )
 
 

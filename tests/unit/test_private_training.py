@@ -28,6 +28,7 @@ from clinfl.privacy.settings import (
 )
 from site_agent.ledger import SiteLedger
 from site_agent.private_training import private_trainer
+from site_agent.training import simulation_random_bytes
 
 SPEC = ModelSpec(num_classes=4, image_size=16, federation_seed=3, init_seed=0)
 
@@ -156,7 +157,7 @@ def _site(
         batch_size=8,
         local_epochs=1,
         weight_decay=0.0,
-        sampling_seed=1,
+        random_bytes=simulation_random_bytes(1),
     )
     return site, algorithm
 

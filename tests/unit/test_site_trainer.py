@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from clinfl.model.networks import NetOutput
 from clinfl.privacy.settings import DPSettings
 from site_agent.ledger import SiteLedger
 from site_agent.private_training import private_trainer
-from site_agent.training import SiteTrainer, plain_trainer
+from site_agent.training import SiteTrainer, plain_trainer, simulation_random_bytes
 
 SPEC = ModelSpec(num_classes=4, image_size=16, federation_seed=3, init_seed=0)
 
@@ -75,7 +76,7 @@ def _private(tmp_path: Path, algorithm: FedAvg, dp: DPSettings) -> SiteTrainer:
         batch_size=8,
         local_epochs=1,
         weight_decay=0.0,
-        sampling_seed=1,
+        random_bytes=simulation_random_bytes(1),
     )
 
 
@@ -87,7 +88,7 @@ def test_the_reported_loss_is_the_mean_over_the_samples_seen_not_over_the_steps(
     """
     algorithm = BatchSizedLoss(MethodConfig(name="fedavg"))
     trainer = plain_trainer(
-        "site-1", _images(10), algorithm, SPEC, weight_decay=0.0, shuffle_seed=1
+        "site-1", _images(10), algorithm, SPEC, weight_decay=0.0, random_bytes=os.urandom
     )
     state = algorithm.initial_state(algorithm.build_model(SPEC))
     update = trainer.train_round(
