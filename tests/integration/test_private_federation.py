@@ -167,6 +167,9 @@ def test_strict_policy_needs_more_sites_than_given(tmp_path: Path) -> None:
     )
     assert result.exit_code == 2
     assert "at least 5 sites besides 2 possible colluder(s); the federation has 4" in result.output
+    text = " ".join(result.output.split())  # both ways out, with what each means
+    assert "use at least 7 sites" in text and "set min_sites 2" in text
+    assert "colluding with 3 sites learns one honest site's update exactly" in text
 
 
 def test_policy_check_prints_what_a_policy_allows() -> None:
