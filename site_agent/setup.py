@@ -32,10 +32,11 @@ from clinfl.config import FederationConfig, RunConfig
 from clinfl.data.imageset import ImageSet, SplitData
 from clinfl.device import resolve_device
 from clinfl.errors import ConfigError
+from clinfl.federation.messages import RoundSettings
 from clinfl.policy import DataPolicy, PrivacyRequest, SitePolicy, apply_request
 from clinfl.privacy.settings import DPSettings, resolve_grad_sample_mode
 from clinfl.training_bounds import check_round_settings, check_training_mode
-from site_agent.agent import SiteAgent, SiteIdentity
+from site_agent.agent import SiteAgent, SiteIdentity, state_layout
 from site_agent.ingest.pipeline import SITE_INGEST_DIR, IngestOptions
 from site_agent.ingest.split import ingest_and_split
 from site_agent.ledger import SiteLedger
@@ -152,6 +153,7 @@ def setup_site(
     directory: Mapping[str, Ed25519PublicKey],
     state_dir: Path,
     run_id: str,
+    config_hash: bytes,
     grad_sample_mode: str,
     simulation_seed: int | None = None,
     roster_hash: bytes | None = None,
@@ -167,6 +169,10 @@ def setup_site(
     runs repeat. A deployed site never passes it.
     ``roster_hash`` is the digest of the roster the site pinned (a deployed site); the agent
     binds it into every advertisement it signs. Without it the agent uses the directory's hash.
+    ``config_hash`` is the digest of the run configuration the site trains by
+    (:func:`~clinfl.config.digest.run_config_digest`), bound the same way; the agent refuses any
+    round whose settings are not ``federation``'s, and any global state whose entries are not
+    the ones ``algorithm`` produces (R1').
 
     Raises:
         ClinflError: for a model that cannot run DP-SGD, an algorithm the policy's DP excludes,
@@ -225,6 +231,9 @@ def setup_site(
         directory=directory,
         roster_hash=roster_hash,
         requirements=policy.secagg_requirements,
+        config_hash=config_hash,
+        expected_settings=partial(RoundSettings.for_round, federation),
+        layout=state_layout(algorithm.initial_state(trainer.model)),
         run_id=run_id,
         round_store=ledger,
         audit=audit,

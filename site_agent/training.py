@@ -30,7 +30,7 @@ from clinfl.algorithms import Algorithm, ModelSpec
 from clinfl.algorithms.base import RoundContext, SiteMemory, is_auxiliary
 from clinfl.data.batching import shuffled_batches, to_input_tensor, wrapped_batches
 from clinfl.data.imageset import ImageSet
-from clinfl.errors import FederationError
+from clinfl.errors import FederationError, LocalTrainingFailed
 from clinfl.federation.messages import RoundSettings
 from clinfl.typing import StateDict
 from site_agent.model_state import load_travelling_state
@@ -231,7 +231,10 @@ class SiteTrainer:
         Raises:
             PolicyViolation, BudgetExhausted: if the strategy refuses the round (DP-SGD; nothing
                 trains).
-            FederationError: if the global state does not fit the local model or the loss diverges.
+            FederationError: if the global state does not fit the local model.
+            LocalTrainingFailed: if the loss or the update stops being finite, or a step fails
+                with a numerical error (failures that may depend on the site's data: the agent
+                sends a zero update instead, R7').
         """
         strategy = self.strategy
         total_steps = strategy.begin_round(settings)
@@ -245,20 +248,14 @@ class SiteTrainer:
         }
         strategy.model.train()
         tally = LossTally()
-        for _ in range(round_passes(settings)):
-            for images, targets in strategy.batches(settings):
-                loss = strategy.loss(images, targets, reference, self._memory)
-                value = float(loss.detach())
-                if not math.isfinite(value):
-                    raise FederationError(
-                        f"site {self._site_id}: local loss became {value} in round "
-                        f"{settings.round}",
-                        remedy=strategy.divergence_remedy,
-                    )
-                strategy.step(loss, reference, self._memory, settings.lr)
-                tally.add(value, int(images.shape[0]))
-                if self._on_step is not None:
-                    self._on_step(self._site_id, tally.steps, total_steps)
+        try:
+            self._take_steps(settings, reference, tally, total_steps)
+        except (RuntimeError, ValueError, ArithmeticError) as error:  # numerics the data caused
+            raise LocalTrainingFailed(
+                f"site {self._site_id}: local training failed in round {settings.round}: "
+                f"{type(error).__name__}",
+                remedy=strategy.divergence_remedy,
+            ) from error
         strategy.end_round(settings)
         auxiliary = self._algorithm.auxiliary_update(
             strategy.model,
@@ -270,9 +267,36 @@ class SiteTrainer:
         delta = {
             name: value.cpu() for name, value in site_update(reference, local, auxiliary).items()
         }
+        broken = [name for name, value in delta.items() if not bool(torch.isfinite(value).all())]
+        if broken:
+            raise LocalTrainingFailed(
+                f"site {self._site_id}: the update of {broken[0]} is not finite in round "
+                f"{settings.round}",
+                remedy=strategy.divergence_remedy,
+            )
         return LocalUpdate(
             delta=delta, num_samples=self._num_samples, mean_loss=tally.mean, steps=tally.steps
         )
+
+
+    def _take_steps(
+        self, settings: RoundSettings, reference: StateDict, tally: LossTally, total_steps: int
+    ) -> None:
+        strategy = self.strategy
+        for _ in range(round_passes(settings)):
+            for images, targets in strategy.batches(settings):
+                loss = strategy.loss(images, targets, reference, self._memory)
+                value = float(loss.detach())
+                if not math.isfinite(value):
+                    raise LocalTrainingFailed(
+                        f"site {self._site_id}: local loss became {value} in round "
+                        f"{settings.round}",
+                        remedy=strategy.divergence_remedy,
+                    )
+                strategy.step(loss, reference, self._memory, settings.lr)
+                tally.add(value, int(images.shape[0]))
+                if self._on_step is not None:
+                    self._on_step(self._site_id, tally.steps, total_steps)
 
 
 @dataclass

@@ -16,6 +16,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from clinfl.algorithms import Algorithm, ModelSpec
 from clinfl.config import DEFAULT_MIN_SITES, RunConfig, SecAggConfig
+from clinfl.config.digest import run_config_digest
+from clinfl.config.federation_size import small_federation_fix
 from clinfl.data.imageset import ImageSet
 from clinfl.errors import ConfigError, PolicyViolation
 from clinfl.federation.roles import TrainingParticipant
@@ -117,8 +119,9 @@ def coordinator_secagg(config: RunConfig, policies: dict[str, SitePolicy]) -> Se
         raise ConfigError(
             f"the sites' policies require sums over at least {floor} sites besides "
             f"{colluders} possible colluder(s); the federation has {len(policies)}",
-            remedy="use more --sites, or policies with a smaller secagg.min_sites or "
-            "secagg.max_colluders",
+            remedy=small_federation_fix(len(policies), min_sites=floor, max_colluders=colluders)
+            if len(policies) >= 2
+            else "use more --sites",
         )
     return resolved
 
@@ -148,6 +151,7 @@ def build_sites(
     mode = resolve_grad_sample_mode(config.privacy.grad_sample_mode, spec.image_size)
     identities = [SiteIdentity(s, Ed25519PrivateKey.generate()) for s in site_ids]
     directory = {i.site_id: i.signing_key.public_key() for i in identities}
+    config_hash = run_config_digest(config, image_size=spec.image_size)
     participants: list[TrainingParticipant] = []
     trainers: dict[str, SiteTrainer] = {}
     state_dirs: dict[str, Path] = {}
@@ -164,6 +168,7 @@ def build_sites(
             directory=directory,
             state_dir=state_dirs[site],
             run_id=run_id,
+            config_hash=config_hash,
             grad_sample_mode=mode,
             simulation_seed=fed.seed * 1000 + k,  # in-process only: reproducible runs
             on_step=on_step,

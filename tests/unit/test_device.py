@@ -127,6 +127,7 @@ def test_dp_sgd_on_an_accelerator_is_refused_before_anything_is_built(
             directory={},
             state_dir=tmp_path / "site-1",
             run_id="run",
+            config_hash=b"\0" * 32,
             grad_sample_mode="hooks",
         )
 
