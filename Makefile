@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.clinfl-installed
 
-.PHONY: demo demo-dicom demo-deploy bench-full bench-reference test test-fast test-slow lint typecheck bench clean
+.PHONY: demo demo-dicom demo-deploy bench-full bench-reference test test-fast test-slow lint typecheck bench clean mutation-check
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -47,7 +47,7 @@ demo-deploy: $(STAMP)
 	CLINFL=$(BIN)/clinfl examples/loopback_deployment.sh runs/deploy-demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check clinfl site_agent coordinator tests benchmarks
+	$(BIN)/ruff check clinfl site_agent coordinator tests benchmarks tools
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
@@ -62,6 +62,13 @@ test-fast: lint typecheck
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
+
+## Removes each security rule of the site's code in turn (SECAGG.md R1 to R9, the survivor floor,
+## the quorum, "Version 3") in a temporary copy and runs the attack tests against it; fails if a
+## removal leaves every attack test green. A slow job, not part of `make test`: minutes
+## on 2 cores. Writes docs/mutation-check.md and benchmarks/results/mutation_check.json.
+mutation-check: $(STAMP)
+	$(BIN)/python tools/mutation_check.py
 
 ## Every benchmark with its quick preset (under 30 minutes on 2 cores; where torch sees CUDA,
 ## the accuracy benchmark's accelerator preset follows): writes
