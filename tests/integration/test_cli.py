@@ -27,6 +27,7 @@ def test_simulate_help_documents_every_option() -> None:
         "--sites",
         "--rounds",
         "--local-epochs",
+        "--local-steps",
         "--batch-size",
         "--lr",
         "--alpha",

@@ -160,6 +160,37 @@ def test_a_looser_coordinator_request_is_refused_at_setup(tmp_path: Path) -> Non
     assert "site-1" in error["message"] and "secure aggregation off" in error["message"]
 
 
+def test_a_site_that_keeps_counts_trains_fixed_steps_the_simulation_derives(
+    tmp_path: Path,
+) -> None:
+    """Simulation only: with a policy that keeps counts and no --local-steps, clinfl simulate
+    derives local_epochs x ceil(mean site training size / batch size), prints it and records
+    it; the sites then take exactly that many steps per round, whatever their sizes."""
+    policy = _policy(
+        tmp_path,
+        "[dp]\nrequired = false\n[secagg]\nmin_sites = 2\n[data]\nmin_samples = 10\n"
+        "[reporting]\nmetrics = []\n",
+    )
+    out = tmp_path / "run"
+    args = [*SMALL[:-1], "3", "--rounds", "1", "--width", "8", "--batch-size", "16"]
+    result = runner.invoke(
+        app,
+        ["simulate", *args, "--secagg-min-sites", "2", "--policy", str(policy), "--out", str(out)],
+    )
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "results.json").read_text())
+    sizes = summary["partition"]["samples_per_site"]
+    expected = -(-sum(sizes) // (len(sizes) * 16))  # ceil(mean / 16), one local epoch
+    assert len({-(-n // 16) for n in sizes}) > 1  # by epochs their steps would differ
+    assert summary["config"]["federation"]["local_steps"] == expected
+    assert (
+        json.loads((out / "run_config.json").read_text())["federation"]["local_steps"] == expected
+    )
+    text = " ".join(result.output.split())
+    assert f"this simulation trains every site {expected} local steps per round" in text
+    assert "a deployed run must set --local-steps itself" in text
+
+
 def test_strict_policy_needs_more_sites_than_given(tmp_path: Path) -> None:
     result = runner.invoke(
         app,
