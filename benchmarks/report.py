@@ -18,6 +18,7 @@ from benchmarks.privacy_report import render_privacy
 from benchmarks.reference_report import render_reference
 from benchmarks.secagg_report import render_secagg
 from benchmarks.stem_report import render_stem_comparison
+from benchmarks.training_latency_report import render_training_latency
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
@@ -96,6 +97,7 @@ def write_docs(docs: Path = DOCS, results_dir: Path = RESULTS_DIR) -> None:
             run_all=load("run_all.json"),
             reference=load("reference.json"),
             small_stem=load("reference_small_stem.json"),
+            training_latency=load("training_latency.json"),
         )
     )
 
@@ -112,9 +114,10 @@ def render_report(
     run_all: dict[str, Any] | None = None,
     reference: dict[str, Any] | None = None,
     small_stem: dict[str, Any] | None = None,
+    training_latency: dict[str, Any] | None = None,
 ) -> str:
     """Return the Markdown report: accuracy (``results``, then ``accelerator``), secure
-    aggregation, privacy, ingestion."""
+    aggregation, privacy, training latency, ingestion."""
     plots = plots or {}
     sources = [
         ("accuracy", results),
@@ -122,6 +125,7 @@ def render_report(
         ("reference accuracy", reference or {}),
         ("secure aggregation", secagg or {}),
         ("privacy", privacy or {}),
+        ("training latency", training_latency or {}),
         ("ingestion", ingest or {}),
     ]
     out = [
@@ -165,6 +169,7 @@ def render_report(
         out += ["", f"![epsilon against rounds]({plots['epsilon']})"]
     if PRIVACY_NOTES.is_file() and privacy:
         out += ["", PRIVACY_NOTES.read_text().strip()]
+    out += ["", *render_training_latency(training_latency or {})]
     out += ["", *render_ingest(ingest or {})]
     if INGEST_NOTES.is_file() and ingest:
         out += ["", INGEST_NOTES.read_text().strip()]
