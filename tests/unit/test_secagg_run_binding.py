@@ -15,6 +15,10 @@ import numpy as np
 import pytest
 import torch
 
+from clinfl.algorithms import ModelSpec
+from clinfl.algorithms.fedavg import FedAvg
+from clinfl.config import MethodConfig
+from clinfl.data.imageset import ImageSet
 from clinfl.errors import LocalTrainingFailed, ProtocolViolation, RoundAborted
 from clinfl.federation.messages import RoundSettings
 from clinfl.federation.vectors import flatten_state
@@ -23,7 +27,7 @@ from clinfl.secagg.transcript import digest
 from clinfl.typing import StateDict
 from coordinator.secure_aggregation import SecureAggregator
 from site_agent.agent import SiteAgent, state_layout
-from site_agent.training import LocalUpdate
+from site_agent.training import LocalUpdate, plain_trainer
 from tests.support.federation import SETTINGS, FixedTrainer, make_agents, random_deltas
 from tests.support.recording import RecordingParticipant
 
@@ -249,3 +253,37 @@ def test_a_diverging_site_takes_part_with_a_zero_update_of_weight_zero() -> None
     mean = flatten_state(update.mean_delta, template=TEMPLATE)
     assert np.allclose(mean, truth / expected_weight, atol=1e-3)
     assert "training failed (local loss became nan)" in _reasons(audit, diverging.site_id)
+
+
+class _FailingStep(FedAvg):
+    """FedAvg whose loss is NaN, or whose step raises a numerical error (a crafted model)."""
+
+    def __init__(self, failure: str) -> None:
+        super().__init__(MethodConfig(name="fedavg", backbone="small", width=8))
+        self.failure = failure
+
+    def local_loss(self, model, images, targets, global_state, memory=None):  # type: ignore[no-untyped-def]
+        loss = super().local_loss(model, images, targets, global_state, memory)
+        if self.failure == "nan":
+            return loss * float("nan")
+        raise RuntimeError("a numerical error in the backward pass")
+
+
+@pytest.mark.parametrize("failure", ["nan", "runtime"])
+def test_every_failure_inside_local_steps_is_a_local_training_failure(failure: str) -> None:
+    """R7': whatever a crafted model makes the steps do (a NaN loss, a numerical error), the
+    trainer raises LocalTrainingFailed, which the agent turns into a zero update; no other
+    error reaches the coordinator as a refusal or a crash."""
+    spec = ModelSpec(num_classes=2, image_size=16, federation_seed=3, init_seed=0)
+    algorithm = _FailingStep(failure)
+    rng = np.random.default_rng(0)
+    data = ImageSet(
+        rng.integers(0, 256, (12, 16, 16), dtype=np.uint8),
+        (rng.random((12, 2)) < 0.5).astype(np.uint8),
+        np.arange(12, dtype=np.int64),
+        ("a", "b"),
+    )
+    trainer = plain_trainer("site-1", data, algorithm, spec, weight_decay=0.0)
+    state = algorithm.initial_state(algorithm.build_model(spec))
+    with pytest.raises(LocalTrainingFailed):
+        trainer.train_round(state, RoundSettings(round=1, local_epochs=1, batch_size=8, lr=1e-3))
