@@ -66,7 +66,7 @@ ATTACK_TESTS: tuple[str, ...] = (
     "tests/unit/test_secagg_protocol_checks.py",
     "tests/unit/test_deployed_refusals.py",
     "tests/unit/test_deployed_join.py",
-    "tests/unit/test_secagg_config_binding*.py",
+    "tests/unit/test_secagg_*binding*.py",  # R1' and the other "Version 3" rules
 )
 
 PYTEST_ARGS: tuple[str, ...] = (
@@ -393,14 +393,16 @@ class Runner:
             with self._lock:
                 self._children.add(child)
             try:
-                return child.wait(timeout=self.timeout), False
+                returncode, timed_out = child.wait(timeout=self.timeout), False
             except subprocess.TimeoutExpired:
                 _kill(child)
-                child.wait()
-                return -1, True
+                returncode, timed_out = child.wait(), True
             finally:
                 with self._lock:
                     self._children.discard(child)
+        if self.stopping.is_set():  # killed by stop(): its result means nothing
+            raise KeyboardInterrupt
+        return returncode, timed_out
 
     def stop(self) -> None:
         """Kill every running child (and its process group); start no more."""
@@ -549,7 +551,11 @@ def check_isolation(
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
         base_future, canary_future = pool.submit(baseline), pool.submit(canary)
-        base, trip = base_future.result(), canary_future.result()
+        try:
+            base, trip = base_future.result(), canary_future.result()
+        except BaseException:
+            runner.stop()  # before the pool's exit waits for its threads
+            raise
     if trip.passed or not trip.returncode or CANARY not in trip.output:
         raise MutationError(
             "the canary did not trip: the tests may import the editable install, not the copy "
@@ -777,6 +783,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         except MutationError as error:
             print(f"mutation check refused: {error}", file=sys.stderr)
             return 1
+        except KeyboardInterrupt:
+            print("mutation check interrupted; the copies are removed", file=sys.stderr)
+            return 130
         finally:
             runner.stop()
     wall = time.monotonic() - start
