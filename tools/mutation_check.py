@@ -40,6 +40,7 @@ import datetime
 import json
 import os
 import platform
+import resource
 import shutil
 import signal
 import subprocess
@@ -603,6 +604,7 @@ def write_reports(
     tests: Sequence[str],
     baseline: RunResult,
     wall_seconds: float,
+    cpu_seconds: float,
     workers: int,
     source: str,
 ) -> None:
@@ -612,6 +614,8 @@ def write_reports(
         "generated": generated,
         "source": source,
         "wall_seconds": round(wall_seconds, 1),
+        "cpu_seconds": round(cpu_seconds, 1),  # every run's processes, user and system
+        "load_average_15min": round(os.getloadavg()[2], 2),  # other work on the machine
         "workers": workers,
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
@@ -647,9 +651,11 @@ def render_markdown(record: dict[str, object]) -> str:
     assert isinstance(mutations, list) and isinstance(baseline, dict)
     files = record["attack_test_files"]
     assert isinstance(files, list)
-    wall = record["wall_seconds"]
-    assert isinstance(wall, float | int)
-    minutes = wall / 60
+    wall, cpu, load = record["wall_seconds"], record["cpu_seconds"], record["load_average_15min"]
+    assert isinstance(wall, float | int) and isinstance(cpu, float | int)
+    workers = record["workers"]
+    assert isinstance(workers, int)
+    minutes, idle_minutes = wall / 60, cpu / 60 / workers
     lines = [
         "# Mutation check: every security rule has a test that fails without it",
         "",
@@ -663,15 +669,16 @@ def render_markdown(record: dict[str, object]) -> str:
         "snippet no longer occurs exactly once (code moved: update the row), and it refuses to",
         "report unless a canary run shows that the tests import the copy and not the editable",
         "install. The working tree is never modified. Run it with `make mutation-check`. It is a",
-        f"slow job, not part of `make test` (about {minutes:.0f} minutes on {record['cpus']}",
-        "cores, over the 3 minutes CI can spare); `tests/unit/test_mutation_check.py`, which",
-        "runs in CI, checks that every snippet of the table still occurs exactly once in the",
-        "source.",
+        "slow job, not part of `make test`: its runs take",
+        f"{cpu / 60:.0f} CPU-minutes, about {idle_minutes:.0f} minutes on {workers} idle cores,",
+        "more than the 3 minutes CI can spare. `tests/unit/test_mutation_check.py`, which runs",
+        "in CI, checks that every snippet of the table still occurs exactly once in the source.",
         "",
         f"Measured {record['generated']} on the {record['source']}, {record['cpus']} CPUs, "
         f"{record['workers']} workers, Python {record['python']}: {baseline['tests']} attack "
         f"tests in {len(files)} files ({baseline['seconds']} s for one unmutated run), "
-        f"{len(mutations)} mutations, {record['wall_seconds']} s ({minutes:.1f} minutes) in all.",
+        f"{len(mutations)} mutations, {minutes:.1f} minutes wall time at a 15-minute load average "
+        f"of {load} (other work shared the machine), {cpu / 60:.1f} CPU-minutes.",
         "",
         "| rule removed | what the mutation does | file(s) | attack tests that fail |",
         "| --- | --- | --- | --- |",
@@ -729,6 +736,11 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--no-write", action="store_true", help="do not write the JSON and Markdown reports"
     )
+    parser.add_argument(
+        "--render",
+        action="store_true",
+        help=f"only regenerate {DOC} from {RESULTS} (after editing the page's template)",
+    )
     return parser.parse_args(argv)
 
 
@@ -749,6 +761,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the mutation check; return the exit status."""
     options = _parse(argv)
     rows = _selected(options.only)
+    if options.render:
+        (ROOT / DOC).write_text(render_markdown(json.loads((ROOT / RESULTS).read_text())))
+        print(f"wrote {DOC}")
+        return 0
     if options.list:
         for row in rows:
             files = ", ".join(row.files)
@@ -758,7 +774,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # SIGTERM unwinds like Ctrl-C: the children are killed and the copies removed
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     runner = Runner(timeout=options.timeout)
-    start = time.monotonic()
+    start, cpu_start = time.monotonic(), _children_cpu()
     with tempfile.TemporaryDirectory(prefix="clinfl-mutation-") as scratch:
         work = Path(scratch)
         pristine = work / "pristine"
@@ -788,10 +804,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 130
         finally:
             runner.stop()
-    wall = time.monotonic() - start
+    wall, cpu = time.monotonic() - start, _children_cpu() - cpu_start
     print()
     print_table(outcomes)
-    print(f"\n{len(outcomes)} mutations, {wall:.0f} s wall time on {workers} workers")
+    print(
+        f"\n{len(outcomes)} mutations, {wall:.0f} s wall time on {workers} workers, "
+        f"{cpu:.0f} CPU-seconds"
+    )
     if not options.only and not options.no_write:
         source = _describe_source(ROOT, options.rev)
         write_reports(
@@ -800,6 +819,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             tests=tests,
             baseline=baseline,
             wall_seconds=wall,
+            cpu_seconds=cpu,
             workers=workers,
             source=source,
         )
@@ -809,6 +829,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         why = outcome.problem or "every attack test stays green without it"
         print(f"FAIL {outcome.row.name}: {why}", file=sys.stderr)
     return 1 if failing else 0
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _describe_source(root: Path, rev: str | None) -> str:

@@ -108,6 +108,8 @@ def test_module_names_and_the_generated_page() -> None:
         "generated": "today",
         "source": "working tree",
         "wall_seconds": 1.0,
+        "cpu_seconds": 240.0,
+        "load_average_15min": 0.5,
         "workers": 2,
         "cpus": 2,
         "python": "3.11",
@@ -139,6 +141,7 @@ def test_module_names_and_the_generated_page() -> None:
     page = render_markdown(record)
     assert "| R0 kept | a rule | `a.py` | 1 of 3 |" in page
     assert "| R0 lost | another rule | `b.py` | **none**" in page
+    assert "4 CPU-minutes, about 2 minutes on 2 idle cores" in page
 
 
 def test_the_script_lists_its_table_without_running_anything() -> None:
