@@ -3,9 +3,8 @@
 Both attacks run through :class:`tests.support.adversary.Adversary` with one colluder, and each
 test checks the refusal and that the coordinator computes nothing from what it collected. Each
 test also plays the same attack against sites with the rule taken out (monkeypatched away for
-that test only) and asserts that the harness then *does* recover an
-honest input or a small sum: so "nothing recovered" is a consequence of the rule, not of a
-weak attack. ``tools/mutation_check.py`` removes each rule from the source itself and checks
+that test only) and asserts that the harness then *does* recover an honest input or a small
+sum: so "nothing recovered" is a consequence of the rule, not of a weak attack. ``tools/mutation_check.py`` removes each rule from the source itself and checks
 that these tests fail.
 
 - Split-proof threshold (``t > (h + c) / 2``, :func:`~clinfl.secagg.settings.check_holders`):
