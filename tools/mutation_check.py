@@ -669,10 +669,10 @@ def render_markdown(record: dict[str, object]) -> str:
         "snippet no longer occurs exactly once (code moved: update the row), and it refuses to",
         "report unless a canary run shows that the tests import the copy and not the editable",
         "install. The working tree is never modified. Run it with `make mutation-check`. It is a",
-        "slow job, not part of `make test`: its runs take",
-        f"{cpu / 60:.0f} CPU-minutes, about {idle_minutes:.0f} minutes on {workers} idle cores,",
-        "more than the 3 minutes CI can spare. `tests/unit/test_mutation_check.py`, which runs",
-        "in CI, checks that every snippet of the table still occurs exactly once in the source.",
+        f"slow job, not part of `make test`: its runs take {cpu / 60:.0f} CPU-minutes, about",
+        f"{idle_minutes:.0f} minutes on {workers} idle cores, more than the 3 minutes CI can",
+        "spare. `tests/unit/test_mutation_check.py`, which runs in CI, checks that every snippet",
+        "of the table still occurs exactly once in the source.",
         "",
         f"Measured {record['generated']} on the {record['source']}, {record['cpus']} CPUs, "
         f"{record['workers']} workers, Python {record['python']}: {baseline['tests']} attack "
