@@ -25,7 +25,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import random
+import resource
 import statistics
 import sys
 import time
@@ -50,6 +52,32 @@ SIZES = (40, 112, 184, 256, 328, 400)
 BATCH = 16
 IMAGE_SIZE = 16
 METHOD = MethodConfig(name="fedavg", backbone="small", width=8)
+
+
+def _cpu_jiffies() -> tuple[int, int] | None:
+    """Return (busy, total) CPU jiffies of the whole machine (None where /proc is missing)."""
+    try:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n")[0].split()[1:9]]
+    except OSError:
+        return None
+    idle = fields[3] + fields[4]
+    return sum(fields) - idle, sum(fields)
+
+
+def _own_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def other_load(before: tuple[int, int] | None, own_before: float) -> float | None:
+    """Return the share of the machine's CPU that other processes used since ``before``."""
+    after = _cpu_jiffies()
+    if before is None or after is None:
+        return None
+    ticks = os.sysconf("SC_CLK_TCK")
+    busy = (after[0] - before[0]) / ticks
+    total = (after[1] - before[1]) / ticks
+    return max(busy - (_own_cpu_seconds() - own_before), 0.0) / max(total, 1e-9)
 
 
 def pearson(xs: list[float], ys: list[float]) -> float:
@@ -138,6 +166,7 @@ def main() -> None:
     shuffle = random.Random(0)
     calls = [(mode, n) for mode in modes for n in SIZES]
     started = time.perf_counter()
+    load_before, jiffies, own = os.getloadavg(), _cpu_jiffies(), _own_cpu_seconds()
     for _ in range(args.reps):
         shuffle.shuffle(calls)
         for mode, n in calls:
@@ -163,6 +192,10 @@ def main() -> None:
         },
         "modes": {mode: summarise(latency[mode], steps[mode]) for mode in modes},
         "seconds": time.perf_counter() - started,
+        # how quiet the machine was: other processes' share of all CPU time during the timing
+        "other_processes_cpu_share": other_load(jiffies, own),
+        "load_average_before": load_before[0],
+        "load_average_after": os.getloadavg()[0],
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
@@ -172,6 +205,7 @@ def main() -> None:
             f"to within {summary['fit_mean_abs_error_samples']:.1f} samples on average "
             f"(no-information guess: {summary['guess_mean_abs_error_samples']:.1f})"
         )
+    print(f"other processes' CPU share while timing: {results['other_processes_cpu_share']}")
     print(f"results: {RESULTS}")
 
 

@@ -7,6 +7,12 @@ from typing import Any
 MODE_NAMES = {"epochs": "by epochs (1 local epoch)", "fixed_steps": "fixed local steps"}
 
 
+def _quiet(share: float | None) -> str:
+    if share is None:
+        return ""
+    return f" Other processes used {100 * share:.1f}% of the machine's CPU while it timed."
+
+
 def render_training_latency(results: dict[str, Any]) -> list[str]:
     """Return the section's Markdown lines (none without results)."""
     modes: dict[str, Any] = results.get("modes", {})
@@ -27,7 +33,8 @@ def render_training_latency(results: dict[str, Any]) -> list[str]:
         f"{settings['local_steps']}` it takes that many full batches whatever N is. "
         '"N from latency" fits a line N ~ latency on the other sizes and predicts each '
         "held-out site's N from its latencies (leave one size out); the guess is the other "
-        "sizes' mean N, which uses no latency at all.",
+        "sizes' mean N, which uses no latency at all."
+        + _quiet(results.get("other_processes_cpu_share")),
         "",
         "| mode | Pearson r (latency, N) | r of per-site medians | N from latency: mean abs. "
         "error | guess without latency: mean abs. error |",
