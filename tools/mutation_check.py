@@ -68,6 +68,9 @@ ATTACK_TESTS: tuple[str, ...] = (
     "tests/unit/test_deployed_refusals.py",
     "tests/unit/test_deployed_join.py",
     "tests/unit/test_secagg_*binding*.py",  # R1' and the other "Version 3" rules
+    "tests/unit/test_fresh_randomness.py",  # R10
+    "tests/unit/test_local_steps.py",  # R7': fixed steps where counts stay at the site
+    "tests/integration/test_deployed_run_binding.py",  # R1', R3', R7' over the deployed path
 )
 
 PYTEST_ARGS: tuple[str, ...] = (
@@ -215,6 +218,95 @@ MUTATIONS: tuple[Mutation, ...] = (
         "R7 settings within policy bounds",
         "round settings (learning rate, epochs, batch size) are not checked against the policy",
         (AGENT, "if self._check_settings is not None:", "if False:"),
+    ),
+    mutation(
+        "R1' run configuration bound",
+        "advertisements bound to another run configuration (config_hash) are accepted",
+        (
+            "clinfl/secagg/transcript.py",
+            'names = ("roster_hash", "run_id", "round_id", "params_hash", "model_hash", '
+            '"config_hash")',
+            'names = ("roster_hash", "run_id", "round_id", "params_hash", "model_hash")',
+        ),
+    ),
+    mutation(
+        "R1' settings are the run's",
+        "round settings other than the joined run configuration's are accepted",
+        (AGENT, "if settings != expected:", "if False:"),
+    ),
+    mutation(
+        "R1' no foreign aux/ slots",
+        "a global state with entries the site's algorithm does not produce is accepted",
+        (AGENT, "problem = layout_problem(global_state, self._layout)", "problem = None"),
+    ),
+    mutation(
+        "R1' session nonce used once",
+        "a session nonce may be reused, and one training may take part in several sessions",
+        (
+            AGENT,
+            "if params.round_id == received.settings.round and not self._rounds.use_session(",
+            "if False and not self._rounds.use_session(",
+        ),
+    ),
+    mutation(
+        "R1' session nonce bound",
+        "the session nonce is left out of the round parameters' hash",
+        ("clinfl/secagg/settings.py", "            self.session.encode(),\n", '            b"",\n'),
+    ),
+    mutation(
+        "R3' retry cap",
+        "a coordinator may retry an uncompleted round without limit",
+        (
+            "site_agent/round_guard.py",
+            "if retry and store.attempts(run_id, round_id) > max_retries:",
+            "if False:",
+        ),
+    ),
+    mutation(
+        "R7' training failure is a zero update",
+        "a local training that diverges is a refusal the coordinator sees",
+        (AGENT, "except LocalTrainingFailed as failure:", "except StopAsyncIteration as failure:"),
+    ),
+    mutation(
+        "R7' numerical errors are training failures",
+        "a numerical error inside local steps escapes as an error, not a zero update",
+        (
+            "site_agent/training.py",
+            "except (RuntimeError, ValueError, ArithmeticError) as error:",
+            "except StopAsyncIteration as error:",
+        ),
+    ),
+    mutation(
+        "R7' fixed steps where counts stay",
+        "a site that keeps its sample count trains by epochs (its work follows its size)",
+        (
+            "clinfl/training_bounds.py",
+            "violation = training_mode_violation(policy, local_steps)",
+            "violation = None",
+        ),
+    ),
+    mutation(
+        "R10 one update per global model",
+        "a site trains a global model it already sent a completed update from",
+        ("site_agent/round_guard.py", "if store.contributed(run_id, model_hash):", "if False:"),
+    ),
+    mutation(
+        "R10 fresh randomness (plain)",
+        "plain training shuffles the same way on every call",
+        (
+            "site_agent/training.py",
+            "        self._generator = fresh_generator(self._random_bytes)\n",
+            "        self._generator = torch.Generator().manual_seed(0)\n",
+        ),
+    ),
+    mutation(
+        "R10 fresh randomness (DP-SGD)",
+        "DP-SGD's Poisson sampling draws the same batches on every call",
+        (
+            "site_agent/private_training.py",
+            'self._generator.manual_seed(int.from_bytes(self._random_bytes(8), "big"))',
+            "self._generator.manual_seed(0)",
+        ),
     ),
     mutation(
         "R8 join carries no paths",
