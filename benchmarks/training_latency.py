@@ -10,11 +10,11 @@ This builds plain sites (no DP) of several sizes from the digits training set an
 ``SiteTrainer.train_round`` on the same global model, by epochs and with fixed steps, in an
 interleaved random order. For each mode it reports the Pearson correlation between latency and
 N, and how well a coordinator predicts N from latency: a least-squares line N ~ latency, scored
-leave-one-size-out (fitted on the other sizes, then asked each held-out site's N), against the
-no-information guess (the mean of the other sizes). Results go to
-``benchmarks/results/training_latency.json``.
+leave-one-size-out (fitted on the other sizes, then asked each held-out site's N, from one call
+and from the median of its calls), against the no-information guess (the mean of the other
+sizes). Results go to ``benchmarks/results/training_latency.json``.
 
-    python benchmarks/training_latency.py            # 6 sizes, 40..400 samples, 5 repetitions
+    python benchmarks/training_latency.py            # 6 sizes, 40..400 samples, 15 repetitions
     python benchmarks/training_latency.py --reps 3   # quicker
 
 Run it on an otherwise idle machine: other load makes the timings noisy in both modes.
@@ -86,22 +86,26 @@ def pearson(xs: list[float], ys: list[float]) -> float:
 
 
 def leave_one_size_out(latency: dict[int, list[float]]) -> dict[str, float]:
-    """Predict each size's N from its latencies with a line fitted on the other sizes.
+    """Predict each size's N from its latency with a line fitted on the other sizes.
 
-    Returns the mean absolute error of that prediction over every timed call, and of the
-    no-information guess (the other sizes' mean N), both in samples.
+    Per call: the line is fitted on every call of the other sizes and asked each held-out call.
+    Per site: on the other sizes' median latencies, asked the held-out site's median (what a
+    coordinator that times a site over several rounds sees). Returns the mean absolute errors,
+    in samples, and that of the no-information guess (the other sizes' mean N).
     """
-    fit_errors, guess_errors = [], []
+    call_errors, site_errors, guess_errors = [], [], []
+    medians = {n: statistics.median(times) for n, times in latency.items()}
     for held in latency:
         others = [(n, t) for n, times in latency.items() if n != held for t in times]
-        ns = np.asarray([n for n, _ in others], dtype=float)
-        ts = np.asarray([t for _, t in others], dtype=float)
-        slope, intercept = np.polyfit(ts, ns, 1)
-        for t in latency[held]:
-            fit_errors.append(abs(slope * t + intercept - held))
-            guess_errors.append(abs(float(ns.mean()) - held))
+        slope, intercept = np.polyfit([t for _, t in others], [n for n, _ in others], 1)
+        call_errors += [abs(slope * t + intercept - held) for t in latency[held]]
+        rest = [n for n in latency if n != held]
+        slope, intercept = np.polyfit([medians[n] for n in rest], rest, 1)
+        site_errors.append(abs(slope * medians[held] + intercept - held))
+        guess_errors.append(abs(statistics.fmean(rest) - held))
     return {
-        "fit_mean_abs_error_samples": statistics.fmean(fit_errors),
+        "fit_mean_abs_error_samples": statistics.fmean(call_errors),
+        "median_fit_mean_abs_error_samples": statistics.fmean(site_errors),
         "guess_mean_abs_error_samples": statistics.fmean(guess_errors),
     }
 
@@ -136,7 +140,7 @@ def summarise(latency: dict[int, list[float]], steps: dict[int, int]) -> dict[st
 def main() -> None:
     """Time every site in both modes and write the results."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--reps", type=int, default=5, help="timed calls per site and mode")
+    parser.add_argument("--reps", type=int, default=15, help="timed calls per site and mode")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = parser.parse_args()
     if args.threads is not None:
@@ -201,8 +205,10 @@ def main() -> None:
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
     for mode, summary in results["modes"].items():
         print(
-            f"{mode}: r = {summary['pearson_latency_vs_samples']:.3f}, N predicted from latency "
-            f"to within {summary['fit_mean_abs_error_samples']:.1f} samples on average "
+            f"{mode}: r = {summary['pearson_latency_vs_samples']:.3f} (medians "
+            f"{summary['pearson_median_latency_vs_samples']:.3f}), N predicted from latency to "
+            f"within {summary['fit_mean_abs_error_samples']:.1f} samples from one call, "
+            f"{summary['median_fit_mean_abs_error_samples']:.1f} from the median "
             f"(no-information guess: {summary['guess_mean_abs_error_samples']:.1f})"
         )
     print(f"other processes' CPU share while timing: {results['other_processes_cpu_share']}")

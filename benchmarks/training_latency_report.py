@@ -32,19 +32,20 @@ def render_training_latency(results: dict[str, Any]) -> list[str]:
         f"ceil(N / {settings['batch_size']}) steps; with `local_steps = "
         f"{settings['local_steps']}` it takes that many full batches whatever N is. "
         '"N from latency" fits a line N ~ latency on the other sizes and predicts each '
-        "held-out site's N from its latencies (leave one size out); the guess is the other "
-        "sizes' mean N, which uses no latency at all."
-        + _quiet(results.get("other_processes_cpu_share")),
+        "held-out site's N (leave one size out) from one call, or from the median of its "
+        "calls (a coordinator times a site every round); the guess is the other sizes' mean "
+        "N, which uses no latency at all." + _quiet(results.get("other_processes_cpu_share")),
         "",
-        "| mode | Pearson r (latency, N) | r of per-site medians | N from latency: mean abs. "
-        "error | guess without latency: mean abs. error |",
-        "| --- | --- | --- | --- | --- |",
+        "| mode | Pearson r (latency, N) | r of per-site medians | N from one call: mean abs. "
+        "error | N from the median: mean abs. error | guess without latency: mean abs. error |",
+        "| --- | --- | --- | --- | --- | --- |",
     ]
     for mode, summary in modes.items():
         lines.append(
             f"| {MODE_NAMES.get(mode, mode)} | {summary['pearson_latency_vs_samples']:.3f} | "
             f"{summary['pearson_median_latency_vs_samples']:.3f} | "
             f"{summary['fit_mean_abs_error_samples']:.1f} | "
+            f"{summary['median_fit_mean_abs_error_samples']:.1f} | "
             f"{summary['guess_mean_abs_error_samples']:.1f} |"
         )
     names = list(modes)
