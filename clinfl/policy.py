@@ -181,6 +181,12 @@ def _check_secagg(secagg: SecAggRequirements, p: Problems) -> None:
     p.whole("secagg.max_weight", secagg.max_weight, 1, fix="use 10000")
     p.whole("secagg.max_colluders", secagg.max_colluders, 0, fix="use 0 or more (default 1)")
     p.whole("secagg.max_retries", secagg.max_retries, 0, fix="use 0 or more (default 2)")
+    p.whole(
+        "secagg.max_abandoned_rounds",
+        secagg.max_abandoned_rounds,
+        0,
+        fix="use 0 or more (default 10)",
+    )
 
 
 def _check_data(data: DataPolicy, reporting: ReportingPolicy, p: Problems) -> None:

@@ -24,7 +24,11 @@ from clinfl.errors import (
     PolicyViolation,
     ProtocolViolation,
 )
-from clinfl.federation.digests import round_parameters_digest, state_digest
+from clinfl.federation.digests import (
+    canonical_state_digest,
+    round_parameters_digest,
+    state_digest,
+)
 from clinfl.federation.messages import RoundSettings, SiteContribution, TrainingReport
 from clinfl.federation.vectors import flatten_state
 from clinfl.secagg.encoding import encode_update
@@ -189,6 +193,7 @@ class SiteAgent:
         self._template: StateDict | None = None
         self._received: _Received | None = None
         self._session: SiteSession | None = None
+        self._abandoned_seen = 0  # abandoned attempts already audited (since this process began)
 
     @property
     def site_id(self) -> str:
@@ -240,17 +245,26 @@ class SiteAgent:
         self._check_run_settings(settings)
         self._check_layout(global_state, round_id)
         model_hash = state_digest(global_state)
+        abandoned_before = self._rounds.abandoned(self._run_id)
         try:
             attempt = accept_round(
                 self._rounds,
                 run_id=self._run_id,
                 round_id=round_id,
                 site_id=self.site_id,
-                model_hash=model_hash,
+                model_hash=canonical_state_digest(global_state),
                 max_retries=self._requirements.max_retries,
+                max_abandoned=self._requirements.max_abandoned_rounds,
             )
         except ProtocolViolation as refusal:
             self._refuse(round_id, refusal)
+        if abandoned_before > self._abandoned_seen:
+            self._note(
+                round_id,
+                f"{abandoned_before} attempt(s) of this run ended before the site completed them "
+                f"(the policy allows {self._requirements.max_abandoned_rounds})",
+            )
+        self._abandoned_seen = abandoned_before
         if attempt > 1:
             self._note(
                 round_id,

@@ -197,13 +197,19 @@ class SiteLedger:
                 (run_id, round_id),
             )
 
-    def contributed(self, run_id: str, model_hash: bytes) -> bool:
-        """Return whether a completed attempt of ``run_id`` trained from ``model_hash``."""
+    def contributed(self, model_hash: bytes) -> bool:
+        """Return whether a completed attempt (of any run) trained from ``model_hash``."""
         row = self._db.execute(
-            "SELECT 1 FROM attempts WHERE run_id = ? AND model_hash = ? AND completed = 1",
-            (run_id, model_hash.hex()),
+            "SELECT 1 FROM attempts WHERE model_hash = ? AND completed = 1", (model_hash.hex(),)
         ).fetchone()
         return row is not None
+
+    def abandoned(self, run_id: str) -> int:
+        """Return how many attempts of ``run_id`` ended without completing."""
+        row = self._db.execute(
+            "SELECT COUNT(*) FROM attempts WHERE run_id = ? AND completed = 0", (run_id,)
+        ).fetchone()
+        return int(row[0])
 
     def meta(self) -> dict[str, str]:
         """Return the recorded facts."""

@@ -197,6 +197,7 @@ class DPSteps:
             raise BudgetExhausted(
                 f"{self._site_id} {refusal.message}", remedy=refusal.remedy
             ) from None
+        self.optimizer.state.clear()  # fresh moments every round, as in plain training
         for group in self.optimizer.param_groups:
             group["lr"] = settings.lr
         self._generator.manual_seed(int.from_bytes(self._random_bytes(8), "big"))

@@ -13,13 +13,17 @@ round ids.
   every advertisement, so no earlier attempt's advertisement or signature is accepted), and
   its privacy cost is reserved again, so a retry can only over-count. Every retry is audited,
   and the policy's ``secagg.max_retries`` caps them (R3').
-- A site sends at most one completed update trained from a given global model (byte for byte)
-  in a run. Without this, two completed rounds on one model, one with this site and one
-  without, would give its update by differencing. So after a round that completed at this site
-  but was abandoned by the coordinator, the site sits out until the global model changes.
+- A run may end at most ``secagg.max_abandoned_rounds`` of this site's attempts before the site
+  completed them (a coordinator that probes a site with rounds it never completes); past that
+  the site refuses the run's rounds, and each abandoned attempt is audited.
+- A site sends at most one completed update trained from a given global model in any run (the
+  model compared in a canonical form: ``-0.0`` as ``0.0``). Without this, two completed rounds
+  on one model, one with this site and one without, would give its update by differencing. So
+  after a round that completed at this site but was abandoned by the coordinator, the site sits
+  out until the global model changes.
 - A round id that skips ahead is refused and audited; the site then takes the new id as its
-  last, so it takes part again from the round after (round ids choose nothing in the protocol:
-  the graph and every key are fresh per round).
+  last (as done, never retried), so it takes part again from the round after (round ids
+  choose nothing in the protocol: the graph and every key are fresh per round).
 """
 
 from __future__ import annotations
@@ -60,8 +64,12 @@ class RoundStore(Protocol):
         """Mark the latest attempt at ``round_id`` completed (its update left the site)."""
         ...
 
-    def contributed(self, run_id: str, model_hash: bytes) -> bool:
-        """Return whether a completed attempt of ``run_id`` trained from ``model_hash``."""
+    def contributed(self, model_hash: bytes) -> bool:
+        """Return whether a completed attempt (of any run) trained from ``model_hash``."""
+        ...
+
+    def abandoned(self, run_id: str) -> int:
+        """Return how many attempts of ``run_id`` ended without completing."""
         ...
 
 
@@ -116,11 +124,17 @@ class MemoryRoundStore:
         if latest is not None:
             latest.completed = True
 
-    def contributed(self, run_id: str, model_hash: bytes) -> bool:
-        """Return whether a completed attempt trained from ``model_hash``."""
+    def contributed(self, model_hash: bytes) -> bool:
+        """Return whether a completed attempt (of any run) trained from ``model_hash``."""
         return any(
-            a.completed and a.model_hash == model_hash for a in self._attempts.get(run_id, [])
+            a.completed and a.model_hash == model_hash
+            for run in self._attempts.values()
+            for a in run
         )
+
+    def abandoned(self, run_id: str) -> int:
+        """Return how many attempts of ``run_id`` ended without completing."""
+        return sum(not a.completed for a in self._attempts.get(run_id, []))
 
 
 def accept_round(
@@ -131,18 +145,24 @@ def accept_round(
     site_id: str,
     model_hash: bytes,
     max_retries: int,
+    max_abandoned: int,
 ) -> int:
     """Accept ``round_id`` of ``run_id`` from the global model ``model_hash``; return the attempt.
 
-    The round is persisted (not yet completed) with one more attempt; attempt 1 is the first
-    try, attempt ``k > 1`` the ``k - 1``-th retry of a round this site never completed.
+    ``model_hash`` is the canonical hash of the global model
+    (:func:`~clinfl.federation.digests.canonical_state_digest`). The round is persisted (not
+    yet completed) with one more attempt; attempt 1 is the first try, attempt ``k > 1`` the
+    ``k - 1``-th retry of a round this site never completed. Every earlier attempt of the run
+    has ended when a new one is accepted; at most ``max_abandoned`` may have ended without
+    completing (a coordinator probing with rounds it never completes, R3').
 
     Raises:
         ProtocolViolation: for a round id that is neither the last one plus one nor a retry of
             an uncompleted last round (a replayed, repeated or skipped round), after recording
-            the new id for a skip; for a retry past ``max_retries`` (R3'); for a global model
-            this site already sent a completed update from in this run (R10: differencing two
-            sums with and without this site would otherwise be exact).
+            the new id for a skip; for a retry past ``max_retries`` or a run with more than
+            ``max_abandoned`` abandoned attempts (R3'); for a global model this site already
+            sent a completed update from, in any run (R10: differencing two sums with and
+            without this site would otherwise be exact).
     """
     if round_id < 1:
         raise ProtocolViolation(
@@ -160,8 +180,8 @@ def accept_round(
                 "repeated round)",
                 remedy="the coordinator must continue with the next round id",
             )
-        if round_id != last_id + 1:
-            store.set_last_round(run_id, round_id)
+        if round_id != last_id + 1:  # taken as done, so it is not retried as an uncompleted one
+            store.set_last_round(run_id, round_id, completed=True)
             raise ProtocolViolation(
                 f"{site_id} refuses round {round_id} of run {run_id!r}: the next round id is "
                 f"{last_id + 1} (rounds skipped); it takes part again from round {round_id + 1}",
@@ -174,10 +194,18 @@ def accept_round(
             f"{max_retries} retries (secagg.max_retries)",
             remedy="the coordinator must move on; the site takes part again from the next round",
         )
-    if store.contributed(run_id, model_hash):
+    abandoned = store.abandoned(run_id)
+    if abandoned >= max_abandoned:
+        raise ProtocolViolation(
+            f"{site_id} refuses round {round_id} of run {run_id!r}: {abandoned} attempts of this "
+            f"run ended before the site completed them, and its policy allows "
+            f"{max_abandoned} (secagg.max_abandoned_rounds)",
+            remedy="the site's operator must look at the audit report; a new run needs a new join",
+        )
+    if store.contributed(model_hash):
         raise ProtocolViolation(
             f"{site_id} refuses round {round_id} of run {run_id!r}: it already sent an update "
-            "trained from this global model in this run, and never trains one model twice",
+            "trained from this global model, and never trains one model twice",
             remedy="the coordinator must send the model that the last completed round produced",
         )
     if not retry:

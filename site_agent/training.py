@@ -16,6 +16,7 @@ random number generator.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import random
@@ -248,19 +249,22 @@ class SiteTrainer:
         }
         strategy.model.train()
         tally = LossTally()
-        try:
-            self._take_steps(settings, reference, tally, total_steps)
-        except (RuntimeError, ValueError, ArithmeticError) as error:  # numerics the data caused
-            raise LocalTrainingFailed(
-                f"site {self._site_id}: local training failed in round {settings.round}: "
-                f"{type(error).__name__}",
-                remedy=strategy.divergence_remedy,
-            ) from error
+        # the algorithm's site state (SCAFFOLD's c_i) is worked on as a copy, committed only
+        # when the round trains to a finite update; a non-finite entry is never carried over
+        memory = {k: v.clone() for k, v in self._memory.items() if bool(torch.isfinite(v).all())}
+        failure = self._take_steps(settings, reference, memory, tally, total_steps)
         strategy.end_round(settings)
+        if failure is not None:
+            self._memory = {}  # whatever a crafted model did to it is not carried into a round
+            raise LocalTrainingFailed(
+                f"site {self._site_id}: {failure} in round {settings.round} (the site's "
+                "algorithm state was reset)",
+                remedy=strategy.divergence_remedy,
+            )
         auxiliary = self._algorithm.auxiliary_update(
             strategy.model,
             reference,
-            self._memory,
+            memory,
             RoundContext(steps=tally.steps, lr=settings.lr, batches=strategy.data_batches),
         )
         local = self._algorithm.travelling_state(strategy.model)
@@ -269,34 +273,78 @@ class SiteTrainer:
         }
         broken = [name for name, value in delta.items() if not bool(torch.isfinite(value).all())]
         if broken:
+            self._memory = {}
             raise LocalTrainingFailed(
                 f"site {self._site_id}: the update of {broken[0]} is not finite in round "
-                f"{settings.round}",
+                f"{settings.round} (the site's algorithm state was reset)",
                 remedy=strategy.divergence_remedy,
             )
+        self._memory = memory
         return LocalUpdate(
             delta=delta, num_samples=self._num_samples, mean_loss=tally.mean, steps=tally.steps
         )
 
-
     def _take_steps(
-        self, settings: RoundSettings, reference: StateDict, tally: LossTally, total_steps: int
-    ) -> None:
+        self,
+        settings: RoundSettings,
+        reference: StateDict,
+        memory: SiteMemory,
+        tally: LossTally,
+        total_steps: int,
+    ) -> str | None:
+        """Take the round's steps; return why training failed, or None.
+
+        After a failure (a loss that is not finite, a numerical error in a step) the remaining
+        batches still go through the model, forward and backward, without a step: a failed
+        round takes about as long as one that trains, so its latency does not tell the
+        coordinator that a crafted model made this site's training fail (R7').
+        """
         strategy = self.strategy
+        failure: str | None = None
+        taken = 0
         for _ in range(round_passes(settings)):
             for images, targets in strategy.batches(settings):
-                loss = strategy.loss(images, targets, reference, self._memory)
-                value = float(loss.detach())
-                if not math.isfinite(value):
-                    raise LocalTrainingFailed(
-                        f"site {self._site_id}: local loss became {value} in round "
-                        f"{settings.round}",
-                        remedy=strategy.divergence_remedy,
-                    )
-                strategy.step(loss, reference, self._memory, settings.lr)
-                tally.add(value, int(images.shape[0]))
+                taken += 1
+                if failure is not None:
+                    self._idle_step(images, targets, reference, memory)
+                else:
+                    failure = self._step(images, targets, reference, memory, settings, tally)
                 if self._on_step is not None:
-                    self._on_step(self._site_id, tally.steps, total_steps)
+                    self._on_step(self._site_id, taken, total_steps)
+        return failure
+
+    def _step(
+        self,
+        images: torch.Tensor,
+        targets: torch.Tensor,
+        reference: StateDict,
+        memory: SiteMemory,
+        settings: RoundSettings,
+        tally: LossTally,
+    ) -> str | None:
+        strategy = self.strategy
+        try:
+            loss = strategy.loss(images, targets, reference, memory)
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                return f"local loss became {value}"
+            strategy.step(loss, reference, memory, settings.lr)
+        except (RuntimeError, ValueError, ArithmeticError) as error:  # numerics the data caused
+            return f"local training failed: {type(error).__name__}"
+        tally.add(value, int(images.shape[0]))
+        return None
+
+    def _idle_step(
+        self, images: torch.Tensor, targets: torch.Tensor, reference: StateDict, memory: SiteMemory
+    ) -> None:
+        """A step's work without its effect: forward and backward, then the gradients dropped."""
+        with contextlib.suppress(Exception):  # the round has failed already; only time counts
+            loss = self.strategy.loss(images, targets, reference, memory)
+            loss.backward()  # type: ignore[no-untyped-call]
+        for param in self.strategy.model.parameters():
+            param.grad = None
+            if hasattr(param, "grad_sample"):
+                param.grad_sample = None
 
 
 @dataclass
@@ -379,12 +427,19 @@ class PlainSteps:
         return self._device
 
     def begin_round(self, settings: RoundSettings) -> int:
-        """Set the round's learning rate, draw its fresh randomness; return its steps."""
+        """Set the round's learning rate, draw its fresh randomness; return its steps.
+
+        The optimiser's state (AdamW's moments) is cleared: a round's update depends only on the
+        global model, the run's settings, the data and fresh randomness, never on the models of
+        earlier rounds, which a lying coordinator chooses (a crafted model could otherwise
+        freeze or break a site's later rounds and isolate another site's update in the sum).
+        """
         if self._optimizer is None:
             params = [p for p in self._model.parameters() if p.requires_grad]
             self._optimizer = torch.optim.AdamW(
                 params, lr=settings.lr, weight_decay=self._weight_decay
             )
+        self._optimizer.state.clear()  # AdamW's moments start afresh: nothing outlives a round
         for group in self._optimizer.param_groups:
             group["lr"] = settings.lr
         self._generator = fresh_generator(self._random_bytes)

@@ -7,6 +7,7 @@ that sends one site another model or other settings than the rest is caught by e
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from clinfl.federation.messages import RoundSettings
 from clinfl.secagg.settings import RoundParameters
@@ -19,6 +20,23 @@ def state_digest(state: StateDict) -> bytes:
     items = []
     for name, tensor in state.items():
         array = np.ascontiguousarray(tensor.detach().cpu().numpy())
+        items.append((name, array.tobytes(), str(array.dtype), tuple(array.shape)))
+    return model_hash(items)
+
+
+def canonical_state_digest(state: StateDict) -> bytes:
+    """Return the hash of ``state`` with equal values encoded alike (``-0.0`` as ``0.0``).
+
+    Two models that train identically must have one hash where a site asks whether it already
+    trained a model (R10): a coordinator cannot make a model look new by flipping the sign of a
+    zero. (NaNs are all one value here; a model with NaNs fails training anyway.)
+    """
+    items = []
+    for name, tensor in state.items():
+        value = tensor.detach().cpu()
+        if value.is_floating_point():
+            value = torch.nan_to_num(value + 0.0, nan=0.0)  # -0.0 + 0.0 is 0.0
+        array = np.ascontiguousarray(value.numpy())
         items.append((name, array.tobytes(), str(array.dtype), tuple(array.shape)))
     return model_hash(items)
 

@@ -37,6 +37,8 @@ class SecAggRequirements:
     sites the site assumes may collude with a malicious coordinator (SECAGG.md, "Version 2").
     ``max_retries`` caps how many times the coordinator may retry a round the site has not
     completed (R3'): each retry is a new session with fresh keys, audited and counted.
+    ``max_abandoned_rounds`` caps how many of the site's attempts in one run may end before it
+    completed them (retries included), so a coordinator cannot probe it without limit.
     """
 
     required: bool = True
@@ -44,6 +46,7 @@ class SecAggRequirements:
     max_weight: int = 10_000
     max_colluders: int = 1
     max_retries: int = 2
+    max_abandoned_rounds: int = 10
 
     def survivor_floor(self, threshold: int) -> int:
         """Return the fewest sites a round with ``threshold`` may go on with (R5)."""

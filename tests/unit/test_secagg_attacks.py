@@ -551,9 +551,11 @@ def test_attack7_replayed_round_id_is_refused_even_after_a_restart(tmp_path: Pat
         restarted.train_round(model(2), replace(SETTINGS, round=2))
     with pytest.raises(ProtocolViolation, match="rounds skipped"):
         restarted.train_round(model(5), replace(SETTINGS, round=5))
+    with pytest.raises(ProtocolViolation, match="replayed or repeated round"):  # not a "retry"
+        restarted.train_round(model(5), replace(SETTINGS, round=5))
     restarted.train_round(model(6), replace(SETTINGS, round=6))  # resynchronised after the skip
     restarted_ledger.close()
-    assert sum("replayed or repeated round" in message for _, message in audit) == 3
+    assert sum("replayed or repeated round" in message for _, message in audit) == 4
 
 
 @pytest.mark.parametrize(("field", "stage"), [("mask_key", "masked_input"), ("share_key", "share")])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from functools import partial
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,11 +23,14 @@ from clinfl.data.imageset import ImageSet
 from clinfl.errors import LocalTrainingFailed, ProtocolViolation, RoundAborted
 from clinfl.federation.messages import RoundSettings
 from clinfl.federation.vectors import flatten_state
+from clinfl.privacy.settings import DPSettings
 from clinfl.secagg.settings import SecAggConfig, SecAggRequirements, plan_round
 from clinfl.secagg.transcript import digest
 from clinfl.typing import StateDict
 from coordinator.secure_aggregation import SecureAggregator
 from site_agent.agent import SiteAgent, state_layout
+from site_agent.ledger import SiteLedger
+from site_agent.private_training import private_trainer
 from site_agent.training import LocalUpdate, plain_trainer
 from tests.support.federation import SETTINGS, FixedTrainer, make_agents, random_deltas
 from tests.support.recording import RecordingParticipant
@@ -287,3 +291,137 @@ def test_every_failure_inside_local_steps_is_a_local_training_failure(failure: s
     state = algorithm.initial_state(algorithm.build_model(spec))
     with pytest.raises(LocalTrainingFailed):
         trainer.train_round(state, RoundSettings(round=1, local_epochs=1, batch_size=8, lr=1e-3))
+
+
+# The second review of version 3 (state across rounds, latency, probes) ---------------------------
+
+
+def _data(count: int = 24) -> ImageSet:
+    rng = np.random.default_rng(1)
+    return ImageSet(
+        rng.integers(0, 256, (count, 16, 16), dtype=np.uint8),
+        (rng.random((count, 2)) < 0.5).astype(np.uint8),
+        np.arange(count, dtype=np.int64),
+        ("a", "b"),
+    )
+
+
+def test_a_rounds_update_does_not_depend_on_the_models_of_earlier_rounds() -> None:
+    """Finding A1: AdamW's moments outlived rounds, so a crafted model sent in one round froze
+    or broke a site's later rounds, and a later honest round's sum held one victim's update.
+    Now a site that trained an earlier model gives, for the next model, the update of a site
+    that never trained before (same data, same randomness)."""
+    spec = ModelSpec(num_classes=2, image_size=16, federation_seed=3, init_seed=0)
+    algorithm = FedAvg(MethodConfig(name="fedavg", backbone="small", width=8))
+    same_bytes = lambda size: b"\x01" * size  # noqa: E731 - the same shuffle in every round
+    settings = RoundSettings(round=1, local_epochs=1, batch_size=8, lr=1e-2)
+    veteran = plain_trainer(
+        "site-1", _data(), algorithm, spec, weight_decay=0.0, random_bytes=same_bytes
+    )
+    newcomer = plain_trainer(
+        "site-1", _data(), algorithm, spec, weight_decay=0.0, random_bytes=same_bytes
+    )
+    first = algorithm.initial_state(algorithm.build_model(spec))
+    crafted = {name: value * 3.0 for name, value in first.items()}
+    veteran.train_round(crafted, settings)  # an earlier round, on a model the coordinator chose
+    honest = {name: value + 0.01 for name, value in first.items()}
+    after = veteran.train_round(honest, replace(settings, round=2))
+    fresh = newcomer.train_round(honest, replace(settings, round=2))
+    for name in honest:
+        assert torch.allclose(after.delta[name], fresh.delta[name], atol=1e-6), name
+
+
+def test_a_failed_training_goes_through_every_batch_as_a_healthy_one_does() -> None:
+    """Finding B: a training that failed returned at its first bad step, so its latency told
+    the coordinator that a crafted model made this site's loss overflow (93 probes gave every
+    per-class positive count). Now the remaining batches go through the model all the same."""
+    spec = ModelSpec(num_classes=2, image_size=16, federation_seed=3, init_seed=0)
+    calls = {"failing": 0, "healthy": 0}
+
+    class Counting(_FailingStep):
+        def local_loss(self, model, images, targets, global_state, memory=None):  # type: ignore[no-untyped-def]
+            calls[self.failure if self.failure == "healthy" else "failing"] += 1
+            loss = FedAvg.local_loss(self, model, images, targets, global_state, memory)
+            return loss if self.failure == "healthy" else loss * float("nan")
+
+    settings = RoundSettings(round=1, local_epochs=2, batch_size=8, lr=1e-3)
+    for kind in ("failing", "healthy"):
+        algorithm = Counting(kind if kind == "healthy" else "nan")
+        trainer = plain_trainer("site-1", _data(), algorithm, spec, weight_decay=0.0)
+        state = algorithm.initial_state(algorithm.build_model(spec))
+        try:
+            trainer.train_round(state, settings)
+        except LocalTrainingFailed:
+            assert kind == "failing"
+    assert calls["failing"] == calls["healthy"] == 2 * 3  # 2 epochs of 3 batches, both
+
+
+def test_a_dp_trainer_starts_every_round_with_fresh_optimiser_state(tmp_path: Path) -> None:
+    """Finding A1 under DP-SGD: Opacus' AdamW keeps no moments from one round to the next."""
+    spec = ModelSpec(num_classes=2, image_size=16, federation_seed=3, init_seed=0)
+    algorithm = FedAvg(MethodConfig(name="fedavg", backbone="small", width=8))
+    dp = DPSettings(
+        epsilon_budget=1e6,
+        delta=1e-5,
+        max_grad_norm=1.0,
+        noise_multiplier=1.0,
+        target_epsilon_per_round=None,
+        accountant="rdp",
+        secure_rng=False,
+        grad_sample_mode="hooks",
+    )
+    trainer = private_trainer(
+        "site-1",
+        _data(),
+        algorithm,
+        spec,
+        dp=dp,
+        ledger=SiteLedger(tmp_path / "state"),
+        run_id="run",
+        batch_size=8,
+        local_epochs=1,
+        weight_decay=0.0,
+    )
+    state = algorithm.initial_state(algorithm.build_model(spec))
+    settings = RoundSettings(round=1, local_epochs=1, batch_size=8, lr=1e-3)
+    trainer.train_round(state, settings)
+    optimizer = trainer.strategy.optimizer  # type: ignore[attr-defined]
+    assert len(optimizer.state) > 0  # the round built AdamW moments
+    trainer.strategy.begin_round(replace(settings, round=2))
+    assert len(optimizer.state) == 0
+
+
+def test_a_run_may_abandon_only_a_few_of_a_sites_attempts() -> None:
+    """Finding B/D: probes with rounds the coordinator never completes, each under a new round
+    id, were accepted without limit. Now the policy caps them per run and each is audited."""
+    agents, audit = _agents(1)
+    (agent,) = agents
+    agent._requirements = replace(POLICY, max_abandoned_rounds=3)
+    for round_id in range(1, 4):  # three probes, none completed
+        agent.train_round(
+            {k: v + round_id for k, v in TEMPLATE.items()}, replace(SETTINGS, round=round_id)
+        )
+    with pytest.raises(ProtocolViolation, match="3 attempts of this run ended before"):
+        agent.train_round({k: v + 4 for k, v in TEMPLATE.items()}, replace(SETTINGS, round=4))
+    assert "attempt(s) of this run ended before the site completed them" in _reasons(
+        audit, agent.site_id
+    )
+
+
+def test_one_update_per_model_holds_across_runs_and_signed_zeros(tmp_path: Path) -> None:
+    """Finding C: the rule was kept per run id, and -0.0 made a model look new."""
+    agents, _ = _agents(1)
+    (agent,) = agents
+    agent._rounds = SiteLedger(tmp_path / "state")
+    agent._run_id = "run-a"
+    agent._requirements = replace(POLICY, required=False)
+    agent._report_counts = True
+    agent.train_round(TEMPLATE, SETTINGS)
+    agent.upload_plain()  # completed: an update from TEMPLATE left the site
+    agent._run_id = "another-run"  # a fresh join under a new run id
+    with pytest.raises(ProtocolViolation, match="never trains one model twice"):
+        agent.train_round(TEMPLATE, SETTINGS)
+    signed_zero = {name: -value for name, value in TEMPLATE.items()}  # every 0.0 becomes -0.0
+    assert signed_zero["w"].numpy().tobytes() != TEMPLATE["w"].numpy().tobytes()  # looks new
+    with pytest.raises(ProtocolViolation, match="never trains one model twice"):
+        agent.train_round(signed_zero, replace(SETTINGS, round=2))
