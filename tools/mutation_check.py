@@ -288,7 +288,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     mutation(
         "R10 one update per global model",
         "a site trains a global model it already sent a completed update from",
-        ("site_agent/round_guard.py", "if store.contributed(run_id, model_hash):", "if False:"),
+        ("site_agent/round_guard.py", "if store.contributed(model_hash):", "if False:"),
     ),
     mutation(
         "R10 fresh randomness (plain)",
@@ -307,6 +307,59 @@ MUTATIONS: tuple[Mutation, ...] = (
             'self._generator.manual_seed(int.from_bytes(self._random_bytes(8), "big"))',
             "self._generator.manual_seed(0)",
         ),
+    ),
+    mutation(
+        "R3' abandoned attempts capped",
+        "a coordinator may abandon a site's attempts without limit (probing under new round ids)",
+        ("site_agent/round_guard.py", "if abandoned >= max_abandoned:", "if False:"),
+    ),
+    mutation(
+        "R3' a skipped round id is done",
+        "a skipped round id may be taken again as a retry",
+        (
+            "site_agent/round_guard.py",
+            "if round_id != last_id + 1:  # taken as done, so it is not retried as an uncompleted "
+            "one\n            store.set_last_round(run_id, round_id, completed=True)",
+            "if round_id != last_id + 1:\n            store.set_last_round(run_id, round_id)",
+        ),
+    ),
+    mutation(
+        "R7' a failed training takes its time",
+        "a failed training returns at its first bad step (its latency tells the coordinator)",
+        (
+            "site_agent/training.py",
+            "                    self._idle_step(images, targets, reference, memory)\n",
+            "                    continue\n",
+        ),
+    ),
+    mutation(
+        "R10 no optimiser state across rounds (plain)",
+        "AdamW's moments outlive a round (a crafted model can freeze a site's later rounds)",
+        (
+            "site_agent/training.py",
+            "        self._optimizer.state.clear()",
+            "        pass",
+        ),
+    ),
+    mutation(
+        "R10 no optimiser state across rounds (DP-SGD)",
+        "Opacus' AdamW keeps its moments from one round to the next",
+        ("site_agent/private_training.py", "        self.optimizer.state.clear()", "        pass"),
+    ),
+    mutation(
+        "R10 one update per model across runs",
+        "the one-update-per-model rule is kept per run id (a new join resets it)",
+        (
+            "site_agent/ledger.py",
+            '"SELECT 1 FROM attempts WHERE model_hash = ? AND completed = 1", (model_hash.hex(),)',
+            '"SELECT 1 FROM attempts WHERE model_hash = ? AND completed = 1 AND run_id = \'x\'", '
+            "(model_hash.hex(),)",
+        ),
+    ),
+    mutation(
+        "R10 models compared canonically",
+        "a model with -0.0 for 0.0 counts as a new model",
+        (AGENT, "model_hash=canonical_state_digest(global_state),", "model_hash=model_hash,"),
     ),
     mutation(
         "R8 join carries no paths",
