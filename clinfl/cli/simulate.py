@@ -89,7 +89,15 @@ RUN_OPTIONS: tuple[FieldOption, ...] = (
     FieldOption("method.name", f"Algorithm. {_METHODS}.", name="method"),
     FieldOption("federation.sites", "Number of sites K (1 = centralized, no aggregation)."),
     FieldOption("federation.rounds", "Federated rounds R."),
-    FieldOption("federation.local_epochs", "Local epochs E per round."),
+    FieldOption("federation.local_epochs", "Local epochs E per round (unused with --local-steps)."),
+    FieldOption(
+        "federation.local_steps",
+        "Train exactly this many local steps per round, each on a full batch, instead of "
+        "local epochs, so a site's work does not follow its size. Sites whose policy keeps "
+        "sample counts at the site require it; if such a site takes part and this is unset, "
+        "the simulation derives local_epochs x ceil(mean site training size / batch size) "
+        "and prints it.",
+    ),
     FieldOption(
         "federation.local_steps",
         "Train exactly this many local steps per round, each on a full batch, instead of "
