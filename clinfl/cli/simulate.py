@@ -98,14 +98,6 @@ RUN_OPTIONS: tuple[FieldOption, ...] = (
         "the simulation derives local_epochs x ceil(mean site training size / batch size) "
         "and prints it.",
     ),
-    FieldOption(
-        "federation.local_steps",
-        "Train exactly this many local steps per round, each on a full batch, instead of "
-        "local epochs, so a site's work does not follow its size. Sites whose policy keeps "
-        "sample counts at the site require it; if such a site takes part and this is unset, "
-        "the simulation derives local_epochs x ceil(mean site training size / batch size) "
-        "and prints it.",
-    ),
     FieldOption("federation.batch_size", "Local mini-batch size."),
     FieldOption(
         "federation.lr",
