@@ -198,11 +198,28 @@ class DPSteps:
                 f"{self._site_id} {refusal.message}", remedy=refusal.remedy
             ) from None
         self.optimizer.state.clear()  # fresh moments every round, as in plain training
+        self.recover()  # and no per-sample state left over from a step that failed
         for group in self.optimizer.param_groups:
             group["lr"] = settings.lr
         self._generator.manual_seed(int.from_bytes(self._random_bytes(8), "big"))
         self._wrapped.train()
         return steps
+
+    def recover(self) -> None:
+        """Drop every per-sample record a step left (a forward without its backward, say).
+
+        Opacus counts each forward pass on a parameter until its backward pass; a step that
+        raised in between would otherwise make every later step of this site fail.
+        """
+        for module in self._wrapped.modules():
+            if hasattr(module, "activations"):
+                module.activations = []
+        for param in self.model.parameters():
+            if hasattr(param, "_forward_counter"):
+                param._forward_counter = 0
+        if self._bookkeeping is not None:
+            self._bookkeeping.reset()
+        self.optimizer.zero_grad(set_to_none=True)
 
     def abort_round(self) -> None:
         """No step was taken: release the round's reservation."""

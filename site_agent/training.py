@@ -16,7 +16,6 @@ random number generator.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import random
@@ -127,6 +126,10 @@ class TrainingStrategy(Protocol):
 
     def abort_round(self) -> None:
         """The round ends before its first step (DP-SGD: release the reservation)."""
+        ...
+
+    def recover(self) -> None:
+        """A step raised: drop whatever it left half done (gradients, per-sample state)."""
         ...
 
     def batches(self, settings: RoundSettings) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
@@ -250,10 +253,28 @@ class SiteTrainer:
         strategy.model.train()
         tally = LossTally()
         # the algorithm's site state (SCAFFOLD's c_i) is worked on as a copy, committed only
-        # when the round trains to a finite update; a non-finite entry is never carried over
+        # when the round trains to a finite update, bounded (MEMORY_BOUND) and never non-finite
         memory = {k: v.clone() for k, v in self._memory.items() if bool(torch.isfinite(v).all())}
         failure = self._take_steps(settings, reference, memory, tally, total_steps)
         strategy.end_round(settings)
+        delta: StateDict = {}
+        try:  # the same work after a failure too: a failed round costs what a healthy one does
+            auxiliary = self._algorithm.auxiliary_update(
+                strategy.model,
+                reference,
+                memory,
+                RoundContext(steps=tally.steps, lr=settings.lr, batches=strategy.data_batches),
+            )
+            local = self._algorithm.travelling_state(strategy.model)
+            delta = {
+                name: value.cpu()
+                for name, value in site_update(reference, local, auxiliary).items()
+            }
+        except (RuntimeError, ValueError, ArithmeticError) as error:
+            failure = failure or f"local training failed: {type(error).__name__}"
+        broken = [name for name, value in delta.items() if not bool(torch.isfinite(value).all())]
+        if failure is None and broken:
+            failure = f"the update of {broken[0]} is not finite"
         if failure is not None:
             self._memory = {}  # whatever a crafted model did to it is not carried into a round
             raise LocalTrainingFailed(
@@ -261,25 +282,7 @@ class SiteTrainer:
                 "algorithm state was reset)",
                 remedy=strategy.divergence_remedy,
             )
-        auxiliary = self._algorithm.auxiliary_update(
-            strategy.model,
-            reference,
-            memory,
-            RoundContext(steps=tally.steps, lr=settings.lr, batches=strategy.data_batches),
-        )
-        local = self._algorithm.travelling_state(strategy.model)
-        delta = {
-            name: value.cpu() for name, value in site_update(reference, local, auxiliary).items()
-        }
-        broken = [name for name, value in delta.items() if not bool(torch.isfinite(value).all())]
-        if broken:
-            self._memory = {}
-            raise LocalTrainingFailed(
-                f"site {self._site_id}: the update of {broken[0]} is not finite in round "
-                f"{settings.round} (the site's algorithm state was reset)",
-                remedy=strategy.divergence_remedy,
-            )
-        self._memory = memory
+        self._memory = bounded_memory(memory)
         return LocalUpdate(
             delta=delta, num_samples=self._num_samples, mean_loss=tally.mean, steps=tally.steps
         )
@@ -295,20 +298,18 @@ class SiteTrainer:
         """Take the round's steps; return why training failed, or None.
 
         After a failure (a loss that is not finite, a numerical error in a step) the remaining
-        batches still go through the model, forward and backward, without a step: a failed
-        round takes about as long as one that trains, so its latency does not tell the
-        coordinator that a crafted model made this site's training fail (R7').
+        steps still run, through the same code (forward, backward, clipping and noise under
+        DP-SGD, the optimiser step), on a model whose result is then thrown away: a failed
+        round does the work of a healthy one, so its latency does not tell the coordinator
+        that a crafted model made this site's training fail (R7').
         """
-        strategy = self.strategy
         failure: str | None = None
         taken = 0
         for _ in range(round_passes(settings)):
-            for images, targets in strategy.batches(settings):
+            for images, targets in self.strategy.batches(settings):
                 taken += 1
-                if failure is not None:
-                    self._idle_step(images, targets, reference, memory)
-                else:
-                    failure = self._step(images, targets, reference, memory, settings, tally)
+                trouble = self._step(images, targets, reference, memory, settings, tally, failure)
+                failure = failure or trouble
                 if self._on_step is not None:
                     self._on_step(self._site_id, taken, total_steps)
         return failure
@@ -321,30 +322,33 @@ class SiteTrainer:
         memory: SiteMemory,
         settings: RoundSettings,
         tally: LossTally,
+        failed: str | None,
     ) -> str | None:
         strategy = self.strategy
         try:
             loss = strategy.loss(images, targets, reference, memory)
             value = float(loss.detach())
-            if not math.isfinite(value):
-                return f"local loss became {value}"
-            strategy.step(loss, reference, memory, settings.lr)
+            strategy.step(loss, reference, memory, settings.lr)  # a failed round steps too
         except (RuntimeError, ValueError, ArithmeticError) as error:  # numerics the data caused
+            strategy.recover()
             return f"local training failed: {type(error).__name__}"
-        tally.add(value, int(images.shape[0]))
+        if not math.isfinite(value):
+            return f"local loss became {value}"
+        if failed is None:
+            tally.add(value, int(images.shape[0]))
         return None
 
-    def _idle_step(
-        self, images: torch.Tensor, targets: torch.Tensor, reference: StateDict, memory: SiteMemory
-    ) -> None:
-        """A step's work without its effect: forward and backward, then the gradients dropped."""
-        with contextlib.suppress(Exception):  # the round has failed already; only time counts
-            loss = self.strategy.loss(images, targets, reference, memory)
-            loss.backward()  # type: ignore[no-untyped-call]
-        for param in self.strategy.model.parameters():
-            param.grad = None
-            if hasattr(param, "grad_sample"):
-                param.grad_sample = None
+
+MEMORY_BOUND = 8.0
+"""The largest magnitude an entry of an algorithm's site memory keeps from one round to the
+next: SCAFFOLD's control variate travels as ``c / 16`` inside the secure-aggregation clip (0.5 by
+default), so no larger value can reach the sum anyway. A crafted model could otherwise leave a
+huge but finite value there that makes this site's next round fail, and not another's."""
+
+
+def bounded_memory(memory: SiteMemory) -> dict[str, torch.Tensor]:
+    """Return ``memory`` with every entry clamped to ``[-MEMORY_BOUND, MEMORY_BOUND]``."""
+    return {name: value.clamp(-MEMORY_BOUND, MEMORY_BOUND) for name, value in memory.items()}
 
 
 @dataclass
@@ -448,6 +452,10 @@ class PlainSteps:
 
     def abort_round(self) -> None:
         """Nothing was reserved."""
+
+    def recover(self) -> None:
+        """Drop the gradients a failed step may have left."""
+        self._model.zero_grad(set_to_none=True)
 
     def batches(self, settings: RoundSettings) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield one epoch in a fresh random order, or the round's fixed steps' full batches."""

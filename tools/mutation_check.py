@@ -272,8 +272,9 @@ MUTATIONS: tuple[Mutation, ...] = (
         "a numerical error inside local steps escapes as an error, not a zero update",
         (
             "site_agent/training.py",
-            "except (RuntimeError, ValueError, ArithmeticError) as error:",
-            "except StopAsyncIteration as error:",
+            "except (RuntimeError, ValueError, ArithmeticError) as error:  # numerics the data "
+            "caused\n            strategy.recover()",
+            "except StopAsyncIteration as error:\n            strategy.recover()",
         ),
     ),
     mutation(
@@ -325,11 +326,15 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     mutation(
         "R7' a failed training takes its time",
-        "a failed training returns at its first bad step (its latency tells the coordinator)",
+        "a failed training stops stepping at its first bad step (its latency tells the "
+        "coordinator; under DP-SGD a forward without its backward breaks the site's next round)",
         (
             "site_agent/training.py",
-            "                    self._idle_step(images, targets, reference, memory)\n",
-            "                    continue\n",
+            "            strategy.step(loss, reference, memory, settings.lr)  # a failed round "
+            "steps too\n",
+            "            if not math.isfinite(value):\n"
+            "                return f'local loss became {value}'\n"
+            "            strategy.step(loss, reference, memory, settings.lr)\n",
         ),
     ),
     mutation(
@@ -345,6 +350,15 @@ MUTATIONS: tuple[Mutation, ...] = (
         "R10 no optimiser state across rounds (DP-SGD)",
         "Opacus' AdamW keeps its moments from one round to the next",
         ("site_agent/private_training.py", "        self.optimizer.state.clear()", "        pass"),
+    ),
+    mutation(
+        "R10 bounded algorithm memory",
+        "a crafted round may leave a huge (finite) control variate for the site's next round",
+        (
+            "site_agent/training.py",
+            "self._memory = bounded_memory(memory)",
+            "self._memory = memory",
+        ),
     ),
     mutation(
         "R10 one update per model across runs",

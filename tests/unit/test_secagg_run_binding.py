@@ -345,15 +345,24 @@ def test_a_failed_training_goes_through_every_batch_as_a_healthy_one_does() -> N
             return loss if self.failure == "healthy" else loss * float("nan")
 
     settings = RoundSettings(round=1, local_epochs=2, batch_size=8, lr=1e-3)
+    steps = {"failing": 0, "healthy": 0}
     for kind in ("failing", "healthy"):
         algorithm = Counting(kind if kind == "healthy" else "nan")
         trainer = plain_trainer("site-1", _data(), algorithm, spec, weight_decay=0.0)
+        step = trainer.strategy.step
+
+        def counted(*args: object, kind: str = kind, step: object = step) -> None:
+            steps[kind] += 1
+            step(*args)  # type: ignore[operator]
+
+        trainer.strategy.step = counted  # type: ignore[method-assign]
         state = algorithm.initial_state(algorithm.build_model(spec))
         try:
             trainer.train_round(state, settings)
         except LocalTrainingFailed:
             assert kind == "failing"
     assert calls["failing"] == calls["healthy"] == 2 * 3  # 2 epochs of 3 batches, both
+    assert steps["failing"] == steps["healthy"] == 2 * 3  # the same optimiser steps, both
 
 
 def test_a_dp_trainer_starts_every_round_with_fresh_optimiser_state(tmp_path: Path) -> None:
@@ -425,3 +434,61 @@ def test_one_update_per_model_holds_across_runs_and_signed_zeros(tmp_path: Path)
     assert signed_zero["w"].numpy().tobytes() != TEMPLATE["w"].numpy().tobytes()  # looks new
     with pytest.raises(ProtocolViolation, match="never trains one model twice"):
         agent.train_round(signed_zero, replace(SETTINGS, round=2))
+
+
+def test_a_failed_dp_round_does_not_break_the_sites_next_round(tmp_path: Path) -> None:
+    """Second review, finding 1: a NaN loss under DP-SGD left Opacus counting a forward pass
+    without its backward, so every later round of that site failed, and the others' zero
+    updates left one victim alone in every later sum. Now the next round trains."""
+    spec = ModelSpec(num_classes=2, image_size=16, federation_seed=3, init_seed=0)
+    algorithm = FedAvg(MethodConfig(name="fedavg", backbone="small", width=8))
+    dp = DPSettings(
+        epsilon_budget=1e6,
+        delta=1e-5,
+        max_grad_norm=1.0,
+        noise_multiplier=1.0,
+        target_epsilon_per_round=None,
+        accountant="rdp",
+        secure_rng=False,
+        grad_sample_mode="hooks",
+    )
+    trainer = private_trainer(
+        "site-1",
+        _data(),
+        algorithm,
+        spec,
+        dp=dp,
+        ledger=SiteLedger(tmp_path / "state"),
+        run_id="run",
+        batch_size=8,
+        local_epochs=1,
+        weight_decay=0.0,
+    )
+    honest = algorithm.initial_state(algorithm.build_model(spec))
+    crafted = {name: value.clone() for name, value in honest.items()}
+    bias = next(name for name in crafted if name.endswith("bias"))
+    crafted[bias] = torch.full_like(crafted[bias], float("nan"))
+    settings = RoundSettings(round=1, local_epochs=1, batch_size=8, lr=1e-3)
+    with pytest.raises(LocalTrainingFailed):
+        trainer.train_round(crafted, settings)
+    update = trainer.train_round(honest, replace(settings, round=2))
+    assert all(bool(torch.isfinite(value).all()) for value in update.delta.values())
+
+
+def test_a_crafted_round_leaves_no_large_algorithm_memory() -> None:
+    """Second review, finding 2: a crafted model left SCAFFOLD's control variate at 8.6e35, so
+    the next honest-looking model made every poisoned site's loss overflow, and not the
+    victim's. The memory a round leaves is bounded by what the sum could carry."""
+    from clinfl.algorithms import create_algorithm
+    from site_agent.training import MEMORY_BOUND
+
+    spec = ModelSpec(num_classes=2, image_size=16, federation_seed=3, init_seed=0)
+    algorithm = create_algorithm(MethodConfig(name="scaffold", backbone="small", width=8))
+    trainer = plain_trainer("site-1", _data(), algorithm, spec, weight_decay=0.0)
+    state = algorithm.initial_state(algorithm.build_model(spec))
+    head = next(name for name in state if name.endswith("weight") and "fc" in name)
+    crafted = {**state, head: state[head] * 1e6}  # huge but finite gradients
+    trainer.train_round(crafted, RoundSettings(round=1, local_epochs=1, batch_size=8, lr=1e-3))
+    memory = trainer._memory
+    assert memory, "the round left a control variate"
+    assert max(float(value.abs().max()) for value in memory.values()) <= MEMORY_BOUND
