@@ -461,18 +461,18 @@ class PlainSteps:
         """Yield one epoch in a fresh random order, or the round's fixed steps' full batches."""
         size = int(self._inputs.shape[0])
         if settings.local_steps is not None:
-            rows_of = wrapped_batches(
-                size,
-                batch_size=settings.batch_size,
-                steps=settings.local_steps,
-                generator=self._generator,
-            )
+            rows_of = self._fixed_step_rows(settings.batch_size, settings.local_steps)
         else:
             rows_of = shuffled_batches(
                 size, batch_size=settings.batch_size, generator=self._generator
             )
         for rows in rows_of:
             yield self._batch(rows)
+
+    def _fixed_step_rows(self, batch_size: int, steps: int) -> Iterator[torch.Tensor]:
+        """Rows of ``steps`` full batches from fresh random passes (fixed-step mode)."""
+        size = int(self._inputs.shape[0])
+        return wrapped_batches(size, batch_size=batch_size, steps=steps, generator=self._generator)
 
     def _batch(self, rows: slice | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self._inputs[rows].to(self._device), self._targets[rows].to(self._device)
@@ -505,13 +505,7 @@ class PlainSteps:
         """
         size = int(self._inputs.shape[0])
         if self._local_steps is not None:
-            rows_of = wrapped_batches(
-                size,
-                batch_size=self._batch_size,
-                steps=self._local_steps,
-                generator=self._generator,
-            )
-            for rows in rows_of:
+            for rows in self._fixed_step_rows(self._batch_size, self._local_steps):
                 yield self._batch(rows)
             return
         for start in range(0, size, self._batch_size):

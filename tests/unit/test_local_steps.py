@@ -8,17 +8,14 @@ site takes exactly that many steps on full batches, plainly or under DP-SGD, wha
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from clinfl.algorithms import ModelSpec
-from clinfl.algorithms.fedavg import FedAvg
 from clinfl.config import FederationConfig, MethodConfig, RunConfig, validate_run_config
 from clinfl.config.file import run_config_from_mapping
 from clinfl.data.batching import wrapped_batches
@@ -26,7 +23,6 @@ from clinfl.data.imageset import ImageSet
 from clinfl.errors import PolicyViolation, ValidationError
 from clinfl.federation.digests import round_settings_digest
 from clinfl.federation.messages import RoundSettings
-from clinfl.model.networks import NetOutput
 from clinfl.policy import DPPolicy, ReportingPolicy, SitePolicy, TrainingBounds, parse_policy
 from clinfl.privacy.settings import DPSettings
 from clinfl.roster import announce
@@ -42,29 +38,12 @@ from site_agent.private_training import private_trainer
 from site_agent.setup import SiteData, policy_for_run
 from site_agent.training import SiteTrainer, plain_trainer
 from tests.unit.test_deployed_join import BUNDLE, HONEST, KEY, ROSTER
+from tests.unit.test_site_trainer import BatchSizedLoss  # the batch's size as its loss
 
 SPEC = ModelSpec(num_classes=4, image_size=16, federation_seed=3, init_seed=0)
 METHOD = MethodConfig(name="fedavg", backbone="small", width=8)
 KEEPS_COUNTS = SitePolicy(reporting=ReportingPolicy(metrics=()))
 SHARES_COUNTS = SitePolicy(reporting=ReportingPolicy(metrics=("counts",)))
-
-
-class BatchSizedLoss(FedAvg):
-    """FedAvg whose batch loss is the batch's size, so the mean loss tells the batch sizes."""
-
-    def local_loss(
-        self,
-        model: nn.Module,
-        images: torch.Tensor,
-        targets: torch.Tensor,
-        global_state: Mapping[str, torch.Tensor],
-        memory: Mapping[str, torch.Tensor] | None = None,
-    ) -> torch.Tensor:
-        real = super().local_loss(model, images, targets, global_state, memory)
-        return real * 0 + float(images.shape[0])
-
-    def per_sample_loss(self, output: NetOutput, targets: torch.Tensor) -> torch.Tensor:
-        return super().per_sample_loss(output, targets) * 0 + 1.0
 
 
 def _images(count: int, seed: int = 0) -> ImageSet:

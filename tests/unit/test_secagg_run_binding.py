@@ -31,7 +31,7 @@ from coordinator.secure_aggregation import SecureAggregator
 from site_agent.agent import SiteAgent, state_layout
 from site_agent.ledger import SiteLedger
 from site_agent.private_training import private_trainer
-from site_agent.training import LocalUpdate, plain_trainer
+from site_agent.training import LocalUpdate, SiteTrainer, plain_trainer
 from tests.support.federation import SETTINGS, FixedTrainer, make_agents, random_deltas
 from tests.support.recording import RecordingParticipant
 
@@ -306,6 +306,32 @@ def _data(count: int = 24) -> ImageSet:
     )
 
 
+def _dp_trainer(algorithm: FedAvg, spec: ModelSpec, tmp_path: Path) -> SiteTrainer:
+    """A DP-SGD trainer on :func:`_data` (hooks mode, a budget no test reaches)."""
+    dp = DPSettings(
+        epsilon_budget=1e6,
+        delta=1e-5,
+        max_grad_norm=1.0,
+        noise_multiplier=1.0,
+        target_epsilon_per_round=None,
+        accountant="rdp",
+        secure_rng=False,
+        grad_sample_mode="hooks",
+    )
+    return private_trainer(
+        "site-1",
+        _data(),
+        algorithm,
+        spec,
+        dp=dp,
+        ledger=SiteLedger(tmp_path / "state"),
+        run_id="run",
+        batch_size=8,
+        local_epochs=1,
+        weight_decay=0.0,
+    )
+
+
 def test_a_rounds_update_does_not_depend_on_the_models_of_earlier_rounds() -> None:
     """Finding A1: AdamW's moments outlived rounds, so a crafted model sent in one round froze
     or broke a site's later rounds, and a later honest round's sum held one victim's update.
@@ -369,28 +395,7 @@ def test_a_dp_trainer_starts_every_round_with_fresh_optimiser_state(tmp_path: Pa
     """Finding A1 under DP-SGD: Opacus' AdamW keeps no moments from one round to the next."""
     spec = ModelSpec(num_classes=2, image_size=16, federation_seed=3, init_seed=0)
     algorithm = FedAvg(MethodConfig(name="fedavg", backbone="small", width=8))
-    dp = DPSettings(
-        epsilon_budget=1e6,
-        delta=1e-5,
-        max_grad_norm=1.0,
-        noise_multiplier=1.0,
-        target_epsilon_per_round=None,
-        accountant="rdp",
-        secure_rng=False,
-        grad_sample_mode="hooks",
-    )
-    trainer = private_trainer(
-        "site-1",
-        _data(),
-        algorithm,
-        spec,
-        dp=dp,
-        ledger=SiteLedger(tmp_path / "state"),
-        run_id="run",
-        batch_size=8,
-        local_epochs=1,
-        weight_decay=0.0,
-    )
+    trainer = _dp_trainer(algorithm, spec, tmp_path)
     state = algorithm.initial_state(algorithm.build_model(spec))
     settings = RoundSettings(round=1, local_epochs=1, batch_size=8, lr=1e-3)
     trainer.train_round(state, settings)
@@ -442,28 +447,7 @@ def test_a_failed_dp_round_does_not_break_the_sites_next_round(tmp_path: Path) -
     updates left one victim alone in every later sum. Now the next round trains."""
     spec = ModelSpec(num_classes=2, image_size=16, federation_seed=3, init_seed=0)
     algorithm = FedAvg(MethodConfig(name="fedavg", backbone="small", width=8))
-    dp = DPSettings(
-        epsilon_budget=1e6,
-        delta=1e-5,
-        max_grad_norm=1.0,
-        noise_multiplier=1.0,
-        target_epsilon_per_round=None,
-        accountant="rdp",
-        secure_rng=False,
-        grad_sample_mode="hooks",
-    )
-    trainer = private_trainer(
-        "site-1",
-        _data(),
-        algorithm,
-        spec,
-        dp=dp,
-        ledger=SiteLedger(tmp_path / "state"),
-        run_id="run",
-        batch_size=8,
-        local_epochs=1,
-        weight_decay=0.0,
-    )
+    trainer = _dp_trainer(algorithm, spec, tmp_path)
     honest = algorithm.initial_state(algorithm.build_model(spec))
     crafted = {name: value.clone() for name, value in honest.items()}
     bias = next(name for name in crafted if name.endswith("bias"))
