@@ -77,8 +77,8 @@ def build_backbone(method: MethodConfig, spec: ModelSpec) -> ResNet18Features:
     else:
         stem = method.backbone
     backbone = ResNet18Features(stem=stem, norm=method.norm, width=method.width)
-    if method.weights is not None:
-        load_backbone_weights(backbone, method.weights)
+    if method.init_weights is not None:
+        load_backbone_weights(backbone, method.init_weights)
     return backbone
 
 

@@ -13,6 +13,7 @@ from clinfl.cli.pki import pki_app
 from clinfl.cli.policy import policy_app
 from clinfl.cli.simulate import simulate
 from clinfl.cli.site import site_app
+from clinfl.cli.weights import weights_app
 
 app = typer.Typer(
     name="clinfl",
@@ -29,6 +30,7 @@ app.add_typer(data_app, name="data")
 app.add_typer(pki_app, name="pki")
 app.add_typer(coordinator_app, name="coordinator")
 app.add_typer(model_app, name="model")
+app.add_typer(weights_app, name="weights")
 
 
 @app.callback()

@@ -125,7 +125,7 @@ RUN_OPTIONS: tuple[FieldOption, ...] = (
         "method.width",
         "ResNet-18 base width: 64 (the full network, the paper's) or 8/16/32 (CPU-sized).",
     ),
-    FieldOption("method.weights", "Local ResNet-18 weights file (.safetensors or .pt)."),
+    FieldOption("method.init_weights", "Local ResNet-18 weights file (.safetensors or .pt)."),
     FieldOption("method.classifier", "fedncalign ablation: etf (fixed) or learnable classifier."),
     FieldOption(
         "method.classifier_bias",

@@ -89,7 +89,8 @@ class MethodConfig:
     backbone: BackboneVariant = "auto"
     norm: NormKind = "group"
     width: int = 64
-    weights: Path | None = None
+    init_weights: Path | None = None
+    pretrained: bool = True
     classifier: ClassifierKind = "etf"
     classifier_bias: bool = True
     head_bias: HeadBiasKind = "prior"

@@ -72,8 +72,8 @@ def _check_method(method: MethodConfig, known_methods: tuple[str, ...], p: Probl
     if method.lambda_rej is not None and method.lambda_rej < 0:
         p.add("lambda_rej", method.lambda_rej, ">= 0", "set lambda_rej >= 0")
     p.positive("temperature", method.temperature, "use 0.07 (the paper)")
-    if method.weights is not None and not method.weights.is_file():
-        p.add("weights", str(method.weights), "an existing file", "check the path")
+    if method.init_weights is not None and not method.init_weights.is_file():
+        p.add("init_weights", str(method.init_weights), "an existing file", "check the path")
 
 
 def _check_federation(fed: FederationConfig, p: Problems) -> None:

@@ -62,7 +62,7 @@ class ModelBundle:
     def model_document(self, weights_sha256: str) -> dict[str, Any]:
         """Return the contents of ``model.json``."""
         method = dataclasses.asdict(self.method)
-        method.pop("weights")  # the trained weights supersede any initial backbone file
+        method.pop("init_weights")  # the trained weights supersede any initial backbone file
         return {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -132,7 +132,7 @@ def _read_json(directory: Path, name: str) -> dict[str, Any]:
 
 
 def _method_config(directory: Path, raw: Any) -> MethodConfig:
-    names = {f.name for f in dataclasses.fields(MethodConfig)} - {"weights"}
+    names = {f.name for f in dataclasses.fields(MethodConfig)} - {"init_weights"}
     if not isinstance(raw, dict) or not set(raw) <= names or "name" not in raw:
         raise _bad(directory, f"has an unreadable method config in {MODEL_FILE}")
     return MethodConfig(**raw)

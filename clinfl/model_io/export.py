@@ -157,7 +157,7 @@ def _bundle(
     include_etf_seed: bool,
 ) -> ModelBundle:
     config = results["config"]
-    method_fields = {f.name for f in dataclasses.fields(MethodConfig)} - {"weights"}
+    method_fields = {f.name for f in dataclasses.fields(MethodConfig)} - {"init_weights"}
     class_names = tuple(results["partition"]["class_names"])
     federation = config["federation"]
     return ModelBundle(
