@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 from clinfl.config import RunConfig
 from clinfl.files import write_json
+from clinfl.weights.provenance import WeightsDocument, WeightsProvenance
 from coordinator.rounds import FederationOutcome
 
 RESULTS_FILE = "results.json"
@@ -45,6 +46,8 @@ class RunResults:
     mode: Mode
     method: str
     config: dict[str, Any]
+    init_weights: WeightsDocument | None
+    """The file the model's initial weights came from (name, SHA-256, source); None: random."""
     data: str | None
     """How the training data was described (None in a deployment: it stays at the sites)."""
     partition: dict[str, Any] | None
@@ -101,16 +104,22 @@ def run_results(
     seconds: float,
     sites: dict[str, SiteEntry],
     grad_sample_mode: str | None,
+    init_weights: WeightsProvenance | None,
     data: str | None = None,
     partition: dict[str, Any] | None = None,
     operating: dict[str, Any] | None = None,
 ) -> RunResults:
-    """Return the results of a run: what both modes report the same way, filled here."""
+    """Return the results of a run: what both modes report the same way, filled here.
+
+    ``init_weights`` is :func:`~clinfl.weights.provenance.weights_provenance` of the run's method
+    (:func:`~clinfl.weights.provenance.declared_weights_provenance` in a deployment).
+    """
     return RunResults(
         run_id=run_id,
         mode=mode,
         method=config.method.name,
         config=config.to_json_dict(),
+        init_weights=None if init_weights is None else init_weights.to_json_dict(),
         data=data,
         partition=partition,
         rounds=[record.to_json_dict() for record in outcome.records],

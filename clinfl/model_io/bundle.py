@@ -3,7 +3,7 @@
 Four files, none of them pickled::
 
     model.json           format, method config, label space and class names, image size, seeds,
-                         the SHA-256 of the weights
+                         the SHA-256 of the weights, the initial weights training started from
     weights.safetensors  the travelling tensors of the selected round (never the ETF)
     thresholds.json      one operating threshold per class, chosen on validation
     provenance.json      the run: sites, rounds, data, secure aggregation, privacy, test metrics
@@ -29,6 +29,7 @@ from clinfl.data.labels import LABEL_SPACES
 from clinfl.errors import CheckpointError, ConfigError, ModelError
 from clinfl.files import write_atomically
 from clinfl.typing import StateDict
+from clinfl.weights.provenance import WeightsDocument
 
 FORMAT = "clinfl-model"
 FORMAT_VERSION = 1
@@ -52,6 +53,8 @@ class ModelBundle:
     state: StateDict
     thresholds: dict[str, Any]
     provenance: dict[str, Any]
+    init_weights: WeightsDocument | None = None
+    """The file training started from (name or file, SHA-256, source); None: random weights."""
 
     @property
     def threshold_values(self) -> tuple[float, ...]:
@@ -75,6 +78,7 @@ class ModelBundle:
             "etf_seed": "included" if self.federation_seed is not None else "omitted",
             "federation_seed": self.federation_seed,
             "weights_sha256": weights_sha256,
+            "init_weights": self.init_weights,
         }
 
 
@@ -129,6 +133,20 @@ def _read_json(directory: Path, name: str) -> dict[str, Any]:
     if not isinstance(document, dict):
         raise _bad(directory, f"holds an unreadable {name} (not a JSON object)")
     return document
+
+
+def _init_weights(directory: Path, raw: Any) -> WeightsDocument | None:
+    """The ``init_weights`` record of ``model.json`` (absent in folders from before it: None)."""
+    if raw is None:
+        return None
+    keys = set(WeightsDocument.__annotations__)
+    if not isinstance(raw, dict) or set(raw) != keys or not isinstance(raw["source"], str):
+        raise _bad(directory, f"has an unreadable init_weights record in {MODEL_FILE}")
+    if not all(raw[k] is None or isinstance(raw[k], str) for k in ("name", "file", "sha256")):
+        raise _bad(directory, f"has an unreadable init_weights record in {MODEL_FILE}")
+    return WeightsDocument(
+        name=raw["name"], file=raw["file"], sha256=raw["sha256"], source=raw["source"]
+    )
 
 
 def _method_config(directory: Path, raw: Any) -> MethodConfig:
@@ -188,6 +206,7 @@ def read_bundle(directory: Path) -> ModelBundle:
         state=state,
         thresholds=thresholds,
         provenance=_read_json(directory, PROVENANCE_FILE),
+        init_weights=_init_weights(directory, document.get("init_weights")),
     )
 
 

@@ -1,6 +1,7 @@
 """The model card of a model folder, as JSON, Markdown, or one self-contained HTML page.
 
-Everything comes from the folder: provenance (method, sites, rounds, label space, image size),
+Everything comes from the folder: provenance (method, sites, rounds, label space, image size,
+the initial weights training started from and their SHA-256),
 per-class test AUC with its bootstrap 95% interval, the operating thresholds with test
 sensitivity and specificity at each, each site's epsilon where its report shared it, and the
 secure-aggregation settings. The HTML embeds its plot as a data URI (no network, no scripts).
@@ -23,6 +24,7 @@ from clinfl.audit.plot import png_bytes
 from clinfl.audit.render import PAGE_STYLE, html_table, markdown_table
 from clinfl.errors import ConfigError
 from clinfl.model_io.bundle import ModelBundle
+from clinfl.weights.provenance import WeightsDocument
 
 CARD_FORMATS = {".json": "json", ".md": "md", ".html": "html"}
 INTENDED_USE = (
@@ -41,6 +43,15 @@ LIMITATIONS = (
 
 def _pct(value: Any) -> str:
     return "n/a" if value is None else f"{100 * float(value):.1f}"
+
+
+def describe_init_weights(record: WeightsDocument | None) -> str:
+    """Return one line naming the initial weights: what, where from, and their SHA-256."""
+    if record is None:
+        return "random (no pretrained start)"
+    what = record["name"] or record["file"] or "unnamed"
+    sha = record["sha256"] or "not recorded by the coordinator"
+    return f"{what}: {record['source']}; SHA-256 {sha}"
 
 
 def build_card(bundle: ModelBundle) -> dict[str, Any]:
@@ -67,6 +78,7 @@ def build_card(bundle: ModelBundle) -> dict[str, Any]:
             "label_space": bundle.label_space,
             "image_size": bundle.image_size,
             "etf_seed": "included" if bundle.federation_seed is not None else "omitted",
+            "init_weights": bundle.init_weights,
         },
         "provenance": {
             k: prov.get(k)
@@ -101,6 +113,7 @@ def _tables(card: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]]
         ["method", model["method"]],
         ["label space", f"{model['label_space']} ({len(card['classes'])} classes)"],
         ["image size", f"{model['image_size']} px"],
+        ["initial weights", describe_init_weights(model.get("init_weights"))],
         ["data", str(prov.get("data"))],
         ["sites", str(prov.get("sites"))],
         ["rounds", f"{prov.get('rounds_run')} run of {prov.get('rounds_configured')}"],

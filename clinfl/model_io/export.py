@@ -102,6 +102,7 @@ def _provenance(
         "stopped": results.get("stopped"),
         "secure_aggregation": config.get("secagg"),
         "privacy": privacy,
+        "init_weights": results.get("init_weights"),
         "test": {k: best.get(k) for k in ("macro_auc", "micro_auc", "per_class_auc")},
         "checkpoint": checkpoint.name,
         "checkpoint_sha256": hashlib.sha256(checkpoint.read_bytes()).hexdigest(),
@@ -175,4 +176,5 @@ def _bundle(
             _read_run_json(run_dir, FEDERATION_REPORT, required=False),
             checkpoint,
         ),
+        init_weights=results.get("init_weights"),
     )

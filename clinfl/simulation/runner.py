@@ -27,6 +27,7 @@ from clinfl.simulation.local_steps import DerivedLocalSteps, simulation_local_st
 from clinfl.simulation.resume import ResumePoint, resume_point, save_run_config
 from clinfl.simulation.sites import SimulatedSites, build_sites, read_site_policies
 from clinfl.thresholds import parse_rule
+from clinfl.weights.provenance import weights_provenance
 from coordinator.checkpoints import CheckpointStore
 from coordinator.control import RunControl
 from coordinator.federation_report import build_federation_report
@@ -154,6 +155,7 @@ def run_simulation(
     fed, data_cfg = config.federation, config.data
     assert data_cfg.image_size is not None
     device = resolve_device(fed.device)  # before any data is read
+    init_weights = weights_provenance(config.method)  # the file training starts from, if any
     data = load_split_data(
         config, progress=listener.images_read if listener else None, state_dir=out_dir / "ingest"
     )
@@ -252,6 +254,7 @@ def run_simulation(
             for site, path in sites.state_dirs.items()
         },
         grad_sample_mode=sites.grad_sample_mode,
+        init_weights=init_weights,
         data=data.description,
         partition=partition.to_json_dict(data.train.class_names),
         operating=operating,

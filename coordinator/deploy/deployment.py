@@ -27,6 +27,7 @@ from clinfl.files import write_json
 from clinfl.privacy.settings import resolve_grad_sample_mode
 from clinfl.roster import announce
 from clinfl.transport.contract import JoinRequest
+from clinfl.weights.provenance import declared_weights_provenance
 from coordinator.checkpoints import CheckpointStore
 from coordinator.control import RunControl
 from coordinator.deploy.remote_sites import (
@@ -96,10 +97,12 @@ def run_deployment(grid: Grid, run_dir: Path) -> dict[str, Any]:
     Raises:
         CheckpointError: if the plan, a checkpoint or the control database cannot be used.
         FederationError: if no site joins, or none provides the initial model.
+        ModelError: if the configuration names an initial weights file that cannot be read.
     """
     started = time.perf_counter()
     plan = DeploymentPlan.load(run_dir)
     config = run_config_from_mapping(plan.run_config, base=run_dir)
+    init_weights = declared_weights_provenance(config.method)
     fed = config.federation
     link = FlowerLink(grid)
     run_config = dict(plan.run_config)
@@ -168,6 +171,7 @@ def run_deployment(grid: Grid, run_dir: Path) -> dict[str, Any]:
             for site in sorted(set(plan.sites) | set(roster.refusals))
         },
         grad_sample_mode=mode if size is None else resolve_grad_sample_mode(mode, size),
+        init_weights=init_weights,
     )
     write_results(run_dir, results)
     return results.to_json_dict()

@@ -34,6 +34,7 @@ def _both_modes() -> tuple[RunResults, RunResults]:
         seconds=1.0,
         sites={"site-1": SiteEntry(policy="p.toml", state_dir="/s")},
         grad_sample_mode="hooks",
+        init_weights=None,
         data="90 images",
         partition={"class_names": ["a", "b"]},
         operating={"rule": "f1"},
@@ -50,6 +51,7 @@ def _both_modes() -> tuple[RunResults, RunResults]:
             "site-2": SiteEntry(joined=False, refusal="min sites 2 < policy 5"),
         },
         grad_sample_mode="auto",
+        init_weights=None,
     )
     return simulated, deployed
 
