@@ -132,7 +132,7 @@ def compare_predictions(
         for site in np.unique(labels[common]):
             here = common & (labels == site)
             metrics = _paired(a, b, here, learnable, draws, seed)
-            per_site[site_name(int(site))] = {m: metrics[m] for m in (LEARNABLE, ABNORMAL)}
+            per_site[site_name(int(site))] = {m: metrics[m] for m in HEADLINE_METRICS}
     return CvComparison(
         images=int(common.sum()),
         patients=int(np.unique(a.patients[common]).size),

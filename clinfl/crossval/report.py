@@ -86,6 +86,7 @@ def cv_report(
             ],
             LEARNABLE: estimates[LEARNABLE].to_json_dict(),
             ABNORMAL: estimates[ABNORMAL].to_json_dict(),
+            ALL_CLASSES: estimates[ALL_CLASSES].to_json_dict(),
         }
     per_fold = []
     for fold in np.unique(oof.folds):
