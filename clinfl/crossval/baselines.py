@@ -2,9 +2,12 @@
 
 * **No skill**: one constant score for every image, so every AUC is exactly 50.
 * **Age only**: for each fold k, a one-feature logistic regression on age (per class, and one for
-  "any finding") is fitted on the images *not* in fold k and scores fold k's images. The sign and
-  size of age's effect are thus learnt from training folds only, never from the images scored.
-  Unknown ages take the training part's mean age.
+  "any finding") is fitted on the images *not* in fold k; fold k's images are scored by age times
+  the sign of the fitted slope (0 when flat). The direction of age's effect is thus learnt from
+  training folds only, never from the images scored. The score is age itself, not the fitted
+  probability: a probability would carry each fold's fitted intercept, which follows the
+  training folds' prevalence, and pooling folds whose test prevalence runs opposite to it drags
+  pooled AUC below 50 for a weak predictor. Unknown ages take the training part's mean age.
 """
 
 from __future__ import annotations
@@ -47,7 +50,7 @@ def age_scores(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Return out-of-fold age-only scores: ``([N, C] per class, [N] any finding)``.
 
-    Each fold's scores come from fits on the other folds' images only.
+    Each fold's scores are its ages signed by fits on the other folds' images only.
     """
     truth = targets.astype(bool)
     columns = [*(truth[:, k] for k in range(truth.shape[1])), np.asarray(truth.any(axis=1))]
@@ -60,6 +63,6 @@ def age_scores(
         filled = np.where(np.isnan(ages), mean, ages)
         z = (filled - mean) / (scale if scale > 0 else 1.0)
         for column, y in enumerate(columns):
-            intercept, slope = fit_logistic(z[train], y[train].astype(np.float64))
-            out[test, column] = 1 / (1 + np.exp(-(intercept + slope * z[test])))
+            _, slope = fit_logistic(z[train], y[train].astype(np.float64))
+            out[test, column] = np.sign(slope) * filled[test]
     return out[:, :-1], out[:, -1]

@@ -88,25 +88,29 @@ def cv_report(
             ABNORMAL: estimates[ABNORMAL].to_json_dict(),
             ALL_CLASSES: estimates[ALL_CLASSES].to_json_dict(),
         }
-    per_fold = []
+    per_fold: list[dict[str, Any]] = []
     for fold in np.unique(oof.folds):
         here = scored & (oof.folds == fold)
-        point = summarize(
+        points = summarize(
             oof.targets[here],
             oof.scores[here],
             oof.patients[here],
             class_names=names,
             learnable=learnable,
             draws=0,
-        )[LEARNABLE].value
+        )
         per_fold.append(
             {
                 "fold": int(fold) + 1,
                 "images": int(here.sum()),
                 "patients": int(np.unique(oof.patients[here]).size),
-                LEARNABLE: point,
+                **{key: points[key].value for key in (LEARNABLE, ABNORMAL, ALL_CLASSES)},
             }
         )
+    fold_mean: dict[str, float | None] = {}
+    for key in (LEARNABLE, ABNORMAL, ALL_CLASSES):
+        values = [value for f in per_fold if (value := f[key]) is not None]
+        fold_mean[key] = float(np.mean(values)) if values else None
     return {
         "protocol": {
             **protocol,
@@ -123,6 +127,7 @@ def cv_report(
         "rows": {row: _as_json(estimates) for row, estimates in rows.items()},
         "per_site": per_site,
         "per_fold": per_fold,
+        "per_fold_mean": fold_mean,
     }
 
 
@@ -152,6 +157,15 @@ def report_markdown(report: dict[str, Any]) -> str:
     }
     for key, label in labels.items():
         lines.append(f"| {label} | " + " | ".join(_cell(rows[c][key]) for c in columns) + " |")
+    mean = report["per_fold_mean"]
+    shown = {k: "n/a" if v is None else f"{100 * v:.1f}" for k, v in mean.items()}
+    lines += [
+        "",
+        f"Model, mean of the {len(report['per_fold'])} per-fold AUCs (no interval): "
+        f"learnable-class {shown[LEARNABLE]}, abnormal vs normal {shown[ABNORMAL]}, all-class "
+        f"{shown[ALL_CLASSES]}. Pooled AUC falls below these when the folds' models are "
+        "calibrated differently (docs/evaluation.md).",
+    ]
     lines += [
         "",
         "| class | positive patients | " + " | ".join(columns) + " |",

@@ -252,3 +252,26 @@ def test_config_validation_of_cross_validation() -> None:
     assert _group_column(replace(config, data=DataConfig(cv_folds=5)), ["Patient ID"]) == (
         "Patient ID"
     )
+
+
+def test_report_gives_per_fold_values_beside_pooled() -> None:
+    from clinfl.crossval.report import cv_report, report_markdown
+
+    # within each fold the scores rank perfectly, but fold 1's scores sit below fold 0's:
+    # per-fold AUC is 1, pooled is lower
+    truth = np.array([[0], [1], [0], [1], [0], [1], [0], [1]], dtype=np.uint8)
+    scores = np.array([[0.6], [0.9], [0.6], [0.9], [0.1], [0.4], [0.1], [0.4]])
+    oof = OofPredictions(
+        ids=np.arange(8).astype(str),
+        patients=np.arange(8).astype(str),
+        sites=np.zeros(8, dtype=np.int64),
+        folds=np.array([0, 0, 0, 0, 1, 1, 1, 1]),
+        scores=scores,
+        targets=truth,
+        class_names=("x",),
+    )
+    report = cv_report(oof, protocol={"folds": 2}, draws=50)
+    assert report["per_fold_mean"]["all_class_macro_auc"] == 1.0
+    # pooled: positives 0.9, 0.9, 0.4, 0.4 vs negatives 0.6, 0.6, 0.1, 0.1 -> 12/16
+    assert report["rows"]["model"]["all_class_macro_auc"]["value"] == 0.75
+    assert "per-fold" in report_markdown(report)
