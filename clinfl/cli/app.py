@@ -7,6 +7,7 @@ import typer
 from clinfl.cli import deploy  # noqa: F401 - registers `coordinator start` and `site run`
 from clinfl.cli.audit import audit_app
 from clinfl.cli.coordinator import coordinator_app
+from clinfl.cli.cv import cv_app
 from clinfl.cli.data import data_app
 from clinfl.cli.model import model_app
 from clinfl.cli.pki import pki_app
@@ -31,6 +32,7 @@ app.add_typer(pki_app, name="pki")
 app.add_typer(coordinator_app, name="coordinator")
 app.add_typer(model_app, name="model")
 app.add_typer(weights_app, name="weights")
+app.add_typer(cv_app, name="cv")
 
 
 @app.callback()

@@ -5,7 +5,14 @@ from __future__ import annotations
 from rich import box
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 
 from clinfl.config import FederationConfig
@@ -81,6 +88,13 @@ class ProgressListener:
         self._rounds = self._progress.add_task("rounds", total=None)
         self._steps = self._progress.add_task("local training", total=None)
         self._site: str | None = None
+        self._folds: TaskID | None = None
+
+    def fold(self, done: int, total: int, label: str) -> None:
+        """Advance the folds bar of a cross-validated run (``label``: the part starting)."""
+        if self._folds is None:
+            self._folds = self._progress.add_task("folds", total=total)
+        self._progress.update(self._folds, completed=done, description=f"cross-validation: {label}")
 
     def __enter__(self) -> ProgressListener:
         self._progress.start()

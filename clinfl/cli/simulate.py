@@ -18,6 +18,7 @@ from clinfl.cli.options import FieldOption, FieldValues, with_field_options
 from clinfl.cli.render import ProgressListener, rounds_table
 from clinfl.config import RunConfig
 from clinfl.config.file import load_run_config
+from clinfl.crossval.runner import run_cross_validation
 from clinfl.errors import ConfigError
 from clinfl.simulation import run_simulation
 from clinfl.simulation.dropouts import parse_dropout
@@ -67,6 +68,29 @@ def _thresholded(best: dict[str, Any]) -> str:
         f"macro-F1 {100 * best['macro_f1_at_thresholds']:.2f}, micro-F1 "
         f"{100 * best['micro_f1_at_thresholds']:.2f} at thresholds chosen on validation "
         f"({operating.get('rule', '?')}){note}"
+    )
+
+
+def _cross_validate(
+    console: Console, config: RunConfig, run_dir: Path, *, resume: bool, as_json: bool
+) -> None:
+    """Run ``--cv K`` and print its table (or ``cv.json`` with ``--json``).
+
+    Raises:
+        ClinflError: any error of the folds' runs.
+    """
+    with ProgressListener(console, show_tables=not as_json) as listener:
+        result = run_cross_validation(
+            config, run_dir, listener=listener, on_fold=listener.fold, resume=resume
+        )
+    if as_json:
+        print(json.dumps(result.report, indent=2))
+        return
+    console.print(result.table_path.read_text(), markup=False, highlight=False)
+    console.print(
+        f"cross-validation: {result.report_path}  predictions: {result.predictions_path}  "
+        f"folds: {run_dir}/fold-K/results.json; compare two runs on the same folds with "
+        "clinfl cv compare RUN_A RUN_B"
     )
 
 
@@ -175,6 +199,28 @@ RUN_OPTIONS: tuple[FieldOption, ...] = (
         "(the highest threshold reaching sensitivity S, e.g. sensitivity:0.9).",
     ),
     FieldOption("federation.threads", "Torch CPU threads (default: torch's choice)."),
+    FieldOption(
+        "data.cv_folds",
+        "Patient-grouped K-fold cross-validation over the whole data set (K >= 2): one run per "
+        "fold, pooled out-of-fold metrics with patient-bootstrap intervals and baselines in "
+        "RUN/cv.json (docs/evaluation.md). Without it: the fixed train/val/test split.",
+        name="cv",
+    ),
+    FieldOption(
+        "data.group_by",
+        "--cv: the labels file's column naming the patient (default: 'Patient ID' when "
+        "present, else each image alone; digits: their own groups).",
+    ),
+    FieldOption(
+        "data.cv_seed",
+        "--cv: seed of the data plan (folds, site ownership, validation parts); runs with "
+        "the same cv_seed share folds and can be compared (clinfl cv compare).",
+    ),
+    FieldOption(
+        "federation.training",
+        "federated, or local (--cv only): each site trains alone on its own patients and "
+        "scores its own held-out patients (the baseline of what a site gains by joining).",
+    ),
     FieldOption(
         "federation.device",
         "Where sites train and evaluate: cpu (default), auto (CUDA when present), "
@@ -306,6 +352,9 @@ def simulate(
         if threads is not None:
             torch.set_num_threads(threads)
         run_dir = out or Path("runs") / f"{method}-{time.strftime('%Y%m%d-%H%M%S')}"
+        if config.data.cv_folds is not None:
+            _cross_validate(console, config, run_dir, resume=resume is not None, as_json=as_json)
+            return
         with ProgressListener(console, show_tables=not as_json) as listener:
             result = run_simulation(config, run_dir, listener=listener, resume=resume is not None)
         if as_json:

@@ -38,6 +38,10 @@ SITE_FIELDS: dict[str, str] = {
     "federation.device": "each site trains on its own hardware (the CPU in a deployment)",
     "privacy.policy": "each site enforces its own policy (`clinfl site run --policy`)",
     "privacy.policy_dir": "each site enforces its own policy (`clinfl site run --policy`)",
+    "data.cv_folds": "cross-validation is a simulation's (`clinfl simulate --cv`)",
+    "data.group_by": "cross-validation is a simulation's (`clinfl simulate --cv`)",
+    "data.cv_seed": "cross-validation is a simulation's (`clinfl simulate --cv`)",
+    "federation.training": "local-only training is a simulation's baseline",
     "drops": "dropouts are real in a deployment",
 }
 DEPLOYED_DATASET = "dicom"  # the one data set a deployment trains on (each site's export)

@@ -38,6 +38,13 @@ def _check_data(data: DataConfig, p: Problems) -> None:
     p.whole("composites_per_pair", data.composites_per_pair, 0)
     if data.max_samples is not None:
         p.whole("max_samples", data.max_samples, 10)
+    if data.cv_folds is not None:
+        p.whole("cv_folds", data.cv_folds, 2, fix="use --cv 5 (at least 2 folds)")
+        if data.dataset == "dicom":
+            p.add("cv_folds", data.cv_folds, "digits or cxr14 data", "drop --cv for dicom")
+    if data.group_by is not None and data.cv_folds is None:
+        p.add("group_by", data.group_by, "only with --cv", "add --cv K or drop --group-by")
+    p.whole("cv_seed", data.cv_seed, 0)
     if data.dataset == "dicom" and data.images is None:
         p.add("images", None, "a folder", "pass --images EXPORT for --dataset dicom")
     if data.dataset == "cxr14" and data.images is None:
@@ -96,6 +103,7 @@ def _check_federation(fed: FederationConfig, p: Problems) -> None:
         p.whole("threads", fed.threads, 1, 256)
     if not is_device_name(fed.device):
         p.add("device", fed.device, "cpu, auto, cuda or cuda:N", "use cpu")
+    p.choice("training", fed.training, run.TRAINING_MODES)
     try:
         parse_rule(fed.threshold_rule)
     except ConfigError:
@@ -185,5 +193,8 @@ def validate_run_config(config: RunConfig, *, known_methods: tuple[str, ...]) ->
     _check_secagg(config.secagg, sites, problems)
     _check_privacy(config.privacy, sites, problems)
     _check_drops(config.drops, sites, problems)
+    if config.federation.training == "local" and config.data.cv_folds is None:
+        fix = "add --cv K: a site's own held-out patients exist only under cross-validation"
+        problems.add("training", "local", "only with --cv", fix)
     problems.raise_if_any("run configuration")
     return config

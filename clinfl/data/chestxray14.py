@@ -201,3 +201,60 @@ def _patient_groups(rows: list[dict[str, str]], header: list[str]) -> np.ndarray
         keys = [str(i) for i in range(len(rows))]
     _, inverse = np.unique(np.array(keys), return_inverse=True)
     return inverse.astype(np.int64)
+
+
+def load_chestxray14_pool(
+    images_dir: Path,
+    labels_csv: Path,
+    *,
+    image_size: int = DEFAULT_CXR14_SIZE,
+    group_column: str | None = PATIENT_COLUMN,
+    seed: int = 0,
+    max_samples: int | None = None,
+    progress: ProgressCallback | None = None,
+) -> tuple[ImageSet, list[dict[str, str]]]:
+    """Load every listed image that is found as one unsplit set (for cross-validation).
+
+    Groups are ``group_column``'s values (None: every image its own group). Returns the set and
+    the label-table rows of its images, in the same order. ``max_samples`` keeps a seeded
+    random subset of the found images.
+
+    Raises:
+        DataError: for a missing folder or table, or when no listed image is found.
+        LabelError: for missing columns (``group_column`` included) or unknown label names.
+        InvalidImageError: for an image that cannot be decoded.
+    """
+    if not images_dir.is_dir():
+        raise DataError(
+            f"image folder {images_dir} does not exist", remedy="pass an existing --images DIR"
+        )
+    header, rows = read_label_table(labels_csv)
+    if group_column is not None and group_column not in header:
+        raise LabelError(
+            f"label table {labels_csv.name} has no '{group_column}' column",
+            remedy="name the patient column with --group-by: one of " + ", ".join(header),
+        )
+    targets = _targets(header, rows, labels_csv)
+    paths = _locate_images(images_dir, rows, header)
+    keep = np.flatnonzero(np.array([p is not None for p in paths]))
+    if keep.size == 0:
+        raise DataError(
+            f"none of the {len(rows)} images listed in {labels_csv.name} is under {images_dir}",
+            remedy="point --images at the folder holding the listed files",
+        )
+    if max_samples is not None and keep.size > max_samples:
+        keep = np.sort(np.random.default_rng(seed).choice(keep, size=max_samples, replace=False))
+    images = np.zeros((keep.size, image_size, image_size), dtype=np.uint8)
+    for position, row_index in enumerate(keep):
+        path = paths[row_index]
+        assert path is not None
+        images[position] = read_grayscale(path, size=image_size)
+        if progress is not None:
+            progress(position + 1, keep.size)
+    if group_column is None:
+        keys = [str(i) for i in keep]
+    else:
+        keys = [(rows[i].get(group_column) or "").strip() for i in keep]
+    _, groups = np.unique(np.array(keys), return_inverse=True)
+    pool = ImageSet(images, targets[keep], groups.astype(np.int64), CXR14_LABELS)
+    return pool, [rows[i] for i in keep]

@@ -13,6 +13,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
+
 from clinfl.algorithms import ModelSpec, available_algorithms, create_algorithm
 from clinfl.audit.render import federation_html, federation_markdown
 from clinfl.config import FederationConfig, RunConfig, validate_run_config
@@ -39,7 +41,13 @@ from site_agent.audit_report import ingest_summary_path, shareable_summary, writ
 from site_agent.evaluation import HeldOutEvaluator
 from site_agent.selected_model import describe_selected_model
 
-__all__ = ["RESULTS_FILE", "SimulationListener", "SimulationResult", "run_simulation"]
+__all__ = [
+    "RESULTS_FILE",
+    "PreparedData",
+    "SimulationListener",
+    "SimulationResult",
+    "run_simulation",
+]
 
 
 class SimulationListener(Protocol):
@@ -78,6 +86,18 @@ class SimulationResult:
     results_path: Path
     summary: dict[str, Any]
     sites: SimulatedSites
+    test_scores: np.ndarray | None = None  # the selected model's test scores (prepared data)
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    """Data and site partition given by the caller (a cross-validation fold) instead of loaded.
+
+    ``partition.site_indices`` index ``data.train``.
+    """
+
+    data: SplitData
+    partition: Partition
 
 
 def _check_evaluable(data: SplitData) -> None:
@@ -136,6 +156,7 @@ def run_simulation(
     *,
     listener: SimulationListener | None = None,
     resume: bool = False,
+    prepared: PreparedData | None = None,
 ) -> SimulationResult:
     """Run the configured federation in-process and write checkpoints and ``results.json``.
 
@@ -147,6 +168,10 @@ def run_simulation(
     :func:`~clinfl.simulation.local_steps.simulation_local_steps`), tells the listener, and runs
     and records the run with it.
 
+    With ``prepared``, the run trains on that data and partition instead of loading and
+    partitioning the configured data set (``config.data``'s loading fields are then unused), and
+    the result carries the selected model's scores on ``prepared.data.test``.
+
     Raises:
         ClinflError: any configuration, data, partition, federation or checkpoint error.
     """
@@ -156,17 +181,25 @@ def run_simulation(
     assert data_cfg.image_size is not None
     device = resolve_device(fed.device)  # before any data is read
     init_weights = weights_provenance(config.method)  # the file training starts from, if any
-    data = load_split_data(
-        config, progress=listener.images_read if listener else None, state_dir=out_dir / "ingest"
-    )
+    if prepared is None:
+        data = load_split_data(
+            config,
+            progress=listener.images_read if listener else None,
+            state_dir=out_dir / "ingest",
+        )
+    else:
+        data = prepared.data
     _check_evaluable(data)
-    partition = partition_label_skew(
-        data.train.targets,
-        num_sites=fed.sites,
-        alpha=data_cfg.alpha,
-        rho=data_cfg.rho,
-        seed=fed.seed,
-    )
+    if prepared is None:
+        partition = partition_label_skew(
+            data.train.targets,
+            num_sites=fed.sites,
+            alpha=data_cfg.alpha,
+            rho=data_cfg.rho,
+            seed=fed.seed,
+        )
+    else:
+        partition = prepared.partition
     empty = [k for k, n in enumerate(partition.samples) if n == 0]
     if empty:
         raise PartitionError(
@@ -237,11 +270,14 @@ def run_simulation(
     finally:
         control.close()
     seconds = time.perf_counter() - started
-    operating = None
+    operating, test_scores = None, None
     if outcome.selected is not None:  # thresholds on validation, then test CIs and rates
+        selected_state = store.load(outcome.selected.round)
         operating = describe_selected_model(
-            evaluator, store.load(outcome.selected.round), data.train.class_names, seed=fed.seed
+            evaluator, selected_state, data.train.class_names, seed=fed.seed
         )
+        if prepared is not None:
+            test_scores = evaluator.probabilities(selected_state, "test")
     results = run_results(
         run_id=run_id,
         mode="simulation",
@@ -262,4 +298,6 @@ def run_simulation(
     results = replace(results, reports=write_audit_reports(out_dir, sites, results.to_json_dict()))
     results_path = write_results(out_dir, results)
     summary = results.to_json_dict()
-    return SimulationResult(config, outcome, partition, data, results_path, summary, sites)
+    return SimulationResult(
+        config, outcome, partition, data, results_path, summary, sites, test_scores
+    )
