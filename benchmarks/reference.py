@@ -103,14 +103,36 @@ LAMBDA_REJ_GRID = (0.01, 0.1)
 LAMBDA_CON_GRID = (0.1, 0.3)
 """Alternatives to the paper's weights (lambda_rej 1 on clean backgrounds, lambda_con 1); the
 paper's own weights are scored by the learning-rate run at the chosen rate. 0 is an ablation."""
+HEAD_VARIANT = "fedavg_zero_bias"
+"""FedAvg's other head: the tuning stage's ``head`` grid scores it against the prior-bias head
+(FedAvg's learning-rate run at its chosen rate), as the loss weights are scored against the
+paper's."""
+HEAD_CHOICE = "fedavg_head"
+"""The key of FedAvg's head choice in :func:`tuning_choices` (``{"head_bias": ...}``): not a
+variant, so no cell takes it; the main stage runs both heads, and the report and the product's
+digits preset follow the choice."""
 BASELINE_GRIDS: dict[str, tuple[str, tuple[float, ...]]] = {
     "fedprox": ("prox_mu", (0.001, 0.01, 0.1)),
     "fedcurv": ("fedcurv_lambda", (10.0, 100.0, 1e3, 1e4, 1e5)),
 }
 """Each baseline's own strength, tuned on validation at FedAvg's chosen learning rate, as
 FedNCAlign-ML's loss weights are, with at least the same budget (three values per weight, on
-the tuning seeds). Each grid holds the product's default (``MethodConfig``). FedCurv's reaches
+the tuning seeds). Each grid holds the untuned value (:data:`BASE_METHOD`). FedCurv's reaches
 two decades lower: its validation score still rose at 1e3, the low end of the first grid."""
+PAPER_LAMBDA_REJ = {"digits": 1.0, "nih1000": 0.01}
+"""The paper's lambda_rej: 1 on clean backgrounds (digits), 0.01 on complex ones (X-rays)."""
+BASE_METHOD: dict[str, Any] = {
+    "lambda_con": 1.0,
+    "prox_mu": 0.01,
+    "fedcurv_lambda": 1e5,
+    "head_bias": "prior",
+}
+"""The untuned values every cell starts from (with :data:`PAPER_LAMBDA_REJ`): the paper's loss
+weights, FedProx's and FedCurv's first strengths, the prior-bias head. Written out, so the
+benchmark never trains with the product's presets (which follow its choices:
+clinfl/config/presets.py) and a rerun tunes from the same start."""
+TUNING_GRIDS = ("lr", "lambda", "baseline", "head")
+"""The tuning stage's grids (``--tuning-grids``)."""
 STAGES = ("tune", "main", "ablation", "width", "long")
 """The stages in the order they run: tuning first, its choices feed the others."""
 LONG_FACTOR = 2
@@ -224,8 +246,9 @@ def long_cells(seeds: tuple[int, ...], max_rounds: int) -> list[Cell]:
 def tuning_cells(
     seeds: tuple[int, ...], grids: list[str], lr_grid: tuple[float, ...] = LR_GRID
 ) -> list[Cell]:
-    """The learning-rate (``lr``), loss-weight (``lambda``) and baseline-strength
-    (``baseline``, :data:`BASELINE_GRIDS`) grids on validation (digits, s1)."""
+    """The learning-rate (``lr``), loss-weight (``lambda``), baseline-strength (``baseline``,
+    :data:`BASELINE_GRIDS`) and FedAvg-head (``head``, :data:`HEAD_VARIANT`) grids on
+    validation (digits, s1)."""
     out = []
     if "lr" in grids:
         out += [
@@ -248,6 +271,8 @@ def tuning_cells(
             for value in grid
             for seed in seeds
         ]
+    if "head" in grids:
+        out += [Cell("tune", "digits", "s1", HEAD_VARIANT, seed) for seed in seeds]
     return out
 
 
@@ -272,7 +297,10 @@ def tuning_choices(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     the grid and the paper's weights (scored by that variant's learning-rate run at its chosen
     rate), and shared by both FedNCAlign-ML variants (the ablations use them too). FedProx's mu
     and FedCurv's lambda are chosen among :data:`BASELINE_GRIDS` (kept only where they differ
-    from the product's default). Test data choose nothing. Empty without tuning results.
+    from the untuned value, :data:`BASE_METHOD`). FedAvg's head is chosen between the
+    prior-bias head (FedAvg's learning-rate run at its chosen rate) and :data:`HEAD_VARIANT`'s
+    tuning runs, under :data:`HEAD_CHOICE` (absent without those runs). Test data choose
+    nothing. Empty without tuning results.
     """
     tune = [r for r in runs if r.get("stage") == "tune" and "error" not in r and r.get("best")]
 
@@ -309,7 +337,55 @@ def tuning_choices(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         if value is not None and value != PAPER_WEIGHT:
             for variant in ("fedncalign_paper", "fedncalign_ln"):
                 choices.setdefault(variant, {})[name] = value
+    fedavg_lr = choices.get("fedavg", {}).get("lr")
+    heads = [
+        r
+        for r in tune
+        if (r["variant"] == HEAD_VARIANT and not r.get("options"))
+        or (r["variant"] == "fedavg" and not r.get("options") and r["lr"] == fedavg_lr)
+    ]
+    if any(r["variant"] == HEAD_VARIANT for r in heads):
+        head = best_of(heads, lambda r: "zero" if r["variant"] == HEAD_VARIANT else "prior")
+        choices[HEAD_CHOICE] = {"head_bias": head}
     return choices
+
+
+def validated_defaults(results: dict[str, Any]) -> dict[str, Any]:
+    """Return the digits settings the benchmark in ``results`` chose or trained with.
+
+    By run configuration field (``section.key``), for the product's digits preset
+    (clinfl/config/presets.py) to follow: the learning rate (FedNCAlign-ML's, the product's
+    method), the loss weights and the baselines' strengths that :func:`tuning_choices` made
+    (the untuned value where it kept that), FedAvg's head where the tuning stage chose one, and
+    the image size and base width that the main stage's digits runs trained at (read from each
+    run's recorded configuration). Empty without tuning results.
+
+    Raises:
+        ValueError: if the main digits runs trained at more than one image size or width.
+    """
+    runs = [r for r in results.get("runs", []) if "error" not in r]
+    choices = tuning_choices(runs)
+    if not choices:
+        return {}
+    method = choices.get(LAMBDA_TUNED, {})
+    chosen: dict[str, Any] = {
+        "federation.lr": method["lr"],
+        "method.lambda_rej": method.get("lambda_rej", PAPER_LAMBDA_REJ["digits"]),
+        "method.lambda_con": method.get("lambda_con", BASE_METHOD["lambda_con"]),
+    }
+    for variant, (name, _) in BASELINE_GRIDS.items():
+        chosen[f"method.{name}"] = choices.get(variant, {}).get(name, baseline_default(name))
+    if HEAD_CHOICE in choices:
+        chosen["method.head_bias"] = choices[HEAD_CHOICE]["head_bias"]
+    main = [r for r in runs if r.get("stage") == "main" and r.get("dataset") == "digits"]
+    for field in ("data.image_size", "method.width"):
+        section, _, key = field.partition(".")
+        values = {r["config"][section][key] for r in main if r.get("config")}
+        if len(values) > 1:
+            raise ValueError(f"the main digits runs trained at several {key}s: {sorted(values)}")
+        if values:
+            chosen[field] = values.pop()
+    return chosen
 
 
 PAPER_WEIGHT = "paper"
@@ -317,8 +393,8 @@ PAPER_WEIGHT = "paper"
 
 
 def baseline_default(name: str) -> Any:
-    """The product's default for a baseline's strength (a ``MethodConfig`` field)."""
-    return MethodConfig.__dataclass_fields__[name].default
+    """The untuned value of a baseline's strength (:data:`BASE_METHOD`)."""
+    return BASE_METHOD[name]
 
 
 def _option(row: dict[str, Any], *, name: str) -> Any:
@@ -345,7 +421,7 @@ def run_config(
         raise SystemExit(f"unknown data set {cell.dataset!r}: use digits or nih1000")
     name, options = VARIANTS[cell.variant]
     chosen = dict((choices or {}).get(cell.variant, {})) if cell.stage != "tune" else {}
-    if cell.stage == "tune" and cell.variant in BASELINE_GRIDS:
+    if cell.stage == "tune" and (cell.variant in BASELINE_GRIDS or cell.variant == HEAD_VARIANT):
         # a baseline's strength is tuned at the learning rate it will train with (FedAvg's)
         chosen = {k: v for k, v in (choices or {}).get(cell.variant, {}).items() if k == "lr"}
     lr = cell.lr or chosen.get("lr") or settings.lr
@@ -353,7 +429,13 @@ def run_config(
         name=name,
         backbone=settings.backbone,
         width=cell.width or settings.width,
-        **{**options, **dict(cell.tuned), **dict(cell.options)},
+        **{
+            **BASE_METHOD,
+            "lambda_rej": PAPER_LAMBDA_REJ[cell.dataset],
+            **options,
+            **dict(cell.tuned),
+            **dict(cell.options),
+        },
     )
     federation = FederationConfig(
         sites=5,
@@ -570,7 +652,9 @@ def main() -> None:
     )
     parser.add_argument("--tuning-seeds", default=",".join(map(str, TUNING_SEEDS)))
     parser.add_argument(
-        "--tuning-grids", default="lr,lambda,baseline", help="any of lr, lambda, baseline"
+        "--tuning-grids",
+        default=",".join(TUNING_GRIDS),
+        help=f"any of {', '.join(TUNING_GRIDS)}",
     )
     parser.add_argument("--lr-grid", default=",".join(f"{lr:g}" for lr in LR_GRID))
     parser.add_argument("--width", type=int, default=Settings.width)

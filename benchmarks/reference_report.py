@@ -87,7 +87,7 @@ def _main_tables(runs: list[Run], dataset: str, setting: str) -> list[str]:
         f"#### {SETTING_TITLES[setting]}",
         "",
         "| method | seeds | test macro-AUC | test macro-F1 (val thresholds) | macro-F1 at 0.5 "
-        "| selected round | rounds run | converged before the cap |",
+        "| selected round | rounds run | stopped by patience before the cap |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for variant in variants:
@@ -100,6 +100,20 @@ def _main_tables(runs: list[Run], dataset: str, setting: str) -> list[str]:
             f" | {statistics.fmean(len(r['rounds']) for r in rows):.1f}"
             f" | {sum(1 for r in rows if r.get('converged'))} of {len(rows)} |"
         )
+    early = [
+        f"{NAMES[v]} ({stopped} of {total})"
+        for v in variants
+        if v not in METHODS and v != "centralized"
+        for total, stopped in [_stopped([r for r in cell if r["variant"] == v])]
+        if 2 * stopped > total
+    ]
+    if early:
+        out += [
+            "",
+            f"Patience stopped most runs of {', '.join(early)} before the cap: the gains over "
+            f"them below are shaped by early stopping (an equal, longer budget, where measured, "
+            f"is the headline above).",
+        ]
     paper = PAPER_TABLES.get(CLOSEST_PAPER.get((dataset, setting), ""), {})
     if paper:
         title = CLOSEST_PAPER[(dataset, setting)]
@@ -142,6 +156,11 @@ def _main_tables(runs: list[Run], dataset: str, setting: str) -> list[str]:
                 )
                 out.append(_gain_row(label, paired_gain(a, b), detectable=detectable))
     return out
+
+
+def _stopped(runs: list[Run]) -> tuple[int, int]:
+    """Return how many of ``runs`` there are and how many patience stopped before the cap."""
+    return len(runs), sum(1 for r in runs if r.get("converged"))
 
 
 def _diagnostics_table(runs: list[Run]) -> list[str]:
@@ -238,7 +257,34 @@ def _tuning_tables(runs: list[Run], choices: dict[str, dict[str, Any]]) -> list[
             out.append(
                 f"| {value:g}{mark} | {_mean_sd([r['best']['val_macro_auc'] for r in rows])} |"
             )
-    return out + _baseline_tuning_tables(tune, choices)
+    return out + _baseline_tuning_tables(tune, choices) + _head_tuning_table(tune, choices)
+
+
+def _head_tuning_table(tune: list[Run], choices: dict[str, dict[str, Any]]) -> list[str]:
+    """FedAvg's head on validation, or a line saying that the tuning stage did not choose it."""
+    from benchmarks.reference import HEAD_CHOICE, HEAD_VARIANT
+
+    lr = choices.get("fedavg", {}).get("lr")
+    zero = [r for r in tune if r["variant"] == HEAD_VARIANT and not r.get("options")]
+    if not zero:
+        return [
+            "",
+            "FedAvg's head (prior or zero bias) was not chosen on validation in this run: its "
+            "tuning stage predates the `head` grid. The main tables run both heads; the next "
+            "run of the tuning stage chooses between them.",
+        ]
+    prior = [
+        r for r in tune if r["variant"] == "fedavg" and not r.get("options") and r["lr"] == lr
+    ]
+    picked = choices.get(HEAD_CHOICE, {}).get("head_bias")
+    at = f", lr {lr:g}" if lr else ""
+    out = ["", f"| FedAvg's head{at} | val macro-AUC |", "| --- | --- |"]
+    for head, rows in (("prior", prior), ("zero", zero)):
+        if rows:
+            mark = " (chosen)" if head == picked else ""
+            scores = [r["best"]["val_macro_auc"] for r in rows]
+            out.append(f"| {head}{mark} | {_mean_sd(scores)} |")
+    return out
 
 
 def _baseline_tuning_tables(tune: list[Run], choices: dict[str, dict[str, Any]]) -> list[str]:
@@ -312,7 +358,7 @@ def _display_variant(run: Run) -> Run:
     return {**run, "variant": run["variant"] + TUNED} if run.get("tuned") else run
 
 
-def _long_table(runs: list[Run], main: list[Run]) -> list[str]:
+def _long_table(runs: list[Run], main: list[Run], main_cap: int) -> list[str]:
     long = [r for r in runs if r.get("stage") == "long"]
     if not long:
         return []
@@ -325,10 +371,11 @@ def _long_table(runs: list[Run], main: list[Run]) -> list[str]:
         f"{SETTING_TITLES[setting].lower()})",
         "",
         f"A FedAvg run that reaches the main cap may still be improving, so here FedAvg gets a "
-        f"cap of {cap} rounds (the same patience); FedNCAlign-ML's runs are the main table's. A "
-        f"gain that stays is not speed of convergence alone.",
+        f"cap of {cap} rounds (the same patience); FedNCAlign-ML's runs are the main table's. "
+        f"{_long_cap_finding(long, cap, main_cap)}",
         "",
-        "| run | seeds | test macro-AUC | selected round | rounds run | stopped before the cap |",
+        "| run | seeds | test macro-AUC | selected round | rounds run "
+        "| stopped by patience before the cap |",
         "| --- | --- | --- | --- | --- | --- |",
         f"| FedAvg (prior bias), cap {cap} | {len(long)} | {_mean_sd(list(fedavg.values()))} "
         f"| {statistics.fmean(r['best']['round'] for r in long):.1f} "
@@ -344,6 +391,25 @@ def _long_table(runs: list[Run], main: list[Run]) -> list[str]:
             label = f"{NAMES[method]} − FedAvg (cap {cap})"
             out.append(_gain_row(label, paired_gain(mine, fedavg), detectable=False))
     return out
+
+
+def _long_cap_finding(long: list[Run], cap: int, main_cap: int) -> str:
+    """Say what the longer cap shows, from how many runs reached it."""
+    reached = sum(1 for r in long if len(r["rounds"]) >= cap)
+    ran = [len(r["rounds"]) for r in long]
+    if reached:
+        return (
+            f"{reached} of {len(long)} runs reached the cap of {cap} and may still have been "
+            f"improving; against the others, which patience stopped, a gain is not the cap's "
+            f"doing."
+        )
+    within = f", within the main cap of {main_cap}" if main_cap and max(ran) <= main_cap else ""
+    return (
+        f"No run reached the cap of {cap}: patience stopped every one, after {min(ran)} to "
+        f"{max(ran)} rounds{within}. So the longer cap changed nothing, and this table cannot "
+        f"tell speed of convergence from accuracy: it shows that patience, not the cap, ended "
+        f"FedAvg's runs. The equal-budget headline above gives FedAvg more patience."
+    )
 
 
 def _auc(run: Run) -> float:
@@ -407,9 +473,16 @@ def wall_time_line(results: dict[str, Any]) -> str:
     )
 
 
-def render_reference(results: dict[str, Any]) -> list[str]:
-    """Return the reference section of docs/benchmarks.md (empty without results)."""
-    from benchmarks.reference import tuning_choices
+def render_reference(
+    results: dict[str, Any], equal_budget: dict[str, Any] | None = None
+) -> list[str]:
+    """Return the reference section of docs/benchmarks.md (empty without results).
+
+    ``equal_budget`` (``reference_patience10.json``) gives the headline at an equal, longer
+    budget (:func:`~benchmarks.equal_budget_report.render_equal_budget`), first.
+    """
+    from benchmarks.equal_budget_report import render_equal_budget
+    from benchmarks.reference import HEAD_CHOICE, tuning_choices
 
     runs = [_display_variant(r) for r in _ok(results.get("runs", []))]
     if not runs:
@@ -424,14 +497,22 @@ def render_reference(results: dict[str, Any]) -> list[str]:
         f"`make bench-reference` (`python benchmarks/reference.py`): ResNet-18 at base width "
         f"{settings.get('width')} with the {settings.get('backbone', 'small')} stem, up to {settings.get('max_rounds')} rounds, "
         f"stopping once validation macro-AUC has not improved for {settings.get('patience')} "
-        f"rounds (the last column of each table says how many runs stopped before the cap); "
-        f"the round with the best validation macro-AUC is reported. Every linear head "
-        f"starts at the same prior bias as FedNCAlign-ML's classifier. The runs below took "
+        f"rounds (the last column of each table says how many runs patience stopped before "
+        f"the cap); "
+        f"the round with the best validation macro-AUC is reported. Every linear head but "
+        f"FedAvg (zero bias)'s starts at the same prior bias as FedNCAlign-ML's classifier. "
+        f"The runs below took "
         f"{hours:.2f} h of worker time ({len(results.get('runs', []))} runs). "
         f"{wall_time_line(results)}".rstrip(),
         "",
-        *_tuning_tables(runs, choices),
     ]
+    raw_main = [r for r in _ok(results.get("runs", [])) if r.get("stage") == "main"]
+    headline = render_equal_budget(
+        equal_budget or {}, raw_main, choices.get(HEAD_CHOICE, {}).get("head_bias")
+    )
+    if headline:
+        out += [*headline, ""]
+    out += _tuning_tables(runs, choices)
     for dataset, title in DATASET_TITLES.items():
         if not any(r["dataset"] == dataset for r in main):
             continue
@@ -439,7 +520,7 @@ def render_reference(results: dict[str, Any]) -> list[str]:
         for setting in SETTING_TITLES:
             out += [*_main_tables(main, dataset, setting), ""]
     out += ["", *_diagnostics_table(main)]
-    out += ["", *_long_table(runs, main)]
+    out += ["", *_long_table(runs, main, int(settings.get("max_rounds", 0)))]
     out += ["", *_ablation_table(runs, main)]
     out += ["", *_width_table(runs, main, int(settings.get("width", 16)))]
     return out

@@ -97,6 +97,7 @@ def write_docs(docs: Path = DOCS, results_dir: Path = RESULTS_DIR) -> None:
             run_all=load("run_all.json"),
             reference=load("reference.json"),
             small_stem=load("reference_small_stem.json"),
+            equal_budget=load("reference_patience10.json"),
             training_latency=load("training_latency.json"),
         )
     )
@@ -115,6 +116,7 @@ def render_report(
     reference: dict[str, Any] | None = None,
     small_stem: dict[str, Any] | None = None,
     training_latency: dict[str, Any] | None = None,
+    equal_budget: dict[str, Any] | None = None,
 ) -> str:
     """Return the Markdown report: accuracy (``results``, then ``accelerator``), secure
     aggregation, privacy, training latency, ingestion."""
@@ -145,7 +147,7 @@ def render_report(
         "",
         *_run_all_lines(run_all or {}),
     ]
-    reference_lines = render_reference(reference or {})
+    reference_lines = render_reference(reference or {}, equal_budget or {})
     if reference_lines:
         out += [*reference_lines, ""]
         stem_lines = render_stem_comparison(reference or {}, small_stem or {})

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from clinfl.config import MethodConfig
+from clinfl.config.presets import or_library_default
 from clinfl.model.backbone import ResNet18Features, StemKind, load_backbone_weights
 from clinfl.model.networks import NetOutput
 from clinfl.typing import StateDict
@@ -76,7 +77,8 @@ def build_backbone(method: MethodConfig, spec: ModelSpec) -> ResNet18Features:
         stem = "small" if spec.image_size < 64 else "standard"
     else:
         stem = method.backbone
-    backbone = ResNet18Features(stem=stem, norm=method.norm, width=method.width)
+    width = or_library_default(method.width, "method.width")
+    backbone = ResNet18Features(stem=stem, norm=method.norm, width=width)
     if method.init_weights is not None:
         load_backbone_weights(backbone, method.init_weights)
     return backbone

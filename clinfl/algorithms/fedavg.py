@@ -7,6 +7,7 @@ from torch import nn
 
 from clinfl.algorithms.base import Algorithm, ModelSpec, build_backbone
 from clinfl.algorithms.registry import register_algorithm
+from clinfl.config.presets import or_library_default
 from clinfl.model.losses import bce_per_sample
 from clinfl.model.networks import LinearHeadNet, NetOutput
 
@@ -25,7 +26,7 @@ class FedAvg(Algorithm):
             return LinearHeadNet(
                 build_backbone(self.method, spec),
                 spec.num_classes,
-                head_bias=self.method.head_bias,
+                head_bias=or_library_default(self.method.head_bias, "method.head_bias"),
             )
 
     def per_sample_loss(self, output: NetOutput, targets: torch.Tensor) -> torch.Tensor:

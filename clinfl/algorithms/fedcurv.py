@@ -22,6 +22,7 @@ from torch import nn
 from clinfl.algorithms.base import AUX_PREFIX, RoundContext, SiteMemory, zeros_per_trainable
 from clinfl.algorithms.fedavg import FedAvg
 from clinfl.algorithms.registry import register_algorithm
+from clinfl.config.presets import or_library_default
 from clinfl.typing import StateDict
 
 FISHER_PREFIX = f"{AUX_PREFIX}fedcurv/u/"
@@ -56,7 +57,7 @@ class FedCurv(FedAvg):
         memory: Mapping[str, torch.Tensor],
     ) -> torch.Tensor | None:
         """Return ``(lambda / 2) * sum(u * w**2 - 2 * v * w)`` over the trainable parameters."""
-        strength = self.method.fedcurv_lambda
+        strength = or_library_default(self.method.fedcurv_lambda, "method.fedcurv_lambda")
         if strength == 0:
             return None
         terms = []

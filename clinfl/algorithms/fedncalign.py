@@ -7,11 +7,13 @@ from torch import nn
 
 from clinfl.algorithms.base import Algorithm, ModelSpec, build_backbone
 from clinfl.algorithms.registry import register_algorithm
+from clinfl.config.presets import or_library_default
 from clinfl.model.etf import SimplexETF
 from clinfl.model.losses import fedncalign_loss
 from clinfl.model.networks import FedNCAlignNet, NetOutput
 
-# METHOD.md section 3: lambda_rej is 1 on clean backgrounds and 0.01 on complex ones (X-rays).
+# METHOD.md section 3: the paper's lambda_rej is 1 on clean backgrounds and 0.01 on complex ones
+# (X-rays). A run's default is its data set's preset (clinfl.config.presets).
 CLEAN_BACKGROUND_LAMBDA_REJ = 1.0
 COMPLEX_BACKGROUND_LAMBDA_REJ = 0.01
 
@@ -45,9 +47,8 @@ class FedNCAlign(Algorithm):
 
     @property
     def lambda_rej(self) -> float:
-        """The rejection weight (the clean-background default when not set)."""
-        value = self.method.lambda_rej
-        return CLEAN_BACKGROUND_LAMBDA_REJ if value is None else value
+        """The rejection weight (the library preset's when not set: outside a run)."""
+        return or_library_default(self.method.lambda_rej, "method.lambda_rej")
 
     def per_sample_loss(self, output: NetOutput, targets: torch.Tensor) -> torch.Tensor:
         """Return BCE + lambda_rej * L_rej + lambda_con * L_con for each sample."""
@@ -58,7 +59,7 @@ class FedNCAlign(Algorithm):
             output.prototypes,
             targets,
             lambda_rej=self.lambda_rej,
-            lambda_con=self.method.lambda_con,
+            lambda_con=or_library_default(self.method.lambda_con, "method.lambda_con"),
             tau=self.method.tau_rej,
             temperature=self.method.temperature,
             bias=output.bias,

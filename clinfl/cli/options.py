@@ -22,6 +22,7 @@ from typing import Any
 import typer
 
 from clinfl.config import SECTIONS, Dropout, RunConfig
+from clinfl.config.presets import PRESET_FIELDS, preset_help
 
 
 @dataclass(frozen=True)
@@ -38,17 +39,26 @@ class FieldOption:
         return self.name or self.field.partition(".")[2]
 
     def parameter(self) -> inspect.Parameter:
-        """Return the Typer parameter: the field's type (a ``Literal`` as ``str``) and default."""
+        """Return the Typer parameter: the field's type (a ``Literal`` as ``str``) and default.
+
+        A field whose default is its data set's preset (:data:`~clinfl.config.presets.
+        PRESET_FIELDS`) says so in its help, with each preset's value.
+        """
         section, _, key = self.field.partition(".")
         cls = SECTIONS[section]
         default = {f.name: f.default for f in dataclasses.fields(cls)}[key]
         annotation = typing.get_type_hints(cls)[key]
         if typing.get_origin(annotation) is typing.Literal:
             annotation = str  # the choices are checked with every other value
+        elif any(typing.get_origin(a) is typing.Literal for a in typing.get_args(annotation)):
+            annotation = typing.Optional[str]  # noqa: UP045 (Typer reads this form)
+        text = self.help
+        if self.field in PRESET_FIELDS:
+            text = f"{text} {preset_help(self.field)}"
         return inspect.Parameter(
             self.param,
             inspect.Parameter.KEYWORD_ONLY,
-            default=typer.Option(default, help=self.help),
+            default=typer.Option(default, help=text),
             annotation=annotation,
         )
 

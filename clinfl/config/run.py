@@ -73,6 +73,7 @@ class DataConfig:
     label_space: str = "cxr14"
     split_dir: Path | None = None
     image_size: int | None = None
+    """Training image size in px; ``None``: the data set's preset (:mod:`clinfl.config.presets`)."""
     alpha: float = 0.5
     rho: float = 0.5
     val_fraction: float = 0.15
@@ -95,28 +96,31 @@ class MethodConfig:
     ``query_scaling="layernorm"`` is clinfl's LADM extension (LayerNorm on queries and tokens);
     ``"none"`` is the paper's module. ``head_bias`` is where a linear head's bias starts:
     ``prior`` (the logit of a 1/C prior, as FedNCAlign-ML's classifier bias) or ``zero``.
+    Fields that default to ``None`` take the data set's preset when a run resolves
+    (:mod:`clinfl.config.presets`: ``width``, ``head_bias``, ``lambda_rej``, ``lambda_con``,
+    ``fedcurv_lambda``).
     """
 
     name: str = "fedncalign"
     backbone: BackboneVariant = "auto"
     norm: NormKind = "group"
-    width: int = 64
+    width: int | None = None
     init_weights: Path | None = None
     pretrained: bool = True
     classifier: ClassifierKind = "etf"
     classifier_bias: bool = True
-    head_bias: HeadBiasKind = "prior"
+    head_bias: HeadBiasKind | None = None
     ladm: bool = True
     queries: QueryKind = "fixed"
     query_scaling: QueryScalingKind = "none"
     heads: int = 4
     ladm_width: int | None = None
     lambda_rej: float | None = None
-    lambda_con: float = 1.0
+    lambda_con: float | None = None
     tau_rej: float = 0.3
     temperature: float = 0.07
     prox_mu: float = 0.01
-    fedcurv_lambda: float = 1e5
+    fedcurv_lambda: float | None = None
 
 
 @dataclass(frozen=True)
@@ -127,6 +131,9 @@ class FederationConfig:
     (``f1``, ``youden`` or ``sensitivity:S``; see :mod:`clinfl.thresholds`). With ``patience``,
     training ends once validation macro-AUC has not improved for that many rounds (``rounds``
     is then the maximum).
+
+    ``lr`` left ``None`` takes the data set's preset when a run resolves
+    (:mod:`clinfl.config.presets`).
 
     ``local_steps`` switches local training from epochs to a fixed number of optimiser steps per
     round, each on a batch of ``batch_size`` samples (plain training) or Poisson-sampled at rate
@@ -144,7 +151,7 @@ class FederationConfig:
     local_epochs: int = 1
     local_steps: int | None = None
     batch_size: int = 32
-    lr: float = 1e-3
+    lr: float | None = None
     weight_decay: float = 0.01
     seed: int = 0
     federation_seed: int = 20240917

@@ -11,6 +11,7 @@ from __future__ import annotations
 from clinfl.config import run
 from clinfl.config.checks import Problems
 from clinfl.config.federation_size import small_federation_fix
+from clinfl.config.presets import resolve_presets
 from clinfl.config.run import (
     DataConfig,
     Dropout,
@@ -60,10 +61,12 @@ def _check_method(method: MethodConfig, known_methods: tuple[str, ...], p: Probl
     p.choice("classifier", method.classifier, run.CLASSIFIERS)
     p.choice("queries", method.queries, run.QUERIES)
     p.choice("query_scaling", method.query_scaling, run.QUERY_SCALINGS)
-    p.choice("head_bias", method.head_bias, run.HEAD_BIASES)
+    if method.head_bias is not None:
+        p.choice("head_bias", method.head_bias, run.HEAD_BIASES)
     if method.width not in run.WIDTHS:
         p.add("width", method.width, "8, 16, 32 or 64", "use 64 (the full ResNet-18)")
-    attention = method.ladm_width if method.ladm_width is not None else 8 * method.width
+    width = method.width or 0  # None only before a preset fills it (validate resolves first)
+    attention = method.ladm_width if method.ladm_width is not None else 8 * width
     if method.ladm_width is not None and method.ladm_width < 1:
         p.add("ladm_width", method.ladm_width, ">= 1", "leave it unset")
     elif method.heads < 1 or attention % method.heads:
@@ -74,7 +77,7 @@ def _check_method(method: MethodConfig, known_methods: tuple[str, ...], p: Probl
             "use 4 (the paper)",
         )
     for name in ("lambda_con", "tau_rej", "prox_mu", "fedcurv_lambda"):
-        if getattr(method, name) < 0:
+        if getattr(method, name) is not None and getattr(method, name) < 0:
             p.add(name, getattr(method, name), ">= 0", f"set {name} >= 0")
     if method.lambda_rej is not None and method.lambda_rej < 0:
         p.add("lambda_rej", method.lambda_rej, ">= 0", "set lambda_rej >= 0")
@@ -91,7 +94,8 @@ def _check_federation(fed: FederationConfig, p: Problems) -> None:
         fix = "use 1 or more, or leave it unset to train local_epochs epochs per round"
         p.whole("local_steps", fed.local_steps, 1, fix=fix)
     p.whole("batch_size", fed.batch_size, 1)
-    p.positive("lr", fed.lr, "use a positive learning rate, e.g. 1e-3")
+    if fed.lr is not None:
+        p.positive("lr", fed.lr, "use a positive learning rate, e.g. 1e-3")
     if fed.weight_decay < 0:
         p.add("weight_decay", fed.weight_decay, ">= 0", "e.g. 0.01")
     p.whole("seed", fed.seed, 0)
@@ -182,17 +186,22 @@ def _check_drops(drops: tuple[Dropout, ...], sites: int, p: Problems) -> None:
 def validate_run_config(config: RunConfig, *, known_methods: tuple[str, ...]) -> RunConfig:
     """Check every field of ``config`` and return it unchanged when valid.
 
+    Fields left to the data set's preset are checked at their preset values
+    (:func:`~clinfl.config.presets.resolve_presets`), so a setting that must fit another one
+    (LADM's heads and the backbone's width) is checked against the value the run will use.
+
     Raises:
         ValidationError: listing every invalid field with its value, bound and fix.
     """
     problems = Problems()
-    sites = config.federation.sites
-    _check_data(config.data, problems)
-    _check_method(config.method, known_methods, problems)
-    _check_federation(config.federation, problems)
-    _check_secagg(config.secagg, sites, problems)
-    _check_privacy(config.privacy, sites, problems)
-    _check_drops(config.drops, sites, problems)
+    resolved = resolve_presets(config)
+    sites = resolved.federation.sites
+    _check_data(resolved.data, problems)
+    _check_method(resolved.method, known_methods, problems)
+    _check_federation(resolved.federation, problems)
+    _check_secagg(resolved.secagg, sites, problems)
+    _check_privacy(resolved.privacy, sites, problems)
+    _check_drops(resolved.drops, sites, problems)
     if config.federation.training == "local" and config.data.cv_folds is None:
         fix = "add --cv K: a site's own held-out patients exist only under cross-validation"
         problems.add("training", "local", "only with --cv", fix)

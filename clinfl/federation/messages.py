@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from clinfl.config import FederationConfig
+from clinfl.config.presets import or_library_default
 from clinfl.metrics import MultiLabelMetrics
 from clinfl.thresholds import OperatingPoint
 from clinfl.typing import StateDict
@@ -32,7 +33,7 @@ class RoundSettings:
             round=round_number,
             local_epochs=federation.local_epochs,
             batch_size=federation.batch_size,
-            lr=federation.lr,
+            lr=or_library_default(federation.lr, "federation.lr"),
             local_steps=federation.local_steps,
         )
 

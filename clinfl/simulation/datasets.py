@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 
-from clinfl.algorithms.fedncalign import CLEAN_BACKGROUND_LAMBDA_REJ, COMPLEX_BACKGROUND_LAMBDA_REJ
 from clinfl.config import RunConfig
-from clinfl.data.chestxray14 import DEFAULT_CXR14_SIZE, ProgressCallback, load_chestxray14
-from clinfl.data.digits import DEFAULT_DIGITS_SIZE, load_digit_composites
+from clinfl.config.presets import resolve_presets
+from clinfl.data.chestxray14 import ProgressCallback, load_chestxray14
+from clinfl.data.digits import load_digit_composites
 from clinfl.data.imageset import SplitData
 from clinfl.policy import DataPolicy, load_policy
 from site_agent.ingest.pipeline import IngestOptions
@@ -19,24 +19,18 @@ from site_agent.setup import ingest_options
 
 
 def resolve_defaults(config: RunConfig) -> RunConfig:
-    """Fill the data-set-dependent defaults: image size and lambda_rej (clean vs X-ray).
+    """Fill the data-set-dependent defaults and turn secure aggregation off for one site.
+
+    The defaults come from the data set's preset (:func:`~clinfl.config.presets.resolve_presets`:
+    image size, width, learning rate, loss weights, FedCurv's strength, a linear head's bias).
 
     A single site (centralized training) aggregates nothing, so secure aggregation is off.
     """
-    data, method = config.data, config.method
-    clean = data.dataset == "digits" or (data.dataset == "dicom" and data.label_space == "digits")
-    if data.image_size is None:
-        size = DEFAULT_DIGITS_SIZE if clean else DEFAULT_CXR14_SIZE
-        data = replace(data, image_size=size)
-    if method.lambda_rej is None:
-        method = replace(
-            method,
-            lambda_rej=CLEAN_BACKGROUND_LAMBDA_REJ if clean else COMPLEX_BACKGROUND_LAMBDA_REJ,
-        )
+    config = resolve_presets(config)
     secagg = config.secagg
     if config.federation.sites == 1:
         secagg = replace(secagg, enabled=False)
-    return replace(config, data=data, method=method, secagg=secagg)
+    return replace(config, secagg=secagg)
 
 
 def site_data_policies(config: RunConfig) -> list[DataPolicy]:

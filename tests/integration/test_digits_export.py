@@ -12,6 +12,7 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from clinfl.cli.app import app
+from clinfl.config.presets import DIGITS
 from clinfl.data.labels import DIGIT_CLASSES, named_label_columns, parse_label_columns
 from clinfl.errors import LabelError
 from site_agent.ingest.labels import read_labels
@@ -145,7 +146,9 @@ def test_a_federation_trains_on_the_digits_export(digits_export: Path, tmp_path:
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert f"{LIMIT} accepted, 5 quarantined" in summary["data"]
-    assert summary["config"]["data"]["image_size"] == 16
+    # an export labelled with the digits takes the digits preset, recorded resolved
+    assert summary["config"]["data"]["image_size"] == DIGITS.image_size
+    assert summary["config"]["method"]["width"] == DIGITS.width
     assert summary["rounds"][0]["sites"] == 3
 
 

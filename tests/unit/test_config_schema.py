@@ -12,6 +12,7 @@ from clinfl.algorithms import available_algorithms
 from clinfl.cli.app import app
 from clinfl.cli.simulate import RUN_OPTIONS
 from clinfl.config import SECTIONS, RunConfig, SecAggConfig, validate_run_config
+from clinfl.config.presets import DIGITS, PRESET_FIELDS, XRAY, preset_help
 from clinfl.config.site_fields import PATH_FIELDS, SITE_FIELDS, portable_run_config
 from clinfl.errors import ValidationError
 from clinfl.policy import parse_policy
@@ -25,7 +26,16 @@ def test_every_simulate_option_takes_its_default_from_the_config_schema() -> Non
         section, _, key = option.field.partition(".")
         declared = {f.name: f.default for f in dataclasses.fields(SECTIONS[section])}[key]
         assert params[option.param].default == declared, option.field
-        assert params[option.param].help == option.help
+        preset = f" {preset_help(option.field)}" if option.field in PRESET_FIELDS else ""
+        assert params[option.param].help == option.help + preset
+
+
+def test_the_help_of_a_preset_field_gives_each_data_sets_value() -> None:
+    command = typer.main.get_command(app).commands["simulate"]  # type: ignore[attr-defined]
+    help_of = {p.name: p.help for p in command.params}
+    assert f"digits {DIGITS.lambda_con:g} (chosen on validation)" in help_of["lambda_con"]
+    assert f"X-rays (cxr14, dicom) {XRAY.lambda_con:g} (not yet validated)" in help_of["lambda_con"]
+    assert f"digits {DIGITS.image_size} (the reference benchmark's)" in help_of["image_size"]
 
 
 def test_a_policy_secagg_table_is_the_protocols_requirements_type() -> None:

@@ -10,6 +10,10 @@ from hypothesis import strategies as st
 
 from benchmarks.paired_stats import paired_gain
 from benchmarks.reference import (
+    BASE_METHOD,
+    HEAD_CHOICE,
+    HEAD_VARIANT,
+    PAPER_LAMBDA_REJ,
     Cell,
     Settings,
     cpus_of,
@@ -19,6 +23,7 @@ from benchmarks.reference import (
     settings_conflict,
     tuning_cells,
     tuning_choices,
+    validated_defaults,
     with_tuned_weights,
 )
 from benchmarks.reference_report import render_reference
@@ -113,9 +118,58 @@ def test_choices_come_from_validation_never_from_test() -> None:
     digits, nih, tune_cell = (run_config(cell, Settings(), choices) for cell in cells)
     assert digits.federation.lr == 1e-4 and digits.method.lambda_rej == 0.1
     assert "{lambda_rej=0.1}" in cells[0].key  # a rerun with other weights is another cell
-    assert nih.method.lambda_rej is None and "{" not in cells[1].key  # tuned on digits only
+    # tuned on digits only: NIH1000 keeps the paper's X-ray weight, written out
+    assert nih.method.lambda_rej == PAPER_LAMBDA_REJ["nih1000"] and "{" not in cells[1].key
     assert digits.method.query_scaling == "none" and digits.federation.patience == 4
-    assert tune_cell.federation.lr == 1e-3 and tune_cell.method.lambda_rej is None
+    # the tuning stage starts from the paper's weights, whatever the product's presets say
+    assert tune_cell.federation.lr == 1e-3
+    assert tune_cell.method.lambda_rej == PAPER_LAMBDA_REJ["digits"]
+    assert tune_cell.method.lambda_con == BASE_METHOD["lambda_con"]
+    assert tune_cell.method.head_bias == "prior"
+
+
+def test_fedavgs_head_is_chosen_on_validation_never_on_test() -> None:
+    runs = [
+        _run("tune", "fedavg", 100, val=0.80, test=0.99, lr=1e-3),
+        _run("tune", "fedavg", 100, val=0.70, test=0.99, lr=3e-4),
+        _run("tune", "fedavg", 100, val=0.90, test=0.10, lr=1e-2),
+    ]
+    assert HEAD_CHOICE not in tuning_choices(runs)  # no head grid: no head choice
+    zero = _run("tune", HEAD_VARIANT, 100, val=0.85, test=0.10)
+    # FedAvg chose lr 1e-2 (val 0.90); at that rate the prior head (0.90) beats zero (0.85)
+    assert tuning_choices([*runs, zero])[HEAD_CHOICE] == {"head_bias": "prior"}
+    better = _run("tune", HEAD_VARIANT, 100, val=0.91, test=0.10)
+    choices = tuning_choices([*runs, better])
+    assert choices[HEAD_CHOICE] == {"head_bias": "zero"}
+    (head,) = tuning_cells((100,), ["head"])
+    config = run_config(head, Settings(lr=1e-3), choices)
+    assert config.method.head_bias == "zero" and config.federation.lr == 1e-2  # FedAvg's rate
+    text = "\n".join(render_reference({"runs": [*runs, better], "settings": Settings().__dict__}))
+    assert "| zero (chosen) | 91.00 ± 0.00 |" in text and "| prior | 90.00 ± 0.00 |" in text
+
+
+def test_validated_defaults_read_the_choices_and_the_trained_settings() -> None:
+    runs = [
+        _run("tune", "fedavg", 100, val=0.9, test=0.5, lr=3e-4),
+        _run("tune", "fedncalign_paper", 100, val=0.9, test=0.5, lr=3e-4),
+        _run("tune", "fedncalign_paper", 100, val=0.95, test=0.1, options={"lambda_con": 0.3}),
+        _run("tune", "fedcurv", 100, val=0.95, test=0.1, options={"fedcurv_lambda": 10.0}),
+        {
+            **_run("main", "fedavg", 0, val=0.9, test=0.9),
+            "config": {"data": {"image_size": 24}, "method": {"width": 8}},
+        },
+    ]
+    chosen = validated_defaults({"runs": runs})
+    assert chosen == {
+        "federation.lr": 3e-4,
+        "method.lambda_rej": PAPER_LAMBDA_REJ["digits"],  # not tuned: the paper's
+        "method.lambda_con": 0.3,
+        "method.prox_mu": BASE_METHOD["prox_mu"],
+        "method.fedcurv_lambda": 10.0,
+        "data.image_size": 24,
+        "method.width": 8,
+    }
+    assert validated_defaults({"runs": runs[-1:]}) == {}  # no tuning stage: nothing chosen
 
 
 def test_baseline_strengths_are_tuned_on_validation_at_fedavgs_rate() -> None:
@@ -330,3 +384,40 @@ def test_choices_from_another_results_file_reach_the_cells_run(
     monkeypatch.setattr(sys, "argv", [*argv[:-1], str(tmp_path / "missing.json")])
     with pytest.raises(SystemExit):
         reference.main()
+
+
+def test_the_headline_pairs_the_equal_budget_runs_and_names_the_better_head() -> None:
+    def cell(variant: str, seed: int, val: float, test: float, ran: int) -> dict:
+        run = {**_run("main", variant, seed, val, test), "setting": "s2"}
+        return {**run, "rounds": [{"round": r + 1} for r in range(ran)]}
+
+    equal = {
+        "settings": {"max_rounds": 60, "patience": 10},
+        "runs": [cell("fedavg", s, 0.90, 0.90, 60) for s in range(3)]
+        + [cell("fedavg_zero_bias", s, 0.95, 0.92, 40) for s in range(3)]
+        + [cell("fedncalign_paper", s, 0.95, 0.93 + 0.01 * s, 60) for s in range(3)],
+    }
+    preset = [{**_run("main", "fedavg", s, 0.8, 0.85), "setting": "s2"} for s in range(3)]
+    text = "\n".join(
+        render_reference({"runs": preset, "settings": Settings().__dict__}, equal_budget=equal)
+    )
+    headline = text[text.index("### Headline") : text.index("### Digits")]
+    # zero bias has the higher validation score: it is the better head, whatever test says
+    assert "FedAvg (zero bias) (the better head) | +1.00, +2.00, +3.00 | +2.00" in headline
+    assert "| FedAvg (prior bias) | 3 | 90.00 ± 0.00 |" in headline
+    assert "+5.00 [+5.00, +5.00] |" in headline  # prior-bias FedAvg: patience 10 minus 4
+    assert "6 of 9 runs reached the cap of 60" in headline
+    # the preset's table says what stopped its runs
+    assert "stopped by patience before the cap" in text and "converged" not in text
+
+
+def test_a_longer_cap_that_no_run_reached_is_not_said_to_rule_out_speed() -> None:
+    runs = [{**_run("main", "fedncalign_paper", s, 0.9, 0.95), "setting": "s2"} for s in range(2)]
+    runs += [
+        {**_run("long", "fedavg", s, 0.9, 0.88), "setting": "s2", "max_rounds": 60}
+        for s in range(2)
+    ]  # each ran 2 rounds, far from the cap
+    text = "\n".join(render_reference({"runs": runs, "settings": Settings().__dict__}))
+    assert "No run reached the cap of 60" in text
+    assert "cannot tell speed of convergence from accuracy" in text
+    assert "not speed of convergence alone" not in text
