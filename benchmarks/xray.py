@@ -46,12 +46,13 @@ SITES = 5
 SEEDS = (0, 1, 2, 3, 4)
 FEDERATED = ("fedavg", "fedncalign")
 
-# The pretrained recipe (docs/method.md, "Pretrained backbones"): MobileNetV2's ImageNet
-# features, 64 px films upsampled to IMAGE_SIZE, the last TRAIN_BLOCKS blocks and the head trained.
-IMAGE_SIZE = 128
+# The pretrained recipe: MobileNetV2's ImageNet features cut after the last stride-16 block (a
+# 4x4 token map at 64 px, chosen by benchmarks/token_map.py; docs/method.md), the last
+# TRAIN_BLOCKS blocks and the head trained.
+IMAGE_SIZE = 64
 TRAIN_BLOCKS: int | None = 4
-FEATURE_STRIDE: int | None = None
-ROUNDS = 8
+FEATURE_STRIDE: int | None = 16
+ROUNDS = 10
 LR = 1e-3
 BATCH = 32
 
