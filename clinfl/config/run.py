@@ -29,7 +29,8 @@ HeadBiasKind = Literal["prior", "zero"]
 SelectionRule = Literal["best", "last"]
 
 DATASETS: tuple[str, ...] = ("digits", "cxr14", "dicom")
-LABEL_SPACE_NAMES: tuple[str, ...] = ("cxr14", "digits")
+LABEL_SPACE_NAMES: tuple[str, ...] = ("cxr14", "digits", "chexpert", "custom")
+UNCERTAIN_LABELS: tuple[str, ...] = ("ones", "zeros")
 BACKBONES: tuple[str, ...] = ("auto", "standard", "small", "compact")
 NORMS: tuple[str, ...] = ("group", "batch")
 CLASSIFIERS: tuple[str, ...] = ("etf", "learnable")
@@ -56,7 +57,16 @@ DROP_STAGES: tuple[str, ...] = tuple(stage_name(stage) for stage in ROUND_STAGES
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Which data set to load and how to cut it into sites."""
+    """Which data set to load and how to cut it into sites.
+
+    ``label_space`` is what the labels mean: ``cxr14`` (ChestX-ray14's 14 findings),
+    ``chexpert`` (CheXpert's 14 observations, ``No Finding`` among them), ``digits`` (the demo)
+    or ``custom``: the labels file's columns named in ``label_columns``, in that order (the
+    model's outputs). ``uncertain_labels`` is how a ``chexpert`` table's uncertain cells (-1)
+    count: ``ones`` (U-Ones, the default: an uncertain mention is a finding the reader could
+    not exclude) or ``zeros`` (U-Zeros). Blank cells are negatives. See
+    :mod:`clinfl.data.label_table`.
+    """
 
     dataset: DatasetName = "digits"
     images: Path | None = None
@@ -69,6 +79,8 @@ class DataConfig:
     val_fraction: float = 0.15
     composites_per_pair: int = 12
     max_samples: int | None = None
+    label_columns: tuple[str, ...] = ()
+    uncertain_labels: str = "ones"
 
 
 @dataclass(frozen=True)
@@ -175,13 +187,15 @@ class RunConfig:
     drops: tuple[Dropout, ...] = ()
 
     def to_json_dict(self) -> dict[str, Any]:
-        """Return a JSON-serialisable copy (paths as strings)."""
+        """Return a JSON-serialisable copy (paths as strings, tuples as lists, as JSON reads)."""
 
         def convert(value: Any) -> Any:
             if isinstance(value, Path):
                 return str(value)
             if isinstance(value, dict):
                 return {k: convert(v) for k, v in value.items()}
+            if isinstance(value, tuple | list):
+                return [convert(v) for v in value]
             return value
 
         result: dict[str, Any] = convert(asdict(self))
