@@ -88,9 +88,14 @@ def table_targets(
     """
     columns, missing, clashes = class_columns(header, space.classes)
     if missing and FINDING_COLUMN in header and space.name != CHEXPERT:
-        return parse_finding_labels(
-            [row.get(FINDING_COLUMN) or "" for row in rows], classes=space.classes
-        )
+        values = [row.get(FINDING_COLUMN) or "" for row in rows]
+        try:
+            return parse_finding_labels(values, classes=space.classes)
+        except LabelError as error:
+            raise LabelError(
+                f"{source} does not fit the {space.describe()} label space: {error.message}",
+                remedy=error.remedy,
+            ) from None
     problems: list[str] = []
     if missing:
         instead = "" if space.name == CHEXPERT else f" and no '{FINDING_COLUMN}' column"
