@@ -24,6 +24,7 @@ runner = CliRunner()
 FINDINGS = ("Finding A", "Finding B", "Finding C")
 SPACE = LabelSpace("custom", FINDINGS)
 COLUMN_OPTIONS = [arg for name in FINDINGS for arg in ("--label-column", name)]
+EXPORTED = 100  # the export's UIDs are random, so its split is: 100 images keep it usable
 QUICK = [
     "--sites",
     "1",
@@ -182,7 +183,7 @@ def test_the_model_card_lists_the_custom_classes(custom_model: Path, tmp_path: P
 def test_a_dicom_export_with_custom_columns_ingests_and_trains(tmp_path: Path) -> None:
     export = tmp_path / "export"
     made = runner.invoke(
-        app, ["data", "make-export", "--digits", "--out", str(export), "--limit", "16"]
+        app, ["data", "make-export", "--digits", "--out", str(export), "--limit", str(EXPORTED)]
     )
     assert made.exit_code == 0, made.output
     with open(export / "labels.csv", newline="") as handle:
@@ -200,7 +201,7 @@ def test_a_dicom_export_with_custom_columns_ingests_and_trains(tmp_path: Path) -
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
-    assert summary["accepted"] == 16
+    assert summary["accepted"] == EXPORTED
     assert list(summary["label_counts"]) == ["Low", "High"]
     expected = np.array([[int(r[1]), int(r[2])] for r in rows]).sum(axis=0)
     assert list(summary["label_counts"].values()) == expected.tolist()
@@ -212,6 +213,23 @@ def test_a_dicom_export_with_custom_columns_ingests_and_trains(tmp_path: Path) -
     )  # fmt: skip
     assert run.exit_code == 0, run.output
     assert set(json.loads(run.stdout)["best"]["per_class_auc"]) == {"Low", "High"}
+    model = tmp_path / "model"
+    exported = runner.invoke(
+        app, ["model", "export", "--run", str(tmp_path / "run"), "--out", str(model)]
+    )
+    assert exported.exit_code == 0, exported.output
+    out = tmp_path / "predictions.csv"
+    code, lines = _predict(model, export, out, "--workers", "1")  # its labels.csv fits the model
+    assert code == 0, lines
+    with open(out, newline="") as handle:
+        predicted = list(csv.DictReader(handle))
+    unlabelled = summary["quarantined"]["no_label"]  # predicting needs no label
+    assert len(predicted) == EXPORTED + unlabelled and list(predicted[0]) == [
+        "key",
+        "p_Low",
+        "p_High",
+        "positive",
+    ]
     wrong = runner.invoke(
         app,
         ["site", "ingest", "--data", str(export), "--state", str(tmp_path / "state"),
