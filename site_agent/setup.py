@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from clinfl.algorithms import Algorithm, ModelSpec
 from clinfl.config import FederationConfig, RunConfig
 from clinfl.data.imageset import ImageSet, SplitData
+from clinfl.data.label_space import LabelSpace
 from clinfl.device import resolve_device
 from clinfl.errors import ConfigError
 from clinfl.federation.messages import RoundSettings
@@ -101,6 +102,11 @@ class SiteData:
     def label_space(self) -> str:
         """The label space the site's labels are in."""
         return self.options.label_space
+
+    @property
+    def space(self) -> LabelSpace:
+        """The label space with its classes (``custom``: the site's label columns)."""
+        return self.options.space
 
 
 def load_export(

@@ -21,11 +21,10 @@ from rich.console import Console
 from clinfl.algorithms import available_algorithms
 from clinfl.cli.coordinator import coordinator_app
 from clinfl.cli.errors import cli_errors
-from clinfl.cli.site import ingest_with_progress, site_app
+from clinfl.cli.site import check_label_options, ingest_with_progress, site_app
 from clinfl.config import validate_run_config
 from clinfl.config.file import load_run_config
 from clinfl.config.site_fields import refuse_site_settings
-from clinfl.data.labels import LABEL_SPACES
 from clinfl.errors import ConfigError, FederationError
 from clinfl.pki import load_pki_roster
 from clinfl.policy import load_policy
@@ -129,7 +128,16 @@ def run(
     labels: Annotated[
         Path | None, typer.Option(help="Label CSV (default: labels.csv at the top of --data).")
     ] = None,
-    label_space: Annotated[str, typer.Option(help="cxr14 or digits.")] = "cxr14",
+    label_space: Annotated[
+        str, typer.Option(help="cxr14, chexpert, digits, or custom (with --label-column).")
+    ] = "cxr14",
+    label_column: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="--label-space custom: one finding column of the label CSV; repeat it for "
+            "each class, in the run's order."
+        ),
+    ] = None,
     label_key: Annotated[
         str, typer.Option(help="Match labels by sop, study or accession.")
     ] = "sop",
@@ -155,15 +163,16 @@ def run(
             raise ConfigError("--connect-timeout must be positive", remedy="--connect-timeout 900")
         if threads is not None and threads < 1:
             raise ConfigError(f"--threads must be >= 1, got {threads}", remedy="--threads 1")
-        if label_space not in LABEL_SPACES:
-            raise ConfigError(
-                f"--label-space must be cxr14 or digits, got {label_space!r}",
-                remedy="--label-space cxr14",
-            )
+        columns = check_label_options(label_space, label_column)
         site_policy = load_policy(policy)
         keys = read_site_files(state)
         options = ingest_options(
-            IngestOptions(image_size=image_size, label_key=label_key, label_space=label_space),
+            IngestOptions(
+                image_size=image_size,
+                label_key=label_key,
+                label_space=label_space,
+                label_columns=columns,
+            ),
             [site_policy.data],
         )
         result = ingest_with_progress(data, state / SITE_INGEST_DIR, options, labels, console)

@@ -13,7 +13,7 @@ from rich.table import Table
 
 from clinfl.cli.errors import cli_errors
 from clinfl.cli.render import progress_bar
-from clinfl.data.labels import LABEL_SPACES
+from clinfl.data.label_space import SPACE_NAMES
 from clinfl.device import resolve_device
 from clinfl.errors import ConfigError
 from clinfl.model_io import export_run, read_bundle
@@ -122,7 +122,24 @@ def predict(
         Path | None, typer.Option(help="Site policy: its data.modalities/body_parts/views filter.")
     ] = None,
     label_space: Annotated[
-        str | None, typer.Option(help="Refuse a model of another label space (cxr14, digits).")
+        str | None,
+        typer.Option(
+            help="Refuse a model of another label space (cxr14, chexpert, digits, or custom "
+            "with --label-column)."
+        ),
+    ] = None,
+    label_column: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="--label-space custom: one class, in the model's output order (repeatable)."
+        ),
+    ] = None,
+    labels: Annotated[
+        Path | None,
+        typer.Option(
+            help="A label table of the data: refuse the model unless the table has a column "
+            "for each of its classes (default: labels.csv at the top of --data, if any)."
+        ),
     ] = None,
     federation_seed: Annotated[
         int | None,
@@ -138,9 +155,9 @@ def predict(
     with cli_errors(as_json=as_json):
         if source not in ("auto", "dicom", "png"):
             raise ConfigError(f"--format must be auto, dicom or png, not {source!r}", remedy="")
-        if label_space is not None and label_space not in LABEL_SPACES:
+        if label_space is not None and label_space not in SPACE_NAMES:
             raise ConfigError(
-                f"--label-space must be cxr14 or digits, got {label_space!r}",
+                f"--label-space must be one of {', '.join(SPACE_NAMES)}, got {label_space!r}",
                 remedy="--label-space cxr14",
             )
         if workers < 1:
@@ -155,6 +172,8 @@ def predict(
             label_space=label_space,
             federation_seed=federation_seed,
             ingest=_ingest_options(policy, workers, lenient),
+            label_columns=tuple(label_column or ()),
+            labels=labels,
         )
         bar = progress_bar(console)
         task = bar.add_task("reading", total=None)

@@ -52,6 +52,8 @@ class FieldOption:
             annotation = str  # the choices are checked with every other value
         elif any(typing.get_origin(a) is typing.Literal for a in typing.get_args(annotation)):
             annotation = typing.Optional[str]  # noqa: UP045 (Typer reads this form)
+        elif typing.get_origin(annotation) is tuple:  # a repeatable option
+            annotation = list[str]
         text = self.help
         if self.field in PRESET_FIELDS:
             text = f"{text} {preset_help(self.field)}"
@@ -63,11 +65,21 @@ class FieldOption:
         )
 
 
+def _field_value(option: FieldOption, value: Any) -> Any:
+    """A repeatable option's values as the field's tuple."""
+    section, _, key = option.field.partition(".")
+    if typing.get_origin(typing.get_type_hints(SECTIONS[section])[key]) is not tuple:
+        return value
+    return tuple(value)
+
+
 class FieldValues:
     """The values a command's field options were given (each field's default when not)."""
 
     def __init__(self, options: Sequence[FieldOption], given: Mapping[str, Any]) -> None:
-        self._values = {option.field: given[option.param] for option in options}
+        self._values = {
+            option.field: _field_value(option, given[option.param]) for option in options
+        }
 
     def __getitem__(self, field: str) -> Any:
         return self._values[field]

@@ -107,8 +107,21 @@ RUN_OPTIONS: tuple[FieldOption, ...] = (
     FieldOption("data.split_dir", "cxr14: folder with train_val_list.txt and test_list.txt."),
     FieldOption(
         "data.label_space",
-        "dicom: the labels the export's labels.csv uses: cxr14 (the 14 findings) or "
-        "digits (an export made with `clinfl data make-export --digits`).",
+        "cxr14 and dicom: what the labels file's columns mean: cxr14 (the 14 ChestX-ray14 "
+        "findings), chexpert (the CheXpert labeler's 14 observations), custom (the columns "
+        "named by --label-column) or digits (an export made with `clinfl data make-export "
+        "--digits`).",
+    ),
+    FieldOption(
+        "data.label_columns",
+        "--label-space custom: one finding column of the labels file (0/1 cells); repeat it "
+        "for each class, in the order the model outputs them.",
+        name="label_column",
+    ),
+    FieldOption(
+        "data.uncertain_labels",
+        "--label-space chexpert: uncertain cells (-1) count as ones (U-Ones) or zeros "
+        "(U-Zeros); blank cells are negatives.",
     ),
     FieldOption("method.name", f"Algorithm. {_METHODS}.", name="method"),
     FieldOption("federation.sites", "Number of sites K (1 = centralized, no aggregation)."),

@@ -18,7 +18,7 @@ from rich.table import Table
 from clinfl.cli.errors import cli_errors
 from clinfl.cli.pki import roster_table
 from clinfl.cli.render import progress_bar
-from clinfl.data.labels import LABEL_SPACES
+from clinfl.data.label_space import SPACE_NAMES, UNCERTAIN_POLICIES, resolve_label_space
 from clinfl.errors import ConfigError, RosterError
 from clinfl.pki import REQUEST_FILE
 from clinfl.policy import load_policy
@@ -83,6 +83,31 @@ def ingest_with_progress(
         )
 
 
+def check_label_options(
+    label_space: str, label_column: list[str] | None, uncertain_labels: str = "ones"
+) -> tuple[str, ...]:
+    """Check ``--label-space``, ``--label-column`` and ``--uncertain-labels``; return the columns.
+
+    Raises:
+        ConfigError: for an unknown label space or uncertain-label policy.
+        ValidationError: for custom columns that are too few, blank or repeated, or columns
+            given with a built-in space.
+    """
+    if label_space not in SPACE_NAMES:
+        raise ConfigError(
+            f"--label-space must be one of {', '.join(SPACE_NAMES)}, got {label_space!r}",
+            remedy="--label-space cxr14",
+        )
+    if uncertain_labels not in UNCERTAIN_POLICIES:
+        raise ConfigError(
+            f"--uncertain-labels must be ones or zeros, got {uncertain_labels!r}",
+            remedy="--uncertain-labels ones",
+        )
+    columns = tuple(label_column or ())
+    resolve_label_space(label_space, columns)
+    return columns
+
+
 @site_app.command("ingest")
 def ingest(
     data: Annotated[Path, typer.Option(help="The PACS export folder (searched recursively).")],
@@ -99,9 +124,22 @@ def ingest(
     label_space: Annotated[
         str,
         typer.Option(
-            help="cxr14 (the 14 ChestX-ray14 findings) or digits (`make-export --digits` demos)."
+            help="cxr14 (the 14 ChestX-ray14 findings), chexpert (the CheXpert labeler's 14 "
+            "observations), custom (your own finding columns: --label-column) or digits "
+            "(`make-export --digits` demos)."
         ),
     ] = "cxr14",
+    label_column: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="--label-space custom: one finding column of the label CSV (0/1 cells); "
+            "repeat it for each class, in the model's output order."
+        ),
+    ] = None,
+    uncertain_labels: Annotated[
+        str,
+        typer.Option(help="--label-space chexpert: uncertain (-1) cells count as ones or zeros."),
+    ] = "ones",
     image_size: Annotated[int, typer.Option(help="Training image size in px.")] = 64,
     workers: Annotated[int, typer.Option(help="Decoding processes.")] = 2,
     lenient: Annotated[
@@ -117,11 +155,7 @@ def ingest(
                 f"--label-key must be sop, study or accession, got {label_key!r}",
                 remedy="--label-key sop",
             )
-        if label_space not in LABEL_SPACES:
-            raise ConfigError(
-                f"--label-space must be cxr14 or digits, got {label_space!r}",
-                remedy="--label-space cxr14",
-            )
+        columns = check_label_options(label_space, label_column, uncertain_labels)
         if workers < 1 or not 16 <= image_size <= 1024:
             raise ConfigError(
                 "--workers must be >= 1 and --image-size 16..1024", remedy="use the defaults"
@@ -134,6 +168,8 @@ def ingest(
                 label_key=label_key,
                 label_space=label_space,
                 workers=workers,
+                label_columns=columns,
+                uncertain_labels=uncertain_labels,
             ),
             data_policies,
         )

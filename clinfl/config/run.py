@@ -30,7 +30,8 @@ SelectionRule = Literal["best", "last"]
 TrainingMode = Literal["federated", "local"]
 
 DATASETS: tuple[str, ...] = ("digits", "cxr14", "dicom")
-LABEL_SPACE_NAMES: tuple[str, ...] = ("cxr14", "digits")
+LABEL_SPACE_NAMES: tuple[str, ...] = ("cxr14", "digits", "chexpert", "custom")
+UNCERTAIN_LABELS: tuple[str, ...] = ("ones", "zeros")
 BACKBONES: tuple[str, ...] = ("auto", "standard", "small", "compact")
 NORMS: tuple[str, ...] = ("group", "batch")
 CLASSIFIERS: tuple[str, ...] = ("etf", "learnable")
@@ -65,6 +66,13 @@ class DataConfig:
     ``Patient ID`` where the table has one; digits use their own groups) and ``cv_seed`` fixes
     the data plan (fold assignment, site ownership, validation parts), so runs with other site
     counts, methods or training seeds share folds and pair.
+    ``label_space`` is what the labels mean: ``cxr14`` (ChestX-ray14's 14 findings),
+    ``chexpert`` (CheXpert's 14 observations, ``No Finding`` among them), ``digits`` (the demo)
+    or ``custom``: the labels file's columns named in ``label_columns``, in that order (the
+    model's outputs). ``uncertain_labels`` is how a ``chexpert`` table's uncertain cells (-1)
+    count: ``ones`` (U-Ones, the default: an uncertain mention is a finding the reader could
+    not exclude) or ``zeros`` (U-Zeros). Blank cells are negatives. See
+    :mod:`clinfl.data.label_table`.
     """
 
     dataset: DatasetName = "digits"
@@ -82,6 +90,8 @@ class DataConfig:
     cv_folds: int | None = None
     group_by: str | None = None
     cv_seed: int = 0
+    label_columns: tuple[str, ...] = ()
+    uncertain_labels: str = "ones"
 
 
 @dataclass(frozen=True)
@@ -199,13 +209,15 @@ class RunConfig:
     drops: tuple[Dropout, ...] = ()
 
     def to_json_dict(self) -> dict[str, Any]:
-        """Return a JSON-serialisable copy (paths as strings)."""
+        """Return a JSON-serialisable copy (paths as strings, tuples as lists, as JSON reads)."""
 
         def convert(value: Any) -> Any:
             if isinstance(value, Path):
                 return str(value)
             if isinstance(value, dict):
                 return {k: convert(v) for k, v in value.items()}
+            if isinstance(value, tuple | list):
+                return [convert(v) for v in value]
             return value
 
         result: dict[str, Any] = convert(asdict(self))

@@ -20,6 +20,7 @@ from clinfl.config.run import (
     PrivacyConfig,
     RunConfig,
 )
+from clinfl.data.label_space import label_space_problems
 from clinfl.device import is_device_name
 from clinfl.errors import ConfigError
 from clinfl.secagg.settings import SecAggConfig, sum_headroom
@@ -29,6 +30,23 @@ from clinfl.thresholds import RULE_HELP, parse_rule
 def _check_data(data: DataConfig, p: Problems) -> None:
     p.choice("dataset", data.dataset, run.DATASETS)
     p.choice("label_space", data.label_space, run.LABEL_SPACE_NAMES)
+    if data.label_space in run.LABEL_SPACE_NAMES:
+        p.violations += label_space_problems(data.label_space, data.label_columns)
+    p.choice("uncertain_labels", data.uncertain_labels, run.UNCERTAIN_LABELS)
+    if data.uncertain_labels == "zeros" and data.label_space != "chexpert":
+        p.add(
+            "uncertain_labels",
+            data.uncertain_labels,
+            "only with label_space 'chexpert' (the one space with uncertain labels)",
+            "leave uncertain_labels out",
+        )
+    if data.dataset == "digits" and data.label_space in ("chexpert", "custom"):
+        p.add(
+            "label_space",
+            data.label_space,
+            "cxr14 or digits with the digits data set (its labels are the ten digits)",
+            "use --dataset cxr14 or dicom for your own labels",
+        )
     if data.image_size is not None:
         p.whole("image_size", data.image_size, 16, 1024)
     p.positive("alpha", data.alpha, "use a positive Dirichlet concentration")

@@ -20,6 +20,7 @@ from clinfl.data.chestxray14 import (
 )
 from clinfl.data.digits import load_digit_composites
 from clinfl.data.imageset import ImageSet
+from clinfl.data.label_space import resolve_label_space
 
 AGE_COLUMNS = ("Age", "Patient Age")
 
@@ -125,6 +126,8 @@ def load_cv_pool(config: RunConfig, progress: ProgressCallback | None = None) ->
             seed=data.cv_seed,
             max_samples=data.max_samples,
             progress=progress,
+            space=resolve_label_space(data.label_space, data.label_columns),
+            uncertain=data.uncertain_labels,
         )
         id_column = INDEX_COLUMN if INDEX_COLUMN in header else PATH_COLUMN
         ids = tuple((row.get(id_column) or "").strip() for row in rows)

@@ -1,9 +1,12 @@
 """ChestX-ray14 loader: an image folder plus a label table, split by patient.
 
-The label table is ``Data_Entry_2017*.csv[.gz]`` or any CSV with an ``Image Index`` (or ``path``)
-column and either a ``Finding Labels`` column or the 14 named 0/1 label columns (mapped by name,
-in any order). The official split is taken from an ``official_split`` column or from
-``train_val_list.txt``/``test_list.txt`` when present; otherwise patients are split at random.
+The label table is ``Data_Entry_2017*.csv[.gz]`` or any CSV with an ``Image Index`` (or ``path``,
+or CheXpert's ``Path``) column and either a ``Finding Labels`` column or one named label column
+per class (mapped by name, in any order). The classes are the label space's: the 14
+ChestX-ray14 findings by default, CheXpert's 14 observations, or a custom list of columns
+(:mod:`clinfl.data.label_table`). The official split is taken from an ``official_split`` column or
+from ``train_val_list.txt``/``test_list.txt`` when present; otherwise patients are split at
+random.
 Validation is always split from the training side by patient.
 """
 
@@ -18,18 +21,15 @@ from pathlib import Path
 import numpy as np
 
 from clinfl.data.imageset import ImageSet, SplitData, split_by_group
-from clinfl.data.labels import (
-    CXR14_LABELS,
-    FINDING_COLUMN,
-    named_label_columns,
-    parse_finding_labels,
-    parse_label_columns,
-)
+from clinfl.data.label_space import LabelSpace
+from clinfl.data.label_table import table_targets
+from clinfl.data.labels import CXR14_LABELS
 from clinfl.data.png_reader import IMAGE_SUFFIXES, read_grayscale
 from clinfl.errors import DataError, LabelError
 
 INDEX_COLUMN = "Image Index"
 PATH_COLUMN = "path"
+PATH_COLUMNS = (PATH_COLUMN, "Path")  # CheXpert's CSVs name the image path "Path"
 PATIENT_COLUMN = "Patient ID"
 SPLIT_COLUMN = "official_split"
 SPLIT_FILES = ("train_val_list.txt", "test_list.txt")
@@ -62,18 +62,7 @@ def read_label_table(path: Path) -> tuple[list[str], list[dict[str, str]]]:
     return header, rows
 
 
-def _targets(header: list[str], rows: list[dict[str, str]], path: Path) -> np.ndarray:
-    columns = named_label_columns(header)
-    if columns is not None:
-        return parse_label_columns(rows, columns)
-    if FINDING_COLUMN in header:
-        return parse_finding_labels([row.get(FINDING_COLUMN) or "" for row in rows])
-    raise LabelError(
-        f"label table {path.name} has neither a '{FINDING_COLUMN}' column nor the 14 named "
-        "label columns",
-        remedy=f"add a '{FINDING_COLUMN}' column ('|'-separated names) or 0/1 columns named "
-        + ", ".join(CXR14_LABELS),
-    )
+CXR14_SPACE = LabelSpace("cxr14", CXR14_LABELS)
 
 
 def _find_split_lists(candidates: list[Path]) -> tuple[set[str], set[str]] | None:
@@ -89,8 +78,9 @@ def _find_split_lists(candidates: list[Path]) -> tuple[set[str], set[str]] | Non
 def _locate_images(
     images_dir: Path, rows: list[dict[str, str]], header: list[str]
 ) -> list[Path | None]:
-    if PATH_COLUMN in header:
-        candidates = [images_dir / (row.get(PATH_COLUMN) or "") for row in rows]
+    path_column = next((c for c in PATH_COLUMNS if c in header), None)
+    if path_column is not None:
+        candidates = [images_dir / (row.get(path_column) or "") for row in rows]
         return [path if path.is_file() else None for path in candidates]
     if INDEX_COLUMN not in header:
         raise LabelError(
@@ -128,15 +118,19 @@ def load_chestxray14(
     seed: int = 0,
     max_samples: int | None = None,
     progress: ProgressCallback | None = None,
+    space: LabelSpace = CXR14_SPACE,
+    uncertain: str = "ones",
 ) -> SplitData:
     """Load a ChestX-ray14-style image folder and label table into train/validation/test sets.
 
     Rows whose image is not in ``images_dir`` are skipped (a full 112,120-row table may be used with
-    a partial image folder). No patient appears in two splits.
+    a partial image folder). No patient appears in two splits. The targets are in ``space``
+    (``uncertain``: how the ``chexpert`` space's -1 cells count, ``ones`` or ``zeros``).
 
     Raises:
         DataError: for a missing folder or table, or when no listed image is found.
-        LabelError: for missing columns or unknown label names.
+        LabelError: for missing columns, unknown label names or cells that are not labels
+            (every problem of the table at once).
         InvalidImageError: for an image that cannot be decoded.
     """
     if not images_dir.is_dir():
@@ -144,7 +138,9 @@ def load_chestxray14(
             f"image folder {images_dir} does not exist", remedy="pass an existing --images DIR"
         )
     header, rows = read_label_table(labels_csv)
-    targets = _targets(header, rows, labels_csv)
+    targets = table_targets(
+        header, rows, space, uncertain=uncertain, source=f"label table {labels_csv.name}"
+    )
     paths = _locate_images(images_dir, rows, header)
     found = np.array([p is not None for p in paths])
     if not found.any():
@@ -166,7 +162,7 @@ def load_chestxray14(
         images[position] = read_grayscale(path, size=image_size)
         if progress is not None:
             progress(position + 1, keep.size)
-    pool = ImageSet(images, targets[keep], patients[keep], CXR14_LABELS)
+    pool = ImageSet(images, targets[keep], patients[keep], space.classes)
     if test_flags is None:
         train_val_idx, test_idx = split_by_group(pool.groups, fraction=0.2, rng=rng)
     else:
@@ -181,8 +177,9 @@ def load_chestxray14(
             f"test {len(test)})",
             remedy="use more images, or check the split lists",
         )
+    kind = "ChestX-ray14" if space == CXR14_SPACE else f"Images labelled in {space.describe()}"
     description = (
-        f"ChestX-ray14 at {image_size}px from {images_dir.name}: {train_idx.size} train / "
+        f"{kind} at {image_size}px from {images_dir.name}: {train_idx.size} train / "
         f"{val_idx.size} val / {len(test)} test images; {split_source}; validation by patient; "
         f"{int((~found).sum())} listed images not found"
     )
@@ -212,12 +209,15 @@ def load_chestxray14_pool(
     seed: int = 0,
     max_samples: int | None = None,
     progress: ProgressCallback | None = None,
+    space: LabelSpace = CXR14_SPACE,
+    uncertain: str = "ones",
 ) -> tuple[ImageSet, list[dict[str, str]]]:
     """Load every listed image that is found as one unsplit set (for cross-validation).
 
     Groups are ``group_column``'s values (None: every image its own group). Returns the set and
     the label-table rows of its images, in the same order. ``max_samples`` keeps a seeded
-    random subset of the found images.
+    random subset of the found images. The targets are in ``space`` (see
+    :func:`load_chestxray14`).
 
     Raises:
         DataError: for a missing folder or table, or when no listed image is found.
@@ -234,7 +234,9 @@ def load_chestxray14_pool(
             f"label table {labels_csv.name} has no '{group_column}' column",
             remedy="name the patient column with --group-by: one of " + ", ".join(header),
         )
-    targets = _targets(header, rows, labels_csv)
+    targets = table_targets(
+        header, rows, space, uncertain=uncertain, source=f"label table {labels_csv.name}"
+    )
     paths = _locate_images(images_dir, rows, header)
     keep = np.flatnonzero(np.array([p is not None for p in paths]))
     if keep.size == 0:
@@ -256,5 +258,5 @@ def load_chestxray14_pool(
     else:
         keys = [(rows[i].get(group_column) or "").strip() for i in keep]
     _, groups = np.unique(np.array(keys), return_inverse=True)
-    pool = ImageSet(images, targets[keep], groups.astype(np.int64), CXR14_LABELS)
+    pool = ImageSet(images, targets[keep], groups.astype(np.int64), space.classes)
     return pool, [rows[i] for i in keep]

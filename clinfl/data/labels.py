@@ -1,4 +1,8 @@
-"""Label spaces (ChestX-ray14, the demo digits) and label parsing (by name, never by position)."""
+"""Label spaces (ChestX-ray14, CheXpert, the digits) and label parsing (by name, not position).
+
+A custom label space (a site's own findings) has no fixed class list here: its classes are the
+label columns a run names (:mod:`clinfl.data.label_space`).
+"""
 
 from __future__ import annotations
 
@@ -24,17 +28,45 @@ CXR14_LABELS: tuple[str, ...] = (
     "Pneumonia",
     "Pneumothorax",
 )
+CHEXPERT_LABELS: tuple[str, ...] = (
+    "No Finding",
+    "Enlarged Cardiomediastinum",
+    "Cardiomegaly",
+    "Lung Opacity",
+    "Lung Lesion",
+    "Edema",
+    "Consolidation",
+    "Pneumonia",
+    "Atelectasis",
+    "Pneumothorax",
+    "Pleural Effusion",
+    "Pleural Other",
+    "Fracture",
+    "Support Devices",
+)
+"""The 14 CheXpert observations, in the order and spelling of the CheXpert labeler's CSV
+columns. ``No Finding`` is a class, as in CheXpert itself."""
 DIGIT_CLASSES: tuple[str, ...] = tuple(str(d) for d in range(10))
-LABEL_SPACES: dict[str, tuple[str, ...]] = {"cxr14": CXR14_LABELS, "digits": DIGIT_CLASSES}
+LABEL_SPACES: dict[str, tuple[str, ...]] = {
+    "cxr14": CXR14_LABELS,
+    "digits": DIGIT_CLASSES,
+    "chexpert": CHEXPERT_LABELS,
+}
 NO_FINDING = "No Finding"
 FINDING_COLUMN = "Finding Labels"
 
-_ALIASES = {name.lower().replace("_", " "): name for name in CXR14_LABELS}
+
+def normal_label(name: str) -> str:
+    """Return ``name`` as label names are compared: case, ``_`` and extra spaces ignored."""
+    return " ".join(name.replace("_", " ").lower().split())
+
+
+_ALIASES = {normal_label(name): name for name in CXR14_LABELS}
 
 
 def canonical_label(name: str) -> str | None:
     """Return the canonical ChestX-ray14 name for ``name`` (ignoring case and underscores)."""
-    return _ALIASES.get(name.strip().lower().replace("_", " "))
+    return _ALIASES.get(normal_label(name))
 
 
 def parse_finding_labels(
@@ -47,19 +79,18 @@ def parse_finding_labels(
     Raises:
         LabelError: naming every unknown label found.
     """
-    index = {name: i for i, name in enumerate(classes)}
+    index = {normal_label(name): i for i, name in enumerate(classes)}
     out = np.zeros((len(values), len(classes)), dtype=np.uint8)
     unknown: set[str] = set()
     for row, value in enumerate(values):
         for part in value.split("|"):
             part = part.strip()
-            if not part or part == NO_FINDING:
+            if not part or (part == NO_FINDING and normal_label(part) not in index):
                 continue
-            name = canonical_label(part) or part
-            if name not in index:
+            if normal_label(part) not in index:
                 unknown.add(part)
                 continue
-            out[row, index[name]] = 1
+            out[row, index[normal_label(part)]] = 1
     if unknown:
         raise LabelError(
             f"unknown label name(s) in '{FINDING_COLUMN}': {', '.join(sorted(unknown))}",

@@ -2,8 +2,9 @@
 
 Four files, none of them pickled::
 
-    model.json           format, method config, label space and class names, image size, seeds,
-                         the SHA-256 of the weights, the initial weights training started from
+    model.json           format, method config, label space, its class names and digest, image
+                         size, seeds, the SHA-256 of the weights, the initial weights training
+                         started from
     weights.safetensors  the travelling tensors of the selected round (never the ETF)
     thresholds.json      one operating threshold per class, chosen on validation
     provenance.json      the run: sites, rounds, data, secure aggregation, privacy, test metrics
@@ -25,8 +26,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load, save
 
 from clinfl.config import MethodConfig
-from clinfl.data.labels import LABEL_SPACES
-from clinfl.errors import CheckpointError, ConfigError, ModelError
+from clinfl.data.label_space import CUSTOM, SPACE_NAMES, LabelSpace, resolve_label_space
+from clinfl.errors import CheckpointError, ConfigError, ModelError, ValidationError
 from clinfl.files import write_atomically
 from clinfl.typing import StateDict
 from clinfl.weights.provenance import WeightsDocument
@@ -57,6 +58,11 @@ class ModelBundle:
     """The file training started from (name or file, SHA-256, source); None: random weights."""
 
     @property
+    def space(self) -> LabelSpace:
+        """The label space the model predicts: its name and its classes in output order."""
+        return LabelSpace(self.label_space, self.class_names)
+
+    @property
     def threshold_values(self) -> tuple[float, ...]:
         """The operating threshold of each class, in class order."""
         classes = self.thresholds["classes"]
@@ -72,6 +78,7 @@ class ModelBundle:
             "method": method,
             "label_space": self.label_space,
             "class_names": list(self.class_names),
+            "label_space_digest": self.space.digest,
             "image_size": self.image_size,
             "input": "grayscale, square, resized with antialiasing; (x / 255 - 0.5) / 0.25",
             "init_seed": self.init_seed,
@@ -156,12 +163,26 @@ def _method_config(directory: Path, raw: Any) -> MethodConfig:
     return MethodConfig(**raw)
 
 
+def _check_space(directory: Path, name: str, class_names: tuple[str, ...], digest: object) -> None:
+    """Check that the class names are the label space's, and its digest theirs (when given)."""
+    try:
+        columns = class_names if name == CUSTOM else ()
+        fits = name in SPACE_NAMES and resolve_label_space(name, columns).classes == class_names
+    except ValidationError:
+        fits = False
+    if not fits:
+        raise _bad(directory, f"names classes that are not the {name!r} label space")
+    if digest is not None and digest != LabelSpace(name, class_names).digest:
+        raise _bad(directory, f"has a label-space digest that is not its classes' ({MODEL_FILE})")
+
+
 def read_bundle(directory: Path) -> ModelBundle:
     """Read and check a model folder written by :func:`write_bundle`.
 
     Raises:
         ModelError: if the folder is missing, a file is missing or unreadable, the format is
-            unknown, the class names do not match their label space, or the weights are corrupt
+            unknown, the class names do not match their label space (or its digest), or the
+            weights are corrupt
             (not safetensors, or not the file ``model.json`` names by its SHA-256).
     """
     if not directory.is_dir():
@@ -191,8 +212,7 @@ def read_bundle(directory: Path) -> ModelBundle:
         federation_seed = None if seed is None else int(seed)
     except (KeyError, TypeError, ValueError):
         raise _bad(directory, f"has an incomplete {MODEL_FILE}") from None
-    if LABEL_SPACES.get(label_space) != class_names:
-        raise _bad(directory, f"names classes that are not the {label_space!r} label space")
+    _check_space(directory, label_space, class_names, document.get("label_space_digest"))
     thresholds = _read_json(directory, THRESHOLDS_FILE)
     if set(thresholds.get("classes", {})) != set(class_names):
         raise _bad(directory, f"has thresholds for other classes than {label_space!r}'s")

@@ -1,7 +1,8 @@
 """The model card of a model folder, as JSON, Markdown, or one self-contained HTML page.
 
-Everything comes from the folder: provenance (method, sites, rounds, label space, image size,
-the initial weights training started from and their SHA-256),
+Everything comes from the folder: provenance (method, sites, rounds, the label space with its
+classes in output order and its digest, image size, the initial weights training started from
+and their SHA-256),
 per-class test AUC with its bootstrap 95% interval, the operating thresholds with test
 sensitivity and specificity at each, each site's epsilon where its report shared it, and the
 secure-aggregation settings. The HTML embeds its plot as a data URI (no network, no scripts).
@@ -76,6 +77,8 @@ def build_card(bundle: ModelBundle) -> dict[str, Any]:
         "model": {
             "method": bundle.method.name,
             "label_space": bundle.label_space,
+            "classes": list(bundle.class_names),
+            "label_space_digest": bundle.space.digest,
             "image_size": bundle.image_size,
             "etf_seed": "included" if bundle.federation_seed is not None else "omitted",
             "init_weights": bundle.init_weights,
@@ -112,6 +115,8 @@ def _tables(card: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]]
     summary = [
         ["method", model["method"]],
         ["label space", f"{model['label_space']} ({len(card['classes'])} classes)"],
+        ["classes (output order)", ", ".join(model["classes"])],
+        ["label-space digest (SHA-256)", model["label_space_digest"]],
         ["image size", f"{model['image_size']} px"],
         ["initial weights", describe_init_weights(model.get("init_weights"))],
         ["data", str(prov.get("data"))],

@@ -12,6 +12,7 @@ from clinfl.config.presets import resolve_presets
 from clinfl.data.chestxray14 import ProgressCallback, load_chestxray14
 from clinfl.data.digits import load_digit_composites
 from clinfl.data.imageset import SplitData
+from clinfl.data.label_space import resolve_label_space
 from clinfl.policy import DataPolicy, load_policy
 from site_agent.ingest.pipeline import IngestOptions
 from site_agent.ingest.split import ingest_and_split
@@ -60,7 +61,12 @@ def load_dicom_export(config: RunConfig, state_dir: Path) -> SplitData:
     """
     data = config.data
     assert data.images is not None and data.image_size is not None
-    options = IngestOptions(image_size=data.image_size, label_space=data.label_space)
+    options = IngestOptions(
+        image_size=data.image_size,
+        label_space=data.label_space,
+        label_columns=data.label_columns,
+        uncertain_labels=data.uncertain_labels,
+    )
     return ingest_and_split(
         data.images,
         state_dir=state_dir,
@@ -110,4 +116,6 @@ def load_split_data(
         seed=config.federation.seed,
         max_samples=data.max_samples,
         progress=progress,
+        space=resolve_label_space(data.label_space, data.label_columns),
+        uncertain=data.uncertain_labels,
     )

@@ -19,7 +19,7 @@ from typing import Any
 from flwr.serverapp import Grid
 
 from clinfl.config.file import run_config_from_mapping
-from clinfl.data.labels import LABEL_SPACES
+from clinfl.data.label_space import resolve_label_space
 from clinfl.errors import CheckpointError, FederationError
 from clinfl.federation.fanout import ThreadedFanout
 from clinfl.federation.messages import RoundRecord
@@ -132,7 +132,8 @@ def run_deployment(grid: Grid, run_dir: Path) -> dict[str, Any]:
             remedy="start the site agents (`clinfl site run`) and check their policies",
         )
     sites = [RemoteSite(site, roster, link, plan.timeouts) for site in plan.sites]
-    evaluator = RemoteEvaluator(sites, len(LABEL_SPACES[config.data.label_space]))
+    classes = resolve_label_space(config.data.label_space, config.data.label_columns).classes
+    evaluator = RemoteEvaluator(sites, len(classes))
     coordinator = Coordinator(
         sites,
         build_aggregator(config.secagg, fanout=ThreadedFanout(), run_id=plan.run_id),
@@ -164,7 +165,7 @@ def run_deployment(grid: Grid, run_dir: Path) -> dict[str, Any]:
         mode="deployment",
         config=config,
         outcome=outcome,
-        class_names=LABEL_SPACES[config.data.label_space],
+        class_names=classes,
         seconds=time.perf_counter() - started,
         sites={
             site: SiteEntry(joined=site in joined, refusal=roster.refusals.get(site))

@@ -33,7 +33,7 @@ from clinfl.config import RunConfig, validate_run_config
 from clinfl.config.digest import run_config_digest
 from clinfl.config.file import run_config_from_mapping
 from clinfl.config.site_fields import named_path_fields
-from clinfl.data.labels import LABEL_SPACES
+from clinfl.data.label_space import resolve_label_space, space_difference
 from clinfl.errors import ClinflError, PolicyViolation, ProtocolViolation, RosterError
 from clinfl.federation.messages import EvaluationReport, RoundSettings
 from clinfl.policy import SitePolicy
@@ -236,11 +236,13 @@ class DeployedSite:
         site_data = self._data
         roster, run_config = self._check_roster(request.run_config)
         config = self._run_config(run_config)
-        if config.data.label_space != site_data.label_space:
+        run_space = resolve_label_space(config.data.label_space, config.data.label_columns)
+        difference = space_difference(run_space, site_data.space)
+        if difference is not None:
             raise PolicyViolation(
                 f"{self.site_id} labels its images in the {site_data.label_space!r} space; the "
-                f"run trains on {config.data.label_space!r}",
-                remedy="start the site with the run's --label-space",
+                f"run trains on {config.data.label_space!r}: {difference}",
+                remedy="start the site with the run's --label-space (and --label-column)",
             )
         try:
             policy = policy_for_run(self._policy, config)
@@ -255,7 +257,10 @@ class DeployedSite:
         if self._threads is not None:
             torch.set_num_threads(self._threads)
         split = load_export(
-            site_data,
+            replace(
+                site_data,
+                options=replace(site_data.options, uncertain_labels=config.data.uncertain_labels),
+            ),
             state_dir=self._state_dir,
             image_size=size,
             val_fraction=config.data.val_fraction,
@@ -263,7 +268,7 @@ class DeployedSite:
         )
         algorithm = create_algorithm(config.method)
         spec = ModelSpec(
-            num_classes=len(LABEL_SPACES[site_data.label_space]),
+            num_classes=len(run_space.classes),
             image_size=size,
             federation_seed=config.federation.federation_seed,
             init_seed=config.federation.seed,

@@ -1,7 +1,8 @@
 """The export's label table: keyed by SOPInstanceUID (or StudyInstanceUID / AccessionNumber).
 
-It holds either a ChestX-ray14-style ``Finding Labels`` column or one named 0/1 column per class
-of the label space (the 14 ChestX-ray14 findings, or the ten digits of the bundled demo).
+It holds one named column per class of the label space (the 14 ChestX-ray14 findings, the 14
+CheXpert observations, a site's own findings, or the ten digits of the bundled demo), or a
+ChestX-ray14-style ``Finding Labels`` column (:func:`~clinfl.data.label_table.table_targets`).
 Keys are compared through the site's salted hash, so raw identifiers never leave this module.
 """
 
@@ -12,13 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from clinfl.data.chestxray14 import read_label_table
-from clinfl.data.labels import (
-    CXR14_LABELS,
-    FINDING_COLUMN,
-    named_label_columns,
-    parse_finding_labels,
-    parse_label_columns,
-)
+from clinfl.data.label_space import LabelSpace
+from clinfl.data.label_table import table_targets
 from clinfl.errors import LabelError
 from site_agent.ingest.index import salted_hash
 
@@ -39,13 +35,16 @@ def find_label_table(data_dir: Path, given: Path | None) -> Path | None:
 
 
 def read_labels(
-    path: Path, *, key: str, salt: bytes, classes: tuple[str, ...] = CXR14_LABELS
+    path: Path, *, key: str, salt: bytes, space: LabelSpace, uncertain: str = "ones"
 ) -> dict[str, np.ndarray]:
-    """Return ``{salted key hash: C-vector}`` from the label table, in ``classes`` order.
+    """Return ``{salted key hash: C-vector}`` from the label table, in ``space``'s class order.
+
+    ``uncertain`` maps the ``chexpert`` space's uncertain (-1) cells (``ones`` or ``zeros``).
 
     Raises:
         DataError: if the table cannot be read.
-        LabelError: if the key column is missing, a label name is unknown, or a cell is not 0/1.
+        LabelError: if the key column is missing, or the table does not fit ``space`` (a class
+            without a column, an unknown label name, a cell that is not a label).
     """
     header, rows = read_label_table(path)
     column = KEY_COLUMNS[key]
@@ -54,19 +53,9 @@ def read_labels(
             f"label table {path.name} has no '{column}' column to match images by",
             remedy=f"add a '{column}' column, or another --label-key (sop, study, accession)",
         )
-    named = named_label_columns(header, classes=classes)
-    if named is not None:
-        targets = parse_label_columns(rows, named, classes=classes)
-    elif FINDING_COLUMN in header:
-        targets = parse_finding_labels(
-            [row.get(FINDING_COLUMN) or "" for row in rows], classes=classes
-        )
-    else:
-        raise LabelError(
-            f"label table {path.name} has neither '{FINDING_COLUMN}' "
-            f"nor the {len(classes)} named columns",
-            remedy="add a 'Finding Labels' column or 0/1 columns named " + ", ".join(classes),
-        )
+    targets = table_targets(
+        header, rows, space, uncertain=uncertain, source=f"label table {path.name}"
+    )
     return {
         salted_hash(salt, row.get(column) or ""): targets[i]
         for i, row in enumerate(rows)

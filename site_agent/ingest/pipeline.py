@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from clinfl.data.labels import LABEL_SPACES
+from clinfl.data.label_space import LabelSpace, resolve_label_space
 from clinfl.errors import DataError
 from clinfl.files import write_json
 from site_agent.ingest import reasons
@@ -36,7 +36,12 @@ Progress = Callable[[str, int, int], None]
 
 @dataclass(frozen=True)
 class IngestOptions:
-    """How to ingest: training size, strictness, policy filters, label key and space, workers."""
+    """How to ingest: training size, strictness, policy filters, label key and space, workers.
+
+    ``label_columns`` are the classes of the ``custom`` label space (the labels file's finding
+    columns, in output order); ``uncertain_labels`` maps the ``chexpert`` space's uncertain
+    (-1) cells: ``ones`` or ``zeros``.
+    """
 
     image_size: int = 64
     lenient: bool = False
@@ -46,11 +51,22 @@ class IngestOptions:
     label_key: str = "sop"
     label_space: str = "cxr14"
     workers: int = 2
+    label_columns: tuple[str, ...] = ()
+    uncertain_labels: str = "ones"
+
+    @property
+    def space(self) -> LabelSpace:
+        """The label space the labels are in.
+
+        Raises:
+            ValidationError: for an unknown space or bad custom label columns.
+        """
+        return resolve_label_space(self.label_space, self.label_columns)
 
     @property
     def classes(self) -> tuple[str, ...]:
         """The class names of the label space, in target order."""
-        return LABEL_SPACES[self.label_space]
+        return self.space.classes
 
     @property
     def cache_key(self) -> tuple[int, bool, str]:
@@ -154,7 +170,9 @@ def ingest_export(
 
     Raises:
         DataError: if ``data_dir`` is not a folder, or the label table cannot be read.
-        LabelError: for unknown label names or a missing key column.
+        LabelError: for unknown label names, a missing key column, or a label table that does
+            not fit the label space (every problem listed).
+        ValidationError: for an unknown label space or bad custom label columns.
     """
     if not data_dir.is_dir():
         raise DataError(f"export folder {data_dir} does not exist", remedy="pass --data DIR")
@@ -163,7 +181,13 @@ def ingest_export(
     salt = site_salt(state_dir)
     label_path = find_label_table(data_dir, labels)
     label_rows = (
-        read_labels(label_path, key=options.label_key, salt=salt, classes=options.classes)
+        read_labels(
+            label_path,
+            key=options.label_key,
+            salt=salt,
+            space=options.space,
+            uncertain=options.uncertain_labels,
+        )
         if label_path
         else {}
     )
@@ -220,6 +244,7 @@ def ingest_export(
         "decoded_this_run": decoded,
         "reused_from_index": len(files) - decoded,
         "label_space": options.label_space,
+        "label_space_digest": options.space.digest,
         "image_size": options.image_size,
         "lenient": options.lenient,
         "seconds": time.perf_counter() - started,

@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 
 from clinfl.data.imageset import ImageSet, SplitData, split_by_group
-from clinfl.data.labels import LABEL_SPACES
 from clinfl.errors import DataError
 from site_agent.ingest.pipeline import IngestOptions, ingest_export
 
@@ -44,7 +43,7 @@ def ingest_and_split(
             f"the export gave only {len(result.images)} labelled images",
             remedy=f"see the quarantine report in {state_dir}",
         )
-    classes = LABEL_SPACES[options.label_space]
+    classes = options.classes
     everything = ImageSet(result.images, result.targets, result.groups, classes)
     rng = np.random.default_rng(seed)
     rest, test = split_by_group(everything.groups, fraction=TEST_FRACTION, rng=rng)

@@ -3,6 +3,11 @@
 The output (a CSV or JSON file, and overlays) stays at the site: it names DICOM images by their
 SOP Instance UID so that they can be found in the PACS. Nothing else written (the ingest index
 and cache under the state folder) holds a UID.
+
+A model refuses data of another label space: a label space the request declares must be the
+model's (name and classes in order), and a label table that comes with the data (``labels``,
+or a ``labels.csv`` at the top of the data folder) must hold a column for each of the model's
+classes (or ``Finding Labels`` names among them). Labels are only checked, never used.
 """
 
 from __future__ import annotations
@@ -19,9 +24,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from clinfl.errors import CheckpointError, ConfigError
+from clinfl.data.chestxray14 import read_label_table
+from clinfl.data.label_space import resolve_label_space, space_difference
+from clinfl.data.label_table import table_targets
+from clinfl.errors import CheckpointError, ConfigError, LabelError
 from clinfl.files import write_atomically, write_json
-from clinfl.model_io import read_bundle, resolve_seed
+from clinfl.model_io import ModelBundle, read_bundle, resolve_seed
+from site_agent.ingest.labels import find_label_table
 from site_agent.ingest.pipeline import IngestOptions
 from site_agent.prediction.explain import Overlay, require_class_attention, write_overlays
 from site_agent.prediction.infer import positive_findings, probabilities
@@ -43,7 +52,12 @@ WRITABLE_OUT = "choose a writable --out path"
 
 @dataclass(frozen=True)
 class PredictionRequest:
-    """What to predict on and where to write. ``state_dir`` None: a temporary folder."""
+    """What to predict on and where to write. ``state_dir`` None: a temporary folder.
+
+    ``label_space`` (with ``label_columns`` for ``custom``), when given, is the label space the
+    caller expects the model to predict; ``labels`` a label table of the data (default: a
+    ``labels.csv`` at the top of ``data_dir``, if there is one). Both are only checked.
+    """
 
     model_dir: Path
     data_dir: Path
@@ -54,6 +68,8 @@ class PredictionRequest:
     label_space: str | None = None
     federation_seed: int | None = None
     ingest: IngestOptions = field(default_factory=IngestOptions)
+    label_columns: tuple[str, ...] = ()
+    labels: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -133,6 +149,41 @@ def _read(request: PredictionRequest, size: int, progress: Progress | None) -> P
         )
 
 
+def check_label_space(request: PredictionRequest, bundle: ModelBundle) -> None:
+    """Refuse data of another label space than the model's (see the module docstring).
+
+    Raises:
+        ConfigError: if the declared label space is not the model's (naming the difference).
+        ValidationError: for a declared label space that is itself invalid.
+        LabelError: if the data's label table does not fit the model's label space.
+        DataError: if a given label table cannot be read.
+    """
+    if request.label_space is not None:
+        declared = resolve_label_space(request.label_space, request.label_columns)
+        difference = space_difference(bundle.space, declared)
+        if difference is not None:
+            raise ConfigError(
+                f"the model folder predicts the {bundle.label_space!r} label space, not "
+                f"{declared.describe()}: {difference}",
+                remedy=f"use a model trained on {request.label_space!r}, or leave out "
+                "--label-space",
+            )
+    table = request.labels
+    if table is None and request.data_dir.is_dir():
+        table = find_label_table(request.data_dir, None)
+    if table is None:
+        return
+    header, rows = read_label_table(table)
+    try:
+        table_targets(header, rows, bundle.space, source=f"the data's label table {table.name}")
+    except LabelError as error:
+        raise LabelError(
+            f"the model refuses this data: {error.message}",
+            remedy="predict with a model trained on the data's label space (`clinfl model "
+            "card` lists a model's classes), or leave the label table out of the data",
+        ) from None
+
+
 def run_prediction(
     request: PredictionRequest,
     *,
@@ -145,17 +196,13 @@ def run_prediction(
         ModelError: for a missing or corrupt model folder, or weights that do not fit it.
         ConfigError: for a label space other than the model's, a missing federation seed,
             ``--explain`` with a model without class attention, or a bad ``--out`` suffix.
+        LabelError: for a label table of the data that does not fit the model's label space.
         DataError: for a missing data folder, or one with no usable image.
         CheckpointError: if the output cannot be written.
     """
     _check_request(request)
     bundle = read_bundle(request.model_dir)
-    if request.label_space is not None and request.label_space != bundle.label_space:
-        raise ConfigError(
-            f"the model folder predicts the {bundle.label_space!r} label space, "
-            f"not {request.label_space!r}",
-            remedy=f"use a model trained on {request.label_space!r}, or leave out --label-space",
-        )
+    check_label_space(request, bundle)
     model = load_bundle_model(
         bundle, federation_seed=resolve_seed(bundle, request.federation_seed), device=device
     )

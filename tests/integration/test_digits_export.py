@@ -13,6 +13,7 @@ from typer.testing import CliRunner, Result
 
 from clinfl.cli.app import app
 from clinfl.config.presets import DIGITS
+from clinfl.data.label_space import LabelSpace
 from clinfl.data.labels import DIGIT_CLASSES, named_label_columns, parse_label_columns
 from clinfl.errors import LabelError
 from site_agent.ingest.labels import read_labels
@@ -96,7 +97,7 @@ def test_named_digit_columns_and_bad_cells(tmp_path: Path) -> None:
     table.write_text(
         "SOPInstanceUID," + ",".join(DIGIT_CLASSES) + "\n1.2.3," + ",".join("0100000001") + "\n"
     )
-    rows = read_labels(table, key="sop", salt=b"s" * 16, classes=DIGIT_CLASSES)
+    rows = read_labels(table, key="sop", salt=b"s" * 16, space=LabelSpace("digits", DIGIT_CLASSES))
     (vector,) = rows.values()
     assert vector.tolist() == [0, 1, 0, 0, 0, 0, 0, 0, 0, 1]
     header = ["SOPInstanceUID", *DIGIT_CLASSES]
@@ -179,7 +180,9 @@ def test_a_digits_seed_picks_other_composites(digits_export: Path, tmp_path: Pat
     args = ["data", "make-export", "--digits", "--limit", str(LIMIT), "--seed", "1"]
     assert runner.invoke(app, [*args, "--out", str(out)]).exit_code == 0
     tables = [
-        read_labels(folder / "labels.csv", key="sop", salt=b"s", classes=DIGIT_CLASSES)
+        read_labels(
+            folder / "labels.csv", key="sop", salt=b"s", space=LabelSpace("digits", DIGIT_CLASSES)
+        )
         for folder in (digits_export, out)
     ]
     first, other = (sorted(tuple(v) for v in table.values()) for table in tables)
