@@ -23,8 +23,9 @@ from clinfl.crossval.scoring import (
     positive_patients,
     summarize,
 )
-from clinfl.data.chestxray14 import _targets, read_label_table
+from clinfl.data.chestxray14 import CXR14_SPACE, read_label_table
 from clinfl.data.imageset import ImageSet
+from clinfl.data.label_table import table_targets
 from clinfl.data.labels import CXR14_LABELS
 from clinfl.errors import DataError, ValidationError
 from clinfl.metrics import binary_auc
@@ -163,7 +164,7 @@ def test_learnable_classes_count_patients_not_images() -> None:
 def test_learnable_classes_on_nih1000() -> None:
     path = shared_path("nih1000", "labels.csv")
     header, rows = read_label_table(path)
-    targets = _targets(header, rows, path)
+    targets = table_targets(header, rows, CXR14_SPACE, source=path.name)
     patients = np.array([row["Patient ID"] for row in rows])
     names = {CXR14_LABELS[k] for k in learnable_classes(targets, patients)}
     expected = {"Infiltration", "Effusion", "Atelectasis", "Nodule", "Cardiomegaly", "Fibrosis"}
