@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.clinfl-installed
 
-.PHONY: demo demo-dicom demo-deploy weights bench-full bench-reference test test-fast test-slow lint typecheck bench clean mutation-check
+.PHONY: demo demo-dicom demo-deploy weights bench-full bench-reference bench-xray test test-fast test-slow lint typecheck bench clean mutation-check
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -95,6 +95,13 @@ bench-full: $(STAMP)
 ## `python benchmarks/reference.py --resume` keeps the finished runs; `--stage` runs some stages.
 bench-reference: $(STAMP)
 	$(BIN)/python benchmarks/reference.py
+
+## The X-ray table (docs/benchmarks.md, "Chest X-rays"): NIH1000 cross-validated by patient (5
+## folds), centralized, from scratch, each site alone, FedAvg and FedNCAlign-ML with secure
+## aggregation, under both skew settings, 5 seeds. Needs ../shared/data and `make weights`.
+## Resumable: rerunning keeps the finished cells of benchmarks/results/xray.json.
+bench-xray: $(STAMP)
+	$(BIN)/python benchmarks/xray.py
 
 clean:
 	rm -rf $(VENV) runs .mypy_cache .ruff_cache .pytest_cache
