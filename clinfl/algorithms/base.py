@@ -11,7 +11,8 @@ import torch
 from torch import nn
 
 from clinfl.config import MethodConfig
-from clinfl.model.backbone import ResNet18Features, StemKind, load_backbone_weights
+from clinfl.model.backbones.base import FeatureBackbone
+from clinfl.model.backbones.build import build_feature_backbone
 from clinfl.model.networks import NetOutput
 from clinfl.typing import StateDict
 
@@ -62,24 +63,14 @@ class ModelSpec:
     init_seed: int
 
 
-def build_backbone(method: MethodConfig, spec: ModelSpec) -> ResNet18Features:
-    """Build the ResNet-18 backbone the method config asks for, at its base width.
-
-    The stem is the variant's (``standard``, ``small`` or ``compact``; see
-    :class:`~clinfl.model.backbone.ResNet18Features`); ``auto`` is the small one below 64 px.
+def build_backbone(method: MethodConfig, spec: ModelSpec) -> FeatureBackbone:
+    """Build the backbone the method config asks for (see :func:`build_feature_backbone`).
 
     Raises:
-        ModelError: if a weights file is given and cannot be loaded.
+        ModelError: if its initial weights are missing or do not fit, or ``train_blocks`` or
+            ``feature_stride`` does not fit it.
     """
-    stem: StemKind
-    if method.backbone == "auto":
-        stem = "small" if spec.image_size < 64 else "standard"
-    else:
-        stem = method.backbone
-    backbone = ResNet18Features(stem=stem, norm=method.norm, width=method.width)
-    if method.weights is not None:
-        load_backbone_weights(backbone, method.weights)
-    return backbone
+    return build_feature_backbone(method, spec.image_size)
 
 
 class Algorithm(ABC):

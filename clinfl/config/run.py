@@ -20,7 +20,7 @@ from clinfl.secagg.settings import SecAggConfig
 from clinfl.secagg.stages import ROUND_STAGES, stage_name
 
 DatasetName = Literal["digits", "cxr14", "dicom"]
-BackboneVariant = Literal["auto", "standard", "small", "compact"]
+BackboneVariant = Literal["auto", "standard", "small", "compact", "mobilenet_v2", "densenet121"]
 NormKind = Literal["group", "batch"]
 ClassifierKind = Literal["etf", "learnable"]
 QueryKind = Literal["fixed", "learnable"]
@@ -30,7 +30,7 @@ SelectionRule = Literal["best", "last"]
 
 DATASETS: tuple[str, ...] = ("digits", "cxr14", "dicom")
 LABEL_SPACE_NAMES: tuple[str, ...] = ("cxr14", "digits")
-BACKBONES: tuple[str, ...] = ("auto", "standard", "small", "compact")
+BACKBONES: tuple[str, ...] = ("auto", "standard", "small", "compact", "mobilenet_v2", "densenet121")
 NORMS: tuple[str, ...] = ("group", "batch")
 CLASSIFIERS: tuple[str, ...] = ("etf", "learnable")
 QUERIES: tuple[str, ...] = ("fixed", "learnable")
@@ -75,11 +75,20 @@ class DataConfig:
 class MethodConfig:
     """The local objective: method name, model shape, loss weights and the paper's ablations.
 
-    ``backbone`` is the ResNet-18 stem: ``standard`` (the paper's), ``small`` (3x3 stride 1, for
+    ``backbone`` is a ResNet-18 stem: ``standard`` (the paper's), ``small`` (3x3 stride 1, for
     16-64 px), ``compact`` (3x3 stride 2 with ``layer4`` unstrided: ``small``'s token map at about
-    a third of its compute) or ``auto`` (``small`` below 64 px, else ``standard``).
+    a third of its compute) or ``auto`` (``small`` below 64 px, else ``standard``); or a
+    pretrainable network: ``mobilenet_v2`` (ImageNet MobileNetV2 from the weights cache unless
+    ``pretrained`` is off or ``init_weights`` is given) or ``densenet121`` (the CheXNet and
+    TorchXRayVision architecture, from ``init_weights``). ``docs/model.md`` describes them.
     ``width`` is the ResNet-18 base width (64: the paper's full network; 8, 16 or 32: the CPU
-    presets) and ``ladm_width`` LADM's attention width (None: the feature width, ``8 * width``).
+    presets; the other backbones ignore it) and ``ladm_width`` LADM's attention width (None: the
+    backbone's feature width, ``8 * width`` for ResNet-18).
+    ``init_weights`` is a weights file the backbone starts from (safetensors, or a torch state
+    dict read with ``weights_only=True``). ``train_blocks`` trains only the backbone's last N
+    blocks (None: all of it); the earlier ones keep their initial weights and never travel.
+    ``feature_stride=16`` cuts a ``mobilenet_v2`` or ``densenet121`` backbone after its last
+    stride-16 block, for a finer LADM token map (None: the whole network, stride 32).
     ``query_scaling="layernorm"`` is clinfl's LADM extension (LayerNorm on queries and tokens);
     ``"none"`` is the paper's module. ``head_bias`` is where a linear head's bias starts:
     ``prior`` (the logit of a 1/C prior, as FedNCAlign-ML's classifier bias) or ``zero``.
@@ -89,7 +98,7 @@ class MethodConfig:
     backbone: BackboneVariant = "auto"
     norm: NormKind = "group"
     width: int = 64
-    weights: Path | None = None
+    init_weights: Path | None = None
     classifier: ClassifierKind = "etf"
     classifier_bias: bool = True
     head_bias: HeadBiasKind = "prior"
@@ -104,6 +113,9 @@ class MethodConfig:
     temperature: float = 0.07
     prox_mu: float = 0.01
     fedcurv_lambda: float = 1e5
+    pretrained: bool = True
+    train_blocks: int | None = None
+    feature_stride: int | None = None
 
 
 @dataclass(frozen=True)

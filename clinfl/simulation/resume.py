@@ -22,7 +22,7 @@ from coordinator.resume import ResumePoint, resume_point
 __all__ = ["ResumePoint", "load_saved_run_config", "resume_point", "save_run_config"]
 
 CONFIG_FILE = "run_config.json"
-PATH_KEYS = frozenset({"images", "labels", "split_dir", "weights", "policy", "policy_dir"})
+PATH_KEYS = frozenset({"images", "labels", "split_dir", "init_weights", "policy", "policy_dir"})
 
 
 def _portable(value: Any, key: str = "") -> Any:

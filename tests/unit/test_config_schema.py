@@ -59,7 +59,7 @@ def test_sites_receive_no_path_and_no_dropout(tmp_path: Path) -> None:
     config = dataclasses.replace(
         config,
         data=dataclasses.replace(config.data, images=tmp_path, labels=tmp_path / "l.csv"),
-        method=dataclasses.replace(config.method, weights=tmp_path / "w.pt"),
+        method=dataclasses.replace(config.method, init_weights=tmp_path / "w.pt"),
     )
     document = portable_run_config(config)
     for name in PATH_FIELDS:

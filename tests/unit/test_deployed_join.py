@@ -90,7 +90,7 @@ def test_every_path_typed_field_of_the_run_configuration_is_known() -> None:
         "data.images",
         "data.labels",
         "data.split_dir",
-        "method.weights",
+        "method.init_weights",
         "privacy.policy",
         "privacy.policy_dir",
     }
