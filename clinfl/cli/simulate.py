@@ -120,7 +120,7 @@ RUN_OPTIONS: tuple[FieldOption, ...] = (
         "ResNet-18 stem: auto (small below 64 px), standard, small, or compact "
         "(small's token map at about a third of its compute); or mobilenet_v2 (ImageNet "
         "weights from `clinfl weights fetch`) or densenet121 (give --init-weights; "
-        "torchvision or TorchXRayVision key names). docs/model.md.",
+        "torchvision or TorchXRayVision key names). docs/method.md.",
     ),
     FieldOption("method.norm", "Normalisation: group (DP-ready) or batch."),
     FieldOption(
@@ -145,7 +145,8 @@ RUN_OPTIONS: tuple[FieldOption, ...] = (
     FieldOption(
         "method.feature_stride",
         "mobilenet_v2/densenet121: 16 cuts the network after its last stride-16 block "
-        "(a finer LADM token map; default: the whole network, stride 32).",
+        "(a finer LADM token map), 32 keeps all of it (default: 16 for mobilenet_v2, chosen "
+        "by measurement, docs/method.md; 32 for densenet121).",
     ),
     FieldOption("method.classifier", "fedncalign ablation: etf (fixed) or learnable classifier."),
     FieldOption(

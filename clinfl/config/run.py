@@ -80,15 +80,16 @@ class MethodConfig:
     a third of its compute) or ``auto`` (``small`` below 64 px, else ``standard``); or a
     pretrainable network: ``mobilenet_v2`` (ImageNet MobileNetV2 from the weights cache unless
     ``pretrained`` is off or ``init_weights`` is given) or ``densenet121`` (the CheXNet and
-    TorchXRayVision architecture, from ``init_weights``). ``docs/model.md`` describes them.
+    TorchXRayVision architecture, from ``init_weights``). ``docs/method.md`` describes them.
     ``width`` is the ResNet-18 base width (64: the paper's full network; 8, 16 or 32: the CPU
     presets; the other backbones ignore it) and ``ladm_width`` LADM's attention width (None: the
     backbone's feature width, ``8 * width`` for ResNet-18).
     ``init_weights`` is a weights file the backbone starts from (safetensors, or a torch state
     dict read with ``weights_only=True``). ``train_blocks`` trains only the backbone's last N
     blocks (None: all of it); the earlier ones keep their initial weights and never travel.
-    ``feature_stride=16`` cuts a ``mobilenet_v2`` or ``densenet121`` backbone after its last
-    stride-16 block, for a finer LADM token map (None: the whole network, stride 32).
+    ``feature_stride`` is where a ``mobilenet_v2`` or ``densenet121`` backbone ends: 16 cuts it
+    after its last stride-16 block (a finer LADM token map), 32 keeps the whole network; None
+    takes the backbone's measured default (16 for ``mobilenet_v2``, 32 for ``densenet121``).
     ``query_scaling="layernorm"`` is clinfl's LADM extension (LayerNorm on queries and tokens);
     ``"none"`` is the paper's module. ``head_bias`` is where a linear head's bias starts:
     ``prior`` (the logit of a 1/C prior, as FedNCAlign-ML's classifier bias) or ``zero``.

@@ -98,7 +98,7 @@ def _check_backbone_shape(method: MethodConfig, p: Problems) -> bool:
             return False
         if method.feature_stride not in FEATURE_STRIDES:
             strides = ", ".join(map(str, FEATURE_STRIDES))
-            p.add("feature_stride", method.feature_stride, strides, "use 16, or leave it unset")
+            p.add("feature_stride", method.feature_stride, strides, "leave it unset")
             return False
     if method.train_blocks is not None:
         blocks = block_count(method.backbone, method.feature_stride)

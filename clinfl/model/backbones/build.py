@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from clinfl.config import MethodConfig
+from clinfl.config.backbones import resolved_feature_stride
 from clinfl.model.backbones.base import FeatureBackbone, freeze_leading_blocks
 from clinfl.model.backbones.densenet import DenseNet121Features
 from clinfl.model.backbones.loading import read_state_dict
@@ -36,7 +37,8 @@ def initial_weights_path(method: MethodConfig) -> Path | None:
 def build_feature_backbone(method: MethodConfig, image_size: int) -> FeatureBackbone:
     """Build the configured backbone, load its initial weights and freeze its leading blocks.
 
-    ``auto`` is the ResNet-18 ``small`` stem below 64 px, else ``standard``.
+    ``auto`` is the ResNet-18 ``small`` stem below 64 px, else ``standard``. An unset
+    ``feature_stride`` is the backbone's default (:func:`resolved_feature_stride`).
 
     Raises:
         ModelError: if the initial weights are missing, unreadable or do not fit (one line
@@ -44,17 +46,14 @@ def build_feature_backbone(method: MethodConfig, image_size: int) -> FeatureBack
             not fit the backbone.
     """
     path = initial_weights_path(method)
+    stride = resolved_feature_stride(method.backbone, method.feature_stride) or 32
     backbone: FeatureBackbone
     if method.backbone == "mobilenet_v2":
         state = None if path is None else read_state_dict(path)
-        backbone = MobileNetV2Features(
-            state, feature_stride=method.feature_stride, source=_name(path)
-        )
+        backbone = MobileNetV2Features(state, feature_stride=stride, source=_name(path))
     elif method.backbone == "densenet121":
         state = None if path is None else read_state_dict(path)
-        backbone = DenseNet121Features(
-            state, feature_stride=method.feature_stride, source=_name(path)
-        )
+        backbone = DenseNet121Features(state, feature_stride=stride, source=_name(path))
     else:
         stem: StemKind
         if method.backbone == "auto":

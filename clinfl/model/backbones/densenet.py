@@ -112,7 +112,7 @@ class DenseNet121Features(FeatureBackbone):
     torchvision's random initialisation). They are loaded, then BatchNorm is removed.
 
     Raises:
-        ModelError: for a ``feature_stride`` other than None or 16, or (one line, naming the
+        ModelError: for a ``feature_stride`` other than 16 or 32, or (one line, naming the
             first mismatching key) weights that do not fit DenseNet-121.
     """
 
@@ -120,14 +120,14 @@ class DenseNet121Features(FeatureBackbone):
         self,
         state: Mapping[str, torch.Tensor] | None = None,
         *,
-        feature_stride: int | None = None,
+        feature_stride: int = 32,
         source: str = "",
     ) -> None:
         super().__init__()
-        if feature_stride not in (None, 16):
+        if feature_stride not in (16, 32):
             raise ModelError(
                 f"feature_stride {feature_stride} is not supported by densenet121",
-                remedy="use 16, or leave it unset",
+                remedy="use 16 or 32",
             )
         features = densenet121().features
         for layer in features.modules():

@@ -56,7 +56,7 @@ class MobileNetV2Features(FeatureBackbone):
     BatchNorm is folded into its convolution, so the network holds no BatchNorm.
 
     Raises:
-        ModelError: for a ``feature_stride`` other than None or 16, or (one line, naming the
+        ModelError: for a ``feature_stride`` other than 16 or 32, or (one line, naming the
             first mismatching key) weights that do not fit MobileNetV2.
     """
 
@@ -64,14 +64,14 @@ class MobileNetV2Features(FeatureBackbone):
         self,
         state: Mapping[str, torch.Tensor] | None = None,
         *,
-        feature_stride: int | None = None,
+        feature_stride: int = 32,
         source: str = "",
     ) -> None:
         super().__init__()
-        if feature_stride not in (None, 16):
+        if feature_stride not in (16, 32):
             raise ModelError(
                 f"feature_stride {feature_stride} is not supported by mobilenet_v2",
-                remedy="use 16, or leave it unset",
+                remedy="use 16 or 32",
             )
         features = mobilenet_v2().features
         _out_of_place(features)
