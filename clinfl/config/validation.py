@@ -215,6 +215,14 @@ def validate_run_config(config: RunConfig, *, known_methods: tuple[str, ...]) ->
     _check_federation(config.federation, problems)
     _check_secagg(config.secagg, sites, problems)
     _check_privacy(config.privacy, sites, problems)
+    if config.privacy.grad_sample_mode == "ew" and config.method.backbone in PRETRAINABLE:
+        # torch's expanded-weights grouped convolution fails on the depthwise layers
+        problems.add(
+            "grad_sample_mode",
+            "ew",
+            f"not ew with backbone {config.method.backbone}",
+            "use bookkeeping, mixed-ghost or hooks",
+        )
     _check_drops(config.drops, sites, problems)
     problems.raise_if_any("run configuration")
     return config

@@ -296,6 +296,16 @@ def test_config_validation_of_the_backbone_fields(tmp_path: Path) -> None:
     validate_run_config(RunConfig(method=whole), known_methods=("fedncalign",))
 
 
+def test_expanded_weights_dp_mode_is_refused_for_the_pretrained_backbones() -> None:
+    from clinfl.config import PrivacyConfig
+
+    config = RunConfig(
+        method=MethodConfig(backbone="mobilenet_v2"), privacy=PrivacyConfig(grad_sample_mode="ew")
+    )
+    with pytest.raises(ValidationError, match="not ew with backbone mobilenet_v2"):
+        validate_run_config(config, known_methods=("fedncalign",))
+
+
 def test_a_config_file_still_using_weights_is_told_of_the_rename(tmp_path: Path) -> None:
     document = {"method": {"name": "fedavg", "weights": "w.pt"}}
     with pytest.raises(ValidationError, match="renamed to init_weights"):
