@@ -52,7 +52,7 @@ def use_blocks_per_stage(blocks: int) -> None:
     from torch import nn
     from torchvision.models.resnet import ResNet
 
-    import clinfl.model.backbone as backbone
+    import clinfl.model.backbones.resnet as backbone
 
     class ShallowResNet(ResNet):  # type: ignore[misc]
         def _make_layer(

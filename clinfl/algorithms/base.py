@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 from clinfl.config import MethodConfig
-from clinfl.config.presets import or_library_default
-from clinfl.model.backbone import ResNet18Features, StemKind, load_backbone_weights
+from clinfl.model.backbones.base import FeatureBackbone
+from clinfl.model.backbones.build import build_feature_backbone
 from clinfl.model.networks import NetOutput
 from clinfl.typing import StateDict
 
@@ -55,33 +55,29 @@ class RoundContext:
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """What every site needs to build the same model."""
+    """What every site needs to build the same model.
+
+    ``load_initial_weights=False`` builds the network without reading its initial weights
+    file, for a model whose every tensor is loaded afterwards (a model folder at predict time).
+    """
 
     num_classes: int
     image_size: int
     federation_seed: int
     init_seed: int
+    load_initial_weights: bool = True
 
 
-def build_backbone(method: MethodConfig, spec: ModelSpec) -> ResNet18Features:
-    """Build the ResNet-18 backbone the method config asks for, at its base width.
-
-    The stem is the variant's (``standard``, ``small`` or ``compact``; see
-    :class:`~clinfl.model.backbone.ResNet18Features`); ``auto`` is the small one below 64 px.
+def build_backbone(method: MethodConfig, spec: ModelSpec) -> FeatureBackbone:
+    """Build the backbone the method config asks for (see :func:`build_feature_backbone`).
 
     Raises:
-        ModelError: if a weights file is given and cannot be loaded.
+        ModelError: if its initial weights are missing or do not fit, or ``train_blocks`` or
+            ``feature_stride`` does not fit it.
     """
-    stem: StemKind
-    if method.backbone == "auto":
-        stem = "small" if spec.image_size < 64 else "standard"
-    else:
-        stem = method.backbone
-    width = or_library_default(method.width, "method.width")
-    backbone = ResNet18Features(stem=stem, norm=method.norm, width=width)
-    if method.init_weights is not None:
-        load_backbone_weights(backbone, method.init_weights)
-    return backbone
+    return build_feature_backbone(
+        method, spec.image_size, load_initial_weights=spec.load_initial_weights
+    )
 
 
 class Algorithm(ABC):

@@ -148,14 +148,36 @@ RUN_OPTIONS: tuple[FieldOption, ...] = (
     FieldOption(
         "method.backbone",
         "ResNet-18 stem: auto (small below 64 px), standard, small, or compact "
-        "(small's token map at about a third of its compute).",
+        "(small's token map at about a third of its compute); or mobilenet_v2 (ImageNet "
+        "weights from `clinfl weights fetch`) or densenet121 (give --init-weights; "
+        "torchvision or TorchXRayVision key names). docs/method.md.",
     ),
     FieldOption("method.norm", "Normalisation: group (DP-ready) or batch."),
     FieldOption(
         "method.width",
         "ResNet-18 base width: 64 (the full network, the paper's) or 8/16/32 (CPU-sized).",
     ),
-    FieldOption("method.init_weights", "Local ResNet-18 weights file (.safetensors or .pt)."),
+    FieldOption(
+        "method.init_weights",
+        "Weights file the backbone starts from (.safetensors, or a torch state dict read "
+        "with weights_only=True); a file that does not fit names the first mismatching key.",
+    ),
+    FieldOption(
+        "method.pretrained",
+        "mobilenet_v2 without --init-weights: start from the cached ImageNet weights; "
+        "--no-pretrained starts from random weights.",
+    ),
+    FieldOption(
+        "method.train_blocks",
+        "Train only the backbone's last N blocks; the earlier ones keep their initial "
+        "weights and never travel (default: train the whole backbone).",
+    ),
+    FieldOption(
+        "method.feature_stride",
+        "mobilenet_v2/densenet121: 16 cuts the network after its last stride-16 block "
+        "(a finer LADM token map), 32 keeps all of it (default: 16 for mobilenet_v2, chosen "
+        "by measurement, docs/method.md; 32 for densenet121).",
+    ),
     FieldOption("method.classifier", "fedncalign ablation: etf (fixed) or learnable classifier."),
     FieldOption(
         "method.classifier_bias",

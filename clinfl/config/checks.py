@@ -107,6 +107,10 @@ def _is_path(annotation: Any) -> bool:
     return annotation is Path or Path in typing.get_args(annotation)
 
 
+RENAMED_KEYS: dict[str, str] = {"method.weights": "init_weights"}
+"""Keys of earlier config files -> the key that replaced them (reported as a rename)."""
+
+
 def read_table(
     cls: type[Any], table: Any, where: str, problems: Problems, *, base: Path | None = None
 ) -> dict[str, Any]:
@@ -124,7 +128,13 @@ def read_table(
     for key, value in table.items():
         name = f"{where}.{key}"
         if key not in known:
-            problems.add(name, value, "a known key", f"remove it; keys: {', '.join(sorted(known))}")
+            renamed = RENAMED_KEYS.get(name)
+            fix = (
+                f"renamed to {renamed}: write {where}.{renamed} instead"
+                if renamed is not None and renamed in known
+                else f"remove it; keys: {', '.join(sorted(known))}"
+            )
+            problems.add(name, value, "a known key", fix)
             continue
         kinds = _kinds(hints[key])
         if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):

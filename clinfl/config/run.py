@@ -20,7 +20,7 @@ from clinfl.secagg.settings import SecAggConfig
 from clinfl.secagg.stages import ROUND_STAGES, stage_name
 
 DatasetName = Literal["digits", "cxr14", "dicom"]
-BackboneVariant = Literal["auto", "standard", "small", "compact"]
+BackboneVariant = Literal["auto", "standard", "small", "compact", "mobilenet_v2", "densenet121"]
 NormKind = Literal["group", "batch"]
 ClassifierKind = Literal["etf", "learnable"]
 QueryKind = Literal["fixed", "learnable"]
@@ -32,7 +32,14 @@ TrainingMode = Literal["federated", "local"]
 DATASETS: tuple[str, ...] = ("digits", "cxr14", "dicom")
 LABEL_SPACE_NAMES: tuple[str, ...] = ("cxr14", "digits", "chexpert", "custom")
 UNCERTAIN_LABELS: tuple[str, ...] = ("ones", "zeros")
-BACKBONES: tuple[str, ...] = ("auto", "standard", "small", "compact")
+BACKBONES: tuple[str, ...] = (
+    "auto",
+    "standard",
+    "small",
+    "compact",
+    "mobilenet_v2",
+    "densenet121",
+)
 NORMS: tuple[str, ...] = ("group", "batch")
 CLASSIFIERS: tuple[str, ...] = ("etf", "learnable")
 QUERIES: tuple[str, ...] = ("fixed", "learnable")
@@ -98,11 +105,21 @@ class DataConfig:
 class MethodConfig:
     """The local objective: method name, model shape, loss weights and the paper's ablations.
 
-    ``backbone`` is the ResNet-18 stem: ``standard`` (the paper's), ``small`` (3x3 stride 1, for
+    ``backbone`` is a ResNet-18 stem: ``standard`` (the paper's), ``small`` (3x3 stride 1, for
     16-64 px), ``compact`` (3x3 stride 2 with ``layer4`` unstrided: ``small``'s token map at about
-    a third of its compute) or ``auto`` (``small`` below 64 px, else ``standard``).
+    a third of its compute) or ``auto`` (``small`` below 64 px, else ``standard``); or a
+    pretrainable network: ``mobilenet_v2`` (ImageNet MobileNetV2 from the weights cache unless
+    ``pretrained`` is off or ``init_weights`` is given) or ``densenet121`` (the CheXNet and
+    TorchXRayVision architecture, from ``init_weights``). ``docs/method.md`` describes them.
     ``width`` is the ResNet-18 base width (64: the paper's full network; 8, 16 or 32: the CPU
-    presets) and ``ladm_width`` LADM's attention width (None: the feature width, ``8 * width``).
+    presets; the other backbones ignore it) and ``ladm_width`` LADM's attention width (None: the
+    backbone's feature width, ``8 * width`` for ResNet-18).
+    ``init_weights`` is a weights file the backbone starts from (safetensors, or a torch state
+    dict read with ``weights_only=True``). ``train_blocks`` trains only the backbone's last N
+    blocks (None: all of it); the earlier ones keep their initial weights and never travel.
+    ``feature_stride`` is where a ``mobilenet_v2`` or ``densenet121`` backbone ends: 16 cuts it
+    after its last stride-16 block (a finer LADM token map), 32 keeps the whole network; None
+    takes the backbone's measured default (16 for ``mobilenet_v2``, 32 for ``densenet121``).
     ``query_scaling="layernorm"`` is clinfl's LADM extension (LayerNorm on queries and tokens);
     ``"none"`` is the paper's module. ``head_bias`` is where a linear head's bias starts:
     ``prior`` (the logit of a 1/C prior, as FedNCAlign-ML's classifier bias) or ``zero``.
@@ -131,6 +148,8 @@ class MethodConfig:
     temperature: float = 0.07
     prox_mu: float = 0.01
     fedcurv_lambda: float | None = None
+    train_blocks: int | None = None
+    feature_stride: int | None = None
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ and fix. Whether secure aggregation's sum can overflow is decided by the protoco
 from __future__ import annotations
 
 from clinfl.config import run
+from clinfl.config.backbones import FEATURE_STRIDES, PRETRAINABLE, block_count, feature_width
 from clinfl.config.checks import Problems
 from clinfl.config.federation_size import small_federation_fix
 from clinfl.config.presets import resolve_presets
@@ -84,7 +85,11 @@ def _check_method(method: MethodConfig, known_methods: tuple[str, ...], p: Probl
     if method.width not in run.WIDTHS:
         p.add("width", method.width, "8, 16, 32 or 64", "use 64 (the full ResNet-18)")
     width = method.width or 0  # None only before a preset fills it (validate resolves first)
-    attention = method.ladm_width if method.ladm_width is not None else 8 * width
+    shape_known = _check_backbone_shape(method, p)
+    features = (
+        feature_width(method.backbone, width, method.feature_stride) if shape_known else 8 * width
+    )
+    attention = method.ladm_width if method.ladm_width is not None else features
     if method.ladm_width is not None and method.ladm_width < 1:
         p.add("ladm_width", method.ladm_width, ">= 1", "leave it unset")
     elif method.heads < 1 or attention % method.heads:
@@ -102,6 +107,30 @@ def _check_method(method: MethodConfig, known_methods: tuple[str, ...], p: Probl
     p.positive("temperature", method.temperature, "use 0.07 (the paper)")
     if method.init_weights is not None and not method.init_weights.is_file():
         p.add("init_weights", str(method.init_weights), "an existing file", "check the path")
+
+
+def _check_backbone_shape(method: MethodConfig, p: Problems) -> bool:
+    """Check ``feature_stride`` and ``train_blocks``; return whether the shape is known."""
+    if method.backbone not in run.BACKBONES:
+        return False  # reported as a choice
+    if method.feature_stride is not None:
+        if method.backbone not in PRETRAINABLE:
+            p.add(
+                "feature_stride",
+                method.feature_stride,
+                f"unset for backbone {method.backbone}",
+                f"leave it unset, or use --backbone {' or '.join(PRETRAINABLE)}",
+            )
+            return False
+        if method.feature_stride not in FEATURE_STRIDES:
+            strides = ", ".join(map(str, FEATURE_STRIDES))
+            p.add("feature_stride", method.feature_stride, strides, "leave it unset")
+            return False
+    if method.train_blocks is not None:
+        blocks = block_count(method.backbone, method.feature_stride)
+        fix = f"use 1 to {blocks}, or leave it unset to train the whole backbone"
+        p.whole("train_blocks", method.train_blocks, 1, blocks, fix=fix)
+    return True
 
 
 def _check_federation(fed: FederationConfig, p: Problems) -> None:
@@ -219,6 +248,14 @@ def validate_run_config(config: RunConfig, *, known_methods: tuple[str, ...]) ->
     _check_federation(resolved.federation, problems)
     _check_secagg(resolved.secagg, sites, problems)
     _check_privacy(resolved.privacy, sites, problems)
+    if resolved.privacy.grad_sample_mode == "ew" and resolved.method.backbone in PRETRAINABLE:
+        # torch's expanded-weights grouped convolution fails on the depthwise layers
+        problems.add(
+            "grad_sample_mode",
+            "ew",
+            f"not ew with backbone {resolved.method.backbone}",
+            "use bookkeeping, mixed-ghost or hooks",
+        )
     _check_drops(resolved.drops, sites, problems)
     if config.federation.training == "local" and config.data.cv_folds is None:
         fix = "add --cv K: a site's own held-out patients exist only under cross-validation"

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from clinfl.errors import ModelError
-from clinfl.model.backbone import ResNet18Features
+from clinfl.model.backbones.base import FeatureBackbone
 from clinfl.model.etf import SimplexETF
 from clinfl.model.ladm import LabelAttention, QueryScaling
 
@@ -95,7 +95,7 @@ class FedNCAlignNet(nn.Module):
 
     def __init__(
         self,
-        backbone: ResNet18Features,
+        backbone: FeatureBackbone,
         etf: SimplexETF,
         *,
         ladm: bool = True,
@@ -172,7 +172,7 @@ class LinearHeadNet(nn.Module):
     """
 
     def __init__(
-        self, backbone: ResNet18Features, num_classes: int, *, head_bias: HeadBias = "prior"
+        self, backbone: FeatureBackbone, num_classes: int, *, head_bias: HeadBias = "prior"
     ) -> None:
         super().__init__()
         self.backbone = backbone

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.nn import functional
 
-from clinfl.model.backbone import ResNet18Features
+from clinfl.model.backbones.base import FeatureBackbone
 from clinfl.model.networks import ClassBias, NetOutput
 
 LOGIT_SCALE = 10.0
@@ -67,7 +67,7 @@ class SphereNet(nn.Module):
     calibration_cross: torch.Tensor
     calibration_ready: torch.Tensor
 
-    def __init__(self, backbone: ResNet18Features, classifier: torch.Tensor) -> None:
+    def __init__(self, backbone: FeatureBackbone, classifier: torch.Tensor) -> None:
         super().__init__()
         self.backbone = backbone
         classes, dim = classifier.shape

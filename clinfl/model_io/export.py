@@ -12,10 +12,12 @@ from safetensors import SafetensorError
 from safetensors.torch import load
 
 import clinfl
+from clinfl.algorithms import ModelSpec
 from clinfl.algorithms.base import is_auxiliary
 from clinfl.config import MethodConfig
 from clinfl.errors import CheckpointError
 from clinfl.model_io.bundle import ModelBundle, read_bundle, write_bundle
+from clinfl.model_io.frozen import run_method, with_frozen_tensors
 from clinfl.thresholds import DEFAULT_THRESHOLD
 from clinfl.typing import StateDict
 
@@ -161,6 +163,18 @@ def _bundle(
     method_fields = {f.name for f in dataclasses.fields(MethodConfig)} - {"init_weights"}
     class_names = tuple(results["partition"]["class_names"])
     federation = config["federation"]
+    spec = ModelSpec(
+        num_classes=len(class_names),
+        image_size=int(config["data"]["image_size"]),
+        federation_seed=int(federation["federation_seed"]),
+        init_seed=int(federation["seed"]),
+    )
+    state = with_frozen_tensors(
+        state,
+        method=run_method(config, method_fields | {"init_weights"}),
+        spec=spec,
+        recorded=results.get("init_weights"),
+    )
     return ModelBundle(
         method=MethodConfig(**{k: v for k, v in config["method"].items() if k in method_fields}),
         label_space=_label_space(config),

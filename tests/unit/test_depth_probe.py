@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-import clinfl.model.backbone as backbone
+import clinfl.model.backbones.resnet as backbone
 from benchmarks.depth_probe import use_blocks_per_stage
 
 

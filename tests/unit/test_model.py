@@ -10,11 +10,11 @@ from torch import nn
 from clinfl.algorithms import ModelSpec, available_algorithms, create_algorithm
 from clinfl.config import MethodConfig
 from clinfl.errors import ModelError
-from clinfl.model.backbone import (
+from clinfl.model.backbones.resnet import (
     ResNet18Features,
     SafeBasicBlock,
     StemKind,
-    load_backbone_weights,
+    load_resnet18_weights,
 )
 from clinfl.model.ladm import LabelAttention
 from clinfl.model.networks import FedNCAlignNet
@@ -174,14 +174,14 @@ def test_local_weights_file_loads_and_bad_file_is_refused(tmp_path: Path) -> Non
     state["fc.weight"] = torch.zeros(1000, 512)
     save_file(state, str(path))
     target = ResNet18Features(stem="standard", norm="batch")
-    assert load_backbone_weights(target, path) == []
+    load_resnet18_weights(target, path)
     assert torch.equal(target.conv1.weight, source.conv1.weight)
-    with pytest.raises(ModelError, match="wrong shape"):
-        load_backbone_weights(ResNet18Features(stem="small"), path)
+    with pytest.raises(ModelError, match=r"key 'conv1.weight' has shape \(64, 3, 7, 7\)"):
+        load_resnet18_weights(ResNet18Features(stem="small"), path)
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a checkpoint")
     with pytest.raises(ModelError, match="cannot read"):
-        load_backbone_weights(target, junk)
+        load_resnet18_weights(target, junk)
 
 
 def test_registry_lists_the_three_algorithms_and_refuses_duplicates() -> None:

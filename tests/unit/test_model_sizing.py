@@ -10,7 +10,7 @@ import torch
 from clinfl.algorithms import ModelSpec, create_algorithm
 from clinfl.config import MethodConfig, RunConfig, validate_run_config
 from clinfl.errors import ModelError, ValidationError
-from clinfl.model.backbone import ResNet18Features
+from clinfl.model.backbones.resnet import ResNet18Features
 from clinfl.model.diagnostics import ladm_diagnostics, mean_pairwise_cosine
 from clinfl.model.ladm import LabelAttention
 from clinfl.model.networks import FedNCAlignNet, LinearHeadNet, prior_logit

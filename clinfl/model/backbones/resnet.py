@@ -2,7 +2,9 @@
 
 The residual blocks are torchvision's ``BasicBlock`` with the two in-place operations removed
 (``ReLU(inplace=True)`` and ``out += identity``), which crash Opacus' per-sample-gradient hooks.
-Weight names are unchanged, so a local torchvision ResNet-18 weights file loads directly.
+Weight names are unchanged, so a local torchvision ResNet-18 weights file loads directly
+(:func:`load_resnet18_weights`). Its input is clinfl's normalised grayscale, repeated to three
+channels; no ImageNet normalisation is applied (as before pretrained backbones existed).
 """
 
 from __future__ import annotations
@@ -12,12 +14,14 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from safetensors.torch import load_file
 from torch import nn
 from torchvision.models.resnet import BasicBlock, ResNet
 
 from clinfl.config.run import WIDTHS
 from clinfl.errors import ModelError
+from clinfl.model.backbones.base import FeatureBackbone
+from clinfl.model.backbones.inputs import repeat_grayscale
+from clinfl.model.backbones.loading import fit_state, load_fitted, read_state_dict
 
 FEATURE_DIM = 512
 """The feature width of the full ResNet-18 (base width 64): ``8 * width`` in general."""
@@ -58,7 +62,7 @@ def _norm_layer(kind: NormKind) -> Callable[[int], nn.Module] | None:
     return _group_norm
 
 
-class ResNet18Features(nn.Module):
+class ResNet18Features(FeatureBackbone):
     """ResNet-18 up to its last residual stage: ``[B, 3 or 1, H, W] -> [B, 8 * width, h, w]``.
 
     ``stem`` picks the input end:
@@ -124,49 +128,59 @@ class ResNet18Features(nn.Module):
         self.layer4 = net.layer4
         self.out_dim = 8 * width
 
+        self.norm = norm
+        self.description = f"ResNet-18 ({stem} stem, width {width}, {norm} norm)"
+
+    def blocks(self) -> list[nn.Module]:
+        """The stem (``conv1`` and ``bn1``), then each residual block of the four stages."""
+        stem = nn.ModuleList([self.conv1, self.bn1])
+        return [stem, *self.layer1, *self.layer2, *self.layer3, *self.layer4]
+
+    def batchnorm_pairs(self) -> list[tuple[str, str]]:
+        """Every (convolution, BatchNorm after it) pair, for :func:`fold_batchnorms`."""
+        pairs = [("conv1", "bn1")]
+        for stage in ("layer1", "layer2", "layer3", "layer4"):
+            for index, block in enumerate(getattr(self, stage)):
+                name = f"{stage}.{index}"
+                pairs += [(f"{name}.conv1", f"{name}.bn1"), (f"{name}.conv2", f"{name}.bn2")]
+                if block.downsample is not None:
+                    pairs.append((f"{name}.downsample.0", f"{name}.downsample.1"))
+        return pairs
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Return the last stage's feature map; grayscale input is repeated to 3 channels."""
-        if x.shape[1] == 1:
-            x = x.repeat(1, 3, 1, 1)
+        x = repeat_grayscale(x)
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         features: torch.Tensor = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         return features
 
 
-def load_backbone_weights(backbone: ResNet18Features, path: Path) -> list[str]:
-    """Load a local torchvision ResNet-18 weights file (``.safetensors`` or ``.pt``/``.pth``).
+def load_resnet18_weights(backbone: ResNet18Features, path: Path) -> None:
+    """Load a torchvision ResNet-18 weights file into ``backbone``.
 
-    The classification head (``fc.*``) is ignored, and so are BatchNorm running statistics when the
-    backbone uses GroupNorm. Files are read with ``weights_only=True``; nothing is unpickled.
-    Returns the names of backbone tensors the file did not provide.
+    The classification head (``fc.*``) is ignored, and so are BatchNorm running statistics
+    when the backbone uses GroupNorm (its affine weights take the BatchNorm's).
 
     Raises:
-        ModelError: if the file is missing, unreadable, or its tensors do not fit ResNet-18.
+        ModelError: if the file is missing or unreadable, or (one line, naming the first
+            mismatching key) its tensors do not fit this ResNet-18.
     """
-    if not path.is_file():
-        raise ModelError(f"weights file {path} does not exist", remedy="give an existing file")
-    try:
-        if path.suffix == ".safetensors":
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ModelError(
-            f"cannot read weights file {path}: {exc}",
-            remedy="give a torchvision ResNet-18 state dict saved as .safetensors or .pt",
-        ) from exc
-    if not isinstance(state, dict):
-        raise ModelError(f"{path} does not hold a state dict", remedy="save model.state_dict()")
-    own = backbone.state_dict()
-    usable = {k: v for k, v in state.items() if k in own and isinstance(v, torch.Tensor)}
-    bad = [k for k, v in usable.items() if v.shape != own[k].shape]
-    if bad:
-        raise ModelError(
-            f"weights file {path} has tensors of the wrong shape: {', '.join(sorted(bad)[:5])}",
-            remedy="use ResNet-18 weights; with --backbone small the 7x7 stem cannot load, "
-            "use --backbone standard",
-        )
-    if not usable:
-        raise ModelError(f"{path} holds no ResNet-18 tensors", remedy="check the file")
-    backbone.load_state_dict(usable, strict=False)
-    return sorted(set(own) - set(usable))
+
+    def rename(key: str) -> str | None:
+        key = key.removeprefix("module.")
+        if key.startswith("fc.") or key.endswith("num_batches_tracked"):
+            return None
+        if backbone.norm == "group" and key.endswith(("running_mean", "running_var")):
+            return None
+        return key
+
+    optional = [k for k in backbone.state_dict() if k.endswith("num_batches_tracked")]
+    state = fit_state(
+        backbone,
+        read_state_dict(path),
+        rename=rename,
+        source=path.name,
+        architecture=backbone.description,
+        optional=optional,
+    )
+    load_fitted(backbone, state)
