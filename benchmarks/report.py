@@ -19,6 +19,7 @@ from benchmarks.reference_report import render_reference
 from benchmarks.secagg_report import render_secagg
 from benchmarks.stem_report import render_stem_comparison
 from benchmarks.training_latency_report import render_training_latency
+from benchmarks.xray_report import render_xray
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
@@ -99,6 +100,7 @@ def write_docs(docs: Path = DOCS, results_dir: Path = RESULTS_DIR) -> None:
             small_stem=load("reference_small_stem.json"),
             equal_budget=load("reference_patience10.json"),
             training_latency=load("training_latency.json"),
+            xray=load("xray.json"),
         )
     )
 
@@ -117,6 +119,7 @@ def render_report(
     small_stem: dict[str, Any] | None = None,
     training_latency: dict[str, Any] | None = None,
     equal_budget: dict[str, Any] | None = None,
+    xray: dict[str, Any] | None = None,
 ) -> str:
     """Return the Markdown report: accuracy (``results``, then ``accelerator``), secure
     aggregation, privacy, training latency, ingestion."""
@@ -124,6 +127,7 @@ def render_report(
     sources = [
         ("accuracy", results),
         ("accuracy (accelerator)", accelerator or {}),
+        ("X-rays by patient", xray or {}),
         ("reference accuracy", reference or {}),
         ("secure aggregation", secagg or {}),
         ("privacy", privacy or {}),
@@ -147,6 +151,9 @@ def render_report(
         "",
         *_run_all_lines(run_all or {}),
     ]
+    xray_lines = render_xray(xray or {})
+    if xray_lines:
+        out += [*xray_lines, ""]
     reference_lines = render_reference(reference or {}, equal_budget or {})
     if reference_lines:
         out += [*reference_lines, ""]

@@ -230,8 +230,10 @@ def main() -> None:
                 value = record.get("metrics", {}).get("model", {}).get("learnable_macro_auc", {})
                 print(
                     f"[{n}/{len(todo)}] {cell.key}: "
-                    + (record.get("error") or f"{100 * (value.get('value') or 0):.1f} "
-                       f"in {record['seconds']:.0f} s"),
+                    + (
+                        record.get("error")
+                        or f"{100 * (value.get('value') or 0):.1f} in {record['seconds']:.0f} s"
+                    ),
                     flush=True,
                 )
         results = load_results(args.results)

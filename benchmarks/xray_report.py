@@ -16,6 +16,7 @@ from typing import Any
 from benchmarks.paired_stats import PairedGain, paired_gain
 
 NOTES = Path(__file__).with_name("xray_notes.md")
+FEDERATED_METHODS = ("fedavg", "fedncalign")
 LEARNABLE = "learnable_macro_auc"
 ABNORMAL = "abnormal_auc"
 ALL_CLASSES = "all_class_macro_auc"
@@ -140,9 +141,6 @@ def _site_gains(results: dict[str, Any]) -> list[str]:
                 cells.append(_gain(paired_gain(fed, base)))
             lines.append(f"| {s} | {site} | " + " | ".join(cells) + " |")
     return lines
-
-
-FEDERATED_METHODS = ("fedavg", "fedncalign")
 
 
 def _per_class(results: dict[str, Any]) -> list[str]:

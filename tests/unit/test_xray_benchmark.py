@@ -74,7 +74,9 @@ def test_report_pairs_seeds_and_shows_each_sites_gain() -> None:
             runs += [_record("fedncalign", seed, setting, 0.69 + 0.01 * seed)]
     text = "\n".join(render_xray({"runs": runs, "recipe": {"folds": 5}}))
     # every pair differs by the same amount on each seed: the interval collapses to the mean
-    assert "| pretrained minus from scratch (centralized) | +10.00 [+10.00, +10.00] (3 seeds)" in text
+    assert (
+        "| pretrained minus from scratch (centralized) | +10.00 [+10.00, +10.00] (3 seeds)" in text
+    )
     assert "| FedNCAlign-ML minus FedAvg, s1 | +1.00 [+1.00, +1.00] (3 seeds)" in text
     assert "| s2 | site-2 | 61.0 (60.0 to 62.0) | +6.00 [+6.00, +6.00] (3 seeds)" in text
     assert "baseline: no-skill (constant score) | 3 | 50.0" in text
