@@ -15,8 +15,9 @@ and forms a pair. Per seed:
   - ``local``: each site alone, scored on its own held-out patients;
   - ``fedavg`` and ``fedncalign``: federated with secure aggregation (SecAgg+) on.
 
-``python benchmarks/xray.py`` runs the missing cells on two worker processes (resumable: the
-results file keeps every finished cell) and renders ``docs/benchmarks.md``. The runs' folders go
+``python benchmarks/xray.py`` runs the missing cells two at a time, each in a process of its own
+(resumable: the results file keeps every finished cell; a failed cell is recorded and rerun
+next time) and renders ``docs/benchmarks.md``. The runs' folders go
 to ``runs/bench-xray`` (not committed). Needs ``../shared/data/nih1000`` and the cached ImageNet
 MobileNetV2 (``make weights``).
 """
@@ -26,11 +27,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
+import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
@@ -160,6 +162,36 @@ def run_cell(cell: Cell, threads: int) -> dict[str, Any]:
     }
 
 
+def run_cell_process(cell: Cell, threads: int) -> dict[str, Any]:
+    """Run ``cell`` in a child process of its own and return its record.
+
+    A crash of one cell (even one that kills its interpreter) is recorded as that cell's error
+    with the end of its output; the other cells go on.
+    """
+    with tempfile.TemporaryDirectory() as folder:
+        out = Path(folder) / "record.json"
+        command = [sys.executable, str(Path(__file__)), "--cell", cell.key, "--record", str(out)]
+        command += ["--threads", str(threads)]
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        if done.returncode == 0 and out.is_file():
+            record: dict[str, Any] = json.loads(out.read_text())
+            return record
+    tail = (done.stderr or done.stdout or "").strip().splitlines()[-3:]
+    return {"key": cell.key, "error": f"exit {done.returncode}: {' | '.join(tail)}"}
+
+
+def cell_of(key: str) -> Cell:
+    """Return the cell named ``key`` (as :attr:`Cell.key` writes it).
+
+    Raises:
+        SystemExit: for a key no cell has.
+    """
+    for cell in cells(tuple(range(100))):
+        if cell.key == key:
+            return cell
+    raise SystemExit(f"no cell is named {key!r}")
+
+
 def load_results(path: Path) -> dict[str, Any]:
     """Return the results file's content (an empty one if absent)."""
     if path.is_file():
@@ -200,7 +232,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--render-only", action="store_true")
+    parser.add_argument("--cell", help=argparse.SUPPRESS)  # a child process: run this cell
+    parser.add_argument("--record", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.cell is not None:
+        record = run_cell(cell_of(args.cell), args.threads)
+        args.record.write_text(json.dumps(record))
+        return
     if not args.render_only:
         if not (NIH1000 / "labels.csv").is_file():
             raise SystemExit(f"{NIH1000} is absent: the X-ray benchmark needs ../shared/data")
@@ -214,14 +252,11 @@ def main() -> None:
         print(f"{len(todo)} of {len(cells(seeds))} cells to run", flush=True)
         began, started = time.strftime("%Y-%m-%dT%H:%M:%S"), time.perf_counter()
         threads = max(1, args.threads // args.workers)
-        with ProcessPoolExecutor(args.workers, mp_context=get_context("spawn")) as pool:
-            futures = {pool.submit(run_cell, c, threads): c for c in todo}
+        with ThreadPoolExecutor(args.workers) as pool:
+            futures = {pool.submit(run_cell_process, c, threads): c for c in todo}
             for n, future in enumerate(as_completed(futures), start=1):
                 cell = futures[future]
-                try:
-                    record = future.result()
-                except Exception as error:  # one failed cell is recorded; the rest go on
-                    record = {"key": cell.key, "error": repr(error)}
+                record = future.result()
                 results = load_results(args.results)
                 results["runs"] = [r for r in results["runs"] if r["key"] != cell.key]
                 results["runs"].append(record)

@@ -197,8 +197,11 @@ def fold_data(
     """Return a fold's data for a run, its site partition, and the test images' pool indices.
 
     ``site=None``: the federation (every site's training part, the union of validation parts,
-    every test image). ``site=s``: site ``s`` alone (local-only training), tested on its own
-    held-out patients.
+    every test image). ``site=s``: site ``s`` alone (local-only training), scored on its own
+    held-out patients. Its run still scores the whole fold's test set (a site's own few
+    held-out patients may hold no finding with both outcomes, on which its run could compute
+    no test metric); the returned indices are its own test images, which come first in the
+    run's test set.
 
     Raises:
         PartitionError: if a site has no training images, or validation is empty.
@@ -207,6 +210,7 @@ def fold_data(
     trains = [split.site_train[s] for s in sites]
     val = np.concatenate([split.site_val[s] for s in sites])
     test = split.test if site is None else split.test[plan.owners[split.test] == site]
+    scored = test if site is None else np.concatenate([test, np.setdiff1d(split.test, test)])
     empty = [f"site-{s + 1}" for s, t in zip(sites, trains, strict=True) if t.size == 0]
     if empty or val.size == 0:
         raise PartitionError(
@@ -225,5 +229,5 @@ def fold_data(
         f"{val.size} val / {test.size} test images; "
         f"{int(in_training.sum())} of {int((plan.folds != split.fold).sum())} non-test images train"
     )
-    data = SplitData(train, images.subset(val), images.subset(test), description)
+    data = SplitData(train, images.subset(val), images.subset(scored), description)
     return data, partition, test

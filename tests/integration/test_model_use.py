@@ -43,7 +43,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     result = runner.invoke(
         app,
         ["simulate", "--sites", "2", "--secagg", "off", "--rounds", "1", "--rho", "0.6",
-         "--max-samples", "160", "--composites-per-pair", "1", "--out", str(run), "--json"],
+         "--image-size", "16", "--max-samples", "160", "--composites-per-pair", "1", "--out", str(run), "--json"],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     model = root / "model"
