@@ -80,7 +80,10 @@ def test_fold_split_keeps_test_patients_out_of_training() -> None:
         assert len(data.test) == test.size == (plan.folds == fold).sum()
         assert int(partition.samples.sum()) == len(data.train)
         alone, _, own_test = fold_data(table, plan, split, site=0)
-        assert (plan.owners[own_test] == 0).all() and len(alone.test) == own_test.size
+        assert (plan.owners[own_test] == 0).all()
+        # the site's run scores the whole fold's test set, its own images first
+        assert len(alone.test) == split.test.size
+        assert np.array_equal(alone.test.groups[: own_test.size], table.groups[own_test])
 
 
 def test_split_check_refuses_a_shared_patient() -> None:
