@@ -134,10 +134,49 @@ class FoldSplit:
     test: np.ndarray
 
 
+def _evaluable(targets: np.ndarray) -> bool:
+    """Whether some class has both positive and negative images (an AUC is defined)."""
+    truth = targets.astype(bool)
+    return bool(len(truth)) and bool((truth.any(axis=0) & (~truth).any(axis=0)).any())
+
+
+def _evaluable_validation(
+    train: np.ndarray,
+    val: np.ndarray,
+    groups: np.ndarray,
+    targets: np.ndarray,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Move whole patients from ``train`` to ``val`` until ``val`` can be scored.
+
+    A site that trains alone selects its round on its own validation patients, which needs a
+    finding with both outcomes among them; a small site's share may have none. Patients move
+    in a seeded random order, and at least one stays in training.
+    """
+    if _evaluable(targets[val]):
+        return train, val
+    for patient in rng.permutation(np.unique(groups[train]))[:-1]:
+        moving = groups[train] == patient
+        val, train = np.concatenate([val, train[moving]]), train[~moving]
+        if _evaluable(targets[val]):
+            break
+    return train, val
+
+
 def split_fold(
-    plan: FoldPlan, groups: np.ndarray, fold: int, *, val_fraction: float, seed: int
+    plan: FoldPlan,
+    groups: np.ndarray,
+    fold: int,
+    *,
+    val_fraction: float,
+    seed: int,
+    targets: np.ndarray | None = None,
 ) -> FoldSplit:
     """Return fold ``fold``'s parts (see the module docstring).
+
+    With ``targets``, a site whose validation share holds no finding with both outcomes gets
+    more of its own patients in it until it does (:func:`_evaluable_validation`), so that it
+    can select a round when it trains alone.
 
     Raises:
         DataError: if a patient would be in training or validation and test (checked, not
@@ -149,8 +188,11 @@ def split_fold(
         own = np.flatnonzero((plan.folds != fold) & (plan.owners == site))
         rng = np.random.default_rng([seed, VALIDATION_STREAM, fold, site])
         train, val = split_by_group(groups[own], fraction=val_fraction, rng=rng)
-        trains.append(own[train])
-        vals.append(own[val])
+        site_train, site_val = own[train], own[val]
+        if targets is not None:
+            site_train, site_val = _evaluable_validation(site_train, site_val, groups, targets, rng)
+        trains.append(site_train)
+        vals.append(site_val)
     split = FoldSplit(fold, tuple(trains), tuple(vals), test)
     check_split(split, groups)
     return split

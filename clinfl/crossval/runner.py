@@ -67,7 +67,12 @@ def _parts(config: RunConfig, pool: CvPool, plan: FoldPlan, run_dir: Path) -> li
     parts = []
     for fold in range(plan.num_folds):
         split = split_fold(
-            plan, pool.images.groups, fold, val_fraction=data.val_fraction, seed=data.cv_seed
+            plan,
+            pool.images.groups,
+            fold,
+            val_fraction=data.val_fraction,
+            seed=data.cv_seed,
+            targets=pool.images.targets,
         )
         folder = run_dir / f"fold-{fold + 1}"
         if fed.training == "federated":

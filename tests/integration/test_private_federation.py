@@ -15,7 +15,10 @@ from clinfl.cli.app import app
 runner = CliRunner()
 ROOT = Path(__file__).resolve().parents[2]
 POLICIES = ROOT / "policies"
-SMALL = ["--rho", "0.6", "--max-samples", "160", "--composites-per-pair", "1", "--sites", "4"]
+SMALL = [
+    "--image-size", "16",
+    "--rho", "0.6", "--max-samples", "160", "--composites-per-pair", "1", "--sites", "4",
+]  # fmt: skip
 
 
 def _policy(tmp_path: Path, text: str) -> Path:

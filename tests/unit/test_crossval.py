@@ -279,3 +279,35 @@ def test_report_gives_per_fold_values_beside_pooled() -> None:
     # pooled: positives 0.9, 0.9, 0.4, 0.4 vs negatives 0.6, 0.6, 0.1, 0.1 -> 12/16
     assert report["rows"]["model"]["all_class_macro_auc"]["value"] == 0.75
     assert "per-fold" in report_markdown(report)
+
+
+def test_a_sites_validation_grows_until_it_can_be_scored() -> None:
+    # one site, 12 patients of 2 images; only patients 9 and 10 hold a positive. A 10%
+    # validation share (one patient) is then rarely scorable on its own.
+    patients = np.repeat(np.arange(12), 2)
+    targets = np.zeros((24, 2), dtype=np.uint8)
+    targets[patients == 9, 0] = 1
+    targets[patients == 10, 1] = 1
+    table = ImageSet(np.zeros((24, 2, 2), np.uint8), targets, patients, ("a", "b"))
+    plan = plan_folds(table, num_folds=3, num_sites=1, alpha=0.5, rho=1.0, seed=0)
+    grown = 0
+    for fold in range(3):
+        for seed in range(6):
+            plain = split_fold(plan, table.groups, fold, val_fraction=0.1, seed=seed)
+            split = split_fold(
+                plan, table.groups, fold, val_fraction=0.1, seed=seed, targets=targets
+            )
+            check_split(split, table.groups)
+            (val,), (train,) = split.site_val, split.site_train
+            truth = targets[val].astype(bool)
+            in_training = targets[np.concatenate([train, val])].astype(bool)
+            if (in_training.any(axis=0) & (~in_training).any(axis=0)).any():
+                assert (truth.any(axis=0) & (~truth).any(axis=0)).any()  # now scorable
+            assert train.size > 0
+            # whole patients moved from training to validation, nothing else changed
+            assert set(np.concatenate([train, val])) == set(
+                np.concatenate([plain.site_train[0], plain.site_val[0]])
+            )
+            assert set(plain.site_val[0]) <= set(val)
+            grown += val.size > plain.site_val[0].size
+    assert grown > 0  # the case arose
