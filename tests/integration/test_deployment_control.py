@@ -103,8 +103,11 @@ def test_refusals_tampering_and_operator_control(federation: Federation) -> None
 
     # rounds to spare: on a loaded machine the pause below may land after a later round
     coordinator = fed.start_coordinator(rounds=ROUNDS)
-    fed.start_site("site-1")
-    fed.start_site("site-2")
+    # a budget for every round: the run must end by the operator's stop, not by the budget,
+    # however many rounds a fast small model fits in before the stop lands
+    roomy = policy_text().replace("epsilon_budget = 8.0", "epsilon_budget = 1000.0")
+    fed.start_site("site-1", policy=roomy)
+    fed.start_site("site-2", policy=roomy)
     fed.start_site("site-3", policy=policy_text(min_sites=5))  # (d) stricter than the run
     rogue = fed.start_site("rogue", extra=("--connect-timeout", "20"))
 
