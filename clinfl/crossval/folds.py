@@ -134,7 +134,7 @@ class FoldSplit:
     test: np.ndarray
 
 
-def _evaluable(targets: np.ndarray) -> bool:
+def evaluable(targets: np.ndarray) -> bool:
     """Whether some class has both positive and negative images (an AUC is defined)."""
     truth = targets.astype(bool)
     return bool(len(truth)) and bool((truth.any(axis=0) & (~truth).any(axis=0)).any())
@@ -153,12 +153,12 @@ def _evaluable_validation(
     finding with both outcomes among them; a small site's share may have none. Patients move
     in a seeded random order, and at least one stays in training.
     """
-    if _evaluable(targets[val]):
+    if evaluable(targets[val]):
         return train, val
     for patient in rng.permutation(np.unique(groups[train]))[:-1]:
         moving = groups[train] == patient
         val, train = np.concatenate([val, train[moving]]), train[~moving]
-        if _evaluable(targets[val]):
+        if evaluable(targets[val]):
             break
     return train, val
 

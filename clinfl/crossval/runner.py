@@ -22,7 +22,7 @@ import numpy as np
 from clinfl.algorithms import available_algorithms
 from clinfl.config import RunConfig, validate_run_config
 from clinfl.crossval.bootstrap import DRAWS
-from clinfl.crossval.folds import FoldPlan, fold_data, plan_folds, split_fold
+from clinfl.crossval.folds import FoldPlan, evaluable, fold_data, plan_folds, split_fold
 from clinfl.crossval.pool import CvPool, load_cv_pool
 from clinfl.crossval.predictions import OOF_FILE, OofPredictions
 from clinfl.crossval.report import cv_report, report_markdown
@@ -35,6 +35,8 @@ from clinfl.simulation.runner import PreparedData, SimulationListener, run_simul
 CV_FILE = "cv.json"
 CV_TABLE = "cv.md"
 SCORES_FILE = "fold_scores.npz"
+NO_SKILL_SCORE = 0.5
+"""The score of every class for an image whose site, alone, had nothing to learn from."""
 
 FoldCallback = Callable[[int, int, str], None]
 """``(done, total, label)``: ``done`` of ``total`` fold runs finished; ``label`` the next."""
@@ -62,7 +64,21 @@ class _Part:
     test_index: np.ndarray
 
 
-def _parts(config: RunConfig, pool: CvPool, plan: FoldPlan, run_dir: Path) -> list[_Part]:
+def _parts(
+    config: RunConfig,
+    pool: CvPool,
+    plan: FoldPlan,
+    run_dir: Path,
+    unlearnable: list[str],
+    constant: list[np.ndarray],
+) -> list[_Part]:
+    """Return the runs a cross-validation needs.
+
+    A site that trains alone and whose own patients hold no finding with both outcomes (even
+    after its validation share grew, :func:`~clinfl.crossval.folds.split_fold`) has nothing to
+    learn or select on: it is not run; its label goes to ``unlearnable`` and its test images to
+    ``constant`` (they are scored with the no-skill constant).
+    """
     data, fed = config.data, config.federation
     parts = []
     for fold in range(plan.num_folds):
@@ -84,6 +100,11 @@ def _parts(config: RunConfig, pool: CvPool, plan: FoldPlan, run_dir: Path) -> li
             if not (plan.owners[split.test] == site).any():
                 continue  # nothing of this site's to score in this fold
             split_data, partition, test = fold_data(pool.images, plan, split, site=site)
+            if not evaluable(split_data.val.targets):
+                # nothing to learn: no finding has both outcomes in the site's own patients
+                unlearnable.append(f"fold {fold + 1} site-{site + 1}")
+                constant.append(test)
+                continue
             alone = _site_alone(config, site)
             prepared = PreparedData(split_data, partition)
             label = f"fold {fold + 1} site-{site + 1}"
@@ -169,8 +190,12 @@ def run_cross_validation(
     run_dir.mkdir(parents=True, exist_ok=True)
     if not resume:
         save_run_config(run_dir, config)
-    parts = _parts(config, pool, plan, run_dir)
+    unlearnable: list[str] = []
+    constant: list[np.ndarray] = []
+    parts = _parts(config, pool, plan, run_dir, unlearnable, constant)
     scores = np.full(pool.images.targets.shape, np.nan)
+    for index in constant:
+        scores[index] = NO_SKILL_SCORE
     for done, part in enumerate(parts):
         if on_fold is not None:
             on_fold(done, len(parts), part.label)
@@ -194,6 +219,7 @@ def run_cross_validation(
         "cv_seed": data.cv_seed,
         "group_by": pool.group_by,
         "training": fed.training,
+        "unlearnable_sites": unlearnable,
         "sites": fed.sites,
         "method": config.method.name,
         "secure_aggregation": config.secagg.enabled,

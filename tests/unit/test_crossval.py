@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,8 +14,9 @@ from clinfl.crossval.baselines import age_scores, fit_logistic
 from clinfl.crossval.bootstrap import Estimate, patient_weights, weighted_aucs
 from clinfl.crossval.compare import compare_predictions
 from clinfl.crossval.folds import FoldSplit, check_split, fold_data, plan_folds, split_fold
-from clinfl.crossval.pool import _group_column
+from clinfl.crossval.pool import CvPool, _group_column
 from clinfl.crossval.predictions import OofPredictions
+from clinfl.crossval.runner import _parts
 from clinfl.crossval.scoring import (
     ABNORMAL,
     ALL_CLASSES,
@@ -311,3 +314,25 @@ def test_a_sites_validation_grows_until_it_can_be_scored() -> None:
             assert set(plain.site_val[0]) <= set(val)
             grown += val.size > plain.site_val[0].size
     assert grown > 0  # the case arose
+
+
+def test_a_site_with_nothing_to_learn_alone_is_scored_as_no_skill(tmp_path: Path) -> None:
+    table = _table(patients=30, seed=2)
+    plan = plan_folds(table, num_folds=2, num_sites=2, alpha=0.5, rho=1.0, seed=0)
+    normal = ~table.targets.astype(bool).any(axis=1)
+    patients_normal = np.array([normal[table.groups == g].all() for g in table.groups])
+    # site 2 owns exactly the patients with no finding at all: alone it has nothing to learn
+    owners = np.where(patients_normal, 1, 0)
+    plan = dataclasses.replace(plan, owners=owners)
+    pool = CvPool(table, tuple(map(str, range(len(table)))), tuple(map(str, table.groups)),
+                  None, "patient", "synthetic")  # fmt: skip
+    config = RunConfig(
+        data=DataConfig(cv_folds=2),
+        federation=FederationConfig(sites=2, training="local"),
+    )
+    unlearnable: list[str] = []
+    constant: list[np.ndarray] = []
+    parts = _parts(config, pool, plan, tmp_path, unlearnable, constant)
+    assert unlearnable == ["fold 1 site-2", "fold 2 site-2"]
+    assert all(part.label.endswith("site-1") for part in parts) and len(parts) == 2
+    assert np.array_equal(np.sort(np.concatenate(constant)), np.flatnonzero(owners == 1))
