@@ -37,7 +37,9 @@ METHODS = ("fedncalign_paper+tuned", "fedncalign_paper", "fedncalign_ln+tuned", 
 TUNED = "+tuned"
 DATASET_TITLES = {
     "digits": "Digits composites (all of sklearn's digits, 32 px, 10 labels)",
-    "nih1000": "NIH1000 (real ChestX-ray14, 64 px, 14 labels, official split)",
+    "nih1000": "NIH1000 (real ChestX-ray14, 64 px, 14 labels, official split: its test set is 310 "
+    "images of only 15 patients, so these figures cannot compare methods; see the cross-validated "
+    "X-ray table)",
 }
 
 
