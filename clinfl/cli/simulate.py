@@ -230,7 +230,8 @@ RUN_OPTIONS: tuple[FieldOption, ...] = (
         "data.cv_folds",
         "Patient-grouped K-fold cross-validation over the whole data set (K >= 2): one run per "
         "fold, pooled out-of-fold metrics with patient-bootstrap intervals and baselines in "
-        "RUN/cv.json (docs/evaluation.md). Without it: the fixed train/val/test split.",
+        "RUN/cv.json (docs/evaluation.md); not for --dataset dicom. Without it: the fixed "
+        "train/val/test split.",
         name="cv",
     ),
     FieldOption(
@@ -246,7 +247,9 @@ RUN_OPTIONS: tuple[FieldOption, ...] = (
     FieldOption(
         "federation.training",
         "federated, or local (--cv only): each site trains alone on its own patients and "
-        "scores its own held-out patients (the baseline of what a site gains by joining).",
+        "scores its own held-out patients (the baseline of what a site gains by joining); a "
+        "site whose own patients hold no finding with both outcomes is not run and its images "
+        "get the no-skill score 0.5 (cv.json lists it).",
     ),
     FieldOption(
         "federation.device",
@@ -299,9 +302,9 @@ def simulate(
         Path | None,
         typer.Option(
             "--config",
-            help="Federation config file (TOML, tables [data] [method] [federation] [secagg] "
-            "[privacy] [[drops]]); it replaces the run options, so only --out, --json and "
-            "--threads may go with it.",
+            help="Federation config file (TOML, tables \\[data] \\[method] \\[federation] "
+            "\\[secagg] \\[privacy] \\[\\[drops]]); it replaces the run options, so only "
+            "--out, --json and --threads may go with it.",
         ),
     ] = None,
     resume: Annotated[

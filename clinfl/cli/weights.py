@@ -23,7 +23,9 @@ weights_app = typer.Typer(
 CacheOption = Annotated[
     Path | None,
     typer.Option(
-        "--cache", help=f"The cache folder (default: ${CACHE_ENV}, else ~/.cache/clinfl/weights)."
+        "--cache",
+        help=f"The cache folder (default: ${CACHE_ENV}, else $XDG_CACHE_HOME/clinfl/weights, "
+        "else ~/.cache/clinfl/weights).",
     ),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]

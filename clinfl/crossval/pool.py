@@ -13,6 +13,7 @@ from clinfl.config.checks import Problems
 from clinfl.data.chestxray14 import (
     INDEX_COLUMN,
     PATH_COLUMN,
+    PATH_COLUMNS,
     PATIENT_COLUMN,
     ProgressCallback,
     load_chestxray14_pool,
@@ -129,7 +130,7 @@ def load_cv_pool(config: RunConfig, progress: ProgressCallback | None = None) ->
             space=resolve_label_space(data.label_space, data.label_columns),
             uncertain=data.uncertain_labels,
         )
-        id_column = INDEX_COLUMN if INDEX_COLUMN in header else PATH_COLUMN
+        id_column = next((c for c in (INDEX_COLUMN, *PATH_COLUMNS) if c in header), PATH_COLUMN)
         ids = tuple((row.get(id_column) or "").strip() for row in rows)
         named = column or id_column
         patients = tuple((row.get(named) or "").strip() for row in rows)

@@ -31,6 +31,7 @@ from clinfl.files import write_atomically, write_json
 from clinfl.simulation.datasets import resolve_defaults
 from clinfl.simulation.resume import CONFIG_FILE, save_run_config
 from clinfl.simulation.runner import PreparedData, SimulationListener, run_simulation
+from clinfl.weights.provenance import weights_provenance
 
 CV_FILE = "cv.json"
 CV_TABLE = "cv.md"
@@ -178,6 +179,7 @@ def run_cross_validation(
     data, fed = config.data, config.federation
     if data.cv_folds is None:
         raise DataError("the configuration sets no cv_folds", remedy="pass --cv K")
+    weights_provenance(config.method)  # a missing weights file or cache: before any image
     pool = load_cv_pool(config, progress=listener.images_read if listener else None)
     plan = plan_folds(
         pool.images,

@@ -5,7 +5,8 @@ Four files, none of them pickled::
     model.json           format, method config, label space, its class names and digest, image
                          size, seeds, the SHA-256 of the weights, the initial weights training
                          started from
-    weights.safetensors  the travelling tensors of the selected round (never the ETF)
+    weights.safetensors  every tensor of the selected round's model (never the ETF): the
+                         travelling ones, and the blocks that never trained (``train_blocks``)
     thresholds.json      one operating threshold per class, chosen on validation
     provenance.json      the run: sites, rounds, data, secure aggregation, privacy, test metrics
 
