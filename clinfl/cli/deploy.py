@@ -10,6 +10,8 @@ import json
 import signal
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from types import FrameType
@@ -105,12 +107,25 @@ def start(
         )
 
 
-def _stop_on_signals(stop: threading.Event) -> None:
+@contextmanager
+def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
+    """Turn SIGTERM and SIGINT into ``stop`` while the block runs, then restore the handlers.
+
+    Restoring matters when the command runs inside another program (a test's CLI runner):
+    its Ctrl-C must go back to raising KeyboardInterrupt.
+    """
+
     def handler(signum: int, frame: FrameType | None) -> None:
         stop.set()
 
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
+    previous = {number: signal.getsignal(number) for number in (signal.SIGTERM, signal.SIGINT)}
+    for number in previous:
+        signal.signal(number, handler)
+    try:
+        yield
+    finally:
+        for number, old in previous.items():
+            signal.signal(number, old)
 
 
 @site_app.command("run")
@@ -182,18 +197,18 @@ def run(
             f"({summary['quarantined_total']} quarantined; report in {state / 'ingest'})"
         )
         stop = threading.Event()
-        _stop_on_signals(stop)
-        run_site(
-            keys,
-            policy=site_policy,
-            data=SiteData(data, labels, options),
-            state_dir=state,
-            coordinator=coordinator,
-            runtime_port=runtime_port,
-            stop=stop,
-            notify=lambda line: console.print(f"[{time.strftime('%H:%M:%S')}] {line}"),
-            threads=threads,
-            connect_timeout=connect_timeout,
-            crash_at=crash_at,
-        )
+        with _stop_on_signals(stop):
+            run_site(
+                keys,
+                policy=site_policy,
+                data=SiteData(data, labels, options),
+                state_dir=state,
+                coordinator=coordinator,
+                runtime_port=runtime_port,
+                stop=stop,
+                notify=lambda line: console.print(f"[{time.strftime('%H:%M:%S')}] {line}"),
+                threads=threads,
+                connect_timeout=connect_timeout,
+                crash_at=crash_at,
+            )
         console.print(f"{keys.site}: stopped; audit report in {state / 'audit_report.html'}")

@@ -136,3 +136,19 @@ def test_coordinator_start_refuses_a_roster_naming_a_site_twice(tmp_path: Path) 
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and "site 'site-1' is named 2 times" in lines[0], lines
     assert not (tmp_path / "run" / "flower").exists(), "no SuperLink was started"
+
+
+def test_site_runs_signal_handlers_are_restored_when_it_returns() -> None:
+    """An in-process ``site run`` (a test's CLI runner) must give Ctrl-C back afterwards."""
+    import signal
+    import threading
+
+    from clinfl.cli.deploy import _stop_on_signals
+
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    stop = threading.Event()
+    with _stop_on_signals(stop):
+        assert signal.getsignal(signal.SIGINT) not in before
+        signal.raise_signal(signal.SIGINT)  # stops the site instead of interrupting
+        assert stop.is_set()
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
