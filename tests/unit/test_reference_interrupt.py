@@ -7,6 +7,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,7 +29,20 @@ def _alive(pid: int) -> bool:
         return True
 
 
-def test_an_interrupt_stops_every_worker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture
+def default_ctrl_c() -> Iterator[None]:
+    """Ctrl-C raises KeyboardInterrupt, as in a fresh process (an earlier test in this process,
+    or a library it ran, may have installed its own SIGINT handler)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def test_an_interrupt_stops_every_worker(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, default_ctrl_c: None
+) -> None:
     monkeypatch.setenv(MARKER_ENV, str(tmp_path))
     results = tmp_path / "results.json"
     save_results(results, {"runs": [], "throughput": [], "machine": {}})
