@@ -7,19 +7,21 @@ A backbone maps ``[B, 1 or 3, H, W]`` images (clinfl's normalised grayscale) to 
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 from torch import nn
 
 from clinfl.errors import ModelError
 
 
-class FeatureBackbone(nn.Module):
+class FeatureBackbone(nn.Module, ABC):
     """A feature extractor: ``forward`` returns ``[B, out_dim, h, w]``."""
 
     out_dim: int
 
+    @abstractmethod
     def blocks(self) -> list[nn.Module]:
         """Return the backbone's blocks in order, input first; together they hold every weight."""
-        raise NotImplementedError
 
 
 def freeze_leading_blocks(backbone: FeatureBackbone, train_blocks: int | None) -> None:
