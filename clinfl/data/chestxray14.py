@@ -108,6 +108,54 @@ def _split_flags(
     return None, "random 20% patient-level test split (no official split found)"
 
 
+def _require_folder(images_dir: Path) -> None:
+    """Raise DataError if ``images_dir`` is not a folder."""
+    if not images_dir.is_dir():
+        raise DataError(
+            f"image folder {images_dir} does not exist", remedy="pass an existing --images DIR"
+        )
+
+
+def _found_images(
+    images_dir: Path, labels_csv: Path, rows: list[dict[str, str]], header: list[str]
+) -> tuple[list[Path | None], np.ndarray]:
+    """Return each row's image file (None: not found) and which rows have one.
+
+    Raises:
+        DataError: when no listed image is under ``images_dir``.
+    """
+    paths = _locate_images(images_dir, rows, header)
+    found = np.array([p is not None for p in paths])
+    if not found.any():
+        raise DataError(
+            f"none of the {len(rows)} images listed in {labels_csv.name} is under {images_dir}",
+            remedy="point --images at the folder holding the listed files",
+        )
+    return paths, found
+
+
+def _read_images(
+    paths: list[Path | None],
+    keep: np.ndarray,
+    *,
+    image_size: int,
+    progress: ProgressCallback | None,
+) -> np.ndarray:
+    """Decode the images of rows ``keep`` (all found) into ``[N, size, size]`` uint8.
+
+    Raises:
+        InvalidImageError: for an image that cannot be decoded.
+    """
+    images = np.zeros((keep.size, image_size, image_size), dtype=np.uint8)
+    for position, row_index in enumerate(keep):
+        path = paths[row_index]
+        assert path is not None  # keep holds found rows only
+        images[position] = read_grayscale(path, size=image_size)
+        if progress is not None:
+            progress(position + 1, keep.size)
+    return images
+
+
 def load_chestxray14(
     images_dir: Path,
     labels_csv: Path,
@@ -133,21 +181,12 @@ def load_chestxray14(
             (every problem of the table at once).
         InvalidImageError: for an image that cannot be decoded.
     """
-    if not images_dir.is_dir():
-        raise DataError(
-            f"image folder {images_dir} does not exist", remedy="pass an existing --images DIR"
-        )
+    _require_folder(images_dir)
     header, rows = read_label_table(labels_csv)
     targets = table_targets(
         header, rows, space, uncertain=uncertain, source=f"label table {labels_csv.name}"
     )
-    paths = _locate_images(images_dir, rows, header)
-    found = np.array([p is not None for p in paths])
-    if not found.any():
-        raise DataError(
-            f"none of the {len(rows)} images listed in {labels_csv.name} is under {images_dir}",
-            remedy="point --images at the folder holding the listed files",
-        )
+    paths, found = _found_images(images_dir, labels_csv, rows, header)
     search = [d for d in (split_dir, labels_csv.parent, images_dir) if d is not None]
     test_flags, split_source = _split_flags(rows, header, search)
     patients = _patient_groups(rows, header)
@@ -155,13 +194,7 @@ def load_chestxray14(
     rng = np.random.default_rng(seed)
     if max_samples is not None and keep.size > max_samples:
         keep = np.sort(rng.choice(keep, size=max_samples, replace=False))
-    images = np.zeros((keep.size, image_size, image_size), dtype=np.uint8)
-    for position, row_index in enumerate(keep):
-        path = paths[row_index]
-        assert path is not None
-        images[position] = read_grayscale(path, size=image_size)
-        if progress is not None:
-            progress(position + 1, keep.size)
+    images = _read_images(paths, keep, image_size=image_size, progress=progress)
     pool = ImageSet(images, targets[keep], patients[keep], space.classes)
     if test_flags is None:
         train_val_idx, test_idx = split_by_group(pool.groups, fraction=0.2, rng=rng)
@@ -224,10 +257,7 @@ def load_chestxray14_pool(
         LabelError: for missing columns (``group_column`` included) or unknown label names.
         InvalidImageError: for an image that cannot be decoded.
     """
-    if not images_dir.is_dir():
-        raise DataError(
-            f"image folder {images_dir} does not exist", remedy="pass an existing --images DIR"
-        )
+    _require_folder(images_dir)
     header, rows = read_label_table(labels_csv)
     if group_column is not None and group_column not in header:
         raise LabelError(
@@ -237,22 +267,11 @@ def load_chestxray14_pool(
     targets = table_targets(
         header, rows, space, uncertain=uncertain, source=f"label table {labels_csv.name}"
     )
-    paths = _locate_images(images_dir, rows, header)
-    keep = np.flatnonzero(np.array([p is not None for p in paths]))
-    if keep.size == 0:
-        raise DataError(
-            f"none of the {len(rows)} images listed in {labels_csv.name} is under {images_dir}",
-            remedy="point --images at the folder holding the listed files",
-        )
+    paths, found = _found_images(images_dir, labels_csv, rows, header)
+    keep = np.flatnonzero(found)
     if max_samples is not None and keep.size > max_samples:
         keep = np.sort(np.random.default_rng(seed).choice(keep, size=max_samples, replace=False))
-    images = np.zeros((keep.size, image_size, image_size), dtype=np.uint8)
-    for position, row_index in enumerate(keep):
-        path = paths[row_index]
-        assert path is not None
-        images[position] = read_grayscale(path, size=image_size)
-        if progress is not None:
-            progress(position + 1, keep.size)
+    images = _read_images(paths, keep, image_size=image_size, progress=progress)
     if group_column is None:
         keys = [str(i) for i in keep]
     else:
