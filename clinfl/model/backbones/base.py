@@ -44,3 +44,23 @@ def freeze_leading_blocks(backbone: FeatureBackbone, train_blocks: int | None) -
     for block in blocks[: len(blocks) - train_blocks]:
         for parameter in block.parameters():
             parameter.requires_grad_(False)
+
+
+def check_feature_stride(architecture: str, feature_stride: int) -> None:
+    """Refuse a ``feature_stride`` other than 16 or 32.
+
+    Raises:
+        ModelError: naming the architecture and the stride.
+    """
+    if feature_stride not in (16, 32):
+        raise ModelError(
+            f"feature_stride {feature_stride} is not supported by {architecture}",
+            remedy="use 16 or 32",
+        )
+
+
+def out_of_place(module: nn.Module) -> None:
+    """Make every ReLU/ReLU6 of ``module`` out-of-place (in-place ones break Opacus' hooks)."""
+    for layer in module.modules():
+        if isinstance(layer, (nn.ReLU, nn.ReLU6)):
+            layer.inplace = False

@@ -36,9 +36,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models import densenet121
 
-from clinfl.errors import ModelError
-from clinfl.model.backbones.base import FeatureBackbone
-from clinfl.model.backbones.folding import Normalisation, fold_batchnorms, group_normalise
+from clinfl.model.backbones.base import FeatureBackbone, check_feature_stride, out_of_place
+from clinfl.model.backbones.folding import Normalisation, normalise
 from clinfl.model.backbones.inputs import IMAGENET_MEAN, IMAGENET_STD, ImageNetInput
 from clinfl.model.backbones.loading import fit_state, load_fitted
 from clinfl.typing import StateDict
@@ -125,15 +124,9 @@ class DenseNet121Features(FeatureBackbone):
         normalisation: Normalisation = "folded",
     ) -> None:
         super().__init__()
-        if feature_stride not in (16, 32):
-            raise ModelError(
-                f"feature_stride {feature_stride} is not supported by densenet121",
-                remedy="use 16 or 32",
-            )
+        check_feature_stride("densenet121", feature_stride)
         features = densenet121().features
-        for layer in features.modules():
-            if isinstance(layer, nn.ReLU):
-                layer.inplace = False
+        out_of_place(features)
         if state is not None:
             renamed = {
                 name: value
@@ -153,10 +146,7 @@ class DenseNet121Features(FeatureBackbone):
                 optional=optional,
             )
             load_fitted(features, fitted)
-        if normalisation == "folded":
-            fold_batchnorms(features, densenet_batchnorm_pairs(features))
-        else:
-            group_normalise(features)
+        normalise(features, densenet_batchnorm_pairs(features), normalisation)
         self.input = ImageNetInput()
         self.stride16 = feature_stride == 16
         if self.stride16:

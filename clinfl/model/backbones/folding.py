@@ -127,3 +127,11 @@ def group_normalise(root: nn.Module) -> None:
             groups = math.gcd(32, channels)
             parent, leaf = _parent(root, name)
             setattr(parent, leaf, nn.GroupNorm(groups, channels))
+
+
+def normalise(root: nn.Module, pairs: list[tuple[str, str]], normalisation: Normalisation) -> None:
+    """Fold ``root``'s BatchNorm (``pairs``: see :func:`fold_batchnorms`) or swap in GroupNorm."""
+    if normalisation == "folded":
+        fold_batchnorms(root, pairs)
+    else:
+        group_normalise(root)

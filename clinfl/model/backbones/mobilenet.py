@@ -20,14 +20,8 @@ import torch
 from torch import nn
 from torchvision.models import mobilenet_v2
 
-from clinfl.errors import ModelError
-from clinfl.model.backbones.base import FeatureBackbone
-from clinfl.model.backbones.folding import (
-    Normalisation,
-    fold_batchnorms,
-    group_normalise,
-    sequential_pairs,
-)
+from clinfl.model.backbones.base import FeatureBackbone, check_feature_stride, out_of_place
+from clinfl.model.backbones.folding import Normalisation, normalise, sequential_pairs
 from clinfl.model.backbones.inputs import ImageNetInput
 from clinfl.model.backbones.loading import fit_state, load_fitted
 
@@ -45,12 +39,6 @@ def mobilenet_key(key: str) -> str | None:
     if key.startswith("classifier.") or key.endswith("num_batches_tracked"):
         return None
     return key.removeprefix("features.")
-
-
-def _out_of_place(module: nn.Module) -> None:
-    for layer in module.modules():
-        if isinstance(layer, (nn.ReLU, nn.ReLU6)):
-            layer.inplace = False
 
 
 class MobileNetV2Features(FeatureBackbone):
@@ -74,13 +62,9 @@ class MobileNetV2Features(FeatureBackbone):
         normalisation: Normalisation = "folded",
     ) -> None:
         super().__init__()
-        if feature_stride not in (16, 32):
-            raise ModelError(
-                f"feature_stride {feature_stride} is not supported by mobilenet_v2",
-                remedy="use 16 or 32",
-            )
+        check_feature_stride("mobilenet_v2", feature_stride)
         features = mobilenet_v2().features
-        _out_of_place(features)
+        out_of_place(features)
         if state is not None:
             optional = [k for k in features.state_dict() if k.endswith("num_batches_tracked")]
             fitted = fit_state(
@@ -92,10 +76,7 @@ class MobileNetV2Features(FeatureBackbone):
                 optional=optional,
             )
             load_fitted(features, fitted)
-        if normalisation == "folded":
-            fold_batchnorms(features, sequential_pairs(features))
-        else:
-            group_normalise(features)
+        normalise(features, sequential_pairs(features), normalisation)
         if feature_stride == 16:
             features = features[:STRIDE_16_BLOCKS]
         self.input = ImageNetInput()
