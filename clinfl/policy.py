@@ -58,13 +58,20 @@ R10; docs/threat-model.md, "Limits")."""
 
 @dataclass(frozen=True)
 class DPPolicy:
-    """DP-SGD terms. Exactly one of ``noise_multiplier`` and ``target_epsilon_per_round``."""
+    """DP-SGD terms. Exactly one of ``noise_multiplier``, ``target_epsilon_per_round`` and
+    ``planned_rounds`` sets the noise.
+
+    ``planned_rounds``: the site derives its own noise multiplier so that this many rounds of its
+    own training (its sampling rate and steps per round) spend exactly what is left of
+    ``epsilon_budget`` (docs/privacy.md, "Planning a budget").
+    """
 
     required: bool = True
     epsilon_budget: float = 8.0
     delta: float = 1e-5
     noise_multiplier: float | None = 1.0
     target_epsilon_per_round: float | None = None
+    planned_rounds: int | None = None
     max_grad_norm: float = 1.0
     accountant: str = "rdp"
     secure_rng: bool = True
@@ -167,12 +174,19 @@ def _check_dp(dp: DPPolicy, p: Problems) -> None:
         p.add("dp.delta", dp.delta, "0 < delta < 1", "use e.g. 1e-5")
     if dp.accountant not in ACCOUNTANTS:
         p.add("dp.accountant", dp.accountant, "rdp or prv", "use rdp")
-    if dp.noise_multiplier is not None and dp.target_epsilon_per_round is not None:
+    if dp.planned_rounds is not None:
+        p.whole("dp.planned_rounds", dp.planned_rounds, 1, fix="plan 1 round or more")
+    noise_settings = {
+        name: getattr(dp, name)
+        for name in ("noise_multiplier", "target_epsilon_per_round", "planned_rounds")
+        if getattr(dp, name) is not None
+    }
+    if len(noise_settings) > 1:
         p.add(
-            "dp.noise_multiplier",
-            dp.noise_multiplier,
-            "only one of noise_multiplier and target_epsilon_per_round",
-            "remove one of the two",
+            "dp." + next(iter(noise_settings)),
+            ", ".join(f"{k} = {v}" for k, v in noise_settings.items()),
+            "only one of noise_multiplier, target_epsilon_per_round and planned_rounds",
+            "keep one of them",
         )
 
 
@@ -245,8 +259,9 @@ def parse_policy(text: str, *, source: str = "<string>") -> SitePolicy:
     problems = Problems()
     read = read_tables(raw, _SECTIONS, problems)
     dp_table = read.get("dp", {})
-    if "target_epsilon_per_round" in dp_table and "noise_multiplier" not in dp_table:
-        dp_table["noise_multiplier"] = None  # the target replaces the default multiplier
+    derived = ("target_epsilon_per_round", "planned_rounds")
+    if any(key in dp_table for key in derived) and "noise_multiplier" not in dp_table:
+        dp_table["noise_multiplier"] = None  # the site derives its noise instead
     dp = DPPolicy(**dp_table)
     secagg = SecAggRequirements(**read.get("secagg", {}))
     data = DataPolicy(**read.get("data", {}))
@@ -302,7 +317,10 @@ def apply_request(policy: SitePolicy, request: PrivacyRequest) -> SitePolicy:
             problems.append(f"noise multiplier {request.noise_multiplier} < policy {floor}")
         else:
             dp = replace(
-                dp, noise_multiplier=request.noise_multiplier, target_epsilon_per_round=None
+                dp,
+                noise_multiplier=request.noise_multiplier,
+                target_epsilon_per_round=None,
+                planned_rounds=None,
             )
     if request.max_grad_norm is not None:
         if request.max_grad_norm > dp.max_grad_norm:

@@ -30,7 +30,7 @@ from clinfl.data.imageset import ImageSet
 from clinfl.errors import BudgetExhausted, ModelError, PolicyViolation
 from clinfl.federation.messages import RoundSettings
 from clinfl.model.networks import LearnableRows
-from clinfl.privacy.accounting import epsilon_of, noise_for_round_epsilon
+from clinfl.privacy.accounting import epsilon_of, noise_for_budget, noise_for_round_epsilon
 from clinfl.privacy.bookkeeping import BookKeeping, enable_bookkeeping
 from clinfl.privacy.ghost_norms import enable_mixed_ghost
 from clinfl.privacy.noise import use_secure_noise
@@ -63,6 +63,35 @@ def dp_incompatibilities(model: nn.Module) -> list[str]:
         if isinstance(module, LearnableRows)
     ]
     return problems
+
+
+def planned_noise(
+    dp: DPSettings,
+    history: list[tuple[float, float, int]],
+    *,
+    sample_rate: float,
+    steps_per_round: int,
+) -> float:
+    """Return the noise multiplier with which ``dp.planned_rounds`` rounds spend the budget left.
+
+    Raises:
+        BudgetExhausted: if the ledger's history already spends the whole budget.
+    """
+    assert dp.planned_rounds is not None
+    try:
+        return noise_for_budget(
+            dp.epsilon_budget,
+            history=history,
+            delta=dp.delta,
+            sample_rate=sample_rate,
+            steps=dp.planned_rounds * steps_per_round,
+            accountant=dp.accountant,
+        )
+    except ValueError as error:
+        raise BudgetExhausted(
+            f"cannot plan {dp.planned_rounds} rounds: {error}",
+            remedy="the site has spent its privacy budget for this federation",
+        ) from None
 
 
 class DPSteps:
@@ -114,6 +143,12 @@ class DPSteps:
         self._calibration: tuple[float, str, int] | None = None
         if dp.noise_multiplier is not None:  # 0.0 is a setting (no noise), not "unset"
             self.noise_multiplier = dp.noise_multiplier
+        elif dp.planned_rounds is not None:
+            # the whole budget left, over the planned rounds of this site's own training
+            per_round = local_steps if local_steps is not None else local_epochs * len(loader)
+            self.noise_multiplier = planned_noise(
+                dp, ledger.history(), sample_rate=self.sample_rate, steps_per_round=per_round
+            )
         else:
             per_round = dp.target_epsilon_per_round
             target = 1.0 if per_round is None else per_round

@@ -22,6 +22,11 @@ def _summary(policy: SitePolicy) -> list[tuple[str, str]]:
     dp, secagg, data, training = policy.dp, policy.secagg, policy.data, policy.training
     if dp.noise_multiplier is not None:
         noise = f"noise multiplier {dp.noise_multiplier}"
+    elif dp.planned_rounds is not None:
+        noise = (
+            f"noise set by the site so that {dp.planned_rounds} rounds spend the budget "
+            "(`clinfl policy plan` shows it)"
+        )
     else:
         noise = f"noise set for epsilon {dp.target_epsilon_per_round} per round"
     rows = [

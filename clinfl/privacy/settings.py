@@ -59,6 +59,7 @@ class DPSettings:
     accountant: str
     secure_rng: bool
     grad_sample_mode: str
+    planned_rounds: int | None = None
 
     @classmethod
     def from_policy(cls, policy: DPPolicy, *, grad_sample_mode: str) -> DPSettings:
@@ -78,4 +79,5 @@ class DPSettings:
             accountant=policy.accountant,
             secure_rng=policy.secure_rng,
             grad_sample_mode=grad_sample_mode,
+            planned_rounds=policy.planned_rounds,
         )

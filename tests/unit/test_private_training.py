@@ -17,6 +17,7 @@ from clinfl.data.imageset import ImageSet
 from clinfl.errors import BudgetExhausted, ModelError, PolicyViolation
 from clinfl.federation.messages import RoundSettings
 from clinfl.policy import DPPolicy
+from clinfl.privacy.accounting import epsilon_of
 from clinfl.privacy.bookkeeping import enable_bookkeeping
 from clinfl.privacy.ghost_norms import enable_mixed_ghost
 from clinfl.privacy.noise import secure_gaussian, use_secure_noise
@@ -287,3 +288,70 @@ def test_default_mode_follows_the_measured_table() -> None:
     assert default_grad_sample_mode(16) == "hooks"
     assert {default_grad_sample_mode(size) for size in (32, 64, 128)} == {"bookkeeping"}
     assert default_grad_sample_mode(224) == "ew"
+
+
+def _planned_site(tmp_path: Path, *, rounds: int, budget: float):  # type: ignore[no-untyped-def]
+    policy = DPPolicy(epsilon_budget=budget, noise_multiplier=None, planned_rounds=rounds)
+    dp = DPSettings.from_policy(policy, grad_sample_mode="hooks")
+    algorithm = _algorithm()
+    site = private_trainer(
+        "site-1",
+        _images(24),
+        algorithm,
+        SPEC,
+        dp=dp,
+        ledger=SiteLedger(tmp_path),
+        run_id="run-a",
+        batch_size=8,
+        local_epochs=1,
+        weight_decay=0.0,
+        random_bytes=simulation_random_bytes(1),
+    )
+    return site, algorithm
+
+
+def test_planned_rounds_spend_the_budget_exactly_and_no_round_more(tmp_path: Path) -> None:
+    site, algorithm = _planned_site(tmp_path, rounds=3, budget=4.0)
+    state = algorithm.travelling_state(algorithm.build_model(SPEC))
+    ledger = SiteLedger(tmp_path)
+    for number in (1, 2, 3):
+        site.train_round(state, RoundSettings(number, 1, 8, 1e-3))
+        site.update_sent(secagg=True)
+    spent = ledger.epsilon(delta=1e-5, accountant="rdp")
+    assert 4.0 * 0.99 <= spent <= 4.0  # the noise was set for the whole budget, never over it
+    with pytest.raises(BudgetExhausted):
+        site.train_round(state, RoundSettings(4, 1, 8, 1e-3))
+
+
+def test_planned_noise_counts_what_the_ledger_has_already_spent(tmp_path: Path) -> None:
+    fresh, _ = _planned_site(tmp_path / "fresh", rounds=2, budget=4.0)
+    ledger = SiteLedger(tmp_path / "used")
+    ledger.reserve(
+        run_id="earlier",
+        round_number=1,
+        noise_multiplier=3.0,
+        sample_rate=1 / 3,
+        steps=3,
+        budget=4.0,
+        delta=1e-5,
+        accountant="rdp",
+        grad_sample_mode="hooks",
+    )
+    used, _ = _planned_site(tmp_path / "used", rounds=2, budget=4.0)
+    assert used.strategy.noise_multiplier > fresh.strategy.noise_multiplier
+    history = [*ledger.history(), (used.strategy.noise_multiplier, 1 / 3, 6)]
+    assert epsilon_of(history, delta=1e-5, accountant="rdp") <= 4.0
+
+
+def test_rdp_epsilon_is_opacus_accountant_stepped_through_the_history() -> None:
+    from opacus.accountants import RDPAccountant
+
+    history = [(1.1, 0.05, 40), (0.8, 0.25, 7), (1.1, 0.05, 13)]
+    accountant = RDPAccountant()
+    for noise, rate, steps in history:
+        for _ in range(steps):
+            accountant.step(noise_multiplier=noise, sample_rate=rate)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        expected = accountant.get_epsilon(delta=1e-5)
+    assert epsilon_of(history, delta=1e-5, accountant="rdp") == pytest.approx(expected, rel=1e-12)
