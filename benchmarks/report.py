@@ -15,6 +15,7 @@ from benchmarks.accuracy_report import (
 from benchmarks.ingest_report import render_ingest
 from benchmarks.plots import draw_all
 from benchmarks.privacy_report import render_privacy
+from benchmarks.privacy_utility_report import draw_privacy_utility, render_privacy_utility
 from benchmarks.reference_report import render_reference
 from benchmarks.secagg_report import render_secagg
 from benchmarks.stem_report import render_stem_comparison
@@ -86,6 +87,9 @@ def write_docs(docs: Path = DOCS, results_dir: Path = RESULTS_DIR) -> None:
 
     accuracy, secagg, privacy = load("accuracy.json"), load("secagg.json"), load("privacy.json")
     plots = draw_all(docs.parent / FIGURES_DIR, accuracy=accuracy, privacy=privacy, secagg=secagg)
+    privacy_utility = load("privacy_utility.json")
+    if draw_privacy_utility(privacy_utility, docs.parent / FIGURES_DIR / "privacy-utility.png"):
+        plots["privacy-utility"] = f"{FIGURES_DIR}/privacy-utility.png"
     docs.write_text(
         render_report(
             accuracy,
@@ -101,6 +105,7 @@ def write_docs(docs: Path = DOCS, results_dir: Path = RESULTS_DIR) -> None:
             equal_budget=load("reference_patience10.json"),
             training_latency=load("training_latency.json"),
             xray=load("xray.json"),
+            privacy_utility=privacy_utility,
         )
     )
 
@@ -120,6 +125,7 @@ def render_report(
     training_latency: dict[str, Any] | None = None,
     equal_budget: dict[str, Any] | None = None,
     xray: dict[str, Any] | None = None,
+    privacy_utility: dict[str, Any] | None = None,
 ) -> str:
     """Return the Markdown report: accuracy (``results``, then ``accelerator``), secure
     aggregation, privacy, training latency, ingestion."""
@@ -131,6 +137,7 @@ def render_report(
         ("reference accuracy", reference or {}),
         ("secure aggregation", secagg or {}),
         ("privacy", privacy or {}),
+        ("privacy against utility", privacy_utility or {}),
         ("training latency", training_latency or {}),
         ("ingestion", ingest or {}),
     ]
@@ -173,6 +180,7 @@ def render_report(
         out += ["", f"![secure aggregation cost against sites]({plots['secagg']})"]
     if SECAGG_NOTES.is_file() and secagg:
         out += ["", SECAGG_NOTES.read_text().strip()]
+    out += ["", *render_privacy_utility(privacy_utility or {}, plots.get("privacy-utility"))]
     out += ["", *render_privacy(privacy or {})]
     if "epsilon" in plots:
         out += ["", f"![epsilon against rounds]({plots['epsilon']})"]

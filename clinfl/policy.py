@@ -58,8 +58,7 @@ R10; docs/threat-model.md, "Limits")."""
 
 @dataclass(frozen=True)
 class DPPolicy:
-    """DP-SGD terms. Exactly one of ``noise_multiplier``, ``target_epsilon_per_round`` and
-    ``planned_rounds`` sets the noise.
+    """DP-SGD terms: one of ``noise_multiplier``, ``target_epsilon_per_round``, ``planned_rounds``.
 
     ``planned_rounds``: the site derives its own noise multiplier so that this many rounds of its
     own training (its sampling rate and steps per round) spend exactly what is left of

@@ -145,9 +145,9 @@ class DPSteps:
             self.noise_multiplier = dp.noise_multiplier
         elif dp.planned_rounds is not None:
             # the whole budget left, over the planned rounds of this site's own training
-            per_round = local_steps if local_steps is not None else local_epochs * len(loader)
+            per_round_steps = local_steps if local_steps is not None else local_epochs * len(loader)
             self.noise_multiplier = planned_noise(
-                dp, ledger.history(), sample_rate=self.sample_rate, steps_per_round=per_round
+                dp, ledger.history(), sample_rate=self.sample_rate, steps_per_round=per_round_steps
             )
         else:
             per_round = dp.target_epsilon_per_round

@@ -38,7 +38,9 @@ def _rdp_per_step(noise: float, rate: float) -> np.ndarray:
     from opacus.accountants import RDPAccountant
     from opacus.accountants.analysis.rdp import compute_rdp
 
-    rdp = compute_rdp(q=rate, noise_multiplier=noise, steps=1, orders=RDPAccountant.DEFAULT_ALPHAS)
+    rdp: np.ndarray = np.asarray(
+        compute_rdp(q=rate, noise_multiplier=noise, steps=1, orders=RDPAccountant.DEFAULT_ALPHAS)
+    )
     rdp.setflags(write=False)
     return rdp
 
@@ -103,8 +105,10 @@ def noise_for_budget(
     accountant: str,
     tolerance: float = 1e-3,
 ) -> float:
-    """Return the smallest noise multiplier (to ``tolerance``) with which ``steps`` more steps at
-    ``sample_rate``, after ``history``, bring the epsilon at ``delta`` to at most ``budget``.
+    """Return the smallest noise multiplier that keeps ``history`` plus ``steps`` in ``budget``.
+
+    The multiplier is found to ``tolerance``; the steps run at ``sample_rate``, and the epsilon
+    is taken at ``delta``.
 
     The answer errs on the side of more noise: the returned multiplier never overspends.
 
