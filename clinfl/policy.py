@@ -312,7 +312,12 @@ def apply_request(policy: SitePolicy, request: PrivacyRequest) -> SitePolicy:
         dp = replace(dp, required=True)
     if request.noise_multiplier is not None:
         floor = dp.noise_multiplier
-        if floor is not None and request.noise_multiplier < floor:
+        if dp.planned_rounds is not None:  # the site's own noise, derived from its own size
+            problems.append(
+                f"noise multiplier {request.noise_multiplier} requested, but the policy sets "
+                f"its own noise (planned_rounds {dp.planned_rounds})"
+            )
+        elif floor is not None and request.noise_multiplier < floor:
             problems.append(f"noise multiplier {request.noise_multiplier} < policy {floor}")
         else:
             dp = replace(

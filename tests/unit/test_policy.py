@@ -152,7 +152,8 @@ def test_target_epsilon_per_round_replaces_the_noise_multiplier() -> None:
 
 
 def test_requests_may_tighten() -> None:
-    policy = load_policy(POLICIES / "default.toml")
+    text = (POLICIES / "default.toml").read_text()
+    policy = parse_policy(text.replace("planned_rounds = 10", "noise_multiplier = 1.0"))
     tighter = apply_request(
         policy,
         PrivacyRequest(
@@ -188,7 +189,7 @@ def test_a_looser_request_is_refused_with_every_reason() -> None:
     message = caught.value.message
     for reason in (
         "DP-SGD off, but the policy requires it",
-        "noise multiplier 0.5 < policy 1.0",
+        "noise multiplier 0.5 requested, but the policy sets its own noise (planned_rounds 10)",
         "clipping norm 5.0 > policy 1.0",
         "epsilon budget 50.0 > policy 8.0",
         "secure aggregation off",
@@ -198,6 +199,10 @@ def test_a_looser_request_is_refused_with_every_reason() -> None:
         assert reason in message
     assert caught.value.exit_code == 8
     assert "'Small federations'" in caught.value.remedy  # what a smaller min_sites means
+    fixed = parse_policy("[dp]\nnoise_multiplier = 1.0\n")
+    with pytest.raises(PolicyViolation, match=r"noise multiplier 0\.5 < policy 1\.0"):
+        apply_request(fixed, PrivacyRequest(noise_multiplier=0.5))
+    assert apply_request(fixed, PrivacyRequest(noise_multiplier=1.5)).dp.noise_multiplier == 1.5
     with pytest.raises(PolicyViolation) as caught:
         apply_request(policy, PrivacyRequest(dp=False))
     assert "Small federations" not in caught.value.remedy  # only where min_sites is refused
