@@ -169,8 +169,8 @@ RUN_OPTIONS: tuple[FieldOption, ...] = (
     ),
     FieldOption(
         "method.train_blocks",
-        "Train only the backbone's last N blocks; the earlier ones keep their initial "
-        "weights and never travel (default: train the whole backbone).",
+        "Train only the backbone's last N blocks (0: the head alone); the earlier ones keep "
+        "their initial weights and never travel (default: train the whole backbone).",
     ),
     FieldOption(
         "method.feature_stride",

@@ -116,7 +116,8 @@ class MethodConfig:
     backbone's feature width, ``8 * width`` for ResNet-18).
     ``init_weights`` is a weights file the backbone starts from (safetensors, or a torch state
     dict read with ``weights_only=True``). ``train_blocks`` trains only the backbone's last N
-    blocks (None: all of it); the earlier ones keep their initial weights and never travel.
+    blocks (None: all of it; 0: the head alone); the earlier ones keep their initial weights
+    and never travel.
     ``feature_stride`` is where a ``mobilenet_v2`` or ``densenet121`` backbone ends: 16 cuts it
     after its last stride-16 block (a finer LADM token map), 32 keeps the whole network; None
     takes the backbone's measured default (16 for ``mobilenet_v2``, 32 for ``densenet121``).

@@ -128,8 +128,8 @@ def _check_backbone_shape(method: MethodConfig, p: Problems) -> bool:
             return False
     if method.train_blocks is not None:
         blocks = block_count(method.backbone, method.feature_stride)
-        fix = f"use 1 to {blocks}, or leave it unset to train the whole backbone"
-        p.whole("train_blocks", method.train_blocks, 1, blocks, fix=fix)
+        fix = f"use 0 (the head only) to {blocks}, or leave it unset to train the whole backbone"
+        p.whole("train_blocks", method.train_blocks, 0, blocks, fix=fix)
     return True
 
 

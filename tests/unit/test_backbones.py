@@ -233,7 +233,12 @@ def test_train_blocks_freezes_the_leading_blocks_and_keeps_them_home() -> None:
     assert all(p.requires_grad for p in full.parameters())
 
 
-def test_a_dp_sgd_round_trains_only_the_last_blocks(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("backbone", "blocks"), [("mobilenet_v2", 2), ("mobilenet_v2", 0), ("small", 1), ("small", 0)]
+)
+def test_a_dp_sgd_round_trains_only_the_last_blocks(
+    tmp_path: Path, backbone: str, blocks: int
+) -> None:
     import numpy as np
 
     from clinfl.data.imageset import ImageSet
@@ -244,8 +249,12 @@ def test_a_dp_sgd_round_trains_only_the_last_blocks(tmp_path: Path) -> None:
     from site_agent.private_training import private_trainer
     from site_agent.training import simulation_random_bytes
 
+    pretrainable = backbone == "mobilenet_v2"
     method = MethodConfig(
-        backbone="mobilenet_v2", pretrained=False, feature_stride=16, train_blocks=2
+        backbone=backbone,
+        pretrained=False,
+        feature_stride=16 if pretrainable else None,
+        train_blocks=blocks,
     )
     algorithm = create_algorithm(method)
     rng = np.random.default_rng(0)
@@ -276,6 +285,8 @@ def test_a_dp_sgd_round_trains_only_the_last_blocks(tmp_path: Path) -> None:
     update = site.train_round(state, RoundSettings(round=1, local_epochs=1, batch_size=8, lr=1e-3))
 
     assert set(update.delta) == set(state) == _trainable(reference)
+    travelling_backbone = {n for n in update.delta if n.startswith("backbone.")}
+    assert bool(travelling_backbone) == (blocks > 0)  # 0: the head alone trains and travels
     assert update.steps >= 1 and site.epsilon() is not None
     assert any(float(d.abs().max()) > 0 for d in update.delta.values())
     after = dict(site.model.named_parameters())
@@ -290,7 +301,7 @@ def test_config_validation_of_the_backbone_fields(tmp_path: Path) -> None:
         validate_run_config(bad, known_methods=("fedncalign",))
     assert "feature_stride" in str(caught.value)
     too_many = RunConfig(method=MethodConfig(backbone="mobilenet_v2", train_blocks=15))
-    with pytest.raises(ValidationError, match=r"train_blocks.*1\.\.14"):  # stride 16 by default
+    with pytest.raises(ValidationError, match=r"train_blocks.*0\.\.14"):  # stride 16 by default
         validate_run_config(too_many, known_methods=("fedncalign",))
     whole = MethodConfig(backbone="mobilenet_v2", feature_stride=32, train_blocks=19)
     validate_run_config(RunConfig(method=whole), known_methods=("fedncalign",))

@@ -25,21 +25,22 @@ class FeatureBackbone(nn.Module, ABC):
 
 
 def freeze_leading_blocks(backbone: FeatureBackbone, train_blocks: int | None) -> None:
-    """Let only the last ``train_blocks`` blocks train (None: every block trains).
+    """Let only the last ``train_blocks`` blocks train (None: every block; 0: only the head).
 
     The earlier blocks' parameters get ``requires_grad=False``: the optimiser and DP-SGD skip
     them, and :meth:`~clinfl.algorithms.base.Algorithm.travelling_state` leaves them out.
 
     Raises:
-        ModelError: if ``train_blocks`` is below 1 or above the number of blocks.
+        ModelError: if ``train_blocks`` is below 0 or above the number of blocks.
     """
     if train_blocks is None:
         return
     blocks = backbone.blocks()
-    if not 1 <= train_blocks <= len(blocks):
+    if not 0 <= train_blocks <= len(blocks):
         raise ModelError(
             f"train_blocks {train_blocks} does not fit a backbone of {len(blocks)} blocks",
-            remedy=f"use 1 to {len(blocks)}, or leave it unset to train the whole backbone",
+            remedy=f"use 0 (the head only) to {len(blocks)}, or leave it unset to train the "
+            "whole backbone",
         )
     for block in blocks[: len(blocks) - train_blocks]:
         for parameter in block.parameters():
