@@ -10,6 +10,12 @@ A round takes ``local_epochs`` epochs of Poisson-sampled batches, or, with ``loc
 exactly that many Poisson-sampled batches at the same sampling rate (about batch size / N), and
 reserves exactly those steps in the ledger. Each round's sampling draws fresh randomness from the
 injected source (``os.urandom`` unless the in-process simulation passes a seeded one).
+
+With augmentation multiplicity K > 1 (:mod:`site_agent.augmentation`) each Poisson batch of B
+samples is trained as B x K translated views in one forward pass, and each sample's per-sample
+gradient is the mean of its views' gradients before Opacus clips it: one clipped contribution
+per sample, so the ledger charges exactly what K = 1 charges. This needs per-sample gradients
+(hooks, ew, functorch); the ghost-norm modes only ever see norms and are refused.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from clinfl.algorithms import Algorithm, ModelSpec
 from clinfl.algorithms.base import SiteMemory
 from clinfl.data.imageset import ImageSet
-from clinfl.errors import BudgetExhausted, ModelError, PolicyViolation
+from clinfl.errors import BudgetExhausted, ConfigError, ModelError, PolicyViolation
 from clinfl.federation.messages import RoundSettings
 from clinfl.model.networks import LearnableRows
 from clinfl.privacy.accounting import epsilon_of, noise_for_budget, noise_for_round_epsilon
@@ -38,14 +44,17 @@ from clinfl.privacy.settings import (
     BOOKKEEPING_MODE,
     GHOST_CLIPPING_MODES,
     DPSettings,
+    has_per_sample_gradients,
     opacus_grad_sample_mode,
 )
 from clinfl.typing import StateDict
+from site_agent.augmentation import average_view_gradients, view_batch
 from site_agent.ledger import Reservation, SiteLedger
 from site_agent.training import (
     RandomBytes,
     SiteTrainer,
     StepCallback,
+    fresh_generator,
     round_steps,
     training_tensors,
 )
@@ -94,13 +103,28 @@ def planned_noise(
         ) from None
 
 
+def check_multiplicity_mode(augment_multiplicity: int, grad_sample_mode: str) -> None:
+    """Refuse augmentation multiplicity with a mode that has no per-sample gradients.
+
+    Raises:
+        ConfigError: for ``augment_multiplicity`` > 1 with ghost, mixed-ghost or bookkeeping.
+    """
+    if augment_multiplicity > 1 and not has_per_sample_gradients(grad_sample_mode):
+        raise ConfigError(
+            f"augment_multiplicity {augment_multiplicity} needs per-sample gradients, which "
+            f"grad_sample_mode {grad_sample_mode} never forms (it clips by ghost norms)",
+            remedy="use --dp-mode auto or hooks (or ew, functorch), or --augment-multiplicity 1",
+        )
+
+
 class DPSteps:
     """DP-SGD steps (Opacus): Poisson sampling, per-sample clipping, noise; CPU only.
 
     The batch size, and with it the sampling rate, is fixed when the site is built; each round
     reserves its privacy spend in the ledger before its first step. With ``local_steps`` a round
     is exactly that many Poisson-sampled steps (whatever the site's size), and a per-round
-    epsilon target is calibrated for that many.
+    epsilon target is calibrated for that many. ``augment_multiplicity`` K > 1 trains each
+    sample as K translated views whose gradients are averaged before clipping.
     """
 
     divergence_remedy = "lower --lr or the clipping norm"
@@ -121,8 +145,17 @@ class DPSteps:
         weight_decay: float,
         local_steps: int | None = None,
         random_bytes: RandomBytes = os.urandom,
+        augment_multiplicity: int = 1,
     ) -> None:
-        """Build the privacy engine once (its accountant continues the ledger's history)."""
+        """Build the privacy engine once (its accountant continues the ledger's history).
+
+        Raises:
+            ConfigError: for ``augment_multiplicity`` > 1 with a ghost-norm mode (ghost,
+                mixed-ghost, bookkeeping), which has no per-sample gradients to average.
+        """
+        check_multiplicity_mode(augment_multiplicity, dp.grad_sample_mode)
+        self._views = augment_multiplicity
+        self._augment: torch.Generator | None = None  # drawn in begin_round when views > 1
         self._site_id = site_id
         self._algorithm = algorithm
         self._dp = dp
@@ -237,6 +270,8 @@ class DPSteps:
         for group in self.optimizer.param_groups:
             group["lr"] = settings.lr
         self._generator.manual_seed(int.from_bytes(self._random_bytes(8), "big"))
+        if self._views > 1:  # drawn after the sampler's, so K = 1 draws exactly what it did
+            self._augment = fresh_generator(self._random_bytes)
         self._wrapped.train()
         return steps
 
@@ -278,11 +313,14 @@ class DPSteps:
     ) -> torch.Tensor:
         """The batch's mean per-sample loss (Opacus' loss wrapper under ghost clipping).
 
-        Under book-keeping it is the plain mean, which :meth:`step` backpropagates once.
+        Under book-keeping it is the plain mean, which :meth:`step` backpropagates once. With
+        multiplicity it is the mean over the batch's translated views.
         """
         self.optimizer.zero_grad(set_to_none=True)
         if self._bookkeeping is not None:
             self._bookkeeping.reset()
+        if self._augment is not None:
+            images, targets = view_batch(images, targets, self._views, self._augment)
         output = self._wrapped(images)
         if self._criterion is not None:  # ghost clipping: Opacus' loss wrapper
             loss: torch.Tensor = self._criterion(output, targets)
@@ -300,6 +338,8 @@ class DPSteps:
                 self._bookkeeping.backward(loss, self._wrapped)
             else:
                 loss.backward()  # type: ignore[no-untyped-call]
+        if self._views > 1:  # one gradient per sample: the mean of its views', before clipping
+            average_view_gradients(self.model.parameters(), self._views)
         self.optimizer.step()
         self._proximal_step(reference, memory, lr)
 
@@ -408,17 +448,23 @@ def private_trainer(
     local_steps: int | None = None,
     random_bytes: RandomBytes = os.urandom,
     on_step: StepCallback | None = None,
+    augment_multiplicity: int = 1,
+    ema_decay: float | None = None,
 ) -> SiteTrainer:
     """Return a site's DP-SGD trainer: the model and the privacy engine, built once.
 
     ``local_steps`` (the run's, None by epochs) sets the steps a per-round epsilon target is
     calibrated for. Each round samples with fresh randomness from ``random_bytes``: the operating
     system's cryptographic source unless the in-process simulation passes
-    :func:`~site_agent.training.simulation_random_bytes`.
+    :func:`~site_agent.training.simulation_random_bytes`. ``augment_multiplicity`` trains each
+    sample as that many translated views, averaged before clipping (1: none); ``ema_decay``
+    sends the steps' moving average (:class:`~site_agent.training.SiteTrainer`). Neither
+    changes what the ledger charges.
 
     Raises:
         FederationError: if the site has no samples.
         ModelError: if the model has layers Opacus cannot handle (all listed).
+        ConfigError: for ``augment_multiplicity`` > 1 with a ghost-norm mode.
     """
     inputs, targets = training_tensors(site_id, data)
     model = algorithm.build_model(spec)
@@ -445,8 +491,16 @@ def private_trainer(
         weight_decay=weight_decay,
         local_steps=local_steps,
         random_bytes=random_bytes,
+        augment_multiplicity=augment_multiplicity,
     )
-    return SiteTrainer(site_id, algorithm, steps, num_samples=int(inputs.shape[0]), on_step=on_step)
+    return SiteTrainer(
+        site_id,
+        algorithm,
+        steps,
+        num_samples=int(inputs.shape[0]),
+        on_step=on_step,
+        ema_decay=ema_decay,
+    )
 
 
 class _PerSampleCriterion(nn.Module):

@@ -198,7 +198,11 @@ def setup_site(
     if simulation_seed is not None:  # the in-process simulation only (reproducible runs)
         random_bytes = simulation_random_bytes(simulation_seed)
     if policy.dp.required:
-        mode = resolve_grad_sample_mode(grad_sample_mode, spec.image_size)
+        mode = resolve_grad_sample_mode(
+            grad_sample_mode,
+            spec.image_size,
+            augment_multiplicity=federation.augment_multiplicity,
+        )
         trainer = private_trainer(
             site,
             data,
@@ -213,6 +217,8 @@ def setup_site(
             local_steps=federation.local_steps,
             random_bytes=random_bytes,
             on_step=on_step,
+            augment_multiplicity=federation.augment_multiplicity,
+            ema_decay=federation.ema_decay,
         )
     else:
         trainer = plain_trainer(
@@ -224,6 +230,8 @@ def setup_site(
             random_bytes=random_bytes,
             on_step=on_step,
             device=device,
+            augment_multiplicity=federation.augment_multiplicity,
+            ema_decay=federation.ema_decay,
         )
 
     def audit(round_id: int, message: str) -> None:

@@ -33,7 +33,9 @@ from clinfl.data.imageset import ImageSet
 from clinfl.errors import FederationError, LocalTrainingFailed
 from clinfl.federation.messages import RoundSettings
 from clinfl.typing import StateDict
+from site_agent.augmentation import view_batch
 from site_agent.model_state import load_travelling_state
+from site_agent.weight_average import WeightAverage
 
 StepCallback = Callable[[str, int, int], None]
 RandomBytes = Callable[[int], bytes]
@@ -184,6 +186,10 @@ class SiteTrainer:
     ``w_local - w_global`` over the travelling tensors only, with the mean training loss over the
     samples it saw. Build one with :func:`plain_trainer` or
     :func:`~site_agent.private_training.private_trainer`.
+
+    With ``ema_decay`` the round's local model is the exponential moving average of the
+    trainable parameters over its steps, started at the global model
+    (:class:`~site_agent.weight_average.WeightAverage`), not the last step's parameters.
     """
 
     def __init__(
@@ -194,12 +200,15 @@ class SiteTrainer:
         *,
         num_samples: int,
         on_step: StepCallback | None = None,
+        ema_decay: float | None = None,
     ) -> None:
         self._site_id = site_id
         self._algorithm = algorithm
         self.strategy = strategy
         self._num_samples = num_samples
         self._on_step = on_step
+        self._ema_decay = ema_decay
+        self._average: WeightAverage | None = None  # the round's, with ema_decay
         self._memory: dict[str, torch.Tensor] = {}  # the algorithm's site state (SCAFFOLD's c_i)
 
     @property
@@ -251,12 +260,17 @@ class SiteTrainer:
             name: value.to(strategy.device, copy=True) for name, value in global_state.items()
         }
         strategy.model.train()
+        if self._ema_decay is not None:
+            self._average = WeightAverage(strategy.model, self._ema_decay)
         tally = LossTally()
         # the algorithm's site state (SCAFFOLD's c_i) is worked on as a copy, committed only
         # when the round trains to a finite update, bounded (MEMORY_BOUND) and never non-finite
         memory = {k: v.clone() for k, v in self._memory.items() if bool(torch.isfinite(v).all())}
         failure = self._take_steps(settings, reference, memory, tally, total_steps)
         strategy.end_round(settings)
+        if self._average is not None:  # the average is the round's local model
+            self._average.apply()
+            self._average = None
         delta: StateDict = {}
         try:  # the same work after a failure too: a failed round costs what a healthy one does
             auxiliary = self._algorithm.auxiliary_update(
@@ -310,6 +324,8 @@ class SiteTrainer:
                 taken += 1
                 trouble = self._step(images, targets, reference, memory, settings, tally, failure)
                 failure = failure or trouble
+                if self._average is not None:
+                    self._average.update()
                 if self._on_step is not None:
                     self._on_step(self._site_id, taken, total_steps)
         return failure
@@ -392,6 +408,10 @@ class PlainSteps:
     ``local_steps``, exactly that many batches of exactly the batch size, from fresh random
     passes read one after another (:func:`~clinfl.data.batching.wrapped_batches`). Each round's
     order comes from a generator seeded afresh from ``random_bytes`` in :meth:`begin_round`.
+
+    With ``augment_multiplicity`` K > 1 each batch trains as K randomly translated views of
+    every sample, the loss their mean (:mod:`site_agent.augmentation`); the translations come
+    from a second generator seeded from ``random_bytes`` in :meth:`begin_round`.
     """
 
     divergence_remedy = "lower --lr"
@@ -406,8 +426,11 @@ class PlainSteps:
         weight_decay: float,
         random_bytes: RandomBytes,
         device: torch.device,
+        augment_multiplicity: int = 1,
     ) -> None:
         self._device = device
+        self._views = augment_multiplicity
+        self._augment: torch.Generator | None = None  # drawn in begin_round when views > 1
         self._model = model.to(device)
         self._inputs = inputs
         self._targets = targets
@@ -447,6 +470,8 @@ class PlainSteps:
         for group in self._optimizer.param_groups:
             group["lr"] = settings.lr
         self._generator = fresh_generator(self._random_bytes)
+        if self._views > 1:  # drawn after the order's, so K = 1 draws exactly what it did
+            self._augment = fresh_generator(self._random_bytes)
         steps_per_epoch = -(-int(self._inputs.shape[0]) // settings.batch_size)
         return round_steps(settings, steps_per_epoch)
 
@@ -480,7 +505,9 @@ class PlainSteps:
     def loss(
         self, images: torch.Tensor, targets: torch.Tensor, reference: StateDict, memory: SiteMemory
     ) -> torch.Tensor:
-        """The algorithm's local objective on the batch."""
+        """The algorithm's local objective on the batch (on its views with multiplicity)."""
+        if self._augment is not None:
+            images, targets = view_batch(images, targets, self._views, self._augment)
         return self._algorithm.local_loss(self._model, images, targets, reference, memory)
 
     def step(self, loss: torch.Tensor, reference: StateDict, memory: SiteMemory, lr: float) -> None:
@@ -532,12 +559,16 @@ def plain_trainer(
     random_bytes: RandomBytes = os.urandom,
     on_step: StepCallback | None = None,
     device: torch.device | None = None,
+    augment_multiplicity: int = 1,
+    ema_decay: float | None = None,
 ) -> SiteTrainer:
     """Return a site's trainer without DP (its model, ETF from the federation seed, built here).
 
     Each training call shuffles with fresh randomness from ``random_bytes``: the operating
     system's cryptographic source, unless the in-process simulation passes
-    :func:`simulation_random_bytes`.
+    :func:`simulation_random_bytes`. ``augment_multiplicity`` trains each batch as that many
+    translated views per sample (1: none); ``ema_decay`` sends the steps' moving average
+    (:class:`SiteTrainer`).
 
     Raises:
         FederationError: if the site has no samples.
@@ -551,5 +582,13 @@ def plain_trainer(
         weight_decay=weight_decay,
         random_bytes=random_bytes,
         device=torch.device("cpu") if device is None else device,
+        augment_multiplicity=augment_multiplicity,
     )
-    return SiteTrainer(site_id, algorithm, steps, num_samples=int(inputs.shape[0]), on_step=on_step)
+    return SiteTrainer(
+        site_id,
+        algorithm,
+        steps,
+        num_samples=int(inputs.shape[0]),
+        on_step=on_step,
+        ema_decay=ema_decay,
+    )

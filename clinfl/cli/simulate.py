@@ -136,6 +136,19 @@ RUN_OPTIONS: tuple[FieldOption, ...] = (
         "and prints it.",
     ),
     FieldOption("federation.batch_size", "Local mini-batch size."),
+    FieldOption(
+        "federation.augment_multiplicity",
+        "Train each sample as this many randomly translated views (up to 1/8 of the image "
+        "size, no flips); under DP-SGD their gradients are averaged per sample before "
+        "clipping, so the privacy charge is unchanged (--dp-mode auto then means hooks). A "
+        "step costs about this many times as much. 1: no augmentation.",
+    ),
+    FieldOption(
+        "federation.ema_decay",
+        "Send the exponential moving average of the parameters over the round's local steps "
+        "(decay in (0, 1), horizon about 1/(1-decay) steps, started at the global model) "
+        "instead of the last step's; no privacy cost. Default: the last step's.",
+    ),
     FieldOption("federation.lr", "AdamW learning rate."),
     FieldOption("federation.weight_decay", "AdamW weight decay."),
     FieldOption("data.alpha", "Dirichlet concentration of the label skew."),

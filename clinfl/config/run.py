@@ -174,6 +174,13 @@ class FederationConfig:
 
     ``training="local"`` (cross-validation only) trains each site alone on its own patients,
     with no aggregation, and scores each site's held-out patients with that site's model.
+
+    ``augment_multiplicity`` K > 1 trains each sample as K randomly translated views (De et al.
+    2022); under DP-SGD their gradients are averaged per sample before clipping, so the privacy
+    charge is unchanged and a step costs about K times (:mod:`site_agent.augmentation`). 1 (the
+    default) augments nothing. ``ema_decay`` makes a site send the exponential moving average of
+    its parameters over the round's steps, minus the global model, instead of the last step's
+    (:mod:`site_agent.weight_average`; post-processing, no privacy cost). ``None``: the last step.
     """
 
     sites: int = 5
@@ -191,6 +198,8 @@ class FederationConfig:
     device: str = "cpu"
     threshold_rule: str = "f1"
     training: TrainingMode = "federated"
+    augment_multiplicity: int = 1
+    ema_decay: float | None = None
 
 
 @dataclass(frozen=True)

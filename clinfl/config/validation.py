@@ -24,6 +24,7 @@ from clinfl.config.run import (
 from clinfl.data.label_space import label_space_problems
 from clinfl.device import is_device_name
 from clinfl.errors import ConfigError
+from clinfl.privacy.settings import has_per_sample_gradients
 from clinfl.secagg.settings import SecAggConfig, sum_headroom
 from clinfl.thresholds import RULE_HELP, parse_rule
 
@@ -155,6 +156,14 @@ def _check_federation(fed: FederationConfig, p: Problems) -> None:
     if not is_device_name(fed.device):
         p.add("device", fed.device, "cpu, auto, cuda or cuda:N", "use cpu")
     p.choice("training", fed.training, run.TRAINING_MODES)
+    p.whole(
+        "augment_multiplicity",
+        fed.augment_multiplicity,
+        1,
+        fix="use 1 (no augmentation) or a few views, e.g. 4",
+    )
+    if fed.ema_decay is not None and not 0 < fed.ema_decay < 1:
+        p.add("ema_decay", fed.ema_decay, "0 < d < 1", "e.g. 0.9, or leave it unset")
     try:
         parse_rule(fed.threshold_rule)
     except ConfigError:
@@ -255,6 +264,16 @@ def validate_run_config(config: RunConfig, *, known_methods: tuple[str, ...]) ->
             "ew",
             f"not ew with backbone {resolved.method.backbone}",
             "use bookkeeping, mixed-ghost or hooks",
+        )
+    mode = resolved.privacy.grad_sample_mode
+    per_sample = mode == "auto" or has_per_sample_gradients(mode)
+    if resolved.federation.augment_multiplicity > 1 and not per_sample:
+        problems.add(
+            "grad_sample_mode",
+            mode,
+            "auto, hooks, ew or functorch with augment_multiplicity > 1 (the views' gradients "
+            "are averaged per sample before clipping; ghost norms never form them)",
+            "use --dp-mode auto (hooks with multiplicity) or hooks",
         )
     _check_drops(resolved.drops, sites, problems)
     if config.federation.training == "local" and config.data.cv_folds is None:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from clinfl.policy import DPPolicy
+if TYPE_CHECKING:  # annotation only: the run config's validation imports this module
+    from clinfl.policy import DPPolicy
 
 GRAD_SAMPLE_MODES = ("hooks", "ew", "ghost", "mixed-ghost", "bookkeeping", "functorch")
 # Modes that run Opacus' fast-gradient-clipping path ("ghost"): a per-sample loss criterion, two
@@ -31,9 +33,27 @@ def default_grad_sample_mode(image_size: int) -> str:
     return "hooks"
 
 
-def resolve_grad_sample_mode(mode: str, image_size: int) -> str:
-    """Return the run's ``mode``, or for ``auto`` the fastest one measured at ``image_size``."""
-    return default_grad_sample_mode(image_size) if mode == "auto" else mode
+PER_SAMPLE_GRADIENT_MODES = ("hooks", "ew", "functorch")
+"""The modes that form each sample's gradient (``p.grad_sample``), not only its norm: the only
+ones augmentation multiplicity can average over a sample's views before clipping."""
+
+
+def has_per_sample_gradients(mode: str) -> bool:
+    """Return whether ``mode`` forms per-sample gradients (not only ghost norms)."""
+    return mode in PER_SAMPLE_GRADIENT_MODES
+
+
+def resolve_grad_sample_mode(mode: str, image_size: int, *, augment_multiplicity: int = 1) -> str:
+    """Return the run's ``mode``, or for ``auto`` the fastest one measured at ``image_size``.
+
+    With ``augment_multiplicity`` > 1, ``auto`` is ``hooks`` at every size: the views' gradients
+    are averaged per sample before clipping, which needs per-sample gradients (the ghost-norm
+    modes only see norms), and hooks handles every backbone (expanded weights does not handle
+    the pretrained backbones' depthwise convolutions).
+    """
+    if mode != "auto":
+        return mode
+    return "hooks" if augment_multiplicity > 1 else default_grad_sample_mode(image_size)
 
 
 def opacus_grad_sample_mode(mode: str) -> str:

@@ -148,7 +148,11 @@ def build_sites(
     policies = load_site_policies(config, site_ids)
     secagg = coordinator_secagg(config, policies)
     assert spec.image_size is not None
-    mode = resolve_grad_sample_mode(config.privacy.grad_sample_mode, spec.image_size)
+    mode = resolve_grad_sample_mode(
+        config.privacy.grad_sample_mode,
+        spec.image_size,
+        augment_multiplicity=fed.augment_multiplicity,
+    )
     identities = [SiteIdentity(s, Ed25519PrivateKey.generate()) for s in site_ids]
     directory = {i.site_id: i.signing_key.public_key() for i in identities}
     config_hash = run_config_digest(config, image_size=spec.image_size)

@@ -171,7 +171,11 @@ def run_deployment(grid: Grid, run_dir: Path) -> dict[str, Any]:
             site: SiteEntry(joined=site in joined, refusal=roster.refusals.get(site))
             for site in sorted(set(plan.sites) | set(roster.refusals))
         },
-        grad_sample_mode=mode if size is None else resolve_grad_sample_mode(mode, size),
+        grad_sample_mode=mode
+        if size is None
+        else resolve_grad_sample_mode(
+            mode, size, augment_multiplicity=config.federation.augment_multiplicity
+        ),
         init_weights=init_weights,
     )
     write_results(run_dir, results)
