@@ -215,6 +215,17 @@ class SiteLedger:
         ).fetchone()
         return int(row[0])
 
+    def completed_rounds(self) -> int:
+        """Return how many rounds (of any run) the site completed: its update was revealed.
+
+        Every site records its attempts, with DP-SGD or without, so this counts the rounds a
+        site without DP trained, which write no privacy rows.
+        """
+        row = self._db.execute(
+            "SELECT COUNT(*) FROM (SELECT DISTINCT run_id, round FROM attempts WHERE completed = 1)"
+        ).fetchone()
+        return int(row[0])
+
     def meta(self) -> dict[str, str]:
         """Return the recorded facts."""
         return dict(self._db.execute("SELECT key, value FROM meta").fetchall())
