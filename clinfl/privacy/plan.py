@@ -21,7 +21,7 @@ fits while that stays at or under the budget.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -164,31 +164,49 @@ def rounds_within_budget(
 
     Exactly as the ledger refuses: round k fits while the epsilon of the composed history up to
     it is at most ``budget``. The cumulative epsilon grows with every round, so the count is
-    found by doubling then bisecting (a few dozen accountant calls, not one per round), up to
-    ``cap`` rounds.
+    found by galloping then bisecting (a few dozen accountant calls, not one per round), up to
+    ``cap`` rounds. Under PRV the search starts from RDP's count (RDP is several times cheaper
+    and close), and every answer is PRV's own.
 
     Raises:
         ValueError: for an unknown accountant.
     """
 
     def fits(rounds: int) -> bool:
-        return epsilon_after(prior, charge, rounds, delta=delta, accountant=accountant).epsilon <= (
-            budget
-        )
+        after = epsilon_after(prior, charge, rounds, delta=delta, accountant=accountant)
+        return after.epsilon <= budget
 
-    if not fits(1):
-        return RoundsLeft(0, capped=False)
-    good, bad = 1, 2
-    while bad <= cap and fits(bad):
-        good, bad = bad, 2 * bad
-    if bad > cap:
-        if fits(cap):
-            return RoundsLeft(cap, capped=True)
-        bad = cap
+    hint = 1
+    if accountant == "prv":
+        rdp = rounds_within_budget(
+            prior, charge, budget=budget, delta=delta, accountant="rdp", cap=cap
+        )
+        hint = max(rdp.rounds, 1)
+    good = _largest_fitting(fits, hint=hint, cap=cap)
+    return RoundsLeft(good, capped=good == cap)
+
+
+def _largest_fitting(fits: Callable[[int], bool], *, hint: int, cap: int) -> int:
+    """Return the largest k in 0..cap with ``fits(k)`` (``fits`` true up to it, then false)."""
+    # invariant: good == 0 or fits(good); bad == cap + 1 or not fits(bad); good < bad
+    if fits(hint):
+        good, bad, step = hint, cap + 1, 1
+        while good + step <= cap:
+            if not fits(good + step):
+                bad = good + step
+                break
+            good, step = good + step, 2 * step
+    else:
+        good, bad, step = 0, hint, 1
+        while bad - step >= 1:
+            if fits(bad - step):
+                good = bad - step
+                break
+            bad, step = bad - step, 2 * step
     while bad - good > 1:
         middle = (good + bad) // 2
         good, bad = (middle, bad) if fits(middle) else (good, middle)
-    return RoundsLeft(good, capped=False)
+    return good
 
 
 class BudgetTerms(DPTerms, Protocol):

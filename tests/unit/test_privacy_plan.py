@@ -142,7 +142,10 @@ def test_the_ledger_charges_what_a_fresh_opacus_accountant_says(
     rounds = ledger.rounds()
     assert [r.accountant for r in rounds] == [kind] * 4
     # merging equal (noise, rate) entries moves PRV's discretisation by ~1e-10 at most
-    assert [r.epsilon for r in rounds] == pytest.approx(_fresh(cls, history), rel=1e-8)
+    fresh = _fresh(cls, history)
+    if kind == "rdp":  # the same sums, bit for bit
+        assert [r.epsilon for r in rounds] == fresh
+    assert [r.epsilon for r in rounds] == pytest.approx(fresh, rel=1e-8)
 
 
 def test_prv_falls_back_to_rdp_where_it_cannot_compute_and_records_it(tmp_path: Path) -> None:
