@@ -99,41 +99,70 @@ def _rdp_epsilon(entries: list[HistoryEntry], delta: float) -> float:
     return float(epsilon)
 
 
-def prv_grid_points(entries: list[HistoryEntry], delta: float) -> float:
-    """Return how many points Opacus' PRV accountant would discretise ``entries`` on.
+def _prv_domain(entries: list[HistoryEntry], delta: float) -> tuple[float, float]:
+    """Return the half-width and mesh of the grid Opacus' PRV accountant builds for ``entries``.
 
-    The same domain and mesh as ``PRVAccountant._get_domain`` at its default errors; it costs
-    a few RDP evaluations, not the composition.
+    ``PRVAccountant._get_domain`` and ``compute_safe_domain_size`` (Opacus 1.6) at the default
+    errors, with the RDP figures they need from :func:`_rdp_epsilon` (bit-identical to Opacus'
+    RDPAccountant, computed once per (noise, rate)).
     """
-    from opacus.accountants.analysis.prv import (
-        PoissonSubsampledGaussianPRV,
-        compute_safe_domain_size,
-    )
+    import numpy as np
 
     delta_error = delta / _PRV_DELTA_ERROR_SHARE
-    steps = [n for _, _, n in entries]
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Optimal order is the")
-        half_width = compute_safe_domain_size(
-            prvs=[PoissonSubsampledGaussianPRV(q, s) for s, q, _ in entries],
-            max_self_compositions=steps,
-            eps_error=_PRV_EPS_ERROR,
-            delta_error=delta_error,
-        )
-    mesh = _PRV_EPS_ERROR / math.sqrt(sum(steps) * math.log(12 / delta_error) / 2)
-    return float(2 * half_width / mesh)
+    total = sum(n for _, _, n in entries)
+    half_width = _rdp_epsilon(entries, delta_error / 4)
+    for noise, rate, _ in entries:
+        single = _rdp_epsilon([(noise, rate, 1)], delta_error / (8 * total))
+        half_width = max(half_width, single)
+    half_width = max(half_width, _PRV_EPS_ERROR) + 3
+    mesh = _PRV_EPS_ERROR / np.sqrt(total * np.log(12 / delta_error) / 2)
+    return float(half_width), float(mesh)
+
+
+def prv_grid_points(entries: list[HistoryEntry], delta: float) -> float:
+    """Return how many points Opacus' PRV accountant would discretise ``entries`` on."""
+    half_width, mesh = _prv_domain(entries, delta)
+    return 2 * half_width / mesh
 
 
 def _prv_epsilon(entries: list[HistoryEntry], delta: float) -> float | None:
-    """Return PRV's epsilon, or None where the PRV rule says it cannot compute it."""
+    """Return PRV's epsilon, or None where the PRV rule says it cannot compute it.
+
+    ``PRVAccountant.get_epsilon`` (Opacus 1.6, default errors) step by step, so that the grid
+    is sized once and refused before it is built when it is too large.
+    """
+    from opacus.accountants.analysis.prv import (
+        Domain,
+        PoissonSubsampledGaussianPRV,
+        TruncatedPrivacyRandomVariable,
+        compose_heterogeneous,
+        discretize,
+    )
+
     if any(noise <= 0 for noise, _, _ in entries):
         return None
+    delta_error = delta / _PRV_DELTA_ERROR_SHARE
     try:
-        if not prv_grid_points(entries, delta) <= PRV_MAX_GRID_POINTS:
+        half_width, mesh = _prv_domain(entries, delta)
+        if not 2 * half_width / mesh <= PRV_MAX_GRID_POINTS:
             return None
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            epsilon = float(make_accountant("prv", entries).get_epsilon(delta=delta))
+            domain = Domain.create_aligned(-half_width, half_width, mesh)
+            discrete = [
+                discretize(
+                    TruncatedPrivacyRandomVariable(
+                        PoissonSubsampledGaussianPRV(rate, noise), domain.t_min, domain.t_max
+                    ),
+                    domain,
+                )
+                for noise, rate, _ in entries
+            ]
+            composed = compose_heterogeneous(
+                dprvs=discrete, num_self_compositions=[n for _, _, n in entries]
+            )
+            _, _, upper = composed.compute_epsilon(delta, delta_error, _PRV_EPS_ERROR)
+        epsilon = float(upper)
     except (ArithmeticError, ValueError, RuntimeError, MemoryError):
         return None
     return epsilon if math.isfinite(epsilon) and epsilon >= 0 else None

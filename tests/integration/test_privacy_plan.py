@@ -18,12 +18,12 @@ SMALL = [
     "--rho", "0.6", "--max-samples", "160", "--composites-per-pair", "1", "--sites", "4",
 ]  # fmt: skip
 ROUNDS = 2
-BATCH = "8"
+BATCH = "16"
 
 
 @pytest.fixture(scope="module")
 def prv_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """Two DP rounds charged by PRV, at batch 8: each site's rate is 1 / ceil(N / 8)."""
+    """Two DP rounds charged by PRV, at batch 16: each site's rate is 1 / ceil(N / 16)."""
     tmp_path = tmp_path_factory.mktemp("prv")
     policy = tmp_path / "prv.toml"
     policy.write_text(
@@ -31,7 +31,8 @@ def prv_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
         '[data]\nmin_samples = 10\n[reporting]\nmetrics = ["counts", "epsilon"]\n'
     )
     out = tmp_path / "run"
-    args = [*SMALL, "--rounds", str(ROUNDS), "--batch-size", BATCH, "--policy", str(policy)]
+    args = [*SMALL, "--rounds", str(ROUNDS), "--width", "8", "--batch-size", BATCH]
+    args += ["--policy", str(policy)]
     result = runner.invoke(app, ["simulate", *args, "--out", str(out), "--json"])
     assert result.exit_code == 0, result.output
     return policy, out
