@@ -4,6 +4,10 @@ It holds everything PRIVACY.md lists: the policy and its hash, each round's priv
 the cumulative epsilon at the policy's delta, noise, sampling rate, steps, the per-sample-
 gradient mode, secure aggregation and the size of each sum, refusals with reasons, and the data
 summary. It carries no patient data and no file paths.
+
+Its forecast says how many more rounds fit in the budget at the last counted round's spend (its
+noise, sampling rate and steps), counted exactly as the ledger would charge them
+(:func:`clinfl.privacy.plan.rounds_within_budget`).
 """
 
 from __future__ import annotations
@@ -15,7 +19,14 @@ from typing import Any
 from clinfl.audit.render import FORMATS, render_site
 from clinfl.errors import DataError
 from clinfl.files import write_atomically
-from clinfl.privacy.accounting import epsilon_of
+from clinfl.privacy.accounting import HistoryEntry, charge_epsilon
+from clinfl.privacy.plan import (
+    MAX_PLANNED_ROUNDS,
+    RoundCharge,
+    epsilon_after,
+    poisson_steps_per_epoch,
+    rounds_within_budget,
+)
 from site_agent.ingest.pipeline import SITE_INGEST_DIR, SUMMARY_FILE
 from site_agent.ledger import LEDGER_FILE, SiteLedger
 
@@ -40,7 +51,8 @@ def _per_round(ledger: SiteLedger, delta: float, accountant: str) -> list[dict[s
         counted = entry.state != "released"
         if counted:
             history.append((entry.noise_multiplier, entry.sample_rate, entry.steps))
-        cumulative = epsilon_of(history, delta=delta, accountant=accountant)
+        charge = charge_epsilon(history, delta=delta, accountant=accountant)
+        cumulative = charge.epsilon
         rows.append(
             {
                 "run_id": entry.run_id,
@@ -52,12 +64,45 @@ def _per_round(ledger: SiteLedger, delta: float, accountant: str) -> list[dict[s
                 "grad_sample_mode": entry.grad_sample_mode,
                 "secure_aggregation": entry.secagg,
                 "sites_in_sum": entry.sites_in_sum,
+                "accountant": entry.accountant,
                 "epsilon_round": cumulative - previous if counted else 0.0,
                 "epsilon_cumulative": cumulative,
             }
         )
         previous = cumulative
     return rows
+
+
+def forecast(
+    history: list[HistoryEntry], *, budget: float | None, delta: float, accountant: str
+) -> dict[str, Any] | None:
+    """Return how many more rounds at the last round's spend fit in ``budget`` (None: no round).
+
+    ``rounds_more`` counts rounds of the last entry's noise, rate and steps that keep the
+    cumulative epsilon of the whole history at or under the budget (``capped``: at least
+    that many; the count stops at :data:`~clinfl.privacy.plan.MAX_PLANNED_ROUNDS`);
+    ``epsilon_round`` is one such round's epsilon on its own.
+
+    Raises:
+        ValueError: for an unknown accountant.
+    """
+    if not history or budget is None:
+        return None
+    noise, rate, steps = history[-1]
+    charge = RoundCharge(noise, rate, steps, poisson_steps_per_epoch(rate))
+    terms: dict[str, Any] = {"delta": delta, "accountant": accountant}
+    left = rounds_within_budget(history, charge, budget=budget, **terms)
+    one = epsilon_after((), charge, 1, **terms)
+    return {
+        "noise_multiplier": noise,
+        "sample_rate": rate,
+        "steps": steps,
+        "epsilon_round": one.epsilon,
+        "rounds_more": left.rounds,
+        "capped": left.capped,
+        "round_cap": MAX_PLANNED_ROUNDS,
+        "epsilon_after": epsilon_after(history, charge, left.rounds, **terms).epsilon,
+    }
 
 
 def build_site_report(state_dir: Path) -> dict[str, Any]:
@@ -79,9 +124,17 @@ def build_site_report(state_dir: Path) -> dict[str, Any]:
         delta = float(dp.get("delta", 1e-5))
         accountant = str(dp.get("accountant", "rdp"))
         rounds = _per_round(ledger, delta, accountant)
+        budget = dp.get("epsilon_budget")
+        ahead = forecast(
+            ledger.history(),
+            budget=None if budget is None else float(budget),
+            delta=delta,
+            accountant=accountant,
+        )
         refusals = [
             {"run_id": r.run_id, "round": r.round, "reason": r.reason} for r in ledger.refusals()
         ]
+        completed = ledger.completed_rounds()
     finally:
         ledger.close()
     spent = rounds[-1]["epsilon_cumulative"] if rounds else 0.0
@@ -102,12 +155,25 @@ def build_site_report(state_dir: Path) -> dict[str, Any]:
             "accountant": accountant,
             "epsilon_spent": spent,
             "grad_sample_modes": sorted({r["grad_sample_mode"] for r in rounds}),
+            "forecast": ahead,
         },
         "rounds": rounds,
+        "rounds_completed": completed,
         "refusals": refusals,
         "warnings": sorted(v for k, v in meta.items() if k.startswith("warning:")),
         "data": {"training_samples": int(meta.get("samples", 0)), "ingestion": ingest},
     }
+
+
+def rounds_trained(report: dict[str, Any]) -> int:
+    """Return the rounds a site trained: with DP-SGD those its ledger charged, else completed.
+
+    A DP round counts once it is reserved (it may have trained before a crash); a round
+    without DP writes no privacy row, so it counts once the site completed it.
+    """
+    if report["dp"]["enabled"]:
+        return sum(1 for r in report["rounds"] if r["state"] != "released")
+    return int(report.get("rounds_completed", 0))
 
 
 def shareable_summary(report: dict[str, Any]) -> dict[str, Any]:
@@ -124,7 +190,7 @@ def shareable_summary(report: dict[str, Any]) -> dict[str, Any]:
         ]
     if "counts" in allowed:
         summary["training_samples"] = report["data"]["training_samples"]
-        summary["rounds_trained"] = sum(1 for r in report["rounds"] if r["state"] != "released")
+        summary["rounds_trained"] = rounds_trained(report)
         summary["refusals"] = len(report["refusals"])
     if "ingest" in allowed and report["data"]["ingestion"] is not None:
         summary["ingestion"] = report["data"]["ingestion"]

@@ -5,6 +5,10 @@ over budget, record a refusal and refuse. Otherwise write the round as ``reserve
 then train. After the update is sent, mark it ``spent``. Only a round that never took a training
 step may be ``released``. A crash leaves ``reserved``, which counts as spent, so the ledger never
 under-counts. The database runs in WAL mode with full synchronous commits.
+
+Each round row records the accountant that charged it: the policy's, except that a ``prv``
+policy's round PRV cannot compute is charged by RDP and recorded ``rdp``
+(:func:`clinfl.privacy.accounting.charge_epsilon`).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from clinfl.errors import BudgetExhausted, CheckpointError
-from clinfl.privacy.accounting import HistoryEntry, epsilon_of
+from clinfl.privacy.accounting import HistoryEntry, charge_epsilon, epsilon_of
 from clinfl.sqlite_transaction import immediate_transaction
 
 LEDGER_FILE = "ledger.sqlite"
@@ -211,6 +215,17 @@ class SiteLedger:
         ).fetchone()
         return int(row[0])
 
+    def completed_rounds(self) -> int:
+        """Return how many rounds (of any run) the site completed: its update was revealed.
+
+        Every site records its attempts, with DP-SGD or without, so this counts the rounds a
+        site without DP trained, which write no privacy rows.
+        """
+        row = self._db.execute(
+            "SELECT COUNT(*) FROM (SELECT DISTINCT run_id, round FROM attempts WHERE completed = 1)"
+        ).fetchone()
+        return int(row[0])
+
     def meta(self) -> dict[str, str]:
         """Return the recorded facts."""
         return dict(self._db.execute("SELECT key, value FROM meta").fetchall())
@@ -242,6 +257,9 @@ class SiteLedger:
     ) -> Reservation:
         """Reserve a round's privacy spend before any training step.
 
+        The round is charged by ``accountant`` over the whole history (by RDP where a ``prv``
+        history cannot be computed by PRV); the row records the accountant that charged it.
+
         Raises:
             BudgetExhausted: if the round would take the site past ``budget``; the refusal is
                 recorded first.
@@ -249,7 +267,8 @@ class SiteLedger:
         with self._transaction() as db:
             history = self.history()
             entry = (noise_multiplier, sample_rate, steps)
-            after = epsilon_of([*history, entry], delta=delta, accountant=accountant)
+            charge = charge_epsilon([*history, entry], delta=delta, accountant=accountant)
+            after = charge.epsilon
             now = time.time()
             if after > budget:
                 spent = epsilon_of(history, delta=delta, accountant=accountant)
@@ -273,7 +292,7 @@ class SiteLedger:
                         noise_multiplier,
                         sample_rate,
                         steps,
-                        accountant,
+                        charge.accountant,
                         delta,
                         after,
                         json.dumps([*history, entry]),

@@ -36,10 +36,11 @@ from clinfl.data.imageset import ImageSet
 from clinfl.errors import BudgetExhausted, ConfigError, ModelError, PolicyViolation
 from clinfl.federation.messages import RoundSettings
 from clinfl.model.networks import LearnableRows
-from clinfl.privacy.accounting import epsilon_of, noise_for_budget, noise_for_round_epsilon
+from clinfl.privacy.accounting import epsilon_of
 from clinfl.privacy.bookkeeping import BookKeeping, enable_bookkeeping
 from clinfl.privacy.ghost_norms import enable_mixed_ghost
 from clinfl.privacy.noise import use_secure_noise
+from clinfl.privacy.plan import BudgetSpentError, round_charge
 from clinfl.privacy.settings import (
     BOOKKEEPING_MODE,
     GHOST_CLIPPING_MODES,
@@ -72,35 +73,6 @@ def dp_incompatibilities(model: nn.Module) -> list[str]:
         if isinstance(module, LearnableRows)
     ]
     return problems
-
-
-def planned_noise(
-    dp: DPSettings,
-    history: list[tuple[float, float, int]],
-    *,
-    sample_rate: float,
-    steps_per_round: int,
-) -> float:
-    """Return the noise multiplier with which ``dp.planned_rounds`` rounds spend the budget left.
-
-    Raises:
-        BudgetExhausted: if the ledger's history already spends the whole budget.
-    """
-    assert dp.planned_rounds is not None
-    try:
-        return noise_for_budget(
-            dp.epsilon_budget,
-            history=history,
-            delta=dp.delta,
-            sample_rate=sample_rate,
-            steps=dp.planned_rounds * steps_per_round,
-            accountant=dp.accountant,
-        )
-    except ValueError as error:
-        raise BudgetExhausted(
-            f"cannot plan {dp.planned_rounds} rounds: {error}",
-            remedy="the site has spent its privacy budget for this federation",
-        ) from None
 
 
 def check_multiplicity_mode(augment_multiplicity: int, grad_sample_mode: str) -> None:
@@ -169,34 +141,39 @@ class DPSteps:
         loader = DataLoader(
             TensorDataset(inputs, targets), batch_size=batch_size, generator=self._generator
         )
-        # The batch size, and with it the sampling rate, is fixed here for the site's life: a
-        # round's settings.batch_size does not change the loader, so it cannot change the rate.
-        self.sample_rate = 1.0 / len(loader)
+        # What a round charges (noise, the sampling rate 1 / len(loader), steps), derived as
+        # `clinfl policy plan` and the audit forecast derive it. The batch size, and with it the
+        # sampling rate, is fixed here for the site's life: a round's settings.batch_size does
+        # not change the loader, so it cannot change the rate.
+        try:
+            charge = round_charge(
+                dp,
+                samples=int(inputs.shape[0]),
+                batch_size=batch_size,
+                local_epochs=local_epochs,
+                local_steps=local_steps,
+                spent=ledger.history(),  # dp.planned_rounds: the budget left after these
+            )
+        except BudgetSpentError as spent:
+            raise BudgetExhausted(
+                f"{site_id} cannot plan its rounds: {spent}",
+                remedy="the site has spent its privacy budget for this federation",
+            ) from None
+        self.sample_rate = charge.sample_rate
+        self.noise_multiplier = charge.noise_multiplier
         # (per-round epsilon target, what the round was, steps) the noise was calibrated for
         self._calibration: tuple[float, str, int] | None = None
-        if dp.noise_multiplier is not None:  # 0.0 is a setting (no noise), not "unset"
-            self.noise_multiplier = dp.noise_multiplier
-        elif dp.planned_rounds is not None:
-            # the whole budget left, over the planned rounds of this site's own training
-            per_round_steps = local_steps if local_steps is not None else local_epochs * len(loader)
-            self.noise_multiplier = planned_noise(
-                dp, ledger.history(), sample_rate=self.sample_rate, steps_per_round=per_round_steps
-            )
-        else:
-            per_round = dp.target_epsilon_per_round
-            target = 1.0 if per_round is None else per_round
-            steps = local_steps if local_steps is not None else local_epochs * len(loader)
-            self.noise_multiplier = noise_for_round_epsilon(
-                target,
-                delta=dp.delta,
-                sample_rate=self.sample_rate,
-                steps=steps,
-                accountant=dp.accountant,
-            )
+        if charge.calibrated_for is not None:
             unit = f"{local_steps} local steps" if local_steps else f"{local_epochs} local epochs"
-            self._calibration = (target, unit, steps)
+            self._calibration = (charge.calibrated_for, unit, charge.steps)
         self._build_engine(model, loader, weight_decay)
-        self._steps_per_epoch = len(self._loader)  # the batches one epoch of the sampler yields
+        self._steps_per_epoch = charge.steps_per_epoch
+        if len(self._loader) != charge.steps_per_epoch:  # the ledger must charge what trains
+            raise ModelError(
+                f"{site_id}: Opacus' Poisson sampler takes {len(self._loader)} batches per epoch "
+                f"where clinfl charges {charge.steps_per_epoch}",
+                remedy="use the Opacus version clinfl pins",
+            )
 
     def _build_engine(self, model: nn.Module, loader: DataLoader[Any], weight_decay: float) -> None:
         from opacus import PrivacyEngine
@@ -427,10 +404,13 @@ class DPSteps:
             self._ledger.record_sum(self._reservation.row_id, sites_in_sum=sites)
 
     def epsilon(self) -> float | None:
-        """Return the epsilon Opacus' own accountant reports for this site so far."""
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
-            return float(self.engine.accountant.get_epsilon(delta=self._dp.delta))
+        """Return the epsilon of the steps Opacus' own accountant counted for this site so far.
+
+        Charged as the ledger charges (:func:`~clinfl.privacy.accounting.epsilon_of`: by RDP
+        where PRV cannot compute it), over the history the engine kept, not the ledger's.
+        """
+        history = list(self.engine.accountant.history)
+        return epsilon_of(history, delta=self._dp.delta, accountant=self._dp.accountant)
 
 
 def private_trainer(

@@ -9,7 +9,9 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 
 def png_bytes(figure: Figure) -> bytes:
@@ -20,6 +22,43 @@ def png_bytes(figure: Figure) -> bytes:
     return buffer.getvalue()
 
 
+def epsilon_figure(
+    series: Sequence[tuple[str, Sequence[float]]], *, budget: float | None, title: str
+) -> Figure:
+    """Return the cumulative-epsilon figure (the caller closes it); see :func:`epsilon_plot`.
+
+    The round axis has whole-number ticks only: rounds are counted, never fractional.
+    """
+    figure, axes = plt.subplots(figsize=(6.4, 3.6), dpi=100)
+    try:
+        _draw(axes, series, budget=budget, title=title)
+    except Exception:
+        plt.close(figure)
+        raise
+    return figure
+
+
+def _draw(
+    axes: Axes,
+    series: Sequence[tuple[str, Sequence[float]]],
+    *,
+    budget: float | None,
+    title: str,
+) -> None:
+    for label, values in series:
+        axes.plot(range(1, len(values) + 1), values, marker="o", label=label)
+    if budget is not None:
+        axes.axhline(budget, color="tab:red", linestyle="--", label=f"budget {budget:g}")
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes.set_xlabel("trained round (in ledger order)")
+    axes.set_ylabel("cumulative epsilon")
+    axes.set_title(title)
+    axes.set_ylim(bottom=0)
+    axes.grid(alpha=0.3)
+    if series or budget is not None:
+        axes.legend(loc="upper left", fontsize="small")
+
+
 def epsilon_plot(
     series: Sequence[tuple[str, Sequence[float]]], *, budget: float | None, title: str
 ) -> bytes:
@@ -27,19 +66,8 @@ def epsilon_plot(
 
     ``series`` holds ``(label, cumulative epsilons in round order)``.
     """
-    figure, axes = plt.subplots(figsize=(6.4, 3.6), dpi=100)
+    figure = epsilon_figure(series, budget=budget, title=title)
     try:
-        for label, values in series:
-            axes.plot(range(1, len(values) + 1), values, marker="o", label=label)
-        if budget is not None:
-            axes.axhline(budget, color="tab:red", linestyle="--", label=f"budget {budget:g}")
-        axes.set_xlabel("trained round (in ledger order)")
-        axes.set_ylabel("cumulative epsilon")
-        axes.set_title(title)
-        axes.set_ylim(bottom=0)
-        axes.grid(alpha=0.3)
-        if series or budget is not None:
-            axes.legend(loc="upper left", fontsize="small")
         return png_bytes(figure)
     finally:
         plt.close(figure)

@@ -26,6 +26,21 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def forecast_text(dp: dict[str, Any]) -> str:
+    """Return the site report's forecast in words: N more rounds at the last round's spend."""
+    ahead = dp.get("forecast")
+    if ahead is None:
+        return "no round charged yet" if dp["enabled"] else "n/a (no DP-SGD)"
+    more = ahead["rounds_more"]
+    count = f"at least {more}" if ahead["capped"] else str(more)
+    return (
+        f"{count} more round(s) fit in the budget at the last round's spend (noise "
+        f"{_fmt(ahead['noise_multiplier'])}, sample rate {_fmt(ahead['sample_rate'])}, "
+        f"{ahead['steps']} steps: epsilon {_fmt(ahead['epsilon_round'])} for one such round "
+        f"alone), reaching epsilon {_fmt(ahead['epsilon_after'])}"
+    )
+
+
 def _site_tables(report: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]]]:
     dp = report["dp"]
     terms = report["policy"]["terms"]
@@ -42,7 +57,9 @@ def _site_tables(report: dict[str, Any]) -> list[tuple[str, list[str], list[list
             f"{'required' if terms.get('secagg', {}).get('required') else 'optional'}, sums over "
             f">= {terms.get('secagg', {}).get('min_sites', '?')} sites",
         ],
+        ["forecast", forecast_text(dp)],
         ["training samples", _fmt(report["data"]["training_samples"])],
+        ["rounds completed", _fmt(report.get("rounds_completed"))],
         [
             "metrics that may leave the site",
             ", ".join(terms.get("reporting", {}).get("metrics", [])),
@@ -58,6 +75,7 @@ def _site_tables(report: dict[str, Any]) -> list[tuple[str, list[str], list[list
             _fmt(r["noise_multiplier"]),
             _fmt(r["sample_rate"]),
             _fmt(r["steps"]),
+            r.get("accountant", dp["accountant"]),
             r["grad_sample_mode"],
             _fmt(r["secure_aggregation"]),
             _fmt(r["sites_in_sum"]),
@@ -88,6 +106,7 @@ def _site_tables(report: dict[str, Any]) -> list[tuple[str, list[str], list[list
                 "noise",
                 "sample rate",
                 "steps",
+                "charged by",
                 "grad mode",
                 "secure agg.",
                 "sites in sum",

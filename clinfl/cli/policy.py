@@ -1,4 +1,10 @@
-"""``clinfl policy check FILE``: validate a site policy and say what it allows."""
+"""``clinfl policy check FILE`` and ``clinfl policy plan``: what a site policy allows and spends.
+
+``check`` validates a policy and says what it allows; ``plan`` says, before any training, what
+a site of a given size would spend under it: the noise, sampling rate and steps of one round
+(:func:`clinfl.privacy.plan.round_charge`, the derivation the site itself uses), the epsilon of
+one round, how many rounds the budget allows and the cumulative epsilon after each round.
+"""
 
 from __future__ import annotations
 
@@ -12,8 +18,16 @@ from rich.console import Console
 from rich.table import Table
 
 from clinfl.cli.errors import cli_errors
+from clinfl.config.run import FederationConfig
+from clinfl.errors import ValidationError, Violation
+from clinfl.federation.messages import RoundSettings
 from clinfl.policy import METRIC_DISCLOSURE, SitePolicy, load_policy, policy_warnings
-from clinfl.training_bounds import work_may_follow_size
+from clinfl.privacy.plan import MAX_PLANNED_ROUNDS, BudgetPlan, plan_budget, round_charge
+from clinfl.training_bounds import (
+    round_settings_violations,
+    training_mode_violation,
+    work_may_follow_size,
+)
 
 policy_app = typer.Typer(help="Site privacy policies.", no_args_is_help=True)
 
@@ -104,3 +118,199 @@ def check(
             )
         for warning in warnings:
             console.print(f"Warning: {warning}.", highlight=False)
+
+
+_RUN_DEFAULTS = FederationConfig()
+
+
+def _plan_violations(
+    policy: SitePolicy,
+    *,
+    samples: int,
+    batch_size: int,
+    local_epochs: int | None,
+    local_steps: int | None,
+    rounds: int | None,
+) -> list[Violation]:
+    """Return every option of ``clinfl policy plan`` the site under ``policy`` would refuse."""
+    out: list[Violation] = []
+    if local_epochs is not None and local_steps is not None:
+        out.append(Violation("--local-epochs", local_epochs, "not with --local-steps", "give one"))
+    min_samples = policy.data.min_samples
+    if samples < min_samples:
+        out.append(
+            Violation(
+                "--samples",
+                samples,
+                f">= {min_samples} (data.min_samples; the site refuses to train on fewer)",
+                "plan for the site's real training sample count",
+            )
+        )
+    if rounds is not None and not 1 <= rounds <= MAX_PLANNED_ROUNDS:
+        out.append(Violation("--rounds", rounds, f"1..{MAX_PLANNED_ROUNDS}", "list 1 or more"))
+    mode = training_mode_violation(policy, local_steps)
+    if mode is not None:
+        out.append(Violation("--local-steps", None, mode.allowed, "give --local-steps N"))
+    # the learning rate charges nothing: the policy's lowest one stands in for the run's
+    settings = RoundSettings(
+        round=1,
+        local_epochs=_RUN_DEFAULTS.local_epochs if local_epochs is None else local_epochs,
+        batch_size=batch_size,
+        lr=policy.training.min_lr,
+        local_steps=local_steps,
+    )
+    out += [
+        Violation(f"--{v.field.replace('_', '-')}", v.value, v.allowed, v.fix)
+        for v in round_settings_violations(settings, bounds=policy.training)
+    ]
+    return out
+
+
+def _plan_document(
+    file: Path, policy: SitePolicy, plan: BudgetPlan, *, samples: int, batch_size: int,
+    local_epochs: int, local_steps: int | None,
+) -> dict[str, object]:  # fmt: skip
+    charge, allowed = plan.charge, plan.rounds_allowed
+    return {
+        "policy": str(file),
+        "policy_sha256": policy.sha256,
+        "dp_required": policy.dp.required,
+        "samples": samples,
+        "batch_size": batch_size,
+        "local_epochs": None if local_steps is not None else local_epochs,
+        "local_steps": local_steps,
+        "noise_multiplier": charge.noise_multiplier,
+        "noise_calibrated_for_epsilon_per_round": charge.calibrated_for,
+        "sample_rate": charge.sample_rate,
+        "steps_per_epoch": charge.steps_per_epoch,
+        "steps_per_round": charge.steps,
+        "accountant": plan.accountant,
+        "delta": plan.delta,
+        "epsilon_budget": plan.budget,
+        "epsilon_per_round": plan.round_epsilon.epsilon,
+        "epsilon_per_round_accountant": plan.round_epsilon.accountant,
+        "rounds_allowed": allowed.rounds,
+        "rounds_allowed_capped": allowed.capped,
+        "round_cap": MAX_PLANNED_ROUNDS,
+        "rounds": [
+            {
+                "round": r.round,
+                "epsilon_cumulative": r.epsilon,
+                "accountant": r.accountant,
+                "within_budget": r.within_budget,
+            }
+            for r in plan.rounds
+        ],
+    }
+
+
+def _print_plan(document: dict[str, object], plan: BudgetPlan, warnings: list[str]) -> None:
+    charge, allowed = plan.charge, plan.rounds_allowed
+    source, batch = document["policy"], document["batch_size"]
+    print(
+        f"Privacy plan: {source} (sha256 {str(document['policy_sha256'])[:12]}...), "
+        f"{document['samples']} training samples, before any training"
+    )
+    if charge.calibrated_for is not None:
+        noise = f"{charge.noise_multiplier:.4f} (calibrated for epsilon {charge.calibrated_for:g}"
+        noise += " per round)"
+    else:
+        noise = f"{charge.noise_multiplier:g} (the policy's)"
+    if document["local_steps"] is not None:
+        work = f"{document['local_steps']} local steps"
+    else:
+        work = f"{document['local_epochs']} local epoch(s) of {charge.steps_per_epoch} batches"
+    fits = (
+        f"at least {allowed.rounds} (the plan counts up to {MAX_PLANNED_ROUNDS})"
+        if allowed.capped
+        else str(allowed.rounds)
+    )
+    first = plan.round_epsilon
+    rows = [
+        ("noise multiplier", noise),
+        ("sampling rate", f"{charge.sample_rate:.6g} (Poisson, batch size {batch})"),
+        ("steps per round", f"{charge.steps} ({work})"),
+        ("epsilon of one round", f"{first.epsilon:.4f} ({first.accountant})"),
+        ("budget", f"epsilon {plan.budget:g} at delta {plan.delta:g} ({plan.accountant})"),
+        ("rounds the budget allows", fits),
+    ]
+    for term, text in rows:
+        print(f"  {term}: {text}")
+    table = Table(title="expected cumulative epsilon")
+    for column in ("round", "epsilon", "accountant", "budget"):
+        table.add_column(column)
+    for r in plan.rounds:
+        within = "within" if r.within_budget else "PAST THE BUDGET (refused)"
+        table.add_row(str(r.round), f"{r.epsilon:.4f}", r.accountant, within)
+    Console().print(table)
+    if len(plan.rounds) < allowed.rounds:
+        print(f"(listed {len(plan.rounds)} of {fits} rounds; --rounds N lists N)")
+    for warning in warnings:
+        print(f"Warning: {warning}.")
+
+
+@policy_app.command("plan")
+def plan(
+    policy_file: Annotated[Path, typer.Option("--policy", help="Policy TOML file.")],
+    samples: Annotated[int, typer.Option(help="The site's training sample count.")],
+    batch_size: Annotated[
+        int, typer.Option(help="Batch size (the sampling rate is 1 / ceil(samples / batch)).")
+    ] = _RUN_DEFAULTS.batch_size,
+    local_epochs: Annotated[
+        int | None,
+        typer.Option(help=f"Local epochs per round [default: {_RUN_DEFAULTS.local_epochs}]."),
+    ] = None,
+    local_steps: Annotated[
+        int | None, typer.Option(help="Local steps per round (instead of epochs).")
+    ] = None,
+    rounds: Annotated[
+        int | None,
+        typer.Option(help="Rounds to list [default: those the budget allows, at most 100]."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the plan as JSON.")] = False,
+) -> None:
+    """Say what a site would spend under a policy, before any training.
+
+    The noise multiplier, sampling rate and steps of one round, its epsilon, how many rounds
+    the budget allows, and the cumulative epsilon after each round: the same derivation and
+    accountant as the site's ledger.
+    """
+    with cli_errors(as_json=as_json):
+        policy = load_policy(policy_file)
+        violations = _plan_violations(
+            policy,
+            samples=samples,
+            batch_size=batch_size,
+            local_epochs=local_epochs,
+            local_steps=local_steps,
+            rounds=rounds,
+        )
+        if violations:
+            raise ValidationError("plan options for this policy", violations)
+        epochs = _RUN_DEFAULTS.local_epochs if local_epochs is None else local_epochs
+        charge = round_charge(
+            policy.dp,
+            samples=samples,
+            batch_size=batch_size,
+            local_epochs=epochs,
+            local_steps=local_steps,
+        )
+        budget = plan_budget(policy.dp, charge, rounds=rounds)
+        document = _plan_document(
+            policy_file, policy, budget, samples=samples, batch_size=batch_size,
+            local_epochs=epochs, local_steps=local_steps,
+        )  # fmt: skip
+        warnings = []
+        if not policy.dp.required:
+            warnings.append(
+                "dp.required is false: this is what a round with DP-SGD charges; a run "
+                "without it spends no epsilon and has no DP guarantee"
+            )
+        if policy.dp.delta >= 1 / samples:
+            warnings.append(
+                f"delta {policy.dp.delta:g} is not below 1/n = 1/{samples}: the guarantee is weak"
+            )
+        if as_json:
+            print(json.dumps({**document, "warnings": warnings}, indent=2))
+            return
+        _print_plan(document, budget, warnings)

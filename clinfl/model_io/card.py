@@ -25,6 +25,7 @@ from clinfl.audit.plot import png_bytes
 from clinfl.audit.render import PAGE_STYLE, html_table, markdown_table
 from clinfl.errors import ConfigError
 from clinfl.model_io.bundle import ModelBundle
+from clinfl.secagg.graph import round_degree, sparse_degree
 from clinfl.weights.provenance import WeightsDocument
 
 CARD_FORMATS = {".json": "json", ".md": "md", ".html": "html"}
@@ -110,6 +111,23 @@ def build_card(bundle: ModelBundle) -> dict[str, Any]:
     }
 
 
+def secagg_rows(settings: dict[str, Any], sites: Any) -> list[list[str]]:
+    """Return the secure-aggregation settings as card rows, the graph degree in words.
+
+    The configured degree is a proposal (None: derived from the number of sites); the card
+    shows the degree the rounds use, and "complete" when every pair of sites masks.
+    """
+    rows = []
+    for key, value in settings.items():
+        text = json.dumps(value)
+        if key == "degree" and isinstance(sites, int) and sites >= 2:
+            proposed = sparse_degree(sites) if value is None else int(value)
+            degree = round_degree(sites, proposed=proposed)
+            text = "complete" if degree >= sites - 1 else f"{degree} (SecAgg+ neighbour graph)"
+        rows.append([str(key), text])
+    return rows
+
+
 def _tables(card: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]]]:
     model, prov, f1 = card["model"], card["provenance"], card["f1"]
     summary = [
@@ -155,7 +173,7 @@ def _tables(card: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]]
         ]
         for p in card["privacy"]
     ]
-    secagg = [[str(k), json.dumps(v)] for k, v in (card["secure_aggregation"] or {}).items()]
+    secagg = secagg_rows(card["secure_aggregation"] or {}, prov.get("sites"))
     return [
         ("Model and provenance", ["item", "value"], summary),
         (

@@ -94,6 +94,28 @@ def test_site_report_shows_budget_rounds_and_refusal(budget_run) -> None:
     assert "data:image/png;base64," in page and "<script" not in page and "http" not in page
 
 
+def test_the_plan_s_rounds_allowed_is_where_the_real_run_was_refused(budget_run) -> None:
+    """Round 1 cost epsilon 2 of 2.5 and round 2 was refused: the plan says 1 round fits."""
+    out, summary = budget_run
+    policy = out.parent / "policy.toml"
+    for site in ("site-1", "site-2", "site-3", "site-4"):
+        report = json.loads((out / "sites" / site / "audit_report.json").read_text())
+        samples = report["data"]["training_samples"]
+        result = runner.invoke(
+            app,
+            ["policy", "plan", "--policy", str(policy), "--samples", str(samples), "--json"],
+        )
+        assert result.exit_code == 0, result.output
+        plan = json.loads(result.stdout)
+        (spent,) = report["rounds"]
+        assert plan["rounds_allowed"] == 1 and plan["noise_calibrated_for_epsilon_per_round"] == 2
+        assert plan["noise_multiplier"] == spent["noise_multiplier"]
+        assert plan["rounds"][0]["epsilon_cumulative"] == spent["epsilon_cumulative"]
+        assert [r["round"] for r in report["refusals"]] == [plan["rounds_allowed"] + 1]
+        assert report["dp"]["forecast"]["rounds_more"] == 0
+    assert summary["stopped"].startswith(f"stopped before round {plan['rounds_allowed'] + 1}:")
+
+
 def test_federation_report_holds_only_what_sites_may_share(budget_run) -> None:
     out, _ = budget_run
     report = json.loads((out / "federation_report.json").read_text())
