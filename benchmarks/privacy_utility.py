@@ -89,7 +89,7 @@ ABLATIONS: dict[str, dict[str, Any]] = {
         "data.image_size": None,
         "federation.lr": None,
     },
-    "all-blocks": {"method.train_blocks": None},
+    "last-2-blocks": {"method.train_blocks": 2},
     "batch-32": {"federation.batch_size": 32},
     "clip-0.1": {"policy.max_grad_norm": 0.1},
     "augment-4": {"federation.augment_multiplicity": 4},
