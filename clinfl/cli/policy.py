@@ -181,6 +181,7 @@ def _plan_document(
         "local_steps": local_steps,
         "noise_multiplier": charge.noise_multiplier,
         "noise_calibrated_for_epsilon_per_round": charge.calibrated_for,
+        "planned_rounds": policy.dp.planned_rounds,
         "sample_rate": charge.sample_rate,
         "steps_per_epoch": charge.steps_per_epoch,
         "steps_per_round": charge.steps,
@@ -214,6 +215,11 @@ def _print_plan(document: dict[str, object], plan: BudgetPlan, warnings: list[st
     if charge.calibrated_for is not None:
         noise = f"{charge.noise_multiplier:.4f} (calibrated for epsilon {charge.calibrated_for:g}"
         noise += " per round)"
+    elif document.get("planned_rounds") is not None:
+        noise = (
+            f"{charge.noise_multiplier:.4f} (set by the site so that "
+            f"{document['planned_rounds']} rounds spend the budget)"
+        )
     else:
         noise = f"{charge.noise_multiplier:g} (the policy's)"
     if document["local_steps"] is not None:

@@ -232,3 +232,20 @@ def test_policy_plan_refuses_options_outside_the_policy_in_one_line(tmp_path: Pa
     assert line.startswith("error: invalid plan options") and "Traceback" not in line
     for field in ("--samples=5", "--batch-size=4", "--local-steps=None"):
         assert field in line
+
+
+@pytest.mark.parametrize(("planned", "samples", "batch"), [(10, 300, 128), (3, 200, 32)])
+def test_planned_rounds_set_the_noise_that_spends_the_budget_in_exactly_those_rounds(
+    planned: int, samples: int, batch: int
+) -> None:
+    dp = DPPolicy(epsilon_budget=8.0, noise_multiplier=None, planned_rounds=planned)
+    charge = round_charge(dp, samples=samples, batch_size=batch, local_epochs=1)
+    plan = plan_budget(dp, charge)
+    assert plan.rounds_allowed.rounds == planned  # one more round would pass the budget
+    last = epsilon_of([charge.entry] * planned, delta=dp.delta, accountant="rdp")
+    assert 8.0 * 0.99 <= last <= 8.0
+    spent = [(charge.noise_multiplier * 2, charge.sample_rate, charge.steps)]  # an earlier run
+    after = round_charge(dp, samples=samples, batch_size=batch, local_epochs=1, spent=spent)
+    assert after.noise_multiplier > charge.noise_multiplier  # less budget left: more noise
+    total = epsilon_of([*spent, *[after.entry] * planned], delta=dp.delta, accountant="rdp")
+    assert total <= 8.0
