@@ -150,8 +150,10 @@ def _curve_lines(results: dict[str, Any], dataset: str) -> list[str]:
 
 
 def _ablation_lines(results: dict[str, Any]) -> list[str]:
-    recipe = _by_seed(_runs(results, "digits", "recipe"), 8.0)
     names = list(results.get("ablations", {}))
+    seeds = {int(r["seed"]) for name in names for r in _runs(results, "digits", name)}
+    every = _by_seed(_runs(results, "digits", "recipe"), 8.0)
+    recipe = {seed: auc for seed, auc in every.items() if seed in seeds}  # the ablation's seeds
     if not recipe or not names:
         return []
     lines = [
