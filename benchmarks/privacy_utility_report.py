@@ -233,14 +233,22 @@ def draw_privacy_utility(results: dict[str, Any], path: Path) -> bool:
                     statistics.fmean(reference.values()),
                     color=colour,
                     linestyle="--",
-                    label=f"{dataset}, no DP",
+                    label=f"{dataset}, no DP (same recipe)",
+                )
+            default = _by_seed(_runs(results, dataset, "nodp-default"), None)
+            if default:
+                axes.axhline(
+                    statistics.fmean(default.values()),
+                    color=colour,
+                    linestyle="-.",
+                    label=f"{dataset}, no DP (product defaults)",
                 )
         axes.axhline(50, color="grey", linestyle=":", label="chance")
         axes.set_xscale("log", base=2)
         axes.set_xticks([1, 2, 4, 8], labels=["1", "2", "4", "8"])
         axes.set_xlabel("epsilon per site (delta 1e-5)")
         axes.set_ylabel("macro-AUC %")
-        axes.legend(fontsize="small")
+        axes.legend(fontsize="x-small", loc="center right")
         axes.grid(alpha=0.3)
         figure.tight_layout()
         path.parent.mkdir(parents=True, exist_ok=True)
