@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from clinfl.algorithms import algorithm_summaries
+from clinfl.cli.dp_hint import dp_from_scratch_hint
 from clinfl.cli.errors import cli_errors
 from clinfl.cli.options import FieldOption, FieldValues, with_field_options
 from clinfl.cli.render import ProgressListener, rounds_table
@@ -395,6 +396,8 @@ def simulate(
         if threads is not None:
             torch.set_num_threads(threads)
         run_dir = out or Path("runs") / f"{method}-{time.strftime('%Y%m%d-%H%M%S')}"
+        if not as_json and (hint := dp_from_scratch_hint(config)) is not None:
+            console.print(f"[yellow]note: {escape(hint)}[/]")
         if config.data.cv_folds is not None:
             _cross_validate(console, config, run_dir, resume=resume is not None, as_json=as_json)
             return
