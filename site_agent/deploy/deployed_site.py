@@ -38,6 +38,7 @@ from clinfl.errors import ClinflError, PolicyViolation, ProtocolViolation, Roste
 from clinfl.federation.messages import EvaluationReport, RoundSettings
 from clinfl.policy import SitePolicy
 from clinfl.roster import Roster, split_announcement
+from clinfl.thresholds import parse_rule
 from clinfl.training_bounds import check_round_settings
 from clinfl.transport.contract import (
     EVALUATE,
@@ -287,7 +288,13 @@ class DeployedSite:
             config_hash=run_config_digest(config, image_size=size),
             grad_sample_mode=config.privacy.grad_sample_mode,
         )
-        evaluator = HeldOutEvaluator(split.val, split.test, algorithm, spec)
+        evaluator = HeldOutEvaluator(
+            split.val,
+            split.test,
+            algorithm,
+            spec,
+            threshold_rule=parse_rule(config.federation.threshold_rule),  # as the simulation
+        )
         self._runs = {flower_run: _Joined(ready.agent, evaluator)}
         log.info(
             "%s joined run %s (%d training images)", self.site_id, request.run_id, len(split.train)
