@@ -207,8 +207,9 @@ def _noise_for_budget(config: Any, budget: float) -> float:
 
     from opacus.accountants.utils import get_noise_multiplier
 
+    from clinfl.config.presets import resolve_defaults
     from clinfl.data.partition import partition_label_skew
-    from clinfl.simulation.datasets import load_split_data, resolve_defaults
+    from clinfl.simulation.datasets import load_split_data
 
     resolved = resolve_defaults(config)
     data = load_split_data(resolved)

@@ -9,7 +9,7 @@ import torch
 
 from clinfl.algorithms import ModelSpec, create_algorithm
 from clinfl.config import RunConfig
-from clinfl.simulation.datasets import resolve_defaults
+from clinfl.config.presets import resolve_defaults
 
 BATCH = 32
 WARMUP_STEPS = 2

@@ -13,10 +13,7 @@ from clinfl.errors import ConfigError
 from clinfl.files import write_atomically
 from site_agent.audit_report import build_site_report
 
-audit_app = typer.Typer(help="Privacy audit reports.", no_args_is_help=True)
 
-
-@audit_app.command("report")
 def report(
     site_state: Annotated[
         Path,

@@ -1,9 +1,10 @@
-"""``clinfl coordinator``: watch and steer a running federation from another shell.
+"""``clinfl coordinator``: run a deployed federation, and watch and steer it from another shell.
 
-(``clinfl coordinator start``, which runs a deployed federation, is in :mod:`clinfl.cli.deploy`.)
+``start`` stays in the foreground and returns when the run finishes or stops; the deployment's
+rules for its run configuration are :func:`coordinator.deploy.run_config.deployment_run_config`.
 
-The commands read and write ``<run dir>/control.sqlite``. Requests take effect at the next round
-boundary; ``stop --now`` also abandons the round in progress without applying anything.
+The other commands read and write ``<run dir>/control.sqlite``. Requests take effect at the next
+round boundary; ``stop --now`` also abandons the round in progress without applying anything.
 """
 
 from __future__ import annotations
@@ -18,18 +19,73 @@ from rich.console import Console
 from rich.table import Table
 
 from clinfl.cli.errors import cli_errors
+from clinfl.errors import ConfigError, FederationError
+from clinfl.pki import load_pki_roster
+from clinfl.transport.flower.processes import split_address
 from coordinator.control import Request, RunControl
+from coordinator.deploy.launcher import CoordinatorOptions, start_coordinator
+from coordinator.deploy.remote_sites import Timeouts
+from coordinator.deploy.run_config import deployment_run_config
+from coordinator.deploy.superlink import DEFAULT_ADDRESS
 
-coordinator_app = typer.Typer(
-    help="Start a deployed federation; watch and steer one (status, pause, resume, stop).",
-    no_args_is_help=True,
-)
 RunDir = Annotated[
     Path,
     typer.Option(
         help="The federation's run folder (`coordinator start --run-dir`, `simulate --out`)."
     ),
 ]
+
+
+def start(
+    config: Annotated[Path, typer.Option(help="Federation config (TOML, as `simulate --config`).")],
+    pki: Annotated[Path, typer.Option(help="The folder `clinfl pki init` wrote.")],
+    run_dir: Annotated[Path, typer.Option(help="Run folder: checkpoints, control, results.")],
+    address: Annotated[
+        str, typer.Option(help="Where the SuperLink listens for sites (HTTPS), HOST:PORT.")
+    ] = DEFAULT_ADDRESS,
+    join_wait: Annotated[
+        float, typer.Option(help="Seconds to wait for every site before round 1.")
+    ] = 300.0,
+    train_timeout: Annotated[
+        float, typer.Option(help="Seconds a site may train a round.")
+    ] = 1800.0,
+    stage_timeout: Annotated[
+        float, typer.Option(help="Seconds a site may take per secure-aggregation stage.")
+    ] = 120.0,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the final status as JSON.")
+    ] = False,
+) -> None:
+    """Start the SuperLink, register the sites' keys, run the federation, stop when it ends."""
+    console = Console(stderr=True)
+    with cli_errors(as_json=as_json):
+        split_address(address)
+        if min(join_wait, train_timeout, stage_timeout) <= 0:
+            raise ConfigError("timeouts must be positive", remedy="use the defaults")
+        resolved = deployment_run_config(config, roster_size=len(load_pki_roster(pki).members))
+        options = CoordinatorOptions(
+            address=address,
+            timeouts=Timeouts(train=train_timeout, stage=stage_timeout),
+            join_wait=join_wait,
+        )
+        status = start_coordinator(
+            resolved,
+            pki_dir=pki,
+            run_dir=run_dir,
+            options=options,
+            notify=lambda line: console.print(f"[{time.strftime('%H:%M:%S')}] {line}"),
+        )
+        if as_json:
+            print(json.dumps(status, indent=2, default=str))
+        state = status.get("state")
+        if state == "failed":
+            raise FederationError(
+                f"the federation failed: {status.get('stopped')}",
+                remedy=f"see {run_dir / 'flower' / 'superlink.log'}",
+            )
+        console.print(
+            f"{state}: {status.get('stopped') or 'all rounds done'}; results in {run_dir}"
+        )
 
 
 def _ago(timestamp: Any) -> str:
@@ -73,7 +129,6 @@ def _status_table(status: dict[str, Any]) -> Table:
     return table
 
 
-@coordinator_app.command("status")
 def status(
     run_dir: RunDir,
     as_json: Annotated[bool, typer.Option("--json", help="Print the status as JSON.")] = False,
@@ -105,19 +160,16 @@ def _request(run_dir: Path, action: Request, message: str) -> None:
         Console().print(message)
 
 
-@coordinator_app.command("pause")
 def pause(run_dir: RunDir) -> None:
     """Pause at the next round boundary (sites keep their state; resume continues)."""
     _request(run_dir, "pause", "pause requested: the federation pauses at the next round boundary")
 
 
-@coordinator_app.command("resume")
 def resume(run_dir: RunDir) -> None:
     """Resume a paused federation."""
     _request(run_dir, "run", "resume requested")
 
 
-@coordinator_app.command("stop")
 def stop(
     run_dir: RunDir,
     now: Annotated[

@@ -12,10 +12,7 @@ from clinfl.cli.errors import cli_errors
 from clinfl.crossval.bootstrap import DRAWS
 from clinfl.crossval.compare import compare_cv_runs
 
-cv_app = typer.Typer(help="Cross-validated runs (`clinfl simulate --cv K`).", no_args_is_help=True)
 
-
-@cv_app.command("compare")
 def compare(
     run_a: Annotated[Path, typer.Argument(help="A `clinfl simulate --cv` run folder (A).")],
     run_b: Annotated[Path, typer.Argument(help="Another, on the same folds (B).")],

@@ -14,10 +14,7 @@ from clinfl.cli.errors import cli_errors
 from clinfl.data.make_export import make_digits_export, make_export
 from clinfl.errors import ConfigError
 
-data_app = typer.Typer(help="Data preparation for demos and tests.", no_args_is_help=True)
 
-
-@data_app.command("make-export")
 def make_export_command(
     out: Annotated[Path, typer.Option(help="New folder for the DICOM export.")],
     images: Annotated[

@@ -25,13 +25,7 @@ from site_agent.prediction.run import PredictionRequest, PredictionResult, run_p
 from site_agent.prediction.run import unused_path as unused_csv_path
 from site_agent.setup import ingest_options
 
-model_app = typer.Typer(
-    help="Use a trained model: export it from a run, predict with it, write its model card.",
-    no_args_is_help=True,
-)
 
-
-@model_app.command("export")
 def export(
     run: Annotated[Path, typer.Option(help="A finished run folder (`clinfl simulate --out`).")],
     out: Annotated[Path, typer.Option(help="The model folder to write.")],
@@ -101,7 +95,6 @@ def _summary_tables(result: PredictionResult) -> list[Table]:
     return tables
 
 
-@model_app.command("predict")
 def predict(
     model: Annotated[Path, typer.Option(help="The model folder (`clinfl model export --out`).")],
     data: Annotated[Path, typer.Option(help="A DICOM export or a folder of PNG/JPEG images.")],
@@ -195,7 +188,6 @@ def predict(
             console.print(f"{len(result.overlays)} attention overlays: {explain}")
 
 
-@model_app.command("card")
 def card(
     model: Annotated[Path, typer.Option(help="The model folder (`clinfl model export --out`).")],
     out: Annotated[Path, typer.Option(help="card.html, card.md or card.json.")],

@@ -19,10 +19,7 @@ from clinfl.cli.errors import cli_errors
 from clinfl.pki import admit_site, init_pki, load_pki_roster, remove_site
 from clinfl.roster import ROSTER_FILE, Roster
 
-pki_app = typer.Typer(help="Certificates and keys of the federation.", no_args_is_help=True)
 
-
-@pki_app.command("init")
 def init(
     out: Annotated[
         Path, typer.Option(help="New folder for the CA, certificates, manifest and roster.")
@@ -66,7 +63,6 @@ def _roster_json(roster: Roster) -> str:
     )
 
 
-@pki_app.command("admit")
 def admit(
     request: Annotated[
         Path, typer.Argument(help="The site-request.json a site's `clinfl site init` wrote.")
@@ -106,7 +102,6 @@ def admit(
         )
 
 
-@pki_app.command("remove")
 def remove(
     site: Annotated[str, typer.Argument(help="The member to take out of the roster.")],
     pki: Annotated[Path, typer.Option(help="The folder `clinfl pki init` wrote.")],
@@ -123,7 +118,6 @@ def remove(
         )
 
 
-@pki_app.command("roster")
 def show_roster(
     pki: Annotated[Path, typer.Option(help="The folder `clinfl pki init` wrote.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print it as JSON.")] = False,

@@ -29,8 +29,6 @@ from clinfl.training_bounds import (
     work_may_follow_size,
 )
 
-policy_app = typer.Typer(help="Site privacy policies.", no_args_is_help=True)
-
 
 def _summary(policy: SitePolicy) -> list[tuple[str, str]]:
     dp, secagg, data, training = policy.dp, policy.secagg, policy.data, policy.training
@@ -86,7 +84,6 @@ def _summary(policy: SitePolicy) -> list[tuple[str, str]]:
     return rows
 
 
-@policy_app.command("check")
 def check(
     file: Annotated[Path, typer.Argument(help="Policy TOML file.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print the policy as JSON.")] = False,
@@ -255,7 +252,6 @@ def _print_plan(document: dict[str, object], plan: BudgetPlan, warnings: list[st
         print(f"Warning: {warning}.")
 
 
-@policy_app.command("plan")
 def plan(
     policy_file: Annotated[Path, typer.Option("--policy", help="Policy TOML file.")],
     samples: Annotated[int, typer.Option(help="The site's training sample count.")],

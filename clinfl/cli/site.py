@@ -1,8 +1,8 @@
 """``clinfl site``: what runs at a hospital.
 
 ``init`` makes the site's keys in its state folder, ``trust`` pins the roster its operator
-approved, ``ingest`` turns a PACS export into training arrays with a quarantine report (``run``
-is in :mod:`clinfl.cli.deploy`).
+approved, ``ingest`` turns a PACS export into training arrays with a quarantine report (``run``,
+which joins a deployed federation, is in :mod:`clinfl.cli.site_run`).
 """
 
 from __future__ import annotations
@@ -33,8 +33,6 @@ from site_agent.ingest.pipeline import (
 )
 from site_agent.ingest.reasons import DESCRIPTIONS
 from site_agent.setup import ingest_options
-
-site_app = typer.Typer(help="What runs at a hospital.", no_args_is_help=True)
 
 
 def _tables(summary: dict[str, object]) -> list[Table]:
@@ -108,7 +106,6 @@ def check_label_options(
     return columns
 
 
-@site_app.command("ingest")
 def ingest(
     data: Annotated[Path, typer.Option(help="The PACS export folder (searched recursively).")],
     state: Annotated[Path, typer.Option(help="The site's state folder (index, cache, reports).")],
@@ -182,7 +179,6 @@ def ingest(
         console.print(f"quarantine report: {state / QUARANTINE_FILE}")
 
 
-@site_app.command("init")
 def init(
     site: Annotated[
         str, typer.Option(help="The site's pseudonym in the federation, e.g. st-mary.")
@@ -209,7 +205,6 @@ def init(
         )
 
 
-@site_app.command("trust")
 def trust(
     roster: Annotated[Path, typer.Option(help="The roster.json the administrator sent.")],
     state: Annotated[Path, typer.Option(help="The site's state folder (`site init --state`).")],

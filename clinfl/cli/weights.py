@@ -15,11 +15,6 @@ from clinfl.weights.cache import CACHE_ENV, weights_cache_dir
 from clinfl.weights.catalog import CATALOG, weights_set
 from clinfl.weights.fetch import fetch_weights
 
-weights_app = typer.Typer(
-    help="Pretrained weights: list the catalogue, fetch a weights set into the local cache.",
-    no_args_is_help=True,
-)
-
 CacheOption = Annotated[
     Path | None,
     typer.Option(
@@ -31,7 +26,6 @@ CacheOption = Annotated[
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
 
 
-@weights_app.command("list")
 def list_command(cache: CacheOption = None, as_json: JsonOption = False) -> None:
     """List the weights sets `clinfl weights fetch` knows, and whether each is in the cache."""
     folder = cache or weights_cache_dir()
@@ -62,7 +56,6 @@ def list_command(cache: CacheOption = None, as_json: JsonOption = False) -> None
     Console().print(table)
 
 
-@weights_app.command("fetch")
 def fetch_command(
     name: Annotated[str, typer.Argument(help="The weights set, e.g. mobilenet_v2-imagenet.")],
     cache: CacheOption = None,

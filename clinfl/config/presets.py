@@ -5,7 +5,7 @@ the learning rate, FedNCAlign-ML's loss weights, FedCurv's strength and a linear
 bias. Their fields in :mod:`clinfl.config.run` default to ``None``, which means "the data set's
 preset", and :func:`resolve_presets` fills them from :data:`PRESETS`, the one table of those
 values. A run resolves before it does anything else (``clinfl simulate``, ``clinfl coordinator
-start``: :func:`clinfl.simulation.datasets.resolve_defaults`), so its saved configuration, its
+start``: :func:`resolve_defaults`), so its saved configuration, its
 ``results.json`` and the configuration hash every site binds carry the resolved values.
 
 The digits preset is what the reference benchmark chose on validation
@@ -126,6 +126,21 @@ def resolve_presets(config: RunConfig) -> RunConfig:
             part = replace(part, **{key: getattr(preset, name)})
         sections[section] = part
     return replace(config, **sections)
+
+
+def resolve_defaults(config: RunConfig) -> RunConfig:
+    """Fill the data-set-dependent defaults and turn secure aggregation off for one site.
+
+    The defaults come from the data set's preset (:func:`resolve_presets`:
+    image size, width, learning rate, loss weights, FedCurv's strength, a linear head's bias).
+
+    A single site (centralized training) aggregates nothing, so secure aggregation is off.
+    """
+    config = resolve_presets(config)
+    secagg = config.secagg
+    if config.federation.sites == 1:
+        secagg = replace(secagg, enabled=False)
+    return replace(config, secagg=secagg)
 
 
 def or_library_default(value: T | None, field: str) -> T:

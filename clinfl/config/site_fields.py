@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from clinfl.config.checks import Problems
-from clinfl.config.run import SECTIONS, Dropout, RunConfig
+from clinfl.config.run import SECTIONS, DatasetName, Dropout, RunConfig
 
 # field ("section.key", or a whole table) -> why it belongs to the sites, not the coordinator
 SITE_FIELDS: dict[str, str] = {
@@ -44,7 +44,7 @@ SITE_FIELDS: dict[str, str] = {
     "federation.training": "local-only training is a simulation's baseline",
     "drops": "dropouts are real in a deployment",
 }
-DEPLOYED_DATASET = "dicom"  # the one data set a deployment trains on (each site's export)
+DEPLOYED_DATASET: DatasetName = "dicom"  # the one data set a deployment trains on (each export)
 
 
 def _path_keys(cls: type[Any]) -> tuple[str, ...]:

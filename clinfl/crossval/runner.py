@@ -21,6 +21,7 @@ import numpy as np
 
 from clinfl.algorithms import available_algorithms
 from clinfl.config import RunConfig, validate_run_config
+from clinfl.config.presets import resolve_defaults
 from clinfl.crossval.bootstrap import DRAWS
 from clinfl.crossval.folds import FoldPlan, evaluable, fold_data, plan_folds, split_fold
 from clinfl.crossval.pool import CvPool, load_cv_pool
@@ -28,7 +29,6 @@ from clinfl.crossval.predictions import OOF_FILE, OofPredictions
 from clinfl.crossval.report import cv_report, report_markdown
 from clinfl.errors import DataError
 from clinfl.files import write_atomically, write_json
-from clinfl.simulation.datasets import resolve_defaults
 from clinfl.simulation.resume import CONFIG_FILE, save_run_config
 from clinfl.simulation.runner import PreparedData, SimulationListener, run_simulation
 from clinfl.weights.provenance import weights_provenance

@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 
 from clinfl.config import RunConfig
-from clinfl.config.presets import resolve_presets
 from clinfl.data.chestxray14 import ProgressCallback, load_chestxray14
 from clinfl.data.digits import load_digit_composites
 from clinfl.data.imageset import SplitData
@@ -17,21 +16,6 @@ from clinfl.policy import DataPolicy, load_policy
 from site_agent.ingest.pipeline import IngestOptions
 from site_agent.ingest.split import ingest_and_split
 from site_agent.setup import ingest_options
-
-
-def resolve_defaults(config: RunConfig) -> RunConfig:
-    """Fill the data-set-dependent defaults and turn secure aggregation off for one site.
-
-    The defaults come from the data set's preset (:func:`~clinfl.config.presets.resolve_presets`:
-    image size, width, learning rate, loss weights, FedCurv's strength, a linear head's bias).
-
-    A single site (centralized training) aggregates nothing, so secure aggregation is off.
-    """
-    config = resolve_presets(config)
-    secagg = config.secagg
-    if config.federation.sites == 1:
-        secagg = replace(secagg, enabled=False)
-    return replace(config, secagg=secagg)
 
 
 def site_data_policies(config: RunConfig) -> list[DataPolicy]:

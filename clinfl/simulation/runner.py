@@ -18,13 +18,14 @@ import numpy as np
 from clinfl.algorithms import ModelSpec, available_algorithms, create_algorithm
 from clinfl.audit.render import federation_html, federation_markdown
 from clinfl.config import FederationConfig, RunConfig, validate_run_config
+from clinfl.config.presets import resolve_defaults
 from clinfl.data.imageset import SplitData
 from clinfl.data.partition import Partition, partition_label_skew
 from clinfl.device import resolve_device
 from clinfl.errors import DataError, PartitionError
 from clinfl.federation.messages import RoundRecord
 from clinfl.files import write_atomically
-from clinfl.simulation.datasets import load_split_data, resolve_defaults
+from clinfl.simulation.datasets import load_split_data
 from clinfl.simulation.local_steps import DerivedLocalSteps, simulation_local_steps
 from clinfl.simulation.resume import ResumePoint, resume_point, save_run_config
 from clinfl.simulation.sites import SimulatedSites, build_sites, read_site_policies

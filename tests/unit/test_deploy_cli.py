@@ -143,7 +143,7 @@ def test_site_runs_signal_handlers_are_restored_when_it_returns() -> None:
     import signal
     import threading
 
-    from clinfl.cli.deploy import _stop_on_signals
+    from clinfl.cli.site_run import _stop_on_signals
 
     before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     stop = threading.Event()

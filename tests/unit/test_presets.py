@@ -10,10 +10,16 @@ import pytest
 from clinfl.algorithms import available_algorithms, create_algorithm
 from clinfl.config import DataConfig, MethodConfig, RunConfig, validate_run_config
 from clinfl.config.digest import run_config_digest
-from clinfl.config.presets import DIGITS, PRESET_FIELDS, XRAY, Preset, preset_name
+from clinfl.config.presets import (
+    DIGITS,
+    PRESET_FIELDS,
+    XRAY,
+    Preset,
+    preset_name,
+    resolve_defaults,
+)
 from clinfl.config.site_fields import portable_run_config
 from clinfl.errors import ValidationError
-from clinfl.simulation.datasets import resolve_defaults
 
 
 def _value(config: RunConfig, field: str) -> object:

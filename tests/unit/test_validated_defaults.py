@@ -15,7 +15,7 @@ import pytest
 
 from benchmarks.reference import RESULTS, validated_defaults
 from clinfl.config import RunConfig
-from clinfl.simulation.datasets import resolve_defaults
+from clinfl.config.presets import resolve_defaults
 
 
 @pytest.fixture(scope="module")

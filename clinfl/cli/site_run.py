@@ -1,18 +1,17 @@
-"""``clinfl coordinator start`` and ``clinfl site run``: the federation as real processes on Flower.
+"""``clinfl site run``: a hospital's side of a deployed federation, as a real process on Flower.
 
-Both commands stay in the foreground. The coordinator's returns when the run finishes or stops;
-the site's serves until interrupted (Ctrl-C or SIGTERM), and the SuperNode it started stops with it.
+The command stays in the foreground: it ingests the export, starts the site's SuperNode, and
+serves until interrupted (Ctrl-C or SIGTERM); the SuperNode stops with it. The site's other
+commands (``init``, ``trust``, ``ingest``) are in :mod:`clinfl.cli.site`.
 """
 
 from __future__ import annotations
 
-import json
 import signal
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import replace
 from pathlib import Path
 from types import FrameType
 from typing import Annotated
@@ -20,91 +19,15 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from clinfl.algorithms import available_algorithms
-from clinfl.cli.coordinator import coordinator_app
 from clinfl.cli.errors import cli_errors
-from clinfl.cli.site import check_label_options, ingest_with_progress, site_app
-from clinfl.config import validate_run_config
-from clinfl.config.file import load_run_config
-from clinfl.config.site_fields import refuse_site_settings
-from clinfl.errors import ConfigError, FederationError
-from clinfl.pki import load_pki_roster
+from clinfl.cli.site import check_label_options, ingest_with_progress
+from clinfl.errors import ConfigError
 from clinfl.policy import load_policy
-from clinfl.simulation.datasets import resolve_defaults
 from clinfl.transport.flower.processes import split_address
-from coordinator.deploy.launcher import CoordinatorOptions, start_coordinator
-from coordinator.deploy.remote_sites import Timeouts
-from coordinator.deploy.superlink import DEFAULT_ADDRESS
 from site_agent.deploy.runner import run_site
 from site_agent.identity import read_site_files
 from site_agent.ingest.pipeline import SITE_INGEST_DIR, IngestOptions
 from site_agent.setup import SiteData, ingest_options
-
-
-@coordinator_app.command("start")
-def start(
-    config: Annotated[Path, typer.Option(help="Federation config (TOML, as `simulate --config`).")],
-    pki: Annotated[Path, typer.Option(help="The folder `clinfl pki init` wrote.")],
-    run_dir: Annotated[Path, typer.Option(help="Run folder: checkpoints, control, results.")],
-    address: Annotated[
-        str, typer.Option(help="Where the SuperLink listens for sites (HTTPS), HOST:PORT.")
-    ] = DEFAULT_ADDRESS,
-    join_wait: Annotated[
-        float, typer.Option(help="Seconds to wait for every site before round 1.")
-    ] = 300.0,
-    train_timeout: Annotated[
-        float, typer.Option(help="Seconds a site may train a round.")
-    ] = 1800.0,
-    stage_timeout: Annotated[
-        float, typer.Option(help="Seconds a site may take per secure-aggregation stage.")
-    ] = 120.0,
-    as_json: Annotated[
-        bool, typer.Option("--json", help="Print the final status as JSON.")
-    ] = False,
-) -> None:
-    """Start the SuperLink, register the sites' keys, run the federation, stop when it ends."""
-    console = Console(stderr=True)
-    with cli_errors(as_json=as_json):
-        split_address(address)
-        if min(join_wait, train_timeout, stage_timeout) <= 0:
-            raise ConfigError("timeouts must be positive", remedy="use the defaults")
-        run_config = load_run_config(config)
-        refuse_site_settings(run_config, config)
-        sites = len(load_pki_roster(pki).members)
-        data = replace(run_config.data, dataset="dicom", images=run_dir)
-        checked = validate_run_config(
-            replace(
-                run_config,
-                data=data,
-                federation=replace(run_config.federation, sites=max(sites, 1)),
-            ),
-            known_methods=available_algorithms(),
-        )
-        resolved = resolve_defaults(checked)
-        resolved = replace(resolved, data=replace(resolved.data, images=None, labels=None))
-        options = CoordinatorOptions(
-            address=address,
-            timeouts=Timeouts(train=train_timeout, stage=stage_timeout),
-            join_wait=join_wait,
-        )
-        status = start_coordinator(
-            resolved,
-            pki_dir=pki,
-            run_dir=run_dir,
-            options=options,
-            notify=lambda line: console.print(f"[{time.strftime('%H:%M:%S')}] {line}"),
-        )
-        if as_json:
-            print(json.dumps(status, indent=2, default=str))
-        state = status.get("state")
-        if state == "failed":
-            raise FederationError(
-                f"the federation failed: {status.get('stopped')}",
-                remedy=f"see {run_dir / 'flower' / 'superlink.log'}",
-            )
-        console.print(
-            f"{state}: {status.get('stopped') or 'all rounds done'}; results in {run_dir}"
-        )
 
 
 @contextmanager
@@ -128,7 +51,6 @@ def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
             signal.signal(number, old)
 
 
-@site_app.command("run")
 def run(
     data: Annotated[Path, typer.Option(help="The PACS export folder (searched recursively).")],
     policy: Annotated[Path, typer.Option(help="The site's privacy policy (TOML).")],
