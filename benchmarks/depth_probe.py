@@ -32,14 +32,13 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.accuracy import load_results, save_results  # noqa: E402
 from benchmarks.machine import machine_info  # noqa: E402
 from benchmarks.reference import (  # noqa: E402
-    SEEDS,
     Cell,
     Settings,
     run_cell,
     run_cells,
-    tuning_choices,
     with_tuned_weights,
 )
+from benchmarks.reference_grid import SEEDS, tuning_choices  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "depth_probe.json"
 SMALL_STEM_RESULTS = ROOT / "benchmarks" / "results" / "reference_small_stem.json"

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from scipy import stats
@@ -71,3 +71,26 @@ def paired_gain(method: Mapping[int, float], baseline: Mapping[int, float]) -> P
         / math.sqrt(len(diffs))
     )
     return PairedGain(seeds, diffs, mean, sd, mean - half, mean + half, detectable)
+
+
+def mean_and_range(values: Iterable[float]) -> str:
+    """Seeds' values as ``mean (min to max)`` to one decimal; one value alone, ``-`` for none."""
+    listed = list(values)
+    if not listed:
+        return "-"
+    if len(listed) == 1:
+        return f"{listed[0]:.1f}"
+    return f"{statistics.fmean(listed):.1f} ({min(listed):.1f} to {max(listed):.1f})"
+
+
+def gain_text(gain: PairedGain | None, *, digits: int = 1, count_seeds: bool = False) -> str:
+    """A paired gain as ``+mean [low, high]`` to ``digits`` decimals (``-`` for none).
+
+    One seed has no interval (``(one seed)``); ``count_seeds`` adds ``(n seeds)`` after one.
+    """
+    if gain is None:
+        return "-"
+    if gain.n < 2:
+        return f"{gain.mean:+.{digits}f} (one seed)"
+    text = f"{gain.mean:+.{digits}f} [{gain.ci_low:+.{digits}f}, {gain.ci_high:+.{digits}f}]"
+    return f"{text} ({gain.n} seeds)" if count_seeds else text

@@ -31,9 +31,7 @@ import argparse
 import json
 import os
 import re
-import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +40,15 @@ from typing import Any
 from clinfl.config import DataConfig, FederationConfig, MethodConfig, PrivacyConfig, RunConfig
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.results_file import (  # noqa: E402
+    load_results,
+    record_invocation,
+    record_run,
+    run_cell_process,
+)
+
 NIH1000 = ROOT.parent / "shared" / "data" / "nih1000"
 RESULTS = ROOT / "benchmarks" / "results" / "privacy_utility.json"
 WORK = ROOT / "runs" / "bench-privacy-utility"
@@ -309,42 +316,11 @@ def run_cell(cell: Cell, threads: int) -> dict[str, Any]:
     }
 
 
-def run_cell_process(cell: Cell, threads: int) -> dict[str, Any]:
-    """Run ``cell`` in a child process of its own; a crash is recorded as the cell's error."""
-    with tempfile.TemporaryDirectory() as folder:
-        out = Path(folder) / "record.json"
-        command = [sys.executable, str(Path(__file__)), "--cell", cell.key, "--record", str(out)]
-        command += ["--threads", str(threads)]
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        done = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
-        if done.returncode == 0 and out.is_file():
-            record: dict[str, Any] = json.loads(out.read_text())
-            return record
-    tail = (done.stderr or done.stdout or "").strip().splitlines()[-3:]
-    return {"key": cell.key, "error": f"exit {done.returncode}: {' | '.join(tail)}"}
-
-
 def run_order(cell: Cell) -> int:
     """The digits curve first, then NIH1000's first seed, the ablation, NIH1000's other seeds."""
     if cell.dataset == "digits":
         return 0 if cell.variant in ("recipe", "nodp-default") else 2
     return 1 if cell.seed == SEEDS[0] else 3
-
-
-def load_results(path: Path) -> dict[str, Any]:
-    """Return the results file's content (an empty one if absent)."""
-    if path.is_file():
-        loaded: dict[str, Any] = json.loads(path.read_text())
-        return loaded
-    return {"runs": [], "invocations": []}
-
-
-def save_results(path: Path, results: dict[str, Any]) -> None:
-    """Write the results file atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(".tmp")
-    temporary.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
-    os.replace(temporary, path)
 
 
 def main() -> None:
@@ -375,30 +351,21 @@ def main() -> None:
         print(f"{len(todo)} cells to run", flush=True)
         began, started = time.strftime("%Y-%m-%dT%H:%M:%S"), time.perf_counter()
         for n, cell in enumerate(todo, start=1):
-            record = run_cell_process(cell, args.threads)
-            results = load_results(args.results)
-            results["runs"] = [r for r in results["runs"] if r["key"] != cell.key]
-            results["runs"].append(record)
-            results["recipes"] = RECIPES
-            results["ablations"] = ABLATIONS
-            save_results(args.results, results)
+            record = run_cell_process(Path(__file__), cell.key, args.threads)
+            record_run(args.results, record, recipes=RECIPES, ablations=ABLATIONS)
             outcome = record.get("error") or (
                 f"{100 * record['macro_auc']:.1f} in {record['seconds']:.0f} s"
             )
             print(f"[{n}/{len(todo)}] {cell.key}: {outcome}", flush=True)
-        results = load_results(args.results)
-        results.setdefault("invocations", []).append(
+        record_invocation(
+            args.results,
             {
                 "started": began,
                 "seconds": time.perf_counter() - started,
                 "threads": args.threads,
                 "cells": len(todo),
-            }
+            },
         )
-        from benchmarks.machine import machine_info
-
-        results["machine"] = machine_info()
-        save_results(args.results, results)
     from benchmarks.report import write_docs
 
     write_docs()

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from benchmarks.paired_stats import PairedGain, paired_gain
+from benchmarks.paired_stats import gain_text, mean_and_range, paired_gain
 
 NOTES = Path(__file__).with_name("privacy_utility_notes.md")
 PLOT = "benchmarks/privacy-utility.png"
@@ -42,23 +42,6 @@ def _by_seed(
         for r in runs
         if r.get("epsilon") == epsilon and r.get(key) is not None
     }
-
-
-def _mean(values: Iterable[float]) -> str:
-    listed = list(values)
-    if not listed:
-        return "-"
-    if len(listed) == 1:
-        return f"{listed[0]:.1f}"
-    return f"{statistics.fmean(listed):.1f} ({min(listed):.1f} to {max(listed):.1f})"
-
-
-def _gain(gain: PairedGain | None) -> str:
-    if gain is None:
-        return "-"
-    if gain.n < 2:
-        return f"{gain.mean:+.1f} (one seed)"
-    return f"{gain.mean:+.1f} [{gain.ci_low:+.1f}, {gain.ci_high:+.1f}]"
 
 
 def kept_margin(dp: dict[int, float], reference: dict[int, float]) -> dict[int, float]:
@@ -110,11 +93,11 @@ def _curve_lines(results: dict[str, Any], dataset: str) -> list[str]:
         kept = kept_margin(auc, kept_against) if epsilon is not None else {}
         label = "no DP" if epsilon is None else f"{epsilon:g}"
         gain = paired_gain(auc, reference) if epsilon is not None else None
-        minutes = _mean(r["seconds"] / 60 for r in rows)
+        minutes = mean_and_range(r["seconds"] / 60 for r in rows)
         reached = sorted({int(r["rounds_reached"]) for r in rows})
         lines.append(
-            f"| {label} | {len(rows)} | {_noise(rows)} | {_mean(auc.values())} | {_gain(gain)} "
-            f"| {_mean(kept.values()) if kept else '-'} | {_mean(f1.values())} "
+            f"| {label} | {len(rows)} | {_noise(rows)} | {mean_and_range(auc.values())} | {gain_text(gain)} "
+            f"| {mean_and_range(kept.values()) if kept else '-'} | {mean_and_range(f1.values())} "
             f"| {', '.join(map(str, reached))} | {_spent(rows) if epsilon is not None else '-'} "
             f"| {minutes} |"
         )
@@ -122,16 +105,16 @@ def _curve_lines(results: dict[str, Any], dataset: str) -> list[str]:
         auc = _by_seed(default, None)
         f1 = _by_seed(default, None, "macro_f1_at_thresholds")
         lines.append(
-            f"| no DP, product defaults | {len(default)} | - | {_mean(auc.values())} | - | - "
-            f"| {_mean(f1.values())} | {', '.join(sorted({str(r['rounds_reached']) for r in default}))} "
-            f"| - | {_mean(r['seconds'] / 60 for r in default)} |"
+            f"| no DP, product defaults | {len(default)} | - | {mean_and_range(auc.values())} | - | - "
+            f"| {mean_and_range(f1.values())} | {', '.join(sorted({str(r['rounds_reached']) for r in default}))} "
+            f"| - | {mean_and_range(r['seconds'] / 60 for r in default)} |"
         )
         eight = _by_seed(recipe, 8.0)
         kept = kept_margin(eight, auc)
         if kept:
             lines += [
                 "",
-                f"At epsilon 8 the DP model keeps {_mean(kept.values())} % of the product's "
+                f"At epsilon 8 the DP model keeps {mean_and_range(kept.values())} % of the product's "
                 "default non-private margin over chance (target: 90 %).",
             ]
     baselines = [r.get("baselines", {}) for r in recipe if r.get("baselines")]
@@ -141,7 +124,7 @@ def _curve_lines(results: dict[str, Any], dataset: str) -> list[str]:
             "",
             "Baselines on the same folds (learnable-class macro-AUC): "
             + "; ".join(
-                f"{name} {_mean(100 * b[name] for b in baselines if b.get(name) is not None)}"
+                f"{name} {mean_and_range(100 * b[name] for b in baselines if b.get(name) is not None)}"
                 for name in names
             )
             + ".",
@@ -167,14 +150,14 @@ def _ablation_lines(results: dict[str, Any]) -> list[str]:
         "",
         "| run | setting changed | macro-AUC | recipe minus run |",
         "| --- | --- | --- | --- |",
-        f"| recipe | - | {_mean(recipe.values())} | - |",
+        f"| recipe | - | {mean_and_range(recipe.values())} | - |",
     ]
     for name in names:
         runs = _runs(results, "digits", name)
         auc = _by_seed(runs, 8.0)
         changed = ", ".join(f"{k} = {v}" for k, v in results["ablations"][name].items())
         lines.append(
-            f"| {name} | {changed} | {_mean(auc.values())} | {_gain(paired_gain(recipe, auc))} |"
+            f"| {name} | {changed} | {mean_and_range(auc.values())} | {gain_text(paired_gain(recipe, auc))} |"
         )
     return [*lines, ""]
 

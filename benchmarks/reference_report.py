@@ -13,6 +13,15 @@ from typing import Any
 
 from benchmarks.accuracy_report import CLOSEST_PAPER, PAPER_TABLES, SETTING_TITLES
 from benchmarks.paired_stats import PairedGain, paired_gain
+from benchmarks.reference_grid import (
+    ABLATION_SETTING,
+    BASELINE_GRIDS,
+    HEAD_CHOICE,
+    HEAD_VARIANT,
+    LAMBDA_TUNED,
+    baseline_default,
+    tuning_choices,
+)
 
 Run = dict[str, Any]
 NAMES = {
@@ -231,8 +240,6 @@ def _tuning_tables(runs: list[Run], choices: dict[str, dict[str, Any]]) -> list[
                 f"| {_mean_sd([r['best']['val_macro_auc'] for r in rows])} "
                 f"| {statistics.fmean(len(r['rounds']) for r in rows):.1f} |"
             )
-    from benchmarks.reference import LAMBDA_TUNED
-
     chosen_lr = choices.get(LAMBDA_TUNED, {}).get("lr")
     paper = [
         r
@@ -264,8 +271,6 @@ def _tuning_tables(runs: list[Run], choices: dict[str, dict[str, Any]]) -> list[
 
 def _head_tuning_table(tune: list[Run], choices: dict[str, dict[str, Any]]) -> list[str]:
     """FedAvg's head on validation, or a line saying that the tuning stage did not choose it."""
-    from benchmarks.reference import HEAD_CHOICE, HEAD_VARIANT
-
     lr = choices.get("fedavg", {}).get("lr")
     zero = [r for r in tune if r["variant"] == HEAD_VARIANT and not r.get("options")]
     if not zero:
@@ -290,8 +295,6 @@ def _head_tuning_table(tune: list[Run], choices: dict[str, dict[str, Any]]) -> l
 
 
 def _baseline_tuning_tables(tune: list[Run], choices: dict[str, dict[str, Any]]) -> list[str]:
-    from benchmarks.reference import BASELINE_GRIDS, baseline_default
-
     out: list[str] = []
     lr = choices.get("fedavg", {}).get("lr")
     for variant, (name, _) in BASELINE_GRIDS.items():
@@ -313,8 +316,6 @@ def _ablation_table(runs: list[Run], main: list[Run]) -> list[str]:
     ablations = [r for r in runs if r.get("stage") == "ablation"]
     if not ablations:
         return []
-    from benchmarks.reference import ABLATION_SETTING
-
     base = [r for r in main if r["dataset"] == "digits" and r["setting"] == ABLATION_SETTING]
     base_variant = ablations[0]["variant"]  # with its tuned loss weights, as the ablations have
     full = _by_seed([r for r in base if r["variant"] == base_variant], _auc)
@@ -484,7 +485,6 @@ def render_reference(
     budget (:func:`~benchmarks.equal_budget_report.render_equal_budget`), first.
     """
     from benchmarks.equal_budget_report import render_equal_budget
-    from benchmarks.reference import HEAD_CHOICE, tuning_choices
 
     runs = [_display_variant(r) for r in _ok(results.get("runs", []))]
     if not runs:

@@ -27,9 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -39,6 +37,15 @@ from typing import Any
 from clinfl.config import DataConfig, FederationConfig, MethodConfig, RunConfig
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.results_file import (  # noqa: E402
+    load_results,
+    record_invocation,
+    record_run,
+    run_cell_process,
+)
+
 NIH1000 = ROOT.parent / "shared" / "data" / "nih1000"
 RESULTS = ROOT / "benchmarks" / "results" / "xray.json"
 WORK = ROOT / "runs" / "bench-xray"
@@ -162,24 +169,6 @@ def run_cell(cell: Cell, threads: int) -> dict[str, Any]:
     }
 
 
-def run_cell_process(cell: Cell, threads: int) -> dict[str, Any]:
-    """Run ``cell`` in a child process of its own and return its record.
-
-    A crash of one cell (even one that kills its interpreter) is recorded as that cell's error
-    with the end of its output; the other cells go on.
-    """
-    with tempfile.TemporaryDirectory() as folder:
-        out = Path(folder) / "record.json"
-        command = [sys.executable, str(Path(__file__)), "--cell", cell.key, "--record", str(out)]
-        command += ["--threads", str(threads)]
-        done = subprocess.run(command, capture_output=True, text=True, check=False)
-        if done.returncode == 0 and out.is_file():
-            record: dict[str, Any] = json.loads(out.read_text())
-            return record
-    tail = (done.stderr or done.stdout or "").strip().splitlines()[-3:]
-    return {"key": cell.key, "error": f"exit {done.returncode}: {' | '.join(tail)}"}
-
-
 def cell_of(key: str) -> Cell:
     """Return the cell named ``key`` (as :attr:`Cell.key` writes it).
 
@@ -190,21 +179,6 @@ def cell_of(key: str) -> Cell:
         if cell.key == key:
             return cell
     raise SystemExit(f"no cell is named {key!r}")
-
-
-def load_results(path: Path) -> dict[str, Any]:
-    """Return the results file's content (an empty one if absent)."""
-    if path.is_file():
-        loaded: dict[str, Any] = json.loads(path.read_text())
-        return loaded
-    return {"runs": [], "invocations": []}
-
-
-def save_results(path: Path, results: dict[str, Any]) -> None:
-    """Write the results file atomically."""
-    temporary = path.with_suffix(".tmp")
-    temporary.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
-    os.replace(temporary, path)
 
 
 def recipe() -> dict[str, Any]:
@@ -253,15 +227,13 @@ def main() -> None:
         began, started = time.strftime("%Y-%m-%dT%H:%M:%S"), time.perf_counter()
         threads = max(1, args.threads // args.workers)
         with ThreadPoolExecutor(args.workers) as pool:
-            futures = {pool.submit(run_cell_process, c, threads): c for c in todo}
+            futures = {
+                pool.submit(run_cell_process, Path(__file__), c.key, threads): c for c in todo
+            }
             for n, future in enumerate(as_completed(futures), start=1):
                 cell = futures[future]
                 record = future.result()
-                results = load_results(args.results)
-                results["runs"] = [r for r in results["runs"] if r["key"] != cell.key]
-                results["runs"].append(record)
-                results["recipe"] = recipe()
-                save_results(args.results, results)
+                record_run(args.results, record, recipe=recipe())
                 value = record.get("metrics", {}).get("model", {}).get("learnable_macro_auc", {})
                 print(
                     f"[{n}/{len(todo)}] {cell.key}: "
@@ -271,20 +243,16 @@ def main() -> None:
                     ),
                     flush=True,
                 )
-        results = load_results(args.results)
-        results.setdefault("invocations", []).append(
+        record_invocation(
+            args.results,
             {
                 "started": began,
                 "seconds": time.perf_counter() - started,
                 "workers": args.workers,
                 "threads": args.threads,
                 "cells": len(todo),
-            }
+            },
         )
-        from benchmarks.machine import machine_info
-
-        results["machine"] = machine_info()
-        save_results(args.results, results)
     from benchmarks.report import write_docs
 
     write_docs()

@@ -8,12 +8,11 @@ initialisation); comparisons are paired over seeds with Student-t 95% intervals
 
 from __future__ import annotations
 
-import statistics
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from benchmarks.paired_stats import PairedGain, paired_gain
+from benchmarks.paired_stats import gain_text, mean_and_range, paired_gain
 
 NOTES = Path(__file__).with_name("xray_notes.md")
 FEDERATED_METHODS = ("fedavg", "fedncalign")
@@ -49,23 +48,6 @@ def _by_seed(runs: Iterable[dict[str, Any]], row: str, metric: str) -> dict[int,
     return out
 
 
-def _mean(values: Iterable[float]) -> str:
-    listed = list(values)
-    if not listed:
-        return "-"
-    if len(listed) == 1:
-        return f"{listed[0]:.1f}"
-    return f"{statistics.fmean(listed):.1f} ({min(listed):.1f} to {max(listed):.1f})"
-
-
-def _gain(gain: PairedGain | None) -> str:
-    if gain is None:
-        return "-"
-    if gain.n < 2:
-        return f"{gain.mean:+.2f} (one seed)"
-    return f"{gain.mean:+.2f} [{gain.ci_low:+.2f}, {gain.ci_high:+.2f}] ({gain.n} seeds)"
-
-
 def _headline(results: dict[str, Any]) -> list[str]:
     lines = [
         "| model | seeds | learnable-class macro-AUC | abnormal vs normal AUC "
@@ -76,14 +58,14 @@ def _headline(results: dict[str, Any]) -> list[str]:
         runs = _runs(results, variant, setting)
         if not runs:
             continue
-        cells = [_mean(_by_seed(runs, "model", m).values()) for m in (LEARNABLE, ABNORMAL)]
-        cells.append(_mean(_by_seed(runs, "model", ALL_CLASSES).values()))
+        cells = [mean_and_range(_by_seed(runs, "model", m).values()) for m in (LEARNABLE, ABNORMAL)]
+        cells.append(mean_and_range(_by_seed(runs, "model", ALL_CLASSES).values()))
         lines.append(f"| {label} | {len(runs)} | " + " | ".join(cells) + " |")
     central = _runs(results, "centralized", None)
     for row, label in (("no-skill", "no-skill (constant score)"), ("age-only", "age only")):
         if central and any(row in r["metrics"] for r in central):
-            cells = [_mean(_by_seed(central, row, m).values()) for m in (LEARNABLE, ABNORMAL)]
-            cells.append(_mean(_by_seed(central, row, ALL_CLASSES).values()))
+            cells = [mean_and_range(_by_seed(central, row, m).values()) for m in (LEARNABLE, ABNORMAL)]
+            cells.append(mean_and_range(_by_seed(central, row, ALL_CLASSES).values()))
             lines.append(f"| baseline: {label} | {len(central)} | " + " | ".join(cells) + " |")
     return lines
 
@@ -109,7 +91,11 @@ def _comparisons(results: dict[str, Any]) -> list[str]:
         if not runs_a or not runs_b:
             continue
         cells = [
-            _gain(paired_gain(_by_seed(runs_a, "model", m), _by_seed(runs_b, "model", m)))
+            gain_text(
+                paired_gain(_by_seed(runs_a, "model", m), _by_seed(runs_b, "model", m)),
+                digits=2,
+                count_seeds=True,
+            )
             for m in (LEARNABLE, ABNORMAL)
         ]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
@@ -135,10 +121,10 @@ def _site_gains(results: dict[str, Any]) -> list[str]:
         sites = sorted({site for r in local for site in r.get("per_site", {})})
         for site in sites:
             base = _site_values(local, site)
-            cells = [_mean(base.values())]
+            cells = [mean_and_range(base.values())]
             for method in FEDERATED_METHODS:
                 fed = _site_values(_runs(results, method, s), site)
-                cells.append(_gain(paired_gain(fed, base)))
+                cells.append(gain_text(paired_gain(fed, base), digits=2, count_seeds=True))
             lines.append(f"| {s} | {site} | " + " | ".join(cells) + " |")
     return lines
 
@@ -163,7 +149,7 @@ def _per_class(results: dict[str, Any]) -> list[str]:
                 for r in _runs(results, variant, setting)
                 if r.get("per_class", {}).get(name, {}).get("value") is not None
             ]
-            cells.append(_mean(values))
+            cells.append(mean_and_range(values))
         mark = " (learnable)" if name in learnable else ""
         lines.append(f"| {name}{mark} | {positives[name]} | " + " | ".join(cells) + " |")
     return lines

@@ -10,10 +10,6 @@ from hypothesis import strategies as st
 
 from benchmarks.paired_stats import paired_gain
 from benchmarks.reference import (
-    BASE_METHOD,
-    HEAD_CHOICE,
-    HEAD_VARIANT,
-    PAPER_LAMBDA_REJ,
     Cell,
     Settings,
     cpus_of,
@@ -22,9 +18,15 @@ from benchmarks.reference import (
     run_config,
     settings_conflict,
     tuning_cells,
+    with_tuned_weights,
+)
+from benchmarks.reference_grid import (
+    BASE_METHOD,
+    HEAD_CHOICE,
+    HEAD_VARIANT,
+    PAPER_LAMBDA_REJ,
     tuning_choices,
     validated_defaults,
-    with_tuned_weights,
 )
 from benchmarks.reference_report import render_reference
 

@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from benchmarks.reference import RESULTS, validated_defaults
+from benchmarks.reference import RESULTS
+from benchmarks.reference_grid import validated_defaults
 from clinfl.config import RunConfig
 from clinfl.config.presets import resolve_defaults
 
