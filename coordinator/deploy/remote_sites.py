@@ -51,7 +51,7 @@ def is_transient(error: Exception) -> bool:
     """Whether ``error`` is a server error from the SuperLink that a retry may clear.
 
     Under load the SuperLink answers some requests with HTTP 500 (its database busy). Flower
-    1.41's HTTP grid retries 502, 503 and 504 itself, but raises 500 to the caller.
+    1.42's HTTP grid retries 502, 503 and 504 itself, but raises 500 to the caller.
     """
     return isinstance(error, httpx.HTTPStatusError) and error.response.status_code >= 500
 

@@ -2,7 +2,7 @@
 
 :class:`SuperLink` starts ``flower-superlink`` so that:
 
-- its one HTTPS port (Flower 1.41 serves the sites' Fleet API, the Control API and the ServerApp
+- its one HTTPS port (Flower 1.42 serves the sites' Fleet API, the Control API and the ServerApp
   API on it) uses the coordinator's certificate;
 - only SuperNodes whose node key is registered may connect (``--enable-supernode-auth``); the
   keys registered are exactly those in the federation's roster (``<pki>/roster.json``);

@@ -8,7 +8,7 @@ task, reads its message and the run's bundle, hands both to
 it), and pushes the reply. Keeping one long-lived process is what lets a secure-aggregation
 round keep its secrets in memory from stage to stage.
 
-Flower 1.41.0 has no public API for a custom executor: the Runtime API steps below are those of
+Flower 1.42.0 has no public API for a custom executor: the Runtime API steps below are those of
 Flower's own ``flwr.supernode.runtime.run_clientapp`` (whose ``push_message`` and
 ``push_task_output`` are reused), with a deadline on the message pull.
 """
@@ -105,7 +105,7 @@ def pull_task_input(client: RuntimeHttpClient) -> tuple[Message, Context, Run, F
 def with_message_id(message: Message, message_id: str) -> Message:
     """Return ``message`` with its id, which a reply names (a pulled message arrives without it).
 
-    Flower 1.41.0's public API cannot set it: ``Metadata.message_id`` has no setter and
+    Flower 1.42.0's public API cannot set it: ``Metadata.message_id`` has no setter and
     ``Message``'s constructors take no metadata (Flower's own pull writes the private
     ``_message_id`` field). So the message is rebuilt from its public metadata fields with
     ``flwr.app.message.make_message``, the helper Flower builds messages from metadata with.

@@ -1,7 +1,7 @@
 """The coordinator's link to the SuperLink rides out a server error (HTTP 500) under load.
 
 Regression: a restarted coordinator on a loaded machine got one HTTP 500 from the SuperLink
-while pulling a reply, and the whole federation failed. Flower 1.41's HTTP grid retries 502,
+while pulling a reply, and the whole federation failed. Flower 1.42's HTTP grid retries 502,
 503 and 504 itself, but raises 500 to the caller.
 """
 
