@@ -10,7 +10,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+import typer.main
 
+from clinfl.cli.app import app
 from clinfl.errors import PolicyViolation, RoundAborted, SiteUnavailable
 from clinfl.federation.messages import EvaluationReport, RoundRecord, RoundSettings, TrainingReport
 from clinfl.metrics import MultiLabelMetrics
@@ -231,3 +233,11 @@ def test_reported_budgets_and_sites_seen_go_to_the_control_database(tmp_path: Pa
     assert status["sites"] == ["site-1", "site-2"]
     assert status["state"] == "finished" and status["stopped"] is None
     assert [r["round"] for r in rounds] == [1, 2]
+
+
+def test_the_drop_option_lists_exactly_the_stage_tables_stages() -> None:
+    command = typer.main.get_command(app).commands["simulate"]  # type: ignore[attr-defined]
+    help_text = {p.name: p.help for p in command.params}["drop"]
+    listed = help_text.split(" stages ", 1)[1].removesuffix(" (repeatable).").split(", ")
+    assert listed == [stage_name(stage) for stage in ROUND_STAGES]
+    assert "graph" in listed  # the stage the hand-written list had left out
