@@ -19,6 +19,14 @@ from typing import Any
 
 import numpy as np
 
+from clinfl.secagg.stages import Stage, stage_name
+
+STAGES: tuple[str, ...] = tuple(stage_name(stage) for stage in Stage)
+"""The protocol's stages as timing keys, in order, from clinfl's stage table. Flower's stages are
+timed under the names of clinfl's stages that do the same work (it has no graph or consistency
+stage)."""
+ADVERTISE, GRAPH, SHARE, MASKED_INPUT, CONSISTENCY, UNMASK = STAGES
+
 
 @dataclass
 class StageTimes:
@@ -88,7 +96,7 @@ def run_flower_secaggplus(
     neighbours = {
         nid: {order[(i + k) % n] for k in range(-half, half + 1)} for i, nid in enumerate(order)
     }
-    times.coordinator["advertise"] = time.perf_counter() - clock
+    times.coordinator[ADVERTISE] = time.perf_counter() - clock
     public: dict[int, tuple[bytes, bytes]] = {}
     for nid in node_ids:
         started = time.perf_counter()
@@ -97,21 +105,21 @@ def run_flower_secaggplus(
         result = client._setup(state, ConfigRecord(dict(setup)))
         states[nid] = state
         public[nid] = (result[Key.PUBLIC_KEY_1], result[Key.PUBLIC_KEY_2])
-        times.add_site("advertise", time.perf_counter() - started)
-    times.bytes_per_site["advertise"] = len(public[1][0]) + len(public[1][1])
+        times.add_site(ADVERTISE, time.perf_counter() - started)
+    times.bytes_per_site[ADVERTISE] = len(public[1][0]) + len(public[1][1])
     forwarded: dict[int, list[tuple[int, bytes]]] = {nid: [] for nid in node_ids}
     share_bytes = []
     for nid in node_ids:
         started = time.perf_counter()
         keys = ConfigRecord({str(m): list(public[m]) for m in neighbours[nid]})
         result = client._share_keys(states[nid], keys)
-        times.add_site("share", time.perf_counter() - started)
+        times.add_site(SHARE, time.perf_counter() - started)
         share_bytes.append(sum(len(c) for c in result[Key.CIPHERTEXT_LIST]))
         for dst, ciphertext in zip(
             result[Key.DESTINATION_LIST], result[Key.CIPHERTEXT_LIST], strict=True
         ):
             forwarded[dst].append((nid, ciphertext))
-    times.bytes_per_site["share"] = max(share_bytes)
+    times.bytes_per_site[SHARE] = max(share_bytes)
     masked_total = None
     summing = 0.0
     for nid, update, weight in zip(node_ids, updates, weights, strict=True):
@@ -125,9 +133,9 @@ def run_flower_secaggplus(
         result = client._collect_masked_vectors(
             states[nid], configs, weight, ndarrays_to_parameters([update])
         )
-        times.add_site("masked-input", time.perf_counter() - started)
+        times.add_site(MASKED_INPUT, time.perf_counter() - started)
         payload = result[Key.MASKED_PARAMETERS]
-        times.bytes_per_site["masked-input"] = sum(len(b) for b in payload)
+        times.bytes_per_site[MASKED_INPUT] = sum(len(b) for b in payload)
         started = time.perf_counter()
         vector = [bytes_to_ndarray(b) for b in payload]
         masked_total = vector if masked_total is None else parameters_addition(masked_total, vector)
@@ -135,7 +143,7 @@ def run_flower_secaggplus(
     assert masked_total is not None
     started = time.perf_counter()
     masked_total = parameters_mod(masked_total, mod_range)
-    times.coordinator["masked-input"] = summing + time.perf_counter() - started
+    times.coordinator[MASKED_INPUT] = summing + time.perf_counter() - started
     collected: dict[int, list[bytes]] = {nid: [] for nid in node_ids}
     for nid in node_ids:
         started = time.perf_counter()
@@ -145,8 +153,8 @@ def run_flower_secaggplus(
                 {Key.ACTIVE_NODE_ID_LIST: sorted(neighbours[nid]), Key.DEAD_NODE_ID_LIST: []}
             ),
         )
-        times.add_site("unmask", time.perf_counter() - started)
-        times.bytes_per_site["unmask"] = sum(len(s) for s in result[Key.SHARE_LIST])
+        times.add_site(UNMASK, time.perf_counter() - started)
+        times.bytes_per_site[UNMASK] = sum(len(s) for s in result[Key.SHARE_LIST])
         for owner, share in zip(result[Key.NODE_ID_LIST], result[Key.SHARE_LIST], strict=True):
             collected[owner].append(share)
     started = time.perf_counter()
@@ -159,5 +167,5 @@ def run_flower_secaggplus(
     aggregate = dequantize(recon, clipping_range, quantization_range)
     aggregate[0] += -(n - 1) * clipping_range
     aggregate[0] *= quantization_range / q_total_ratio
-    times.coordinator["unmask"] = time.perf_counter() - started
+    times.coordinator[UNMASK] = time.perf_counter() - started
     return times, aggregate[0]

@@ -33,6 +33,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.flower_secaggplus import (  # noqa: E402
+    ADVERTISE,
+    CONSISTENCY,
+    GRAPH,
+    MASKED_INPUT,
+    SHARE,
+    UNMASK,
     StageTimes,
     flower_version,
     run_flower_secaggplus,
@@ -48,7 +54,6 @@ from clinfl.secagg.site_session import SiteSession  # noqa: E402
 from clinfl.secagg.transcript import RoundBinding, digest, directory_hash  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "secagg.json"
-STAGES = ("advertise", "graph", "share", "masked-input", "consistency", "unmask")
 QUICK = [(1_000_000, n) for n in (5, 10, 20, 50, 100)] + [(11_000_000, n) for n in (5, 10)]
 FULL = [(length, n) for length in (1_000_000, 11_000_000) for n in (5, 10, 20, 50, 100)]
 
@@ -123,23 +128,23 @@ def run_clinfl(
     started = time.perf_counter()
     server = ServerSession(params)
     times.coordinator["setup"] = time.perf_counter() - started
-    adverts = [timed("advertise", s, sessions[s].advertise) for s in ids]
+    adverts = [timed(ADVERTISE, s, sessions[s].advertise) for s in ids]
     started = time.perf_counter()
     relayed = server.relay_advertisements(adverts)
-    times.coordinator["advertise"] = time.perf_counter() - started
-    times.bytes_per_site["advertise"] = 32 * 3 + 64 + len(ids[0]) + 5 * 32 + 16
-    opened = [timed("graph", s, lambda s=s: sessions[s].reveal_graph_nonce(relayed)) for s in ids]
+    times.coordinator[ADVERTISE] = time.perf_counter() - started
+    times.bytes_per_site[ADVERTISE] = 32 * 3 + 64 + len(ids[0]) + 5 * 32 + 16
+    opened = [timed(GRAPH, s, lambda s=s: sessions[s].reveal_graph_nonce(relayed)) for s in ids]
     started = time.perf_counter()
     reveals = server.relay_graph_reveals(opened)
-    times.coordinator["graph"] = time.perf_counter() - started
-    times.bytes_per_site["graph"] = 32 + len(ids[0]) + 8
-    shares = {s: timed("share", s, lambda s=s: sessions[s].share(reveals)) for s in ids}
-    times.bytes_per_site["share"] = max(
+    times.coordinator[GRAPH] = time.perf_counter() - started
+    times.bytes_per_site[GRAPH] = 32 + len(ids[0]) + 8
+    shares = {s: timed(SHARE, s, lambda s=s: sessions[s].share(reveals)) for s in ids}
+    times.bytes_per_site[SHARE] = max(
         sum(len(x.sealed) + len(x.sender) + len(x.receiver) + 8 for x in v) for v in shares.values()
     )
     started = time.perf_counter()
     inbox = server.route_shares(shares)
-    times.coordinator["share"] = time.perf_counter() - started
+    times.coordinator[SHARE] = time.perf_counter() - started
     site_seconds = 0.0
 
     def arriving() -> Iterator[MaskedInput]:
@@ -149,30 +154,30 @@ def run_clinfl(
             encoded = encode_update(update, num_samples=weight, params=params, rng=rng)
             masked = sessions[site].masked_input(inbox[site], encoded)
             elapsed = time.perf_counter() - started
-            times.add_site("masked-input", elapsed)
+            times.add_site(MASKED_INPUT, elapsed)
             site_seconds += elapsed
-            times.bytes_per_site["masked-input"] = masked.vector.nbytes
+            times.bytes_per_site[MASKED_INPUT] = masked.vector.nbytes
             yield masked
 
     started = time.perf_counter()
     survivors = server.add_masked_inputs(arriving())
-    times.coordinator["masked-input"] = time.perf_counter() - started - site_seconds
+    times.coordinator[MASKED_INPUT] = time.perf_counter() - started - site_seconds
     signatures = [
-        timed("consistency", s, lambda s=s: sessions[s].sign_survivors(survivors)) for s in ids
+        timed(CONSISTENCY, s, lambda s=s: sessions[s].sign_survivors(survivors)) for s in ids
     ]
-    times.bytes_per_site["consistency"] = 64 + len(ids[0])
+    times.bytes_per_site[CONSISTENCY] = 64 + len(ids[0])
     started = time.perf_counter()
     server.collect_signatures(signatures)
     requests = {s: server.unmask_request(s) for s in ids}
-    times.coordinator["consistency"] = time.perf_counter() - started
-    revealed = [timed("unmask", s, lambda s=s: sessions[s].reveal(requests[s])) for s in ids]
-    times.bytes_per_site["unmask"] = max(
+    times.coordinator[CONSISTENCY] = time.perf_counter() - started
+    revealed = [timed(UNMASK, s, lambda s=s: sessions[s].reveal(requests[s])) for s in ids]
+    times.bytes_per_site[UNMASK] = max(
         70 * (len(r.self_mask_shares) + len(r.mask_key_shares)) for r in revealed
     )
     started = time.perf_counter()
     total = server.unmask(revealed)
     mean = decode_sum(total, params=params).mean
-    times.coordinator["unmask"] = time.perf_counter() - started
+    times.coordinator[UNMASK] = time.perf_counter() - started
     return times, mean, {"degree": params.degree, "threshold": params.threshold}
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from clinfl.secagg.stages import Stage, stage_name
+
 
 def _ms(seconds: float) -> str:
     return f"{1000 * seconds:.0f}"
@@ -18,10 +20,7 @@ def _ratio(numerator: float, denominator: float) -> str:
 
 
 def _stage_cell(times: dict[str, float]) -> str:
-    return " / ".join(
-        _ms(times.get(stage, 0.0))
-        for stage in ("advertise", "graph", "share", "masked-input", "consistency", "unmask")
-    )
+    return " / ".join(_ms(times.get(stage_name(stage), 0.0)) for stage in Stage)
 
 
 def _federation_lines(federation: dict[str, Any] | None) -> list[str]:

@@ -1,4 +1,8 @@
-"""The coordinator's round loop: broadcast, aggregate, apply, evaluate, checkpoint, record."""
+"""The coordinator's round loop: the named steps of :mod:`coordinator.round_steps`, round by round.
+
+Each round runs :data:`~coordinator.round_steps.ROUND_STEPS` in order (train, aggregate, apply,
+evaluate, record), between operator boundaries; the run then selects one round.
+"""
 
 from __future__ import annotations
 
@@ -17,8 +21,18 @@ from coordinator.aggregation import Aggregator
 from coordinator.checkpoints import CheckpointStore
 from coordinator.control import RunControl
 from coordinator.resume import ResumePoint
+from coordinator.round_steps import (
+    ROUND_STEPS,
+    RoundCallback,
+    RoundInProgress,
+    RoundStep,
+    RunProgress,
+)
 
-RoundCallback = Callable[[RoundRecord], None]
+__all__ = ["Coordinator", "FederationOutcome", "RoundCallback", "rounds_since_best", "select_round"]
+
+Step = Callable[[RunProgress, RoundInProgress], bool]
+"""One step of a round: fills in its part of the round; False ends the federation there."""
 
 
 @dataclass(frozen=True)
@@ -47,8 +61,34 @@ def rounds_since_best(records: Sequence[RoundRecord]) -> int:
     return len(completed) - 1 - best
 
 
+def select_round(records: Sequence[RoundRecord], rule: SelectionRule) -> RoundRecord | None:
+    """Return the best completed round on validation macro-AUC, or the last with ``'last'``.
+
+    Abandoned rounds count only when no round completed; None when there is no round.
+    """
+    completed = [r for r in records if r.aborted is None] or list(records)
+    if not completed:
+        return None
+    if rule == "last":
+        return completed[-1]
+    return max(completed, key=lambda r: r.report.validation.macro_auc)
+
+
+def _train_one(
+    participant: TrainingParticipant, state: StateDict, settings: RoundSettings
+) -> TrainingReport | SiteUnavailable | PolicyViolation | ProtocolViolation:
+    """Return the participant's report, or why it is left out of the round."""
+    try:
+        return participant.train_round(state, settings)
+    except (SiteUnavailable, PolicyViolation, ProtocolViolation) as failure:
+        return failure
+
+
 class Coordinator:
-    """Runs the rounds. It sees only aggregates and never builds or touches the ETF."""
+    """Runs the rounds. It sees only aggregates and never builds or touches the ETF.
+
+    ``step_seconds`` holds how long each step of the last round took, under the step's name.
+    """
 
     def __init__(
         self,
@@ -68,29 +108,14 @@ class Coordinator:
         self._checkpoints = checkpoints
         self._selection = selection
         self._control = control
-
-    def _boundary(self, round_number: int, rounds: int) -> str | None:
-        """Honour the operator's request at a round boundary; return why to stop, if so."""
-        control = self._control
-        if control is None:
-            return None
-        request = control.requested()
-        if request == "pause":
-            control.set_status("paused", current_round=round_number - 1, total_rounds=rounds)
-            request = control.wait_while_paused()
-        if request in ("stop", "stop-now"):
-            return f"stopped by the operator before round {round_number}"
-        # past the boundary: a pause requested from now on takes effect after this round
-        control.set_status(
-            "running",
-            current_round=round_number,
-            total_rounds=rounds,
-            last_round_started=round_number,
-        )
-        return None
-
-    def _stop_now(self) -> bool:
-        return self._control is not None and self._control.requested() == "stop-now"
+        self.step_seconds: dict[str, float] = {}
+        self._steps: dict[RoundStep, Step] = {
+            RoundStep.TRAIN: self._train,
+            RoundStep.AGGREGATE: self._aggregate,
+            RoundStep.APPLY: self._apply,
+            RoundStep.EVALUATE: self._evaluate,
+            RoundStep.RECORD: self._record,
+        }
 
     def run_from(
         self,
@@ -128,6 +153,9 @@ class Coordinator:
     ) -> FederationOutcome:
         """Run rounds ``first_round`` to ``rounds`` from ``initial_state`` and select one.
 
+        Each round runs the steps of :data:`~coordinator.round_steps.ROUND_STEPS` in order:
+        train, aggregate, apply, evaluate, record.
+
         With ``patience``, the federation ends early (converged) once validation macro-AUC has
         not improved for that many completed rounds in a row; ``rounds`` is then a maximum.
 
@@ -149,10 +177,108 @@ class Coordinator:
             CheckpointError: if a checkpoint cannot be written.
         """
         state = {name: value.clone() for name, value in initial_state.items()}
-        records: list[RoundRecord] = list(previous)
-        stopped: str | None = None
-        converged: str | None = None
-        budgets: dict[str, float] = {}
+        run = RunProgress(state=state, records=list(previous), on_round=on_round)
+        self._started(first_round, rounds)
+        for number in range(first_round, rounds + 1):
+            run.stopped = self._boundary(number, rounds)
+            if run.stopped is not None:
+                break
+            current = RoundInProgress(number, time.perf_counter(), settings_for(number))
+            if not self._play(run, current) or self._ends_after(run, number, patience):
+                break
+        self._finished(run)
+        return FederationOutcome(
+            records=tuple(run.records),
+            selected=select_round(run.records, self._selection),
+            final_state=run.state,
+            stopped=run.stopped,
+            converged=run.converged,
+        )
+
+    def _play(self, run: RunProgress, current: RoundInProgress) -> bool:
+        """Run the round's steps in the table's order, timing each; False: the run stops."""
+        self.step_seconds = {}
+        for step in ROUND_STEPS:
+            started = time.perf_counter()
+            going_on = self._steps[step](run, current)
+            self.step_seconds[step.value] = time.perf_counter() - started
+            if not going_on:
+                return False
+        return True
+
+    def _train(self, run: RunProgress, current: RoundInProgress) -> bool:
+        """Ask every participant to train; False (and why) when every site refused.
+
+        A site that refuses (policy or protocol) or does not answer is left out of the round.
+        """
+        refusals: list[str] = []
+        outcomes = self._fanout(
+            [partial(_train_one, p, run.state, current.settings) for p in self._participants]
+        )
+        for participant, outcome in zip(self._participants, outcomes, strict=True):
+            if isinstance(outcome, PolicyViolation | ProtocolViolation):
+                refusals.append(outcome.message)
+            elif isinstance(outcome, TrainingReport):
+                current.reports[participant.site_id] = outcome
+                current.trained.append(participant)
+        if refusals and not current.trained:
+            run.stopped = f"stopped before round {current.number}: " + "; ".join(refusals)
+            return False
+        return True
+
+    def _aggregate(self, run: RunProgress, current: RoundInProgress) -> bool:
+        """Turn the trained sites' answers into the mean update; an abandoned round goes on."""
+        try:
+            current.update = self._aggregator.aggregate(
+                current.trained, round_id=current.number, template=run.state
+            )
+        except RoundAborted as error:
+            current.aborted = error.message
+        return True
+
+    def _apply(self, run: RunProgress, current: RoundInProgress) -> bool:
+        """Add the mean update to the global state, unless the operator asked to stop now."""
+        update = current.update
+        if update is None:
+            return True
+        if self._stop_now():
+            current.aborted = "stopped by the operator (stop --now): nothing applied"
+            return True
+        run.state = {name: run.state[name] + update.mean_delta[name] for name in run.state}
+        current.applied = update
+        return True
+
+    def _evaluate(self, run: RunProgress, current: RoundInProgress) -> bool:
+        """Evaluate the global model as it stands after the round."""
+        current.report = self._evaluator.evaluate(run.state)
+        return True
+
+    def _record(self, run: RunProgress, current: RoundInProgress) -> bool:
+        """Write the checkpoint and the record; tell the control database and ``on_round``."""
+        record = current.record(time.perf_counter() - current.started)
+        self._checkpoints.save(current.number, run.state, record.to_json_dict())
+        run.records.append(record)
+        run.budgets.update(
+            {s: r.epsilon_spent for s, r in current.reports.items() if r.epsilon_spent is not None}
+        )
+        if self._control is not None:
+            self._control.record_round(current.number, record.to_full_json_dict())
+            self._control.set_status(
+                "running", budgets=run.budgets, sites_seen=sorted(current.reports)
+            )
+        if run.on_round is not None:
+            run.on_round(record)
+        return True
+
+    def _ends_after(self, run: RunProgress, number: int, patience: int | None) -> bool:
+        """Return whether the run ends after round ``number``: stop --now, or converged."""
+        if self._stop_now():
+            run.stopped = f"stopped by the operator during round {number}"
+        elif patience is not None and rounds_since_best(run.records) >= patience:
+            run.converged = f"validation macro-AUC has not improved for {patience} rounds"
+        return run.stopped is not None or run.converged is not None
+
+    def _started(self, first_round: int, rounds: int) -> None:
         if self._control is not None:
             self._control.set_status(
                 "running",
@@ -160,94 +286,34 @@ class Coordinator:
                 total_rounds=rounds,
                 sites=[p.site_id for p in self._participants],
             )
-        for round_number in range(first_round, rounds + 1):
-            stopped = self._boundary(round_number, rounds)
-            if stopped is not None:
-                break
-            started = time.perf_counter()
-            settings = settings_for(round_number)
-            reports: dict[str, TrainingReport] = {}
-            trained = []
-            refusals: list[str] = []
 
-            def train(
-                participant: TrainingParticipant,
-                state: StateDict = state,
-                settings: RoundSettings = settings,
-            ) -> TrainingReport | SiteUnavailable | PolicyViolation | ProtocolViolation:
-                try:
-                    return participant.train_round(state, settings)
-                except (SiteUnavailable, PolicyViolation, ProtocolViolation) as failure:
-                    return failure
-
-            outcomes = self._fanout([partial(train, p) for p in self._participants])
-            for participant, outcome in zip(self._participants, outcomes, strict=True):
-                if isinstance(outcome, PolicyViolation | ProtocolViolation):
-                    refusals.append(outcome.message)
-                elif isinstance(outcome, TrainingReport):
-                    reports[participant.site_id] = outcome
-                    trained.append(participant)
-            if refusals and not trained:
-                stopped = f"stopped before round {round_number}: " + "; ".join(refusals)
-                break
-            budgets.update(
-                {s: r.epsilon_spent for s, r in reports.items() if r.epsilon_spent is not None}
-            )
-            aborted: str | None = None
-            included: frozenset[str] = frozenset()
-            num_samples = 0
-            mean_loss = float("nan")
-            try:
-                aggregate = self._aggregator.aggregate(
-                    trained, round_id=round_number, template=state
-                )
-            except RoundAborted as error:
-                aborted = error.message
-            else:
-                if self._stop_now():
-                    aborted = "stopped by the operator (stop --now): nothing applied"
-                else:
-                    state = {name: state[name] + aggregate.mean_delta[name] for name in state}
-                    included, num_samples = aggregate.site_ids, aggregate.num_samples
-                    if aggregate.mean_loss is not None:
-                        mean_loss = aggregate.mean_loss
-            report = self._evaluator.evaluate(state)
-            record = RoundRecord(
-                round=round_number,
-                report=report,
-                seconds=time.perf_counter() - started,
-                sites=len(included),
-                num_samples=num_samples,
-                mean_loss=mean_loss,
-                aborted=aborted,
-            )
-            self._checkpoints.save(round_number, state, record.to_json_dict())
-            records.append(record)
-            if self._control is not None:
-                self._control.record_round(round_number, record.to_full_json_dict())
-                self._control.set_status("running", budgets=budgets, sites_seen=sorted(reports))
-            if on_round is not None:
-                on_round(record)
-            if self._stop_now():
-                stopped = f"stopped by the operator during round {round_number}"
-                break
-            if patience is not None and rounds_since_best(records) >= patience:
-                converged = f"validation macro-AUC has not improved for {patience} rounds"
-                break
+    def _finished(self, run: RunProgress) -> None:
         if self._control is not None:
             self._control.set_status(
-                "stopped" if stopped else "finished", stopped=stopped, converged=converged
+                "stopped" if run.stopped else "finished",
+                stopped=run.stopped,
+                converged=run.converged,
             )
-        completed = [r for r in records if r.aborted is None] or records
-        selected: RoundRecord | None = None
-        if completed and self._selection == "last":
-            selected = completed[-1]
-        elif completed:
-            selected = max(completed, key=lambda r: r.report.validation.macro_auc)
-        return FederationOutcome(
-            records=tuple(records),
-            selected=selected,
-            final_state=state,
-            stopped=stopped,
-            converged=converged,
+
+    def _boundary(self, round_number: int, rounds: int) -> str | None:
+        """Honour the operator's request at a round boundary; return why to stop, if so."""
+        control = self._control
+        if control is None:
+            return None
+        request = control.requested()
+        if request == "pause":
+            control.set_status("paused", current_round=round_number - 1, total_rounds=rounds)
+            request = control.wait_while_paused()
+        if request in ("stop", "stop-now"):
+            return f"stopped by the operator before round {round_number}"
+        # past the boundary: a pause requested from now on takes effect after this round
+        control.set_status(
+            "running",
+            current_round=round_number,
+            total_rounds=rounds,
+            last_round_started=round_number,
         )
+        return None
+
+    def _stop_now(self) -> bool:
+        return self._control is not None and self._control.requested() == "stop-now"

@@ -22,6 +22,7 @@ from clinfl.federation.vectors import unflatten_state, vector_length
 from clinfl.secagg.encoding import decode_sum
 from clinfl.secagg.messages import MaskedInput
 from clinfl.secagg.server_session import ServerSession
+from clinfl.secagg.stages import Stage, stage_name
 from clinfl.typing import StateDict
 from coordinator.aggregation import AggregateUpdate, Aggregator, PlainAggregator
 
@@ -29,7 +30,11 @@ T = TypeVar("T")
 
 
 class SecureAggregator:
-    """Runs one secure-aggregation round per call of :meth:`aggregate`."""
+    """Runs one secure-aggregation round per call of :meth:`aggregate`.
+
+    ``stage_seconds`` holds how long each stage of the last round took, under the stage's name
+    (:func:`~clinfl.secagg.stages.stage_name`, in :class:`~clinfl.secagg.stages.Stage` order).
+    """
 
     def __init__(self, config: SecAggConfig, *, fanout: Fanout = in_turn, run_id: str = "") -> None:
         """Aggregate with ``config`` for run ``run_id``; ``fanout`` asks a stage's sites."""
@@ -47,6 +52,7 @@ class SecureAggregator:
             RoundAborted: if fewer than the threshold remain at any stage (nothing is applied).
         """
         refusals: dict[str, str] = {}
+        self.stage_seconds = {}
         try:
             return self._run(participants, round_id=round_id, template=template, refusals=refusals)
         except RoundAborted as aborted:
@@ -97,19 +103,19 @@ class SecureAggregator:
             [partial(ask, s, partial(by_id[s].secagg_advertise, params)) for s in params.site_ids]
         )
         relayed = server.relay_advertisements([a for a in adverts if a is not None])
-        clock = self._lap("advertise", clock)
+        clock = self._lap(Stage.ADVERTISE, clock)
         advertised = [advert.site_id for advert in relayed]
         opened = fanout(
             [partial(ask, s, partial(by_id[s].secagg_graph, relayed)) for s in advertised]
         )
         reveals = server.relay_graph_reveals([r for r in opened if r is not None])
-        clock = self._lap("graph", clock)
+        clock = self._lap(Stage.GRAPH, clock)
         sent = fanout(
             [partial(ask, s, partial(by_id[s].secagg_share, reveals)) for s in advertised]
         )
         shares = {s: out for s, out in zip(advertised, sent, strict=True) if out is not None}
         inbox = server.route_shares(shares)
-        clock = self._lap("share", clock)
+        clock = self._lap(Stage.SHARE, clock)
 
         arrived: list[MaskedInput | None] = fanout(
             [
@@ -118,12 +124,12 @@ class SecureAggregator:
             ]
         )
         survivors = server.add_masked_inputs(m for m in arrived if m is not None)
-        clock = self._lap("masked-input", clock)
+        clock = self._lap(Stage.MASKED_INPUT, clock)
         signatures = fanout(
             [partial(ask, s, partial(by_id[s].secagg_sign, survivors)) for s in sorted(survivors)]
         )
         server.collect_signatures([s for s in signatures if s is not None])
-        clock = self._lap("consistency", clock)
+        clock = self._lap(Stage.CONSISTENCY, clock)
         revealed = fanout(
             [
                 partial(ask, s, partial(by_id[s].secagg_reveal, server.unmask_request(s)))
@@ -139,14 +145,14 @@ class SecureAggregator:
             )
         decoded = decode_sum(total, params=params)
         mean = unflatten_state(decoded.mean, template=template)
-        self._lap("unmask", clock)
+        self._lap(Stage.UNMASK, clock)
         return AggregateUpdate(
             mean, survivors, decoded.total_weight, refusals, mean_loss=decoded.mean_loss
         )
 
-    def _lap(self, stage: str, since: float) -> float:
+    def _lap(self, stage: Stage, since: float) -> float:
         now = time.perf_counter()
-        self.stage_seconds[stage] = now - since
+        self.stage_seconds[stage_name(stage)] = now - since
         return now
 
 

@@ -17,7 +17,7 @@ from clinfl.cli.dp_hint import dp_from_scratch_hint
 from clinfl.cli.errors import cli_errors
 from clinfl.cli.options import FieldOption, FieldValues, with_field_options
 from clinfl.cli.render import ProgressListener, rounds_table
-from clinfl.config import RunConfig
+from clinfl.config import DROP_STAGES, RunConfig
 from clinfl.config.file import load_run_config
 from clinfl.crossval.runner import run_cross_validation
 from clinfl.errors import ConfigError
@@ -347,8 +347,8 @@ def simulate(
     drop: Annotated[
         list[str] | None,
         typer.Option(
-            help="Inject a dropout: SITE:STAGE or SITE:STAGE:ROUND, stages train, advertise, "
-            "share, masked-input, consistency, unmask (repeatable)."
+            help="Inject a dropout: SITE:STAGE or SITE:STAGE:ROUND, stages "
+            f"{', '.join(DROP_STAGES)} (repeatable)."
         ),
     ] = None,
     out: Annotated[

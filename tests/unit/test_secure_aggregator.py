@@ -11,6 +11,7 @@ from clinfl.config import Dropout, SecAggConfig
 from clinfl.errors import RoundAborted
 from clinfl.secagg.messages import MaskedInput
 from clinfl.secagg.settings import SecAggRequirements
+from clinfl.secagg.stages import Stage, stage_name
 from clinfl.simulation.dropouts import DroppingParticipant
 from coordinator.aggregation import PlainAggregator
 from coordinator.secure_aggregation import SecureAggregator
@@ -52,6 +53,17 @@ def test_secure_mean_equals_plain_mean_within_the_quantisation_bound() -> None:
         assert error > 0  # it really went through quantisation
         expected = _plain_mean(deltas, SAMPLES)[name]
         assert torch.allclose(plain.mean_delta[name], expected, atol=1e-6)
+
+
+def test_each_stage_is_timed_under_its_name_in_the_stage_order() -> None:
+    aggregator = SecureAggregator(SecAggConfig())
+    agents = _trained(make_agents(random_deltas(5, TEMPLATE), SAMPLES))
+    aggregator.aggregate(agents, round_id=1, template=TEMPLATE)
+    assert list(aggregator.stage_seconds) == [stage_name(stage) for stage in Stage]
+    assert list(aggregator.stage_seconds)[3] == "masked-input"
+    with pytest.raises(RoundAborted):  # too few sites: no stage ran, none is timed
+        aggregator.aggregate(agents[:1], round_id=2, template=TEMPLATE)
+    assert aggregator.stage_seconds == {}
 
 
 def test_weight_cap_limits_a_large_site() -> None:
