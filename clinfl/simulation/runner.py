@@ -21,7 +21,7 @@ from clinfl.config import FederationConfig, RunConfig, validate_run_config
 from clinfl.data.imageset import SplitData
 from clinfl.data.partition import Partition, partition_label_skew
 from clinfl.device import resolve_device
-from clinfl.errors import DataError, PartitionError
+from clinfl.errors import DataError, InternalError, PartitionError
 from clinfl.federation.messages import RoundRecord
 from clinfl.files import write_atomically
 from clinfl.simulation.datasets import load_split_data, resolve_defaults
@@ -178,7 +178,8 @@ def run_simulation(
     started = time.perf_counter()
     config = resolve_defaults(validate_run_config(config, known_methods=available_algorithms()))
     fed, data_cfg = config.federation, config.data
-    assert data_cfg.image_size is not None
+    if data_cfg.image_size is None:
+        raise InternalError("data.image_size is not resolved (resolve_defaults sets it)")
     device = resolve_device(fed.device)  # before any data is read
     init_weights = weights_provenance(config.method)  # the file training starts from, if any
     if prepared is None:
