@@ -23,4 +23,3 @@ def present(value: T | None, what: str) -> T:
     if value is None:
         raise InternalError(f"{what} is missing where clinfl relies on it")
     return value
-
