@@ -13,15 +13,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, cast
 
 from clinfl.config import RunConfig
+from clinfl.federation.results_schema import BestRound, Mode, ResultsDocument, RoundEntry
 from clinfl.files import write_json
 from clinfl.weights.provenance import WeightsDocument, WeightsProvenance
 from coordinator.rounds import FederationOutcome
 
 RESULTS_FILE = "results.json"
-Mode = Literal["simulation", "deployment"]
 
 
 @dataclass(frozen=True)
@@ -50,10 +50,10 @@ class RunResults:
     """The file the model's initial weights came from (name, SHA-256, source); None: random."""
     data: str | None
     """How the training data was described (None in a deployment: it stays at the sites)."""
-    partition: dict[str, Any] | None
+    partition: dict[str, object] | None
     """Simulation only: the label-skew partition of the training data over the sites."""
-    rounds: list[dict[str, Any]]
-    best: dict[str, Any] | None
+    rounds: list[RoundEntry]
+    best: BestRound | None
     stopped: str | None
     converged: str | None
     seconds: float
@@ -65,9 +65,9 @@ class RunResults:
     reports: dict[str, str] = field(default_factory=dict)
     """Where the audit reports were written (simulation: every site's and the federation's)."""
 
-    def to_json_dict(self) -> dict[str, Any]:
-        """Return the document ``results.json`` holds."""
-        return asdict(self)
+    def to_json_dict(self) -> ResultsDocument:
+        """Return the document ``results.json`` holds (its keys: these fields, in order)."""
+        return cast(ResultsDocument, asdict(self))
 
 
 def best_round(
@@ -75,7 +75,7 @@ def best_round(
     config: RunConfig,
     class_names: Sequence[str],
     operating: dict[str, Any] | None = None,
-) -> dict[str, Any] | None:
+) -> BestRound | None:
     """Return the selected round's record with its per-class test AUC and the selection rule.
 
     ``operating`` describes the thresholds chosen for it and their test rates (None where the
@@ -84,14 +84,15 @@ def best_round(
     selected = outcome.selected
     if selected is None:
         return None
-    best = selected.to_json_dict()
     aucs = selected.report.test.per_class_auc
-    best["per_class_auc"] = (
-        dict(zip(class_names, aucs, strict=True)) if len(aucs) == len(class_names) else None
-    )
-    best["selection"] = config.federation.selection
-    best["operating"] = operating
-    return best
+    return {
+        **selected.to_json_dict(),
+        "per_class_auc": (
+            dict(zip(class_names, aucs, strict=True)) if len(aucs) == len(class_names) else None
+        ),
+        "selection": config.federation.selection,
+        "operating": operating,
+    }
 
 
 def run_results(
@@ -106,7 +107,7 @@ def run_results(
     grad_sample_mode: str | None,
     init_weights: WeightsProvenance | None,
     data: str | None = None,
-    partition: dict[str, Any] | None = None,
+    partition: dict[str, object] | None = None,
     operating: dict[str, Any] | None = None,
 ) -> RunResults:
     """Return the results of a run: what both modes report the same way, filled here.

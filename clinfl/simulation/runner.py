@@ -11,7 +11,7 @@ import shutil
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 
@@ -23,6 +23,7 @@ from clinfl.data.partition import Partition, partition_label_skew
 from clinfl.device import resolve_device
 from clinfl.errors import DataError, InternalError, PartitionError
 from clinfl.federation.messages import RoundRecord
+from clinfl.federation.results_schema import ResultsDocument
 from clinfl.files import write_atomically
 from clinfl.simulation.datasets import load_split_data, resolve_defaults
 from clinfl.simulation.local_steps import DerivedLocalSteps, simulation_local_steps
@@ -84,7 +85,7 @@ class SimulationResult:
     partition: Partition
     data: SplitData
     results_path: Path
-    summary: dict[str, Any]
+    summary: ResultsDocument
     sites: SimulatedSites
     test_scores: np.ndarray | None = None  # the selected model's test scores (prepared data)
 
@@ -117,7 +118,7 @@ def _check_evaluable(data: SplitData) -> None:
 
 
 def write_audit_reports(
-    out_dir: Path, sites: SimulatedSites, summary: dict[str, Any]
+    out_dir: Path, sites: SimulatedSites, summary: ResultsDocument
 ) -> dict[str, str]:
     """Write each site's audit report (JSON, Markdown, HTML) and the federation report.
 
