@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 from clinfl.audit.render import FORMATS, render_site
 from clinfl.audit.schema import Forecast, LedgerRoundEntry, RefusalEntry, SiteReport, SiteSummary
@@ -91,9 +90,8 @@ def forecast(
         return None
     noise, rate, steps = history[-1]
     charge = RoundCharge(noise, rate, steps, poisson_steps_per_epoch(rate))
-    terms: dict[str, Any] = {"delta": delta, "accountant": accountant}
-    left = rounds_within_budget(history, charge, budget=budget, **terms)
-    one = epsilon_after((), charge, 1, **terms)
+    left = rounds_within_budget(history, charge, budget=budget, delta=delta, accountant=accountant)
+    one = epsilon_after((), charge, 1, delta=delta, accountant=accountant)
     return {
         "noise_multiplier": noise,
         "sample_rate": rate,
@@ -102,7 +100,9 @@ def forecast(
         "rounds_more": left.rounds,
         "capped": left.capped,
         "round_cap": MAX_PLANNED_ROUNDS,
-        "epsilon_after": epsilon_after(history, charge, left.rounds, **terms).epsilon,
+        "epsilon_after": epsilon_after(
+            history, charge, left.rounds, delta=delta, accountant=accountant
+        ).epsilon,
     }
 
 

@@ -117,7 +117,7 @@ class ExportItem:
 
 def write_export(
     items: Sequence[ExportItem], out_dir: Path, *, progress: Progress | None = None
-) -> dict[str, Any]:
+) -> dict[str, int]:
     """Write ``items`` as a PACS-like DICOM tree with broken files and ``labels.csv``.
 
     Raises:
@@ -165,7 +165,7 @@ def make_export(
     *,
     limit: int | None = None,
     progress: Progress | None = None,
-) -> dict[str, Any]:
+) -> dict[str, int]:
     """Write the export of a PNG data set; return counts of what was written.
 
     Raises:
@@ -205,7 +205,7 @@ def make_digits_export(
     image_size: int = DIGITS_EXPORT_SIZE,
     limit: int | None = None,
     progress: Progress | None = None,
-) -> dict[str, Any]:
+) -> dict[str, int]:
     """Write the bundled digit composites (every split) as a DICOM export labelled by digit.
 
     The labels use the ``digits`` label space (``Finding Labels`` such as ``3|7``), so ingest
