@@ -4,8 +4,10 @@ The in-process federation (:mod:`clinfl.simulation.runner`) and the deployed coo
 (:mod:`coordinator.deploy.deployment`) both fill a :class:`RunResults` and write it with
 :func:`write_results`, atomically. Every key is present in both modes; a key one mode cannot
 know is ``null`` (or empty) there. The schema is documented in docs/coordinator.md, "results.json".
-Adding a report field means adding it here (and to that table); a field computed from the
-outcome or the configuration is filled in :func:`run_results` for both modes at once.
+Adding a report field means adding it here, to
+:class:`~clinfl.federation.results_schema.ResultsDocument` (a test compares the two) and to that
+table; a field computed from the outcome or the configuration is filled in :func:`run_results`
+for both modes at once.
 """
 
 from __future__ import annotations
