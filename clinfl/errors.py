@@ -150,3 +150,20 @@ class DeploymentError(ClinflError):
 
 class WireError(ProtocolViolation):
     """A message from the network cannot be decoded into one of clinfl's message types."""
+
+
+class InternalError(ClinflError):
+    """clinfl broke one of its own invariants: a bug, not a user mistake.
+
+    Explicit checks raise it where an ``assert`` would be removed by ``python -O``: a state that
+    later code relies on (a reservation's row, a resolved default, a trained optimizer) is never
+    used while it is missing. Secure-aggregation sessions raise
+    :class:`ProtocolViolation` instead, so that their secrets are wiped as well.
+    """
+
+    exit_code = 70  # EX_SOFTWARE
+
+    def __init__(
+        self, message: str, *, remedy: str = "this is a bug in clinfl; please report it"
+    ) -> None:
+        super().__init__(message, remedy=remedy)

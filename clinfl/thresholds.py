@@ -26,7 +26,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from clinfl.errors import ConfigError
+from clinfl.errors import ConfigError, InternalError
 from clinfl.metrics import f1_at_thresholds
 
 RuleKind = Literal["f1", "youden", "sensitivity"]
@@ -93,7 +93,8 @@ def _cut(truth: np.ndarray, scores: np.ndarray, rule: ThresholdRule) -> float:
         specificity_loss = fp / negatives if negatives else np.zeros_like(fp)
         pick = int(np.argmax(tp / positives - specificity_loss))
     else:
-        assert rule.target is not None
+        if rule.target is None:
+            raise InternalError("the sensitivity rule has no target")
         pick = int(np.flatnonzero(tp / positives >= rule.target - 1e-12)[0])
     kept = float(ranked[last[pick]])
     below = ranked[last[pick] + 1 :]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 
 from safetensors.torch import load_file, save
@@ -40,7 +41,7 @@ class CheckpointStore:
                     f"cannot read {existing}: {exc}", remedy="check the run folder"
                 ) from exc
 
-    def save(self, round_number: int, state: StateDict, metrics: dict[str, object]) -> Path:
+    def save(self, round_number: int, state: StateDict, metrics: Mapping[str, object]) -> Path:
         """Write the global state after ``round_number`` and update the manifest.
 
         Raises:

@@ -7,16 +7,18 @@ site's ledger.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+
+from clinfl.audit.schema import FederationReport, SiteSummary
+from clinfl.federation.results_schema import RoundEntry
 
 
 def build_federation_report(
     *,
     run_id: str,
-    rounds: Sequence[dict[str, Any]],
+    rounds: Sequence[RoundEntry],
     stopped: str | None,
-    site_summaries: Sequence[dict[str, Any]],
-) -> dict[str, Any]:
+    site_summaries: Sequence[SiteSummary],
+) -> FederationReport:
     """Return the federation report as JSON types."""
     return {
         "report_version": 1,
@@ -28,7 +30,7 @@ def build_federation_report(
                 "sites": r["sites"],
                 "macro_auc": r["macro_auc"],
                 "val_macro_auc": r["val_macro_auc"],
-                "aborted": r.get("aborted"),
+                "aborted": r["aborted"],
             }
             for r in rounds
         ],

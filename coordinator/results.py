@@ -4,8 +4,10 @@ The in-process federation (:mod:`clinfl.simulation.runner`) and the deployed coo
 (:mod:`coordinator.deploy.deployment`) both fill a :class:`RunResults` and write it with
 :func:`write_results`, atomically. Every key is present in both modes; a key one mode cannot
 know is ``null`` (or empty) there. The schema is documented in docs/coordinator.md, "results.json".
-Adding a report field means adding it here (and to that table); a field computed from the
-outcome or the configuration is filled in :func:`run_results` for both modes at once.
+Adding a report field means adding it here, to
+:class:`~clinfl.federation.results_schema.ResultsDocument` (a test compares the two) and to that
+table; a field computed from the outcome or the configuration is filled in :func:`run_results`
+for both modes at once.
 """
 
 from __future__ import annotations
@@ -13,15 +15,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, cast
 
 from clinfl.config import RunConfig
+from clinfl.federation.results_schema import BestRound, Mode, ResultsDocument, RoundEntry
 from clinfl.files import write_json
 from clinfl.weights.provenance import WeightsDocument, WeightsProvenance
 from coordinator.rounds import FederationOutcome
 
 RESULTS_FILE = "results.json"
-Mode = Literal["simulation", "deployment"]
 
 
 @dataclass(frozen=True)
@@ -50,10 +52,10 @@ class RunResults:
     """The file the model's initial weights came from (name, SHA-256, source); None: random."""
     data: str | None
     """How the training data was described (None in a deployment: it stays at the sites)."""
-    partition: dict[str, Any] | None
+    partition: dict[str, object] | None
     """Simulation only: the label-skew partition of the training data over the sites."""
-    rounds: list[dict[str, Any]]
-    best: dict[str, Any] | None
+    rounds: list[RoundEntry]
+    best: BestRound | None
     stopped: str | None
     converged: str | None
     seconds: float
@@ -65,9 +67,9 @@ class RunResults:
     reports: dict[str, str] = field(default_factory=dict)
     """Where the audit reports were written (simulation: every site's and the federation's)."""
 
-    def to_json_dict(self) -> dict[str, Any]:
-        """Return the document ``results.json`` holds."""
-        return asdict(self)
+    def to_json_dict(self) -> ResultsDocument:
+        """Return the document ``results.json`` holds (its keys: these fields, in order)."""
+        return cast(ResultsDocument, asdict(self))
 
 
 def best_round(
@@ -75,7 +77,7 @@ def best_round(
     config: RunConfig,
     class_names: Sequence[str],
     operating: dict[str, Any] | None = None,
-) -> dict[str, Any] | None:
+) -> BestRound | None:
     """Return the selected round's record with its per-class test AUC and the selection rule.
 
     ``operating`` describes the thresholds chosen for it and their test rates (None where the
@@ -84,14 +86,15 @@ def best_round(
     selected = outcome.selected
     if selected is None:
         return None
-    best = selected.to_json_dict()
     aucs = selected.report.test.per_class_auc
-    best["per_class_auc"] = (
-        dict(zip(class_names, aucs, strict=True)) if len(aucs) == len(class_names) else None
-    )
-    best["selection"] = config.federation.selection
-    best["operating"] = operating
-    return best
+    return {
+        **selected.to_json_dict(),
+        "per_class_auc": (
+            dict(zip(class_names, aucs, strict=True)) if len(aucs) == len(class_names) else None
+        ),
+        "selection": config.federation.selection,
+        "operating": operating,
+    }
 
 
 def run_results(
@@ -106,7 +109,7 @@ def run_results(
     grad_sample_mode: str | None,
     init_weights: WeightsProvenance | None,
     data: str | None = None,
-    partition: dict[str, Any] | None = None,
+    partition: dict[str, object] | None = None,
     operating: dict[str, Any] | None = None,
 ) -> RunResults:
     """Return the results of a run: what both modes report the same way, filled here.

@@ -380,10 +380,15 @@ class SiteAgent:
             ProtocolViolation: if the parameters break the policy, name another run or round
                 than the one this site trained for, or reuse a session nonce (or this
                 training was already advertised in another session).
+            FederationError: if there is no trained update (nothing to advertise keys for).
         """
         self._take_pending()
         received = self._received
-        assert received is not None
+        if received is None:
+            raise FederationError(
+                f"{self.site_id} holds no global model for this round",
+                remedy="the coordinator must ask the site to train first",
+            )
         try:
             params_hash = round_parameters_digest(params, received.settings)
         except ValueError:

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 from clinfl.audit.render import FORMATS, render_site
+from clinfl.audit.schema import Forecast, LedgerRoundEntry, RefusalEntry, SiteReport, SiteSummary
 from clinfl.errors import DataError
 from clinfl.files import write_atomically
 from clinfl.privacy.accounting import HistoryEntry, charge_epsilon
@@ -43,8 +43,8 @@ def ingest_summary_path(state_dir: Path) -> Path:
     return state_dir / SITE_INGEST_DIR / SUMMARY_FILE
 
 
-def _per_round(ledger: SiteLedger, delta: float, accountant: str) -> list[dict[str, Any]]:
-    rows: list[dict[str, Any]] = []
+def _per_round(ledger: SiteLedger, delta: float, accountant: str) -> list[LedgerRoundEntry]:
+    rows: list[LedgerRoundEntry] = []
     history: list[tuple[float, float, int]] = []
     previous = 0.0
     for entry in ledger.rounds():
@@ -75,7 +75,7 @@ def _per_round(ledger: SiteLedger, delta: float, accountant: str) -> list[dict[s
 
 def forecast(
     history: list[HistoryEntry], *, budget: float | None, delta: float, accountant: str
-) -> dict[str, Any] | None:
+) -> Forecast | None:
     """Return how many more rounds at the last round's spend fit in ``budget`` (None: no round).
 
     ``rounds_more`` counts rounds of the last entry's noise, rate and steps that keep the
@@ -90,9 +90,8 @@ def forecast(
         return None
     noise, rate, steps = history[-1]
     charge = RoundCharge(noise, rate, steps, poisson_steps_per_epoch(rate))
-    terms: dict[str, Any] = {"delta": delta, "accountant": accountant}
-    left = rounds_within_budget(history, charge, budget=budget, **terms)
-    one = epsilon_after((), charge, 1, **terms)
+    left = rounds_within_budget(history, charge, budget=budget, delta=delta, accountant=accountant)
+    one = epsilon_after((), charge, 1, delta=delta, accountant=accountant)
     return {
         "noise_multiplier": noise,
         "sample_rate": rate,
@@ -101,11 +100,13 @@ def forecast(
         "rounds_more": left.rounds,
         "capped": left.capped,
         "round_cap": MAX_PLANNED_ROUNDS,
-        "epsilon_after": epsilon_after(history, charge, left.rounds, **terms).epsilon,
+        "epsilon_after": epsilon_after(
+            history, charge, left.rounds, delta=delta, accountant=accountant
+        ).epsilon,
     }
 
 
-def build_site_report(state_dir: Path) -> dict[str, Any]:
+def build_site_report(state_dir: Path) -> SiteReport:
     """Return the audit report of the site whose state lives in ``state_dir``.
 
     Raises:
@@ -131,7 +132,7 @@ def build_site_report(state_dir: Path) -> dict[str, Any]:
             delta=delta,
             accountant=accountant,
         )
-        refusals = [
+        refusals: list[RefusalEntry] = [
             {"run_id": r.run_id, "round": r.round, "reason": r.reason} for r in ledger.refusals()
         ]
         completed = ledger.completed_rounds()
@@ -165,7 +166,7 @@ def build_site_report(state_dir: Path) -> dict[str, Any]:
     }
 
 
-def rounds_trained(report: dict[str, Any]) -> int:
+def rounds_trained(report: SiteReport) -> int:
     """Return the rounds a site trained: with DP-SGD those its ledger charged, else completed.
 
     A DP round counts once it is reserved (it may have trained before a crash); a round
@@ -176,17 +177,17 @@ def rounds_trained(report: dict[str, Any]) -> int:
     return int(report.get("rounds_completed", 0))
 
 
-def shareable_summary(report: dict[str, Any]) -> dict[str, Any]:
+def shareable_summary(report: SiteReport) -> SiteSummary:
     """Return the part of a site report its policy lets leave the site (``reporting.metrics``)."""
     allowed = set(report["policy"]["terms"].get("reporting", {}).get("metrics", ()))
-    summary: dict[str, Any] = {"site_id": report["site_id"], "reports": sorted(allowed)}
+    summary: SiteSummary = {"site_id": report["site_id"], "reports": sorted(allowed)}
     if "epsilon" in allowed:
         summary["epsilon_spent"] = report["dp"]["epsilon_spent"]
         summary["epsilon_budget"] = report["dp"]["epsilon_budget"]
         summary["delta"] = report["dp"]["delta"]
         summary["dp_enabled"] = report["dp"]["enabled"]
         summary["epsilon_by_round"] = [
-            [r["round"], r["epsilon_cumulative"]] for r in report["rounds"]
+            (r["round"], r["epsilon_cumulative"]) for r in report["rounds"]
         ]
     if "counts" in allowed:
         summary["training_samples"] = report["data"]["training_samples"]
@@ -197,7 +198,7 @@ def shareable_summary(report: dict[str, Any]) -> dict[str, Any]:
     return summary
 
 
-def write_site_report(state_dir: Path) -> dict[str, Any]:
+def write_site_report(state_dir: Path) -> SiteReport:
     """Write the site's audit report as ``<state>/audit_report.{json,md,html}``, each atomically.
 
     Both modes write it here (the in-process federation at the end of the run, a deployed site

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from clinfl.errors import BudgetExhausted, CheckpointError
+from clinfl.guards import present
 from clinfl.privacy.accounting import HistoryEntry, charge_epsilon, epsilon_of
 from clinfl.sqlite_transaction import immediate_transaction
 
@@ -306,8 +307,8 @@ class SiteLedger:
                 f"refuses {reason}",
                 remedy="the site has spent its privacy budget for this federation",
             )
-        assert cursor.lastrowid is not None
-        return Reservation(row_id=cursor.lastrowid, epsilon_after=after)
+        row_id = present(cursor.lastrowid, "the reservation's ledger row")
+        return Reservation(row_id=row_id, epsilon_after=after)
 
     def _set_state(self, row_id: int, state: str, *, only_from: str, **fields: object) -> None:
         assignments = "".join(f", {name} = ?" for name in fields)

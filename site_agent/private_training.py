@@ -1,10 +1,11 @@
 """A site's local training with DP-SGD (Opacus): Poisson sampling, per-sample clipping, noise.
 
-One privacy engine per site and federation, built once: its accountant is rebuilt from the
-ledger's history, so a restarted site continues the same accounting. Every round reserves its
-privacy spend in the ledger before the first step and is refused, with the refusal recorded,
-if it would pass the budget. A site whose noise is calibrated to ``target_epsilon_per_round``
-also refuses, before any step, a round with more steps than it calibrated for.
+One privacy engine per site and federation, built once: its accountant counts this process's
+steps (Opacus' step hook) after the ledger's history, so a restarted site continues the same
+accounting. Every round reserves its privacy spend in the ledger before the first step and is
+refused, with the refusal recorded, if it would pass the budget. A site whose noise is
+calibrated to ``target_epsilon_per_round`` also refuses, before any step, a round with more
+steps than it calibrated for.
 
 A round takes ``local_epochs`` epochs of Poisson-sampled batches, or, with ``local_steps``,
 exactly that many Poisson-sampled batches at the same sampling rate (about batch size / N), and
@@ -119,7 +120,7 @@ class DPSteps:
         random_bytes: RandomBytes = os.urandom,
         augment_multiplicity: int = 1,
     ) -> None:
-        """Build the privacy engine once (its accountant continues the ledger's history).
+        """Build the privacy engine once (its accountant counts the steps after the ledger's).
 
         Raises:
             ConfigError: for ``augment_multiplicity`` > 1 with a ghost-norm mode (ghost,
@@ -181,7 +182,9 @@ class DPSteps:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Secure RNG turned off")  # see noise.py
             self.engine = PrivacyEngine(accountant=self._dp.accountant)
-        self.engine.accountant.history = list(self._ledger.history())
+        # The engine's own accountant starts empty and counts this process's steps through
+        # Opacus' step hook; what the site spent before it was built is the ledger's.
+        self._spent_before = tuple(self._ledger.history())
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=1e-3, weight_decay=weight_decay)
         extra: dict[str, Any] = {}
@@ -407,9 +410,10 @@ class DPSteps:
         """Return the epsilon of the steps Opacus' own accountant counted for this site so far.
 
         Charged as the ledger charges (:func:`~clinfl.privacy.accounting.epsilon_of`: by RDP
-        where PRV cannot compute it), over the history the engine kept, not the ledger's.
+        where PRV cannot compute it), over the ledger's history when the engine was built
+        followed by the steps the engine's accountant counted since (not the ledger's rounds).
         """
-        history = list(self.engine.accountant.history)
+        history = [*self._spent_before, *self.engine.accountant.history]
         return epsilon_of(history, delta=self._dp.delta, accountant=self._dp.accountant)
 
 

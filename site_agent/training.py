@@ -32,6 +32,7 @@ from clinfl.data.batching import shuffled_batches, to_input_tensor, wrapped_batc
 from clinfl.data.imageset import ImageSet
 from clinfl.errors import FederationError, LocalTrainingFailed
 from clinfl.federation.messages import RoundSettings
+from clinfl.guards import present
 from clinfl.typing import StateDict
 from site_agent.augmentation import view_batch
 from site_agent.model_state import load_travelling_state
@@ -512,10 +513,10 @@ class PlainSteps:
 
     def step(self, loss: torch.Tensor, reference: StateDict, memory: SiteMemory, lr: float) -> None:
         """One AdamW step, then the algorithm's per-step hook."""
-        assert self._optimizer is not None  # begin_round made it
-        self._optimizer.zero_grad(set_to_none=True)
+        optimizer = present(self._optimizer, "the round's optimizer (begin_round makes it)")
+        optimizer.zero_grad(set_to_none=True)
         torch.autograd.backward(loss)
-        self._optimizer.step()
+        optimizer.step()
         self._algorithm.after_step(self._model, reference, memory)
 
     def end_round(self, settings: RoundSettings) -> None:

@@ -8,6 +8,7 @@ from torch import nn
 from clinfl.algorithms.base import Algorithm, ModelSpec, build_backbone
 from clinfl.algorithms.registry import register_algorithm
 from clinfl.config.presets import or_library_default
+from clinfl.errors import InternalError
 from clinfl.model.etf import SimplexETF
 from clinfl.model.losses import fedncalign_loss
 from clinfl.model.networks import FedNCAlignNet, NetOutput
@@ -52,7 +53,8 @@ class FedNCAlign(Algorithm):
 
     def per_sample_loss(self, output: NetOutput, targets: torch.Tensor) -> torch.Tensor:
         """Return BCE + lambda_rej * L_rej + lambda_con * L_con for each sample."""
-        assert output.class_features is not None and output.prototypes is not None
+        if output.class_features is None or output.prototypes is None:
+            raise InternalError("the ETF network returned no class features or prototypes")
         terms = fedncalign_loss(
             output.logits,
             output.class_features,

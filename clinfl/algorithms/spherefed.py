@@ -20,6 +20,7 @@ from torch import nn
 
 from clinfl.algorithms.base import Algorithm, ModelSpec, RoundContext, SiteMemory, build_backbone
 from clinfl.algorithms.registry import register_algorithm
+from clinfl.errors import InternalError
 from clinfl.model.losses import bce_per_sample
 from clinfl.model.networks import NetOutput
 from clinfl.model.sphere import STATISTICS_SCALE, SphereNet, augmented, orthogonal_classifier
@@ -86,7 +87,8 @@ class SphereFed(Algorithm):
         context: RoundContext,
     ) -> StateDict:
         """Return the change that moves the global statistics to this site's (scaled)."""
-        assert isinstance(model, SphereNet)
+        if not isinstance(model, SphereNet):
+            raise InternalError(f"SphereFed trains a SphereNet, got a {type(model).__name__}")
         gram, cross = feature_statistics(model, context)
         new = {
             "calibration_gram": gram * STATISTICS_SCALE,

@@ -12,6 +12,7 @@ import json
 from typing import Any
 
 from clinfl.audit.plot import epsilon_plot
+from clinfl.audit.schema import DPSection, FederationReport, SiteReport
 
 FORMATS = ("json", "md", "html")
 
@@ -26,7 +27,7 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def forecast_text(dp: dict[str, Any]) -> str:
+def forecast_text(dp: DPSection) -> str:
     """Return the site report's forecast in words: N more rounds at the last round's spend."""
     ahead = dp.get("forecast")
     if ahead is None:
@@ -41,7 +42,7 @@ def forecast_text(dp: dict[str, Any]) -> str:
     )
 
 
-def _site_tables(report: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]]]:
+def _site_tables(report: SiteReport) -> list[tuple[str, list[str], list[list[str]]]]:
     dp = report["dp"]
     terms = report["policy"]["terms"]
     summary = [
@@ -131,7 +132,7 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
     ]
 
 
-def _plot_png(report: dict[str, Any]) -> bytes:
+def _plot_png(report: SiteReport) -> bytes:
     counted = [r["epsilon_cumulative"] for r in report["rounds"] if r["state"] != "released"]
     return epsilon_plot(
         [(report["site_id"], counted)],
@@ -140,7 +141,7 @@ def _plot_png(report: dict[str, Any]) -> bytes:
     )
 
 
-def site_markdown(report: dict[str, Any]) -> str:
+def site_markdown(report: SiteReport) -> str:
     """Return the site report as Markdown (the plot is left to the HTML form)."""
     out = [f"# Privacy audit report: {report['site_id']}", ""]
     for title, header, rows in _site_tables(report):
@@ -178,7 +179,7 @@ def _html_page(title: str, sections: list[str], png: bytes) -> str:
     )
 
 
-def site_html(report: dict[str, Any]) -> str:
+def site_html(report: SiteReport) -> str:
     """Return the site report as one self-contained HTML page with the epsilon plot."""
     sections = [
         f"<h2>{html.escape(title)}</h2>{html_table(header, rows)}"
@@ -187,7 +188,7 @@ def site_html(report: dict[str, Any]) -> str:
     return _html_page(f"Privacy audit report: {report['site_id']}", sections, _plot_png(report))
 
 
-def render_site(report: dict[str, Any], fmt: str) -> str:
+def render_site(report: SiteReport, fmt: str) -> str:
     """Render a site report in ``fmt`` (json, md or html).
 
     Raises:
@@ -202,7 +203,7 @@ def render_site(report: dict[str, Any], fmt: str) -> str:
     raise ValueError(f"unknown format {fmt!r}: use json, md or html")
 
 
-def _federation_tables(report: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]]]:
+def _federation_tables(report: FederationReport) -> list[tuple[str, list[str], list[list[str]]]]:
     sites = [
         [
             s["site_id"],
@@ -249,7 +250,7 @@ def _federation_tables(report: dict[str, Any]) -> list[tuple[str, list[str], lis
     ]
 
 
-def federation_markdown(report: dict[str, Any]) -> str:
+def federation_markdown(report: FederationReport) -> str:
     """Return the federation report as Markdown."""
     out = [f"# Federation report: {report['run_id']}", ""]
     if report.get("stopped"):
@@ -259,20 +260,23 @@ def federation_markdown(report: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
-def federation_html(report: dict[str, Any]) -> str:
+def federation_html(report: FederationReport) -> str:
     """Return the federation report as one self-contained HTML page."""
     series = [
         (s["site_id"], [eps for _, eps in s["epsilon_by_round"]])
         for s in report["sites"]
         if s.get("epsilon_by_round")
     ]
-    budgets = [s["epsilon_budget"] for s in report["sites"] if s.get("dp_enabled")]
+    budgets = [
+        budget
+        for s in report["sites"]
+        if s.get("dp_enabled") and (budget := s.get("epsilon_budget")) is not None
+    ]
     png = epsilon_plot(
         series, budget=min(budgets) if budgets else None, title="cumulative epsilon per site"
     )
-    sections = (
-        [f"<p>The federation {html.escape(report['stopped'])}</p>"] if report.get("stopped") else []
-    )
+    stopped = report["stopped"]
+    sections = [f"<p>The federation {html.escape(stopped)}</p>"] if stopped else []
     sections += [
         f"<h2>{html.escape(title)}</h2>{html_table(header, rows)}"
         for title, header, rows in _federation_tables(report)

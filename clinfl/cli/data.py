@@ -13,6 +13,7 @@ from rich.progress import Progress
 from clinfl.cli.errors import cli_errors
 from clinfl.data.make_export import make_digits_export, make_export
 from clinfl.errors import ConfigError
+from clinfl.guards import present
 
 
 def make_export_command(
@@ -55,9 +56,14 @@ def make_export_command(
 
             if digits:
                 counts = make_digits_export(out, seed=seed, limit=limit, progress=progress)
-            else:
-                assert images is not None and labels is not None
-                counts = make_export(images, labels, out, limit=limit, progress=progress)
+            else:  # both given: checked above
+                counts = make_export(
+                    present(images, "--images"),
+                    present(labels, "--labels"),
+                    out,
+                    limit=limit,
+                    progress=progress,
+                )
         Console(stderr=True).print(
             f"wrote {counts['images']} images and {counts['broken']} broken files to {out}"
         )

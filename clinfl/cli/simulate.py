@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -58,7 +59,7 @@ def _config_from_file(ctx: typer.Context, path: Path) -> RunConfig:
     return load_run_config(path)
 
 
-def _thresholded(best: dict[str, Any]) -> str:
+def _thresholded(best: Mapping[str, Any]) -> str:
     """Describe the selected round's F1 at its validation-chosen thresholds."""
     if best.get("macro_f1_at_thresholds") is None:
         return "no thresholds chosen"

@@ -37,6 +37,16 @@ def resolved_feature_stride(backbone: str, feature_stride: int | None) -> int | 
     return DEFAULT_FEATURE_STRIDE[backbone] if feature_stride is None else feature_stride
 
 
+def _pretrainable_shape(backbone: str, feature_stride: int | None) -> tuple[int, int]:
+    """Return a pretrainable backbone's (feature width, blocks) at its stride.
+
+    Raises:
+        KeyError: for a backbone that is not pretrainable or an unsupported stride.
+    """
+    stride = DEFAULT_FEATURE_STRIDE[backbone] if feature_stride is None else feature_stride
+    return _PRETRAINABLE_SHAPE[(backbone, stride)]
+
+
 def feature_width(backbone: str, width: int, feature_stride: int | None) -> int:
     """Return the channels of the backbone's feature map: ``8 * width`` for ResNet-18.
 
@@ -45,9 +55,7 @@ def feature_width(backbone: str, width: int, feature_stride: int | None) -> int:
     """
     if backbone in RESNET_VARIANTS:
         return 8 * width
-    stride = resolved_feature_stride(backbone, feature_stride)
-    assert stride is not None
-    return _PRETRAINABLE_SHAPE[(backbone, stride)][0]
+    return _pretrainable_shape(backbone, feature_stride)[0]
 
 
 def block_count(backbone: str, feature_stride: int | None) -> int:
@@ -58,6 +66,4 @@ def block_count(backbone: str, feature_stride: int | None) -> int:
     """
     if backbone in RESNET_VARIANTS:
         return RESNET_BLOCKS
-    stride = resolved_feature_stride(backbone, feature_stride)
-    assert stride is not None
-    return _PRETRAINABLE_SHAPE[(backbone, stride)][1]
+    return _pretrainable_shape(backbone, feature_stride)[1]

@@ -22,6 +22,7 @@ from clinfl.data.chestxray14 import (
 from clinfl.data.digits import load_digit_composites
 from clinfl.data.imageset import ImageSet
 from clinfl.data.label_space import resolve_label_space
+from clinfl.errors import InternalError
 
 AGE_COLUMNS = ("Age", "Patient Age")
 
@@ -76,7 +77,8 @@ def _group_column(config: RunConfig, header: list[str]) -> str | None:
 
 def _digits_pool(config: RunConfig) -> CvPool:
     data = config.data
-    assert data.image_size is not None
+    if data.image_size is None:
+        raise InternalError("data.image_size is not resolved (resolve_defaults sets it)")
     split = load_digit_composites(
         seed=data.cv_seed,
         image_size=data.image_size,
@@ -112,11 +114,15 @@ def load_cv_pool(config: RunConfig, progress: ProgressCallback | None = None) ->
         DataError: for missing or unusable data (see the loaders).
     """
     data = config.data
-    assert data.image_size is not None and data.cv_folds is not None
+    if data.image_size is None or data.cv_folds is None:
+        raise InternalError("data.image_size and data.cv_folds must be resolved")
     if data.dataset == "digits":
         pool = _digits_pool(config)
     else:
-        assert data.images is not None and data.labels is not None
+        if data.images is None or data.labels is None:
+            raise InternalError(
+                "data.images and data.labels must be set (validation requires them)"
+            )
         header, _ = read_label_table(data.labels)
         column = _group_column(config, header)
         images, rows = load_chestxray14_pool(

@@ -25,7 +25,7 @@ from clinfl.data.label_space import LabelSpace
 from clinfl.data.label_table import table_targets
 from clinfl.data.labels import CXR14_LABELS
 from clinfl.data.png_reader import IMAGE_SUFFIXES, read_grayscale
-from clinfl.errors import DataError, LabelError
+from clinfl.errors import DataError, InternalError, LabelError
 
 INDEX_COLUMN = "Image Index"
 PATH_COLUMN = "path"
@@ -149,7 +149,8 @@ def _read_images(
     images = np.zeros((keep.size, image_size, image_size), dtype=np.uint8)
     for position, row_index in enumerate(keep):
         path = paths[row_index]
-        assert path is not None  # keep holds found rows only
+        if path is None:
+            raise InternalError(f"row {row_index} was kept but its image was not found")
         images[position] = read_grayscale(path, size=image_size)
         if progress is not None:
             progress(position + 1, keep.size)

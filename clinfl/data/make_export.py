@@ -117,7 +117,7 @@ class ExportItem:
 
 def write_export(
     items: Sequence[ExportItem], out_dir: Path, *, progress: Progress | None = None
-) -> dict[str, Any]:
+) -> dict[str, int]:
     """Write ``items`` as a PACS-like DICOM tree with broken files and ``labels.csv``.
 
     Raises:
@@ -130,7 +130,7 @@ def write_export(
     syntaxes = _syntaxes()
     labels: list[tuple[str, str]] = []
     written = {"images": 0, "broken": 0}
-    first_file: Path | None = None
+    files: list[Path] = []  # not empty after the loop: items is not
     for i, item in enumerate(items):
         bits, monochrome1 = BITS[i % len(BITS)], i % 4 == 1
         pixels = _pixels(item.gray, bits=bits, monochrome1=monochrome1)
@@ -146,12 +146,11 @@ def write_export(
         path = _folder(out_dir, item.patient, i) / f"IM{i:05d}"
         _encode(ds, pixels, syntaxes[i % len(syntaxes)], path)
         labels.append((str(ds.SOPInstanceUID), item.findings))
-        first_file = first_file or path
+        files.append(path)
         written["images"] += 1
         if progress is not None:
             progress(i + 1, len(items))
-    assert first_file is not None
-    written["broken"] = _broken_files(out_dir, first_file, items[-1].gray)
+    written["broken"] = _broken_files(out_dir, files[0], items[-1].gray)
     with open(out_dir / "labels.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["SOPInstanceUID", FINDING_COLUMN])
@@ -166,7 +165,7 @@ def make_export(
     *,
     limit: int | None = None,
     progress: Progress | None = None,
-) -> dict[str, Any]:
+) -> dict[str, int]:
     """Write the export of a PNG data set; return counts of what was written.
 
     Raises:
@@ -206,7 +205,7 @@ def make_digits_export(
     image_size: int = DIGITS_EXPORT_SIZE,
     limit: int | None = None,
     progress: Progress | None = None,
-) -> dict[str, Any]:
+) -> dict[str, int]:
     """Write the bundled digit composites (every split) as a DICOM export labelled by digit.
 
     The labels use the ``digits`` label space (``Finding Labels`` such as ``3|7``), so ingest

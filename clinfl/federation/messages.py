@@ -7,6 +7,7 @@ from typing import Any
 
 from clinfl.config import FederationConfig
 from clinfl.config.presets import or_library_default
+from clinfl.federation.results_schema import RoundEntry
 from clinfl.metrics import MultiLabelMetrics
 from clinfl.thresholds import OperatingPoint
 from clinfl.typing import StateDict
@@ -98,7 +99,7 @@ class RoundRecord:
     mean_loss: float
     aborted: str | None = None
 
-    def to_json_dict(self) -> dict[str, object]:
+    def to_json_dict(self) -> RoundEntry:
         """Return the round's test metrics, validation macro-AUC and timing as JSON types."""
         test, operating = self.report.test, self.report.operating
         return {

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from clinfl.errors import InternalError
 from clinfl.model.losses import strongest_logit
 from clinfl.model.networks import FedNCAlignNet
 
@@ -93,7 +94,8 @@ def ladm_diagnostics(
             )
     finally:
         model.train(was_training)
-    assert output.class_features is not None  # the ETF network always returns them
+    if output.class_features is None:
+        raise InternalError("the ETF network returned no class features")
     positions = feature_map.shape[2] * feature_map.shape[3]
     diagnostics = LadmDiagnostics(
         attention_entropy=float(entropy),

@@ -237,16 +237,17 @@ def resolve_seed(bundle: ModelBundle, supplied: int | None) -> int:
     Raises:
         ConfigError: if the folder omits the seed and none is supplied, or both disagree.
     """
-    if bundle.federation_seed is None and supplied is None:
-        raise ConfigError(
-            "this model folder does not carry the federation seed its ETF is built from",
-            remedy="pass --federation-seed N (your site's federation seed)",
-        )
-    if bundle.federation_seed is not None and supplied not in (None, bundle.federation_seed):
+    carried = bundle.federation_seed
+    if carried is None:
+        if supplied is None:
+            raise ConfigError(
+                "this model folder does not carry the federation seed its ETF is built from",
+                remedy="pass --federation-seed N (your site's federation seed)",
+            )
+        return supplied
+    if supplied not in (None, carried):
         raise ConfigError(
             f"--federation-seed {supplied} differs from the seed the model folder carries",
             remedy="leave --federation-seed out",
         )
-    seed = bundle.federation_seed if supplied is None else supplied
-    assert seed is not None
-    return seed
+    return carried

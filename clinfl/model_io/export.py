@@ -25,11 +25,9 @@ RESULTS_FILE = "results.json"
 FEDERATION_REPORT = "federation_report.json"
 
 
-def _read_run_json(run_dir: Path, name: str, *, required: bool) -> dict[str, Any] | None:
+def _read_run_json(run_dir: Path, name: str) -> dict[str, Any]:
     path = run_dir / name
     if not path.is_file():
-        if not required:
-            return None
         raise CheckpointError(
             f"{run_dir} has no {name}: it is not a finished clinfl run folder",
             remedy="pass the --out folder of a completed `clinfl simulate` run",
@@ -43,6 +41,10 @@ def _read_run_json(run_dir: Path, name: str, *, required: bool) -> dict[str, Any
     if not isinstance(document, dict):
         raise CheckpointError(f"cannot read {path}: not a JSON object", remedy="check the run")
     return document
+
+
+def _read_optional_run_json(run_dir: Path, name: str) -> dict[str, Any] | None:
+    return _read_run_json(run_dir, name) if (run_dir / name).is_file() else None
 
 
 def _label_space(config: dict[str, Any]) -> str:
@@ -125,8 +127,7 @@ def export_run(run_dir: Path, out_dir: Path, *, include_etf_seed: bool = True) -
             checkpoint cannot be read, or the model folder cannot be written.
         ModelError: if the written folder does not read back.
     """
-    results = _read_run_json(run_dir, RESULTS_FILE, required=True)
-    assert results is not None
+    results = _read_run_json(run_dir, RESULTS_FILE)
     best = results.get("best")
     if not best:
         raise CheckpointError(
@@ -187,7 +188,7 @@ def _bundle(
         provenance=_provenance(
             run_dir,
             results,
-            _read_run_json(run_dir, FEDERATION_REPORT, required=False),
+            _read_optional_run_json(run_dir, FEDERATION_REPORT),
             checkpoint,
         ),
         init_weights=results.get("init_weights"),

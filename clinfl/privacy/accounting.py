@@ -1,7 +1,8 @@
 """Privacy accounting from a history of (noise multiplier, sample rate, steps).
 
 An accountant's whole state is that history, so clinfl stores it (as JSON) in the site's ledger
-and rebuilds Opacus' accountant from it: a restarted site continues the same accounting.
+and charges every round over it: a restarted site continues the same accounting.
+:func:`make_accountant` builds an Opacus accountant that continues a history.
 
 The PRV rule (:func:`charge_epsilon`). A policy may ask for Opacus' PRV accountant (numerical
 composition of privacy-loss random variables; tighter than RDP). PRV charges a history only
@@ -43,18 +44,21 @@ class EpsilonCharge:
 
 
 def make_accountant(kind: str, history: Iterable[HistoryEntry] = ()) -> Any:
-    """Return an Opacus accountant (``rdp`` or ``prv``) holding ``history``.
+    """Return a new Opacus accountant (``rdp`` or ``prv``) that continues ``history``.
+
+    Built by Opacus' own factory (``create_accountant``) and restored through its checkpoint
+    API (``load_state_dict``), as Opacus restores a saved engine: no attribute is assigned.
 
     Raises:
         ValueError: for an unknown accountant.
     """
-    from opacus.accountants import PRVAccountant, RDPAccountant
+    from opacus.accountants import create_accountant
 
-    accountants = {"rdp": RDPAccountant, "prv": PRVAccountant}
-    if kind not in accountants:
+    if kind not in ("rdp", "prv"):
         raise ValueError(f"unknown accountant {kind!r}: use rdp or prv")
-    accountant = accountants[kind]()
-    accountant.history = [(float(s), float(q), int(n)) for s, q, n in history]
+    accountant = create_accountant(mechanism=kind)
+    entries = [(float(s), float(q), int(n)) for s, q, n in history]
+    accountant.load_state_dict({"history": entries, "mechanism": accountant.mechanism()})
     return accountant
 
 

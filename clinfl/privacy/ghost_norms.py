@@ -37,6 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from clinfl.errors import InternalError
+
 NormChoice = Literal["mixed", "ghost", "instantiate"]
 NORM_CHOICES: tuple[NormChoice, ...] = ("mixed", "ghost", "instantiate")
 _ATTRIBUTE = "_clinfl_norm_choice"
@@ -229,7 +231,8 @@ def layer_choices(model: nn.Module, image_size: int, channels: int = 3) -> list[
             def record(
                 layer: nn.Module, _inputs: object, output: torch.Tensor, name: str = name
             ) -> None:
-                assert isinstance(layer, nn.Conv2d)
+                if not isinstance(layer, nn.Conv2d):
+                    raise InternalError(f"{name} is not a Conv2d")
                 kernel = layer.kernel_size[0] * layer.kernel_size[1]
                 fan_in = layer.in_channels // layer.groups * kernel
                 shapes[name] = (output.shape[2] * output.shape[3], fan_in, layer.out_channels)

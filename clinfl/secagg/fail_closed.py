@@ -12,7 +12,7 @@ import functools
 from collections.abc import Callable
 from typing import ParamSpec, Protocol, TypeVar, runtime_checkable
 
-from clinfl.errors import ProtocolViolation
+from clinfl.errors import InternalError, ProtocolViolation
 from clinfl.secagg.settings import RoundParameters
 
 P = ParamSpec("P")
@@ -49,7 +49,8 @@ def fail_closed(method: Callable[P, R]) -> Callable[P, R]:
     @functools.wraps(method)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         session = args[0]
-        assert isinstance(session, FailClosedSession)
+        if not isinstance(session, FailClosedSession):
+            raise InternalError(f"@fail_closed wraps {method.__name__}, not a session's method")
         try:
             return method(*args, **kwargs)
         except ProtocolViolation as violation:

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from clinfl.errors import RoundAborted
+from clinfl.errors import InternalError, RoundAborted
 from clinfl.secagg.graph import COMPLETE_GRAPH_LIMIT, graph_seed
 from clinfl.secagg.hazmat import keys
 from clinfl.secagg.hazmat.prg import reduce_residues, residue_dtype
@@ -187,6 +187,7 @@ class ServerSession:
 
         Raises:
             RoundAborted: if some secret has fewer than ``threshold`` shares.
+            InternalError: if no masked sum is held (an explicit check: it survives ``-O``).
         """
         self._stage = check_transition(self._stage, Stage.UNMASK)
         params = self._params
@@ -212,9 +213,13 @@ class ServerSession:
                     context=pair_context(params.round_id, survivor, dropped, directed=False),
                 )
                 orphaned.append((survivor, dropped, seed))
-        assert self._masked_sum is not None
+        masked_sum = self._masked_sum
+        if masked_sum is None:
+            raise InternalError(
+                f"round {params.round_id}: the masked sum is missing at unmask; nothing applied"
+            )
         total = unmask_sum(
-            self._masked_sum, self_seeds=self_seeds, orphaned_pairs=orphaned, bits=params.bits
+            masked_sum, self_seeds=self_seeds, orphaned_pairs=orphaned, bits=params.bits
         )
         self._masked_sum = None
         return total

@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import NoReturn, TypeVar
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -68,6 +69,7 @@ from clinfl.secagg.transcript import RoundBinding, transcript_hash
 
 AuditHook = Callable[[int, str], None]  # (round id, why the site refused)
 RandomBytes = Callable[[int], bytes]
+T = TypeVar("T")
 
 
 @dataclass
@@ -197,13 +199,26 @@ class SiteSession:
         self._guard(check)
         self._stage = stage
 
-    def _violation(self, message: str) -> None:
+    def _violation(self, message: str) -> NoReturn:
         violation = ProtocolViolation(
             f"round {self._params.round_id}, {self._site_id}: {message}",
             remedy="the round is abandoned and no share was revealed; check the coordinator",
         )
         self._abort(violation)
         raise violation
+
+    def _secret(self, value: T | None, what: str) -> T:
+        """Return a secret an earlier stage made; abort the round (wiping all) if it is gone.
+
+        An explicit check, not ``assert`` (``python -O`` removes those): a wiped or never
+        made secret must stop the round, never reach a message as None.
+
+        Raises:
+            ProtocolViolation: if ``value`` is None.
+        """
+        if value is None:
+            self._violation(f"{what} is missing (wiped, or its stage never ran); nothing sent")
+        return value
 
     # Stage 1 ---------------------------------------------------------------------------------
     @_fail_closed
@@ -249,8 +264,8 @@ class SiteSession:
         if len(by_site) < floor:
             self._violation(f"only {len(by_site)} sites advertised; this site requires {floor}")
         self._adverts = by_site
-        assert self._graph_nonce is not None
-        return GraphReveal(self._site_id, params.round_id, self._graph_nonce)
+        nonce = self._secret(self._graph_nonce, "the graph nonce")
+        return GraphReveal(self._site_id, params.round_id, nonce)
 
     # Stage 3 ---------------------------------------------------------------------------------
     @_fail_closed
@@ -288,12 +303,13 @@ class SiteSession:
             lambda: check_holders(params, holders=len(holders), requirements=self._requirements)
         )
         self._transcript = transcript_hash(self._binding, self._adverts, opened)
-        assert self._mask_key is not None and self._share_key is not None
+        mask_key = self._secret(self._mask_key, "the mask key")
+        self._secret(self._share_key, "the share key")
         seed = self._random_bytes(32)
         self._self_seed = seed
         seed_shares = split_secret(seed, threshold=params.threshold, holders=len(params.site_ids))
         key_shares = split_secret(
-            keys.agreement_private_bytes(self._mask_key),
+            keys.agreement_private_bytes(mask_key),
             threshold=params.threshold,
             holders=len(params.site_ids),
         )
@@ -313,10 +329,13 @@ class SiteSession:
         return sealed
 
     def _agreement_key(self, peer: str, *, purpose: str) -> bytes:
-        own = self._share_key if purpose == keys.SHARE_ENCRYPTION else self._mask_key
-        assert own is not None
+        sharing = purpose == keys.SHARE_ENCRYPTION
+        own = self._secret(
+            self._share_key if sharing else self._mask_key,
+            "the share key" if sharing else "the mask key",
+        )
         advert = self._adverts[peer]
-        public = advert.share_key if purpose == keys.SHARE_ENCRYPTION else advert.mask_key
+        public = advert.share_key if sharing else advert.mask_key
         context = pair_context(self._params.round_id, self._site_id, peer, directed=False)
         return keys.derive_shared_key(
             own, keys.agreement_public_key(public), purpose=purpose, context=context
@@ -365,11 +384,11 @@ class SiteSession:
         pairwise = {
             peer: self._agreement_key(peer, purpose=keys.PAIRWISE_MASK) for peer in self._held
         }
-        assert self._self_seed is not None
+        self_seed = self._secret(self._self_seed, "the self-mask seed")
         masked = mask_vector(
             encoded_update,
             own_id=self._site_id,
-            self_seed=self._self_seed,
+            self_seed=self_seed,
             pairwise_seeds=pairwise,
             bits=params.bits,
         )
@@ -425,8 +444,7 @@ class SiteSession:
         """
         self._advance(Stage.UNMASK)
         params = self._params
-        signed = self._signed_survivors
-        assert signed is not None
+        signed = self._secret(self._signed_survivors, "the signed survivor set")
         if request.round_id != params.round_id:
             self._violation(f"unmask request for round {request.round_id}")
         if request.signed_survivors != signed:
@@ -447,8 +465,8 @@ class SiteSession:
         check_neighbourhood_quorum(
             signers, sites=held_sites, graph=self._graph, threshold=params.threshold
         )
-        assert self._own_shares is not None
-        held = {**self._held, self._site_id: self._own_shares}
+        own_shares = self._secret(self._own_shares, "this site's own shares")
+        held = {**self._held, self._site_id: own_shares}
         revealed = RevealedShares(
             site_id=self._site_id,
             round_id=params.round_id,

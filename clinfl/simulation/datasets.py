@@ -12,6 +12,7 @@ from clinfl.data.chestxray14 import ProgressCallback, load_chestxray14
 from clinfl.data.digits import load_digit_composites
 from clinfl.data.imageset import SplitData
 from clinfl.data.label_space import resolve_label_space
+from clinfl.errors import InternalError
 from clinfl.policy import DataPolicy, load_policy
 from site_agent.ingest.pipeline import IngestOptions
 from site_agent.ingest.split import ingest_and_split
@@ -44,7 +45,8 @@ def load_dicom_export(config: RunConfig, state_dir: Path) -> SplitData:
         DataError, LabelError: see :func:`~site_agent.ingest.split.ingest_and_split`.
     """
     data = config.data
-    assert data.images is not None and data.image_size is not None
+    if data.images is None or data.image_size is None:
+        raise InternalError("data.images and data.image_size must be resolved for a DICOM export")
     options = IngestOptions(
         image_size=data.image_size,
         label_space=data.label_space,
@@ -70,7 +72,8 @@ def load_split_data(
         DataError: for missing or unusable data (see the loaders).
     """
     data = config.data
-    assert data.image_size is not None
+    if data.image_size is None:
+        raise InternalError("data.image_size is not resolved (resolve_defaults sets it)")
     if data.dataset == "digits":
         split = load_digit_composites(
             seed=config.federation.seed,
@@ -88,9 +91,11 @@ def load_split_data(
             )
         return split
     if data.dataset == "dicom":
-        assert state_dir is not None
+        if state_dir is None:
+            raise InternalError("a DICOM export is ingested into a state directory; none was given")
         return load_dicom_export(config, state_dir)
-    assert data.images is not None and data.labels is not None
+    if data.images is None or data.labels is None:
+        raise InternalError("data.images and data.labels must be set (validation requires them)")
     return load_chestxray14(
         data.images,
         data.labels,

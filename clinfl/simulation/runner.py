@@ -11,7 +11,7 @@ import shutil
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 
@@ -22,8 +22,9 @@ from clinfl.config.presets import resolve_defaults
 from clinfl.data.imageset import SplitData
 from clinfl.data.partition import Partition, partition_label_skew
 from clinfl.device import resolve_device
-from clinfl.errors import DataError, PartitionError
+from clinfl.errors import DataError, InternalError, PartitionError
 from clinfl.federation.messages import RoundRecord
+from clinfl.federation.results_schema import ResultsDocument
 from clinfl.files import write_atomically
 from clinfl.simulation.datasets import load_split_data
 from clinfl.simulation.local_steps import DerivedLocalSteps, simulation_local_steps
@@ -85,7 +86,7 @@ class SimulationResult:
     partition: Partition
     data: SplitData
     results_path: Path
-    summary: dict[str, Any]
+    summary: ResultsDocument
     sites: SimulatedSites
     test_scores: np.ndarray | None = None  # the selected model's test scores (prepared data)
 
@@ -118,7 +119,7 @@ def _check_evaluable(data: SplitData) -> None:
 
 
 def write_audit_reports(
-    out_dir: Path, sites: SimulatedSites, summary: dict[str, Any]
+    out_dir: Path, sites: SimulatedSites, summary: ResultsDocument
 ) -> dict[str, str]:
     """Write each site's audit report (JSON, Markdown, HTML) and the federation report.
 
@@ -179,7 +180,8 @@ def run_simulation(
     started = time.perf_counter()
     config = resolve_defaults(validate_run_config(config, known_methods=available_algorithms()))
     fed, data_cfg = config.federation, config.data
-    assert data_cfg.image_size is not None
+    if data_cfg.image_size is None:
+        raise InternalError("data.image_size is not resolved (resolve_defaults sets it)")
     device = resolve_device(fed.device)  # before any data is read
     init_weights = weights_provenance(config.method)  # the file training starts from, if any
     if prepared is None:

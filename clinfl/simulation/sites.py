@@ -19,7 +19,7 @@ from clinfl.config import DEFAULT_MIN_SITES, RunConfig, SecAggConfig
 from clinfl.config.digest import run_config_digest
 from clinfl.config.federation_size import small_federation_fix
 from clinfl.data.imageset import ImageSet
-from clinfl.errors import ConfigError, PolicyViolation
+from clinfl.errors import ConfigError, InternalError, PolicyViolation
 from clinfl.federation.roles import TrainingParticipant
 from clinfl.policy import DPPolicy, ReportingPolicy, SecAggPolicy, SitePolicy
 from clinfl.policy import load_policy as read_policy
@@ -147,7 +147,8 @@ def build_sites(
     site_ids = [f"site-{k + 1}" for k in range(len(site_data))]
     policies = load_site_policies(config, site_ids)
     secagg = coordinator_secagg(config, policies)
-    assert spec.image_size is not None
+    if spec.image_size is None:
+        raise InternalError("the model spec's image size is not resolved")
     mode = resolve_grad_sample_mode(
         config.privacy.grad_sample_mode,
         spec.image_size,

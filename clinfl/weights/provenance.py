@@ -19,7 +19,7 @@ from typing import TypedDict
 from safetensors import SafetensorError, safe_open
 
 from clinfl.config import MethodConfig
-from clinfl.errors import ModelError
+from clinfl.errors import InternalError, ModelError
 from clinfl.weights.cache import MOBILENET_V2_IMAGENET, cached_weights
 from clinfl.weights.catalog import weights_set
 from clinfl.weights.fetch import METADATA_KEY, stored_metadata
@@ -122,7 +122,8 @@ def weights_provenance(method: MethodConfig) -> WeightsProvenance | None:
     if method.init_weights is not None:
         return WeightsProvenance(None, path.name, sha256, USER_FILE)
     name = pretrained_set(method)
-    assert name is not None
+    if name is None:
+        raise InternalError("no pretrained set is named for these weights")
     return WeightsProvenance(name, None, sha256, _cached_source(name, path))
 
 

@@ -23,6 +23,7 @@ from clinfl.data.label_space import resolve_label_space
 from clinfl.errors import CheckpointError, FederationError
 from clinfl.federation.fanout import ThreadedFanout
 from clinfl.federation.messages import RoundRecord
+from clinfl.federation.results_schema import ResultsDocument
 from clinfl.files import write_json
 from clinfl.privacy.settings import resolve_grad_sample_mode
 from clinfl.roster import announce
@@ -91,7 +92,7 @@ class DeploymentPlan:
             ) from None
 
 
-def run_deployment(grid: Grid, run_dir: Path) -> dict[str, Any]:
+def run_deployment(grid: Grid, run_dir: Path) -> ResultsDocument:
     """Run (or continue) the deployed federation of ``run_dir``; return its results.
 
     Raises:

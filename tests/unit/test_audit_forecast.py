@@ -118,3 +118,28 @@ def test_the_model_card_shows_a_complete_secagg_graph_as_complete() -> None:
     sparse = dict(map(tuple, secagg_rows({"degree": None}, 100)))["degree"]
     assert sparse == "14 (SecAgg+ neighbour graph)"
     assert json.loads(dict(map(tuple, secagg_rows({"degree": None}, None)))["degree"]) is None
+
+
+def test_the_reports_have_exactly_the_keys_their_typed_dicts_name(tmp_path: Path) -> None:
+    from clinfl.audit.schema import (
+        DataSection,
+        DPSection,
+        Forecast,
+        LedgerRoundEntry,
+        PolicySection,
+        SiteReport,
+        SiteSummary,
+    )
+
+    ledger = _ledger(tmp_path)
+    _reserve(ledger, 1)
+    report = build_site_report(tmp_path)
+    assert list(report) == list(SiteReport.__annotations__)
+    assert list(report["policy"]) == list(PolicySection.__annotations__)
+    assert list(report["dp"]) == list(DPSection.__annotations__)
+    assert list(report["dp"]["forecast"] or {}) == list(Forecast.__annotations__)
+    assert list(report["rounds"][0]) == list(LedgerRoundEntry.__annotations__)
+    assert list(report["data"]) == list(DataSection.__annotations__)
+    summary = shareable_summary(report)  # this policy shares counts and epsilon, not ingest
+    assert set(summary) == set(SiteSummary.__annotations__) - {"ingestion"}
+    assert summary["epsilon_by_round"] == [(1, report["rounds"][0]["epsilon_cumulative"])]

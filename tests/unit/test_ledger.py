@@ -54,6 +54,21 @@ def test_epsilon_matches_opacus_accountant_on_the_same_history(tmp_path: Path) -
     )
 
 
+def test_make_accountant_continues_a_history_as_a_fresh_one_stepped_through_it() -> None:
+    history = [(1.0, 0.05, 20), (1.3, 0.1, 7), (1.0, 0.05, 5)]
+    continued = make_accountant("rdp", history)
+    stepped = make_accountant("rdp")
+    for noise, rate, steps in history:
+        for _ in range(steps):
+            stepped.step(noise_multiplier=noise, sample_rate=rate)
+    expected = stepped.get_epsilon(delta=1e-5)
+    assert continued.get_epsilon(delta=1e-5) == pytest.approx(expected, rel=1e-12)
+    assert epsilon_of(history, delta=1e-5, accountant="rdp") == pytest.approx(expected, rel=1e-12)
+    assert make_accountant("prv", history).mechanism() == "prv"
+    with pytest.raises(ValueError, match="unknown accountant"):
+        make_accountant("gdp")
+
+
 def test_round_over_budget_is_refused_and_recorded(tmp_path: Path) -> None:
     ledger = SiteLedger(tmp_path)
     spent = _reserve(ledger, 1).epsilon_after

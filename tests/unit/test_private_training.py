@@ -175,9 +175,12 @@ def test_ledger_and_opacus_report_the_same_epsilon_across_a_restart(tmp_path: Pa
     first = site.epsilon()
     ledger = SiteLedger(tmp_path)
     assert ledger.epsilon(delta=1e-5, accountant="rdp") == pytest.approx(first)
-    restarted, _ = _site(tmp_path)  # a new process: the engine is rebuilt from the ledger
+    restarted, _ = _site(tmp_path)  # a new process: the engine continues the ledger
     assert restarted.epsilon() == pytest.approx(first)
+    assert restarted.strategy.engine.accountant.history == []  # it counts its own steps only
     restarted.train_round(state, RoundSettings(2, 1, 8, 1e-3))
+    counted = restarted.strategy.engine.accountant.history  # (noise, rate, steps) entries
+    assert sum(steps for _, _, steps in counted) == 3  # the round's steps, by Opacus' hook
     assert restarted.epsilon() == pytest.approx(ledger.epsilon(delta=1e-5, accountant="rdp"))
     assert restarted.epsilon() > first
     assert [r.state for r in ledger.rounds()] == ["spent", "reserved"]

@@ -94,3 +94,17 @@ def test_a_restarted_run_keeps_its_id_and_a_fresh_one_forgets_the_folder(tmp_pat
     begin_run(control, ResumePoint(1, None, ()), "fedavg-other")
     assert control.run_id() == "fedavg-other" and control.rounds() == []
     control.close()
+
+
+def test_the_written_document_has_exactly_the_typed_keys(tmp_path: Path) -> None:
+    """``ResultsDocument`` (and its nested TypedDicts) names every key the file holds, in order."""
+    from clinfl.federation.results_schema import BestRound, ResultsDocument, SiteEntryDocument
+
+    assert list(ResultsDocument.__annotations__) == [f.name for f in fields(RunResults)]
+    assert list(SiteEntryDocument.__annotations__) == [f.name for f in fields(SiteEntry)]
+    simulated, _ = _both_modes()
+    document = json.loads(write_results(tmp_path, simulated).read_text())
+    assert list(document) == list(ResultsDocument.__annotations__)
+    assert list(document["best"]) == list(BestRound.__annotations__)
+    assert list(document["rounds"][0]) == list(RECORD.to_json_dict())
+    assert set(document["sites"]["site-1"]) == set(SiteEntryDocument.__annotations__)

@@ -22,6 +22,8 @@ from typing import Literal
 import torch
 from torch import nn
 
+from clinfl.errors import InternalError
+
 Normalisation = Literal["folded", "group"]
 """What a pretrainable backbone does with its BatchNorm: ``folded`` into the weights it starts
 from (:func:`fold_batchnorms`), or ``group``: replaced by GroupNorm for a random start
@@ -30,7 +32,8 @@ from (:func:`fold_batchnorms`), or ``group``: replaced by GroupNorm for a random
 
 def _scale_and_shift(norm: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
     """Return ``(s, beta - mean * s)``: the norm's eval-mode map is ``x * s + shift``."""
-    assert norm.running_mean is not None and norm.running_var is not None
+    if norm.running_mean is None or norm.running_var is None:
+        raise InternalError("a BatchNorm to fold keeps no running statistics")
     mean, var = norm.running_mean.detach(), norm.running_var.detach()
     gamma = norm.weight.detach() if norm.weight is not None else torch.ones_like(mean)
     beta = norm.bias.detach() if norm.bias is not None else torch.zeros_like(mean)
@@ -62,7 +65,8 @@ def channel_affine(norm: nn.BatchNorm2d) -> nn.Conv2d:
     layer = layer.to(device=scale.device, dtype=scale.dtype)
     with torch.no_grad():
         layer.weight.copy_(scale.view(-1, 1, 1, 1))
-        assert layer.bias is not None
+        if layer.bias is None:
+            raise InternalError("the affine convolution was built without a bias")
         layer.bias.copy_(shift)
     return layer
 
@@ -94,7 +98,8 @@ def fold_batchnorms(root: nn.Module, pairs: list[tuple[str, str]]) -> None:
     ]
     for name in remaining:
         norm = root.get_submodule(name)
-        assert isinstance(norm, nn.BatchNorm2d)
+        if not isinstance(norm, nn.BatchNorm2d):
+            raise InternalError(f"{name} is no longer a BatchNorm2d")
         parent, leaf = _parent(root, name)
         setattr(parent, leaf, channel_affine(norm))
 
