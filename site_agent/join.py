@@ -95,9 +95,10 @@ class SimulatedSlice:
 class SimulationOnly:
     """What only an in-process site is given; ``clinfl site run`` never passes any of it.
 
-    - ``stream_seed``: the site's shuffling and sampling become a reproducible, NOT
-      cryptographic stream from this seed (:meth:`~clinfl.config.seeds.RunSeeds.stream`), so
-      benchmark runs repeat; a deployed site draws from ``os.urandom`` (R10).
+    - ``stream_seed``: the site's shuffling, sampling and secure-aggregation rounding become a
+      reproducible, NOT cryptographic stream from this seed
+      (:meth:`~clinfl.config.seeds.RunSeeds.stream`), so benchmark runs repeat; a deployed
+      site draws from the operating system's randomness (R10).
     - ``directory``: the in-process sites' public keys, for a federation without a roster (its
       identities are made in-process); a deployed site uses the roster it pinned.
     - ``init_weights``: the weights file the run names (a sent configuration names no path).
@@ -171,9 +172,10 @@ def join_run(
     Seeds (:class:`~clinfl.config.seeds.RunSeeds`, one derivation for both modes): the split is
     ``federation.seed`` (a deployed export's split here; the simulation's data set and partition
     in :mod:`clinfl.simulation`); the initial weights ``federation.seed``; the fixed classifier
-    ``federation.federation_seed``; the site's training stream ``os.urandom``, or, in-process
-    only, ``simulation.stream_seed`` (``federation.seed * 1000 + site index``); the selected
-    model's bootstrap intervals ``federation.seed`` (computed where the test data is).
+    ``federation.federation_seed``; the site's training stream (shuffling, sampling, and the
+    stochastic rounding of its secure-aggregation update) the operating system's randomness,
+    or, in-process only, ``simulation.stream_seed`` (``federation.seed * 1000 + site index``);
+    the selected model's bootstrap intervals ``federation.seed`` (where the test data is).
 
     ``roster`` is the roster the site pinned (its members' keys and digest are bound into every
     advertisement); an in-process federation has none and passes ``simulation.directory``.

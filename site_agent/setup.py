@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
 
+import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from clinfl.algorithms import Algorithm, ModelSpec
@@ -198,8 +199,9 @@ def setup_site(
     ``grad_sample_mode`` is the run's (``auto``: the fastest measured at the image size).
     Every training call draws fresh randomness from the operating system's cryptographic source
     (R10). ``simulation_seed`` is for the in-process simulation only: it makes the site's
-    shuffling and sampling a reproducible, non-cryptographic stream from that seed, so benchmark
-    runs repeat. A deployed site never passes it.
+    shuffling and sampling, and the stochastic rounding of its secure-aggregation update, a
+    reproducible, non-cryptographic stream from that seed, so benchmark runs repeat. A deployed
+    site never passes it.
     ``roster_hash`` is the digest of the roster the site pinned (a deployed site); the agent
     binds it into every advertisement it signs. Without it the agent uses the directory's hash.
     ``config_hash`` is the digest of the run configuration the site trains by
@@ -222,8 +224,10 @@ def setup_site(
     ledger = SiteLedger(state_dir)
     record_policy(ledger, site, policy, len(data))
     random_bytes = os.urandom
+    rounding = None  # the agent's secure-aggregation rounding: fresh randomness by default
     if simulation_seed is not None:  # the in-process simulation only (reproducible runs)
         random_bytes = simulation_random_bytes(simulation_seed)
+        rounding = np.random.default_rng(simulation_seed)
     if policy.dp.required:
         mode = resolve_grad_sample_mode(
             grad_sample_mode,
@@ -283,5 +287,6 @@ def setup_site(
         report_counts="counts" in policy.reporting.metrics,
         check_settings=partial(check_round_settings, bounds=policy.training, site_id=site),
         share_epsilon="epsilon" in policy.reporting.metrics,
+        rng=rounding,
     )
     return ReadySite(agent, trainer, ledger)

@@ -14,8 +14,9 @@ splits, initialises and (in a simulation) shuffles the same way whichever mode j
   confidence intervals (where the test data is: the simulation's coordinator).
 - :meth:`RunSeeds.stream`: ``federation.seed * 1000 + site_index`` (``site_index``: the site's
   position in the federation, from 0). The reproducible, NOT cryptographic, stream of a site's
-  shuffling and sampling, for the in-process simulation only (and a test that runs the deployed
-  transport in-process); a deployed site draws this randomness from ``os.urandom`` (R10).
+  shuffling and sampling and of its secure-aggregation update's stochastic rounding, for the
+  in-process simulation only (and a test that runs the deployed
+  transport in-process); a deployed site draws this randomness from the operating system (R10).
 """
 
 from __future__ import annotations
