@@ -9,11 +9,13 @@ declines any run over another roster than the one its operator pinned (:mod:`cli
 then checks the configuration against its policy and declines, with the reason, if the run asks
 for less protection than the policy demands. A configuration that names any local path, or
 that is not valid, is declined with one fixed reason that says nothing about the site's files
-(SECAGG.md, R8); the details go to the site's own log only. Training, secure aggregation and the
-budget are then enforced by the same :class:`~site_agent.agent.SiteAgent` as in the in-process
-federation. Refusals go to the ledger's audit log and back to the coordinator; a round call's
-refusal goes back as its kind and a fixed text only, since its reason may depend on the site's
-data (a sample count, the epsilon a round would cost; SECAGG.md, R7).
+(SECAGG.md, R8); the details go to the site's own log only. The site then joins with
+:func:`~site_agent.join.join_run`, exactly as an in-process site does (this module keeps only
+the transport's part), so training, secure aggregation and the budget are enforced by the same
+:class:`~site_agent.agent.SiteAgent` as in the in-process federation. Refusals go to the
+ledger's audit log and back to the coordinator; a round call's refusal goes back as its kind
+and a fixed text only, since its reason may depend on the site's data (a sample count, the
+epsilon a round would cost; SECAGG.md, R7).
 """
 
 from __future__ import annotations
