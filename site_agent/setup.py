@@ -2,18 +2,20 @@
 
 This is the only code that turns a site's policy into what the site runs with, for both the
 in-process federation (:mod:`clinfl.simulation.sites`) and a deployed site
-(:mod:`site_agent.deploy.deployed_site`):
+(:mod:`site_agent.deploy.deployed_site`), both through :func:`site_agent.join.join_run`:
 
 - :func:`ingest_options`: the policy's modality, body-part and view filters as ingest options
   (``clinfl simulate --dataset dicom``, ``site ingest``, ``site run``, ``model predict``);
 - :func:`policy_for_run`: the policy tightened by what a run asks (never loosened);
-- :func:`load_export`: a deployed site's export, ingested and split, at the run's image size;
+- :class:`SiteData` and :func:`load_export`: a deployed site's export, ingested and split, at
+  the run's image size (one :class:`~site_agent.join.SiteSource`);
 - :func:`setup_site`: the site's ledger (its policy recorded), its trainer (DP-SGD when the
   policy requires it) and its agent (the policy's secure-aggregation requirements, minimum
   samples, reporting and training bounds).
 
-So a deployed site ingests, trains, accounts and refuses exactly as a simulated one. A new
-site-side setting is a policy field (:mod:`clinfl.policy`) applied here.
+Both modes reach them through :func:`site_agent.join.join_run`, so a deployed site ingests,
+trains, accounts and refuses exactly as a simulated one. A new site-side setting is a policy
+field (:mod:`clinfl.policy`) applied here.
 """
 
 from __future__ import annotations
@@ -25,10 +27,12 @@ from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
 
+import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from clinfl.algorithms import Algorithm, ModelSpec
-from clinfl.config import FederationConfig, RunConfig
+from clinfl.config import DataConfig, FederationConfig, RunConfig
+from clinfl.config.seeds import RunSeeds
 from clinfl.data.imageset import ImageSet, SplitData
 from clinfl.data.label_space import LabelSpace
 from clinfl.device import resolve_device
@@ -108,6 +112,30 @@ class SiteData:
         """The label space with its classes (``custom``: the site's label columns)."""
         return self.options.space
 
+    @property
+    def image_size(self) -> int:
+        """The size the site reads its images at when the run leaves it to the site."""
+        return self.options.image_size
+
+    def localise(self, data: DataConfig) -> DataConfig:
+        """Return the run's data settings as this site reads them: its own DICOM export."""
+        return replace(data, dataset="dicom", images=self.export)
+
+    def split(self, run: RunConfig, *, image_size: int, state_dir: Path) -> SplitData:
+        """Ingest the export at ``image_size`` and split it with the run's split seed.
+
+        Raises:
+            DataError, LabelError: see :func:`load_export`.
+        """
+        options = replace(self.options, uncertain_labels=run.data.uncertain_labels)
+        return load_export(
+            replace(self, options=options),
+            state_dir=state_dir,
+            image_size=image_size,
+            val_fraction=run.data.val_fraction,
+            seed=RunSeeds.of(run.federation).split,
+        )
+
 
 def load_export(
     data: SiteData, *, state_dir: Path, image_size: int, val_fraction: float, seed: int
@@ -171,8 +199,9 @@ def setup_site(
     ``grad_sample_mode`` is the run's (``auto``: the fastest measured at the image size).
     Every training call draws fresh randomness from the operating system's cryptographic source
     (R10). ``simulation_seed`` is for the in-process simulation only: it makes the site's
-    shuffling and sampling a reproducible, non-cryptographic stream from that seed, so benchmark
-    runs repeat. A deployed site never passes it.
+    shuffling and sampling, and the stochastic rounding of its secure-aggregation update, a
+    reproducible, non-cryptographic stream from that seed, so benchmark runs repeat. A deployed
+    site never passes it.
     ``roster_hash`` is the digest of the roster the site pinned (a deployed site); the agent
     binds it into every advertisement it signs. Without it the agent uses the directory's hash.
     ``config_hash`` is the digest of the run configuration the site trains by
@@ -195,8 +224,10 @@ def setup_site(
     ledger = SiteLedger(state_dir)
     record_policy(ledger, site, policy, len(data))
     random_bytes = os.urandom
+    rounding = None  # the agent's secure-aggregation rounding: fresh randomness by default
     if simulation_seed is not None:  # the in-process simulation only (reproducible runs)
         random_bytes = simulation_random_bytes(simulation_seed)
+        rounding = np.random.default_rng(simulation_seed)
     if policy.dp.required:
         mode = resolve_grad_sample_mode(
             grad_sample_mode,
@@ -256,5 +287,6 @@ def setup_site(
         report_counts="counts" in policy.reporting.metrics,
         check_settings=partial(check_round_settings, bounds=policy.training, site_id=site),
         share_epsilon="epsilon" in policy.reporting.metrics,
+        rng=rounding,
     )
     return ReadySite(agent, trainer, ledger)

@@ -15,10 +15,11 @@ from typing import Protocol
 
 import numpy as np
 
-from clinfl.algorithms import ModelSpec, available_algorithms, create_algorithm
+from clinfl.algorithms import available_algorithms
 from clinfl.audit.render import federation_html, federation_markdown
 from clinfl.config import FederationConfig, RunConfig, validate_run_config
 from clinfl.config.presets import resolve_defaults
+from clinfl.config.seeds import RunSeeds
 from clinfl.data.imageset import SplitData
 from clinfl.data.partition import Partition, partition_label_skew
 from clinfl.device import resolve_device
@@ -30,7 +31,6 @@ from clinfl.simulation.datasets import load_split_data
 from clinfl.simulation.local_steps import DerivedLocalSteps, simulation_local_steps
 from clinfl.simulation.resume import ResumePoint, resume_point, save_run_config
 from clinfl.simulation.sites import SimulatedSites, build_sites, read_site_policies
-from clinfl.thresholds import parse_rule
 from clinfl.weights.provenance import weights_provenance
 from coordinator.checkpoints import CheckpointStore
 from coordinator.control import RunControl
@@ -40,7 +40,6 @@ from coordinator.resume import begin_run, new_run_id
 from coordinator.rounds import Coordinator, FederationOutcome
 from coordinator.secure_aggregation import build_aggregator
 from site_agent.audit_report import ingest_summary_path, shareable_summary, write_site_report
-from site_agent.evaluation import HeldOutEvaluator
 from site_agent.selected_model import describe_selected_model
 
 __all__ = [
@@ -182,7 +181,7 @@ def run_simulation(
     fed, data_cfg = config.federation, config.data
     if data_cfg.image_size is None:
         raise InternalError("data.image_size is not resolved (resolve_defaults sets it)")
-    device = resolve_device(fed.device)  # before any data is read
+    resolve_device(fed.device)  # refuse a missing device before any data is read
     init_weights = weights_provenance(config.method)  # the file training starts from, if any
     if prepared is None:
         data = load_split_data(
@@ -199,7 +198,7 @@ def run_simulation(
             num_sites=fed.sites,
             alpha=data_cfg.alpha,
             rho=data_cfg.rho,
-            seed=fed.seed,
+            seed=RunSeeds.of(fed).split,
         )
     else:
         partition = prepared.partition
@@ -219,13 +218,6 @@ def run_simulation(
         if listener is not None:
             listener.local_steps_derived(derived, fed)
         fed = config.federation
-    algorithm = create_algorithm(config.method)
-    spec = ModelSpec(
-        num_classes=data.train.num_classes,
-        image_size=data_cfg.image_size,
-        federation_seed=fed.federation_seed,
-        init_seed=fed.seed,
-    )
     control = RunControl(out_dir)
     try:
         store = CheckpointStore(out_dir, resume=resume)
@@ -234,9 +226,8 @@ def run_simulation(
         run_id = (control.run_id() if resume else None) or new_run_id(config.method.name)
         sites = build_sites(
             config,
-            [data.train.subset(indices) for indices in partition.site_indices],
-            algorithm,
-            spec,
+            data,
+            partition.site_indices,
             out_dir=out_dir,
             run_id=run_id,
             on_step=listener.site_step if listener is not None else None,
@@ -247,12 +238,9 @@ def run_simulation(
             for state_dir in sites.state_dirs.values():
                 ingest_summary_path(state_dir).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(ingest_summary, ingest_summary_path(state_dir))
-        rule = parse_rule(fed.threshold_rule)
-        evaluator = HeldOutEvaluator(
-            data.val, data.test, algorithm, spec, device=device, threshold_rule=rule
-        )
-        initial = algorithm.initial_state(algorithm.build_model(spec))
-        initial = point.state if point.state is not None else initial
+        # as in a deployment: the first site evaluates and gives the initial model
+        evaluator = sites.first.evaluator  # the simulation's held-out sets, the run's rule
+        initial = point.state if point.state is not None else sites.first.initial_state()
         if not resume:
             save_run_config(out_dir, config)
         begin_run(control, point, run_id)
@@ -277,7 +265,7 @@ def run_simulation(
     if outcome.selected is not None:  # thresholds on validation, then test CIs and rates
         selected_state = store.load(outcome.selected.round)
         operating = describe_selected_model(
-            evaluator, selected_state, data.train.class_names, seed=fed.seed
+            evaluator, selected_state, data.train.class_names, seed=RunSeeds.of(fed).bootstrap
         )
         if prepared is not None:
             test_scores = evaluator.probabilities(selected_state, "test")

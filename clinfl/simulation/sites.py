@@ -1,9 +1,10 @@
-"""Building the simulated sites: policies, state directories, ledgers, trainers and agents.
+"""Building the simulated sites: each joins the run as a deployed site does.
 
-Each site gets its policy (one file for all, one per site, or the built-in research terms),
-tightened by what the coordinator asks (:func:`~clinfl.policy.apply_request`); a state
-directory ``<out>/sites/<site>/`` with its privacy ledger; a DP-SGD trainer when its policy
-requires DP; and a fresh Ed25519 identity for secure aggregation.
+Each site gets its policy (one file for all, one per site, or the built-in research terms), a
+fresh Ed25519 identity for secure aggregation, and joins with
+:func:`~site_agent.join.join_run` from the portable run configuration a coordinator sends: its
+policy tightened by what the run asks, a state directory ``<out>/sites/<site>/`` with its
+privacy ledger, a DP-SGD trainer when its policy requires DP, its agent and its evaluator.
 """
 
 from __future__ import annotations
@@ -12,21 +13,25 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from clinfl.algorithms import Algorithm, ModelSpec
 from clinfl.config import DEFAULT_MIN_SITES, RunConfig, SecAggConfig
-from clinfl.config.digest import run_config_digest
 from clinfl.config.federation_size import small_federation_fix
-from clinfl.data.imageset import ImageSet
-from clinfl.errors import ConfigError, InternalError, PolicyViolation
+from clinfl.config.file import run_config_from_mapping
+from clinfl.config.seeds import RunSeeds
+from clinfl.config.site_fields import portable_run_config
+from clinfl.data.imageset import SplitData
+from clinfl.data.label_space import LabelSpace
+from clinfl.errors import ConfigError, InternalError
 from clinfl.federation.roles import TrainingParticipant
 from clinfl.policy import DPPolicy, ReportingPolicy, SecAggPolicy, SitePolicy
 from clinfl.policy import load_policy as read_policy
 from clinfl.privacy.settings import resolve_grad_sample_mode
 from clinfl.simulation.dropouts import DroppingParticipant
 from site_agent.agent import SiteIdentity
-from site_agent.setup import AuditListener, policy_for_run, setup_site
+from site_agent.join import JoinedSite, SimulatedSlice, SimulationOnly, join_run, run_label_space
+from site_agent.setup import AuditListener
 from site_agent.training import SiteTrainer, StepCallback
 
 SITES_DIR = "sites"
@@ -42,6 +47,15 @@ class SimulatedSites:
     trainers: dict[str, SiteTrainer]
     secagg: SecAggConfig
     grad_sample_mode: str
+    joined: dict[str, JoinedSite]
+
+    @property
+    def first(self) -> JoinedSite:
+        """The site that evaluates for the coordinator and gives the initial model.
+
+        In a deployment that is the first site (in name order) that agrees to.
+        """
+        return next(iter(self.joined.values()))
 
 
 def builtin_policy(config: RunConfig) -> SitePolicy:
@@ -80,23 +94,6 @@ def read_site_policies(config: RunConfig, site_ids: Sequence[str]) -> dict[str, 
     return policies
 
 
-def load_site_policies(config: RunConfig, site_ids: Sequence[str]) -> dict[str, SitePolicy]:
-    """Read each site's policy and apply the coordinator's request to it.
-
-    Raises:
-        ConfigError, ValidationError: for an unreadable or invalid policy file.
-        PolicyViolation: if the coordinator's settings are looser than a site's policy, or
-            the run trains by epochs and a site's policy keeps sample counts at the site.
-    """
-    policies: dict[str, SitePolicy] = {}
-    for site, policy in read_site_policies(config, site_ids).items():
-        try:
-            policies[site] = policy_for_run(policy, config)
-        except PolicyViolation as refusal:
-            raise PolicyViolation(f"{site}: {refusal.message}", remedy=refusal.remedy) from None
-    return policies
-
-
 def coordinator_secagg(config: RunConfig, policies: dict[str, SitePolicy]) -> SecAggConfig:
     """Return the coordinator's secure-aggregation settings, meeting every site's minimum.
 
@@ -126,60 +123,80 @@ def coordinator_secagg(config: RunConfig, policies: dict[str, SitePolicy]) -> Se
     return resolved
 
 
+def simulated_space(config: RunConfig, data: SplitData) -> LabelSpace:
+    """The label space the simulation's data is in: the run's name, the loaded data's classes."""
+    return LabelSpace(run_label_space(config).name, data.train.class_names)
+
+
 def build_sites(
     config: RunConfig,
-    site_data: Sequence[ImageSet],
-    algorithm: Algorithm,
-    spec: ModelSpec,
+    data: SplitData,
+    site_indices: Sequence[np.ndarray],
     *,
     out_dir: Path,
     run_id: str,
     on_step: StepCallback | None = None,
     on_audit: AuditListener | None = None,
 ) -> SimulatedSites:
-    """Build every site of the simulated federation.
+    """Join every site of the simulated federation to the run, as a coordinator would.
+
+    Site ``k`` (``site-{k+1}``) trains on ``data.train``'s ``site_indices[k]`` and holds the
+    simulation's validation and test sets. Each joins with :func:`~site_agent.join.join_run`
+    from the portable run configuration a coordinator sends; what only the simulation gives a
+    site is named in :class:`~site_agent.join.SimulationOnly` (its reproducible training
+    stream, the in-process key directory, the run's initial weights file, the listeners), and
+    ``config.drops`` wraps its agent in a :class:`~clinfl.simulation.dropouts.DroppingParticipant`.
 
     Raises:
         ClinflError: for invalid policies, a looser coordinator request, too few sites for the
             policies, a model that cannot run DP-SGD, or an unwritable state directory.
     """
-    fed = config.federation
-    site_ids = [f"site-{k + 1}" for k in range(len(site_data))]
-    policies = load_site_policies(config, site_ids)
-    secagg = coordinator_secagg(config, policies)
-    if spec.image_size is None:
+    site_ids = [f"site-{k + 1}" for k in range(len(site_indices))]
+    policies = read_site_policies(config, site_ids)
+    sent = run_config_from_mapping(portable_run_config(config), base=out_dir)
+    seeds = RunSeeds.of(config.federation)
+    space = simulated_space(config, data)
+    identities = [SiteIdentity(s, Ed25519PrivateKey.generate()) for s in site_ids]
+    directory = {i.site_id: i.signing_key.public_key() for i in identities}
+    joined: dict[str, JoinedSite] = {}
+    for k, (identity, indices) in enumerate(zip(identities, site_indices, strict=True)):
+        site = identity.site_id
+        joined[site] = join_run(
+            identity,
+            policies[site],
+            SimulatedSlice(data.train.subset(indices), data, space),
+            sent,
+            roster=None,
+            state_dir=out_dir / SITES_DIR / site,
+            run_id=run_id,
+            simulation=SimulationOnly(
+                stream_seed=seeds.stream(k),
+                directory=directory,
+                init_weights=config.method.init_weights,
+                on_step=on_step,
+                on_audit=on_audit,
+            ),
+        )
+    tightened = {site: j.policy for site, j in joined.items()}
+    secagg = coordinator_secagg(config, tightened)
+    size = next(iter(joined.values())).spec.image_size
+    if size is None:
         raise InternalError("the model spec's image size is not resolved")
     mode = resolve_grad_sample_mode(
         config.privacy.grad_sample_mode,
-        spec.image_size,
-        augment_multiplicity=fed.augment_multiplicity,
+        size,
+        augment_multiplicity=config.federation.augment_multiplicity,
     )
-    identities = [SiteIdentity(s, Ed25519PrivateKey.generate()) for s in site_ids]
-    directory = {i.site_id: i.signing_key.public_key() for i in identities}
-    config_hash = run_config_digest(config, image_size=spec.image_size)
-    participants: list[TrainingParticipant] = []
-    trainers: dict[str, SiteTrainer] = {}
-    state_dirs: dict[str, Path] = {}
-    for k, (identity, data) in enumerate(zip(identities, site_data, strict=True)):
-        site = identity.site_id
-        state_dirs[site] = out_dir / SITES_DIR / site
-        ready = setup_site(
-            identity,
-            data,
-            policies[site],
-            algorithm,
-            spec,
-            federation=fed,
-            directory=directory,
-            state_dir=state_dirs[site],
-            run_id=run_id,
-            config_hash=config_hash,
-            grad_sample_mode=mode,
-            simulation_seed=fed.seed * 1000 + k,  # in-process only: reproducible runs
-            on_step=on_step,
-            on_audit=on_audit,
-        )
-        trainers[site] = ready.trainer
-        agent = ready.agent
-        participants.append(DroppingParticipant(agent, config.drops) if config.drops else agent)
-    return SimulatedSites(participants, policies, state_dirs, trainers, secagg, mode)
+    participants: list[TrainingParticipant] = [
+        DroppingParticipant(j.agent, config.drops) if config.drops else j.agent
+        for j in joined.values()
+    ]
+    return SimulatedSites(
+        participants,
+        tightened,
+        {site: out_dir / SITES_DIR / site for site in joined},
+        {site: j.trainer for site, j in joined.items()},
+        secagg,
+        mode,
+        joined,
+    )

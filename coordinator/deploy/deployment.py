@@ -33,6 +33,7 @@ from coordinator.checkpoints import CheckpointStore
 from coordinator.control import RunControl
 from coordinator.deploy.remote_sites import (
     FlowerLink,
+    Link,
     RemoteEvaluator,
     RemoteSite,
     SiteRoster,
@@ -93,7 +94,16 @@ class DeploymentPlan:
 
 
 def run_deployment(grid: Grid, run_dir: Path) -> ResultsDocument:
-    """Run (or continue) the deployed federation of ``run_dir``; return its results.
+    """Run (or continue) the deployed federation of ``run_dir`` over Flower; return its results.
+
+    Raises:
+        What :func:`run_planned` raises.
+    """
+    return run_planned(FlowerLink(grid), run_dir)
+
+
+def run_planned(link: Link, run_dir: Path) -> ResultsDocument:
+    """Run (or continue) the federation ``run_dir``'s plan describes, reaching sites by ``link``.
 
     Raises:
         CheckpointError: if the plan, a checkpoint or the control database cannot be used.
@@ -105,7 +115,6 @@ def run_deployment(grid: Grid, run_dir: Path) -> ResultsDocument:
     config = run_config_from_mapping(plan.run_config, base=run_dir)
     init_weights = declared_weights_provenance(config.method)
     fed = config.federation
-    link = FlowerLink(grid)
     run_config = dict(plan.run_config)
     if plan.roster_sha256:  # each site joins only if this is the roster it pinned
         run_config = announce(run_config, bytes.fromhex(plan.roster_sha256))

@@ -9,11 +9,13 @@ declines any run over another roster than the one its operator pinned (:mod:`cli
 then checks the configuration against its policy and declines, with the reason, if the run asks
 for less protection than the policy demands. A configuration that names any local path, or
 that is not valid, is declined with one fixed reason that says nothing about the site's files
-(SECAGG.md, R8); the details go to the site's own log only. Training, secure aggregation and the
-budget are then enforced by the same :class:`~site_agent.agent.SiteAgent` as in the in-process
-federation. Refusals go to the ledger's audit log and back to the coordinator; a round call's
-refusal goes back as its kind and a fixed text only, since its reason may depend on the site's
-data (a sample count, the epsilon a round would cost; SECAGG.md, R7).
+(SECAGG.md, R8); the details go to the site's own log only. The site then joins with
+:func:`~site_agent.join.join_run`, exactly as an in-process site does (this module keeps only
+the transport's part), so training, secure aggregation and the budget are enforced by the same
+:class:`~site_agent.agent.SiteAgent` as in the in-process federation. Refusals go to the
+ledger's audit log and back to the coordinator; a round call's refusal goes back as its kind
+and a fixed text only, since its reason may depend on the site's data (a sample count, the
+epsilon a round would cost; SECAGG.md, R7).
 """
 
 from __future__ import annotations
@@ -21,25 +23,21 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from contextlib import closing
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from clinfl import __version__
-from clinfl.algorithms import ModelSpec, available_algorithms, create_algorithm
+from clinfl.algorithms import available_algorithms
 from clinfl.config import RunConfig, validate_run_config
-from clinfl.config.digest import run_config_digest
 from clinfl.config.file import run_config_from_mapping
 from clinfl.config.site_fields import named_path_fields
-from clinfl.data.label_space import resolve_label_space, space_difference
 from clinfl.errors import ClinflError, PolicyViolation, ProtocolViolation, RosterError
-from clinfl.federation.messages import EvaluationReport, RoundSettings
+from clinfl.federation.messages import EvaluationReport
 from clinfl.policy import SitePolicy
 from clinfl.roster import Roster, split_announcement
-from clinfl.thresholds import parse_rule
-from clinfl.training_bounds import check_round_settings
 from clinfl.transport.contract import (
     EVALUATE,
     JOIN,
@@ -56,11 +54,13 @@ from clinfl.transport.contract import (
 from clinfl.transport.flower.bundle import check_bundle
 from clinfl.transport.wire import decode
 from clinfl.typing import StateDict
-from site_agent.agent import SiteAgent, SiteIdentity
+from site_agent.agent import SiteIdentity
 from site_agent.audit_report import write_site_report
-from site_agent.evaluation import HeldOutEvaluator
+from site_agent.join import JoinedSite, SimulationOnly, SiteSource, join_run
 from site_agent.ledger import LEDGER_FILE, SiteLedger
-from site_agent.setup import SiteData, load_export, policy_for_run, setup_site
+from site_agent.setup import SiteData
+
+__all__ = ["DeployedSite", "SiteData"]  # SiteData: a deployed site's source, named here too
 
 log = logging.getLogger("clinfl.site")
 Handler = Callable[[int, Any], Any]  # (Flower run, the call's decoded argument) -> the reply
@@ -72,12 +72,6 @@ INVALID_RUN_CONFIG = "the run configuration is not valid at this site"
 INVALID_RUN_CONFIG_REMEDY = "check that the coordinator and the site run the same clinfl version"
 
 
-@dataclass
-class _Joined:
-    agent: SiteAgent
-    evaluator: HeldOutEvaluator
-
-
 class DeployedSite:
     """One hospital's end of a deployed federation (one object for the life of the process)."""
 
@@ -87,22 +81,27 @@ class DeployedSite:
         *,
         policy: SitePolicy,
         roster: Roster | Callable[[], Roster],
-        data: SiteData,
+        data: SiteSource,
         state_dir: Path,
         threads: int | None = None,
+        simulation: SimulationOnly | None = None,
     ) -> None:
         """Serve as ``identity`` under ``policy``; ``threads`` caps torch's CPU threads.
 
         ``roster`` is the roster the site's operator pinned, or a function that reads it at
         each ``join`` (so a roster trusted while the site runs counts from the next run).
+        ``data`` is the site's export (:class:`~site_agent.setup.SiteData`). ``simulation`` is
+        for tests that run the deployed transport in-process with a simulation's streams
+        (:class:`~site_agent.join.SimulationOnly`); ``clinfl site run`` never passes it.
         """
+        self._simulation = simulation
         self._threads = threads
         self._identity = identity
         self._policy = policy
         self._pinned = roster if callable(roster) else (lambda: roster)
         self._data = data
         self._state_dir = state_dir
-        self._runs: dict[int, _Joined] = {}
+        self._runs: dict[int, JoinedSite] = {}
         self._checked_bundles: set[str] = set()
         # every call of the contract, and only those, has its handler here
         self._handlers: dict[str, Handler] = {
@@ -159,7 +158,7 @@ class DeployedSite:
         except ClinflError:
             log.exception("cannot write the refusal to the ledger")
 
-    def _joined(self, flower_run: int) -> _Joined:
+    def _joined(self, flower_run: int) -> JoinedSite:
         joined = self._runs.get(flower_run)
         if joined is None:
             raise ProtocolViolation(
@@ -202,10 +201,8 @@ class DeployedSite:
             raise PolicyViolation(NAMES_A_PATH, remedy=NAMES_A_PATH_REMEDY)
         try:
             config = run_config_from_mapping(document, base=self._state_dir)
-            local = replace(config.data, dataset="dicom", images=self._data.export)
-            return validate_run_config(
-                replace(config, data=local), known_methods=available_algorithms()
-            )
+            local = replace(config, data=self._data.localise(config.data))
+            return validate_run_config(local, known_methods=available_algorithms())
         except Exception as error:  # R9: any failure on the coordinator's input is one refusal
             detail = error.message if isinstance(error, ClinflError) else repr(error)
             log.warning("%s declines an invalid run configuration: %r", self.site_id, detail[:2000])
@@ -234,74 +231,28 @@ class DeployedSite:
         return pinned, rest
 
     def _join(self, flower_run: int, request: JoinRequest) -> JoinReply:
-        site_data = self._data
         roster, run_config = self._check_roster(request.run_config)
         config = self._run_config(run_config)
-        run_space = resolve_label_space(config.data.label_space, config.data.label_columns)
-        difference = space_difference(run_space, site_data.space)
-        if difference is not None:
-            raise PolicyViolation(
-                f"{self.site_id} labels its images in the {site_data.label_space!r} space; the "
-                f"run trains on {config.data.label_space!r}: {difference}",
-                remedy="start the site with the run's --label-space (and --label-column)",
-            )
-        try:
-            policy = policy_for_run(self._policy, config)
-            # the trainer's batch size (and so DP's sampling rate) comes from the run's settings
-            settings = RoundSettings.for_round(config.federation, 1)
-            check_round_settings(settings, bounds=policy.training, site_id=self.site_id)
-        except PolicyViolation as refusal:
-            raise PolicyViolation(
-                f"{self.site_id} declines the run: {refusal.message}", remedy=refusal.remedy
-            ) from None
-        size = config.data.image_size or site_data.options.image_size
         if self._threads is not None:
             torch.set_num_threads(self._threads)
-        split = load_export(
-            replace(
-                site_data,
-                options=replace(site_data.options, uncertain_labels=config.data.uncertain_labels),
-            ),
-            state_dir=self._state_dir,
-            image_size=size,
-            val_fraction=config.data.val_fraction,
-            seed=config.federation.seed,
-        )
-        algorithm = create_algorithm(config.method)
-        spec = ModelSpec(
-            num_classes=len(run_space.classes),
-            image_size=size,
-            federation_seed=config.federation.federation_seed,
-            init_seed=config.federation.seed,
-        )
-        ready = setup_site(
+        joined = join_run(
             self._identity,
-            split.train,
-            policy,
-            algorithm,
-            spec,
-            federation=config.federation,
-            directory=roster.directory,
-            roster_hash=roster.digest,
+            self._policy,
+            self._data,
+            config,
+            roster=roster,
             state_dir=self._state_dir,
             run_id=request.run_id,
-            config_hash=run_config_digest(config, image_size=size),
-            grad_sample_mode=config.privacy.grad_sample_mode,
+            simulation=self._simulation,
         )
-        evaluator = HeldOutEvaluator(
-            split.val,
-            split.test,
-            algorithm,
-            spec,
-            threshold_rule=parse_rule(config.federation.threshold_rule),  # as the simulation
-        )
-        self._runs = {flower_run: _Joined(ready.agent, evaluator)}
+        self._runs = {flower_run: joined}
         log.info(
-            "%s joined run %s (%d training images)", self.site_id, request.run_id, len(split.train)
+            "%s joined run %s (%d training images)",
+            self.site_id,
+            request.run_id,
+            len(joined.data.train),
         )
-        initial = None
-        if request.send_initial_state:
-            initial = algorithm.initial_state(algorithm.build_model(spec))
+        initial = joined.initial_state() if request.send_initial_state else None
         return JoinReply(self.site_id, __version__, initial)
 
     def write_audit_report(self) -> None:

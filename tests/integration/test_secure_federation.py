@@ -101,14 +101,8 @@ def test_the_etf_and_its_seed_never_appear_in_any_message(tmp_path: Path) -> Non
     algorithm = create_algorithm(config.method)
     spec = ModelSpec(num_classes=10, image_size=16, federation_seed=20240917, init_seed=0)
     thirds = np.array_split(np.arange(90), 3)
-    built = build_sites(
-        config,
-        [split.train.subset(idx) for idx in thirds],
-        algorithm,
-        spec,
-        out_dir=tmp_path,
-        run_id="etf-scan",
-    )
+    built = build_sites(config, split, thirds, out_dir=tmp_path, run_id="etf-scan")
+    assert built.first.spec == spec
     sites = [RecordingParticipant(a) for a in built.participants]
     coordinator = Coordinator(
         sites,
