@@ -26,10 +26,12 @@ from clinfl.cli.errors import cli_errors
 from clinfl.cli.site import check_label_options, ingest_with_progress, site_app
 from clinfl.config import validate_run_config
 from clinfl.config.file import load_run_config
+from clinfl.config.secagg_bound import check_roster_size
 from clinfl.config.site_fields import refuse_site_settings
 from clinfl.errors import ConfigError, FederationError
 from clinfl.pki import load_pki_roster
 from clinfl.policy import load_policy
+from clinfl.roster import ROSTER_FILE
 from clinfl.simulation.datasets import resolve_defaults
 from clinfl.transport.flower.processes import split_address
 from coordinator.deploy.launcher import CoordinatorOptions, start_coordinator
@@ -71,6 +73,7 @@ def start(
         run_config = load_run_config(config)
         refuse_site_settings(run_config, config)
         sites = len(load_pki_roster(pki).members)
+        check_roster_size(run_config.secagg, sites, roster=pki / ROSTER_FILE)
         data = replace(run_config.data, dataset="dicom", images=run_dir)
         checked = validate_run_config(
             replace(

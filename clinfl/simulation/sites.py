@@ -9,7 +9,7 @@ requires DP; and a fresh Ed25519 identity for secure aggregation.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -17,9 +17,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from clinfl.algorithms import Algorithm, ModelSpec
 from clinfl.config import DEFAULT_MIN_SITES, RunConfig, SecAggConfig
 from clinfl.config.digest import run_config_digest
-from clinfl.config.federation_size import small_federation_fix
+from clinfl.config.secagg_bound import coordinator_secagg
 from clinfl.data.imageset import ImageSet
-from clinfl.errors import ConfigError, PolicyViolation
+from clinfl.errors import PolicyViolation
 from clinfl.federation.roles import TrainingParticipant
 from clinfl.policy import DPPolicy, ReportingPolicy, SecAggPolicy, SitePolicy
 from clinfl.policy import load_policy as read_policy
@@ -97,35 +97,6 @@ def load_site_policies(config: RunConfig, site_ids: Sequence[str]) -> dict[str, 
     return policies
 
 
-def coordinator_secagg(config: RunConfig, policies: dict[str, SitePolicy]) -> SecAggConfig:
-    """Return the coordinator's secure-aggregation settings, meeting every site's minimum.
-
-    Raises:
-        ConfigError: if the federation has fewer sites than some site's policy requires.
-    """
-    secagg = config.secagg
-    floor = max(
-        [secagg.min_sites or DEFAULT_MIN_SITES] + [p.secagg.min_sites for p in policies.values()]
-    )
-    caps = [p.secagg.max_weight for p in policies.values()]
-    colluders = max([secagg.max_colluders] + [p.secagg.max_colluders for p in policies.values()])
-    resolved = replace(
-        secagg,
-        min_sites=floor,
-        weight_cap=min([secagg.weight_cap, *caps]),
-        max_colluders=colluders,
-    )
-    if secagg.enabled and len(policies) < floor + colluders:
-        raise ConfigError(
-            f"the sites' policies require sums over at least {floor} sites besides "
-            f"{colluders} possible colluder(s); the federation has {len(policies)}",
-            remedy=small_federation_fix(len(policies), min_sites=floor, max_colluders=colluders)
-            if len(policies) >= 2
-            else "use more --sites",
-        )
-    return resolved
-
-
 def build_sites(
     config: RunConfig,
     site_data: Sequence[ImageSet],
@@ -146,7 +117,7 @@ def build_sites(
     fed = config.federation
     site_ids = [f"site-{k + 1}" for k in range(len(site_data))]
     policies = load_site_policies(config, site_ids)
-    secagg = coordinator_secagg(config, policies)
+    secagg = coordinator_secagg(config.secagg, {s: p.secagg.terms for s, p in policies.items()})
     assert spec.image_size is not None
     mode = resolve_grad_sample_mode(
         config.privacy.grad_sample_mode,

@@ -2,8 +2,11 @@
 
 ``clinfl coordinator start`` writes the run's plan (``<run dir>/deployment.json``: the run
 configuration, the sites the PKI lists, the timeouts) and submits clinfl's ServerApp, which calls
-:func:`run_deployment`. The rounds are the same :class:`~coordinator.rounds.Coordinator` as in the
-in-process federation; only the participants are remote. Each round's checkpoint and record are
+:func:`run_deployment`. Once the sites joined, the coordinator raises its secure-aggregation
+settings to the strictest terms the joined sites declared (:func:`planned_secagg`, the rule
+``simulate`` uses too), or stops before round 1 if too few joined for them. The rounds are the
+same :class:`~coordinator.rounds.Coordinator` as in the in-process federation; only the
+participants are remote. Each round's checkpoint and record are
 written as it ends, so a coordinator started again continues after the last completed round.
 """
 
@@ -19,19 +22,22 @@ from typing import Any
 from flwr.serverapp import Grid
 
 from clinfl.config.file import run_config_from_mapping
+from clinfl.config.secagg_bound import coordinator_secagg
 from clinfl.data.label_space import resolve_label_space
-from clinfl.errors import CheckpointError, FederationError
+from clinfl.errors import CheckpointError, ConfigError, FederationError
 from clinfl.federation.fanout import ThreadedFanout
 from clinfl.federation.messages import RoundRecord
 from clinfl.files import write_json
 from clinfl.privacy.settings import resolve_grad_sample_mode
 from clinfl.roster import announce
+from clinfl.secagg.settings import SecAggConfig
 from clinfl.transport.contract import JoinRequest
 from clinfl.weights.provenance import declared_weights_provenance
 from coordinator.checkpoints import CheckpointStore
 from coordinator.control import RunControl
 from coordinator.deploy.remote_sites import (
     FlowerLink,
+    Link,
     RemoteEvaluator,
     RemoteSite,
     SiteRoster,
@@ -92,19 +98,50 @@ class DeploymentPlan:
 
 
 def run_deployment(grid: Grid, run_dir: Path) -> dict[str, Any]:
-    """Run (or continue) the deployed federation of ``run_dir``; return its results.
+    """Run (or continue) the deployed federation of ``run_dir`` over Flower; return its results.
 
     Raises:
         CheckpointError: if the plan, a checkpoint or the control database cannot be used.
-        FederationError: if no site joins, or none provides the initial model.
+        FederationError: if no site joins, none provides the initial model, or the sites that
+            joined are too few for the strictest secure-aggregation terms they declared.
         ModelError: if the configuration names an initial weights file that cannot be read.
+    """
+    return run_over(FlowerLink(grid), run_dir)
+
+
+def planned_secagg(config: SecAggConfig, roster: SiteRoster, *, expected: int) -> SecAggConfig:
+    """The secure-aggregation settings the rounds use: ``config`` raised to the joined sites' terms.
+
+    The same rule as the in-process federation
+    (:func:`~clinfl.config.secagg_bound.coordinator_secagg`), over the terms each site declared
+    in its join reply; ``expected`` is the roster's size (for the message).
+
+    Raises:
+        FederationError: if the sites that joined are too few for the strictest terms.
+    """
+    joined = len(roster.joined())
+    try:
+        return coordinator_secagg(config, roster.declared_secagg(), sites=joined)
+    except ConfigError as error:
+        missing = "start the missing sites (or raise --join-wait); " if joined < expected else ""
+        raise FederationError(
+            f"round 1 cannot start ({joined} of the roster's {expected} sites joined): "
+            f"{error.message}",
+            remedy=missing + error.remedy,
+        ) from None
+
+
+def run_over(link: Link, run_dir: Path) -> dict[str, Any]:
+    """Run (or continue) the deployed federation of ``run_dir`` over ``link``; return its results.
+
+    Raises:
+        See :func:`run_deployment`.
     """
     started = time.perf_counter()
     plan = DeploymentPlan.load(run_dir)
     config = run_config_from_mapping(plan.run_config, base=run_dir)
     init_weights = declared_weights_provenance(config.method)
     fed = config.federation
-    link = FlowerLink(grid)
     run_config = dict(plan.run_config)
     if plan.roster_sha256:  # each site joins only if this is the roster it pinned
         run_config = announce(run_config, bytes.fromhex(plan.roster_sha256))
@@ -131,12 +168,23 @@ def run_deployment(grid: Grid, run_dir: Path) -> dict[str, Any]:
             + ("; ".join(f"{s}: {r}" for s, r in sorted(roster.refusals.items())) or "none came"),
             remedy="start the site agents (`clinfl site run`) and check their policies",
         )
+    try:  # before round 1, as in `simulate`: every joined site's policy is met
+        secagg = planned_secagg(config.secagg, roster, expected=len(plan.sites))
+    except FederationError as error:
+        control.set_status("failed", stopped=error.one_line(), refusals=roster.refusals)
+        control.close()
+        raise
+    control.set_status(
+        "running",
+        secagg={"min_sites": secagg.sum_floor, "max_colluders": secagg.max_colluders,
+                "weight_cap": secagg.weight_cap},
+    )  # fmt: skip
     sites = [RemoteSite(site, roster, link, plan.timeouts) for site in plan.sites]
     classes = resolve_label_space(config.data.label_space, config.data.label_columns).classes
     evaluator = RemoteEvaluator(sites, len(classes))
     coordinator = Coordinator(
         sites,
-        build_aggregator(config.secagg, fanout=ThreadedFanout(), run_id=plan.run_id),
+        build_aggregator(secagg, fanout=ThreadedFanout(), run_id=plan.run_id),
         evaluator,
         store,
         selection=fed.selection,

@@ -302,7 +302,7 @@ class DeployedSite:
         initial = None
         if request.send_initial_state:
             initial = algorithm.initial_state(algorithm.build_model(spec))
-        return JoinReply(self.site_id, __version__, initial)
+        return JoinReply(self.site_id, __version__, initial, policy.secagg.terms)
 
     def write_audit_report(self) -> None:
         """Write the site's audit report (JSON, Markdown, HTML) into its state folder."""
