@@ -21,6 +21,7 @@ from rich.table import Table
 from clinfl.cli.errors import cli_errors
 from clinfl.errors import ConfigError, FederationError
 from clinfl.pki import load_pki_roster
+from clinfl.roster import ROSTER_FILE
 from clinfl.transport.flower.processes import split_address
 from coordinator.control import Request, RunControl
 from coordinator.deploy.launcher import CoordinatorOptions, start_coordinator
@@ -62,7 +63,9 @@ def start(
         split_address(address)
         if min(join_wait, train_timeout, stage_timeout) <= 0:
             raise ConfigError("timeouts must be positive", remedy="use the defaults")
-        resolved = deployment_run_config(config, roster_size=len(load_pki_roster(pki).members))
+        resolved = deployment_run_config(
+            config, roster_size=len(load_pki_roster(pki).members), roster=pki / ROSTER_FILE
+        )
         options = CoordinatorOptions(
             address=address,
             timeouts=Timeouts(train=train_timeout, stage=stage_timeout),

@@ -52,6 +52,33 @@ class SecAggRequirements:
         """Return the fewest sites a round with ``threshold`` may go on with (R5)."""
         return max(threshold, self.min_sites + self.max_colluders)
 
+    @property
+    def terms(self) -> SecAggTerms:
+        """The terms a coordinator must plan each round by (what a site declares when it joins)."""
+        return SecAggTerms(self.min_sites, self.max_colluders, self.max_weight)
+
+
+@dataclass(frozen=True)
+class SecAggTerms:
+    """The part of a site's :class:`SecAggRequirements` a coordinator plans each round by.
+
+    A deployed site declares them in its join reply (policy terms, never data), so the
+    coordinator can propose rounds the site accepts; the site still checks every round against
+    its own requirements, whatever it declared. The bounds are the policy file's own.
+
+    Raises:
+        ValueError: if ``min_sites`` < 2, ``max_colluders`` < 0 or ``max_weight`` < 1 (on the
+            wire: a malformed join reply).
+    """
+
+    min_sites: int
+    max_colluders: int
+    max_weight: int
+
+    def __post_init__(self) -> None:
+        if self.min_sites < 2 or self.max_colluders < 0 or self.max_weight < 1:
+            raise ValueError(f"secure-aggregation terms out of bounds: {self}")
+
 
 @dataclass(frozen=True)
 class SecAggConfig:

@@ -10,20 +10,20 @@ privacy ledger, a DP-SGD trainer when its policy requires DP, its agent and its 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from clinfl.config import DEFAULT_MIN_SITES, RunConfig, SecAggConfig
-from clinfl.config.federation_size import small_federation_fix
 from clinfl.config.file import run_config_from_mapping
+from clinfl.config.secagg_bound import coordinator_secagg
 from clinfl.config.seeds import RunSeeds
 from clinfl.config.site_fields import portable_run_config
 from clinfl.data.imageset import SplitData
 from clinfl.data.label_space import LabelSpace
-from clinfl.errors import ConfigError, InternalError
+from clinfl.errors import InternalError
 from clinfl.federation.roles import TrainingParticipant
 from clinfl.policy import DPPolicy, ReportingPolicy, SecAggPolicy, SitePolicy
 from clinfl.policy import load_policy as read_policy
@@ -94,35 +94,6 @@ def read_site_policies(config: RunConfig, site_ids: Sequence[str]) -> dict[str, 
     return policies
 
 
-def coordinator_secagg(config: RunConfig, policies: dict[str, SitePolicy]) -> SecAggConfig:
-    """Return the coordinator's secure-aggregation settings, meeting every site's minimum.
-
-    Raises:
-        ConfigError: if the federation has fewer sites than some site's policy requires.
-    """
-    secagg = config.secagg
-    floor = max(
-        [secagg.min_sites or DEFAULT_MIN_SITES] + [p.secagg.min_sites for p in policies.values()]
-    )
-    caps = [p.secagg.max_weight for p in policies.values()]
-    colluders = max([secagg.max_colluders] + [p.secagg.max_colluders for p in policies.values()])
-    resolved = replace(
-        secagg,
-        min_sites=floor,
-        weight_cap=min([secagg.weight_cap, *caps]),
-        max_colluders=colluders,
-    )
-    if secagg.enabled and len(policies) < floor + colluders:
-        raise ConfigError(
-            f"the sites' policies require sums over at least {floor} sites besides "
-            f"{colluders} possible colluder(s); the federation has {len(policies)}",
-            remedy=small_federation_fix(len(policies), min_sites=floor, max_colluders=colluders)
-            if len(policies) >= 2
-            else "use more --sites",
-        )
-    return resolved
-
-
 def simulated_space(config: RunConfig, data: SplitData) -> LabelSpace:
     """The label space the simulation's data is in: the run's name, the loaded data's classes."""
     return LabelSpace(run_label_space(config).name, data.train.class_names)
@@ -178,7 +149,9 @@ def build_sites(
             ),
         )
     tightened = {site: j.policy for site, j in joined.items()}
-    secagg = coordinator_secagg(config, tightened)
+    secagg = coordinator_secagg(
+        config.secagg, {site: policy.secagg.terms for site, policy in tightened.items()}
+    )
     size = next(iter(joined.values())).spec.image_size
     if size is None:
         raise InternalError("the model spec's image size is not resolved")

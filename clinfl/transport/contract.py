@@ -57,7 +57,7 @@ from clinfl.secagg.messages import (
     SurvivorSignature,
     UnmaskRequest,
 )
-from clinfl.secagg.settings import RoundParameters
+from clinfl.secagg.settings import RoundParameters, SecAggTerms
 from clinfl.secagg.stages import TRAIN, RoundStage, Stage
 from clinfl.transport.wire import decode, encode, from_json_value
 from clinfl.typing import StateDict
@@ -84,12 +84,16 @@ class JoinReply:
     """A site's answer to :class:`JoinRequest`: who it is and the clinfl it runs.
 
     On request it also carries the model's initial travelling state, so the coordinator never
-    builds the model or the ETF.
+    builds the model or the ETF. ``secagg`` declares the secure-aggregation terms of the site's
+    policy as the run tightened it (policy terms, never data), so the coordinator plans rounds
+    the site accepts (:func:`~clinfl.config.secagg_bound.coordinator_secagg`); the site still
+    checks every round against its policy.
     """
 
     site_id: str
     clinfl_version: str
     initial_state: dict[str, torch.Tensor] | None = None
+    secagg: SecAggTerms | None = None
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,11 @@
 
 ``clinfl coordinator start`` writes the run's plan (``<run dir>/deployment.json``: the run
 configuration, the sites the PKI lists, the timeouts) and submits clinfl's ServerApp, which calls
-:func:`run_deployment`. The rounds are the same :class:`~coordinator.rounds.Coordinator` as in the
-in-process federation; only the participants are remote. Each round's checkpoint and record are
+:func:`run_deployment`. Once the sites joined, the coordinator raises its secure-aggregation
+settings to the strictest terms the joined sites declared (:func:`planned_secagg`, the rule
+``simulate`` uses too), or stops before round 1 if too few joined for them. The rounds are the
+same :class:`~coordinator.rounds.Coordinator` as in the in-process federation; only the
+participants are remote. Each round's checkpoint and record are
 written as it ends, so a coordinator started again continues after the last completed round.
 """
 
@@ -19,14 +22,16 @@ from typing import Any
 from flwr.serverapp import Grid
 
 from clinfl.config.file import run_config_from_mapping
+from clinfl.config.secagg_bound import coordinator_secagg
 from clinfl.data.label_space import resolve_label_space
-from clinfl.errors import CheckpointError, FederationError
+from clinfl.errors import CheckpointError, ConfigError, FederationError
 from clinfl.federation.fanout import ThreadedFanout
 from clinfl.federation.messages import RoundRecord
 from clinfl.federation.results_schema import ResultsDocument
 from clinfl.files import write_json
 from clinfl.privacy.settings import resolve_grad_sample_mode
 from clinfl.roster import announce
+from clinfl.secagg.settings import SecAggConfig
 from clinfl.transport.contract import JoinRequest
 from clinfl.weights.provenance import declared_weights_provenance
 from coordinator.checkpoints import CheckpointStore
@@ -97,18 +102,41 @@ def run_deployment(grid: Grid, run_dir: Path) -> ResultsDocument:
     """Run (or continue) the deployed federation of ``run_dir`` over Flower; return its results.
 
     Raises:
-        What :func:`run_planned` raises.
+        CheckpointError: if the plan, a checkpoint or the control database cannot be used.
+        FederationError: if no site joins, none provides the initial model, or the sites that
+            joined are too few for the strictest secure-aggregation terms they declared.
+        ModelError: if the configuration names an initial weights file that cannot be read.
     """
     return run_planned(FlowerLink(grid), run_dir)
+
+
+def planned_secagg(config: SecAggConfig, roster: SiteRoster, *, expected: int) -> SecAggConfig:
+    """The secure-aggregation settings the rounds use: ``config`` raised to the joined sites' terms.
+
+    The same rule as the in-process federation
+    (:func:`~clinfl.config.secagg_bound.coordinator_secagg`), over the terms each site declared
+    in its join reply; ``expected`` is the roster's size (for the message).
+
+    Raises:
+        FederationError: if the sites that joined are too few for the strictest terms.
+    """
+    joined = len(roster.joined())
+    try:
+        return coordinator_secagg(config, roster.declared_secagg(), sites=joined)
+    except ConfigError as error:
+        missing = "start the missing sites (or raise --join-wait); " if joined < expected else ""
+        raise FederationError(
+            f"round 1 cannot start ({joined} of the roster's {expected} sites joined): "
+            f"{error.message}",
+            remedy=missing + error.remedy,
+        ) from None
 
 
 def run_planned(link: Link, run_dir: Path) -> ResultsDocument:
     """Run (or continue) the federation ``run_dir``'s plan describes, reaching sites by ``link``.
 
     Raises:
-        CheckpointError: if the plan, a checkpoint or the control database cannot be used.
-        FederationError: if no site joins, or none provides the initial model.
-        ModelError: if the configuration names an initial weights file that cannot be read.
+        See :func:`run_deployment`.
     """
     started = time.perf_counter()
     plan = DeploymentPlan.load(run_dir)
@@ -141,12 +169,23 @@ def run_planned(link: Link, run_dir: Path) -> ResultsDocument:
             + ("; ".join(f"{s}: {r}" for s, r in sorted(roster.refusals.items())) or "none came"),
             remedy="start the site agents (`clinfl site run`) and check their policies",
         )
+    try:  # before round 1, as in `simulate`: every joined site's policy is met
+        secagg = planned_secagg(config.secagg, roster, expected=len(plan.sites))
+    except FederationError as error:
+        control.set_status("failed", stopped=error.one_line(), refusals=roster.refusals)
+        control.close()
+        raise
+    control.set_status(
+        "running",
+        secagg={"min_sites": secagg.sum_floor, "max_colluders": secagg.max_colluders,
+                "weight_cap": secagg.weight_cap},
+    )  # fmt: skip
     sites = [RemoteSite(site, roster, link, plan.timeouts) for site in plan.sites]
     classes = resolve_label_space(config.data.label_space, config.data.label_columns).classes
     evaluator = RemoteEvaluator(sites, len(classes))
     coordinator = Coordinator(
         sites,
-        build_aggregator(config.secagg, fanout=ThreadedFanout(), run_id=plan.run_id),
+        build_aggregator(secagg, fanout=ThreadedFanout(), run_id=plan.run_id),
         evaluator,
         store,
         selection=fed.selection,

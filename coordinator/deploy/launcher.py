@@ -17,10 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from clinfl.config import RunConfig
+from clinfl.config.secagg_bound import check_roster_size
 from clinfl.config.site_fields import portable_run_config
 from clinfl.errors import DeploymentError
 from clinfl.pki import load_pki_roster
-from clinfl.roster import Roster
+from clinfl.roster import ROSTER_FILE, Roster
 from coordinator.control import RunControl
 from coordinator.deploy.deployment import PLAN_FILE, DeploymentPlan
 from coordinator.deploy.remote_sites import Timeouts
@@ -73,6 +74,7 @@ def start_coordinator(
 
     Raises:
         PKIError: if the PKI folder has no manifest or no valid roster (RosterError).
+        ConfigError: if the roster is too small for the configuration's secure aggregation.
         DeploymentError: if the SuperLink cannot start, a key is refused, the run cannot be
             submitted, or the SuperLink dies during the run.
     """
@@ -84,6 +86,7 @@ def start_coordinator(
             remedy="admit them with `clinfl pki admit site-request.json` (each site runs "
             "`clinfl site init` first)",
         )
+    check_roster_size(config.secagg, len(sites), roster=pki_dir / ROSTER_FILE)
     run_dir.mkdir(parents=True, exist_ok=True)
     plan = _plan(run_dir, config, roster, options)
     notify(f"roster: {', '.join(sites)} (fingerprint {roster.fingerprint})")

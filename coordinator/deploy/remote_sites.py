@@ -3,11 +3,11 @@
 :class:`FlowerLink` sends one call to one SuperNode through Flower and waits for its reply, with
 a deadline (no wait is open-ended). :class:`SiteRoster` learns which node is which site by
 sending each new node the run's ``join`` call, and remembers the sites whose policy declined the
-run, with their reasons. :class:`RemoteSite` is a
-:class:`~clinfl.transport.contract.TrainingParticipant` like an in-process site, with one
-generic :meth:`~RemoteSite.call` driven by the contract's table: a site that does not answer in
-time is a dropout (:class:`~clinfl.errors.SiteUnavailable`), and a site's refusal is raised as
-the same clinfl error the site raised.
+run, with their reasons, and the secure-aggregation terms each joined site declared.
+:class:`RemoteSite` is a :class:`~clinfl.transport.contract.TrainingParticipant` like an
+in-process site, with one generic :meth:`~RemoteSite.call` driven by the contract's table: a
+site that does not answer in time is a dropout (:class:`~clinfl.errors.SiteUnavailable`), and a
+site's refusal is raised as the same clinfl error the site raised.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from flwr.serverapp import Grid
 from clinfl.errors import ClinflError, DeploymentError, PolicyViolation, SiteUnavailable
 from clinfl.federation.messages import EvaluationReport
 from clinfl.metrics import MultiLabelMetrics
+from clinfl.secagg.settings import SecAggTerms
 from clinfl.transport.contract import (
     EVALUATE,
     JOIN,
@@ -188,6 +189,7 @@ class SiteRoster:
         self._asked: set[int] = set()
         self.refusals: dict[str, str] = {}
         self.initial_state: StateDict | None = None
+        self._declared: dict[str, SecAggTerms] = {}
 
     def refresh(self) -> None:
         """Send ``join`` to every node not asked yet, and record who answered what."""
@@ -217,6 +219,8 @@ class SiteRoster:
             return
         self._nodes[reply.site_id] = node
         self.refusals.pop(reply.site_id, None)
+        if reply.secagg is not None:
+            self._declared[reply.site_id] = reply.secagg
         if self.initial_state is None and reply.initial_state is not None:
             self.initial_state = reply.initial_state
         log.info("%s joined as node %d", reply.site_id, node)
@@ -253,6 +257,11 @@ class SiteRoster:
     def joined(self) -> list[str]:
         """Return the sites that joined, sorted."""
         return sorted(self._nodes)
+
+    def declared_secagg(self) -> dict[str, SecAggTerms]:
+        """Return the secure-aggregation terms each joined site declared in its join reply."""
+        with self._lock:
+            return {site: self._declared[site] for site in self._nodes if site in self._declared}
 
     def node_of(self, site_id: str) -> int:
         """Return the node of ``site_id``, looking again for a site that left and came back.

@@ -17,6 +17,7 @@ from clinfl.algorithms import available_algorithms
 from clinfl.config import RunConfig, validate_run_config
 from clinfl.config.file import load_run_config
 from clinfl.config.presets import resolve_defaults
+from clinfl.config.secagg_bound import check_roster_size
 from clinfl.config.site_fields import DEPLOYED_DATASET, refuse_site_settings
 
 _EXPORT_PLACEHOLDER = Path("site-export")
@@ -24,18 +25,27 @@ _EXPORT_PLACEHOLDER = Path("site-export")
 removed before the run is returned, so no coordinator path reaches a site."""
 
 
-def deployment_run_config(path: Path, *, roster_size: int) -> RunConfig:
+def deployment_run_config(
+    path: Path, *, roster_size: int, roster: Path | None = None
+) -> RunConfig:
     """Return the run a deployment of ``roster_size`` sites trains from the file at ``path``.
 
-    The run is checked and its defaults resolved; it names no image or label path.
+    The run is checked and its defaults resolved; it names no image or label path. With
+    ``roster`` (the roster file, named in the message), a roster too small for the file's own
+    secure-aggregation bound is refused at once
+    (:func:`~clinfl.config.secagg_bound.check_roster_size`), before anything starts.
 
     Raises:
         ConfigError: if the file cannot be read or is not valid TOML.
         ValidationError: for settings that belong to the sites, and for every invalid value
             (each with its field, value and fix).
+        ConfigError: with ``roster``, if the roster has fewer sites than ``min_sites +
+            max_colluders``.
     """
     run_config = load_run_config(path)
     refuse_site_settings(run_config, path)
+    if roster is not None:
+        check_roster_size(run_config.secagg, roster_size, roster=roster)
     data = replace(run_config.data, dataset=DEPLOYED_DATASET, images=_EXPORT_PLACEHOLDER)
     checked = validate_run_config(
         replace(

@@ -253,7 +253,7 @@ class DeployedSite:
             len(joined.data.train),
         )
         initial = joined.initial_state() if request.send_initial_state else None
-        return JoinReply(self.site_id, __version__, initial)
+        return JoinReply(self.site_id, __version__, initial, joined.policy.secagg.terms)
 
     def write_audit_report(self) -> None:
         """Write the site's audit report (JSON, Markdown, HTML) into its state folder."""

@@ -152,3 +152,29 @@ def test_site_runs_signal_handlers_are_restored_when_it_returns() -> None:
         signal.raise_signal(signal.SIGINT)  # stops the site instead of interrupting
         assert stop.is_set()
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+
+
+@pytest.mark.parametrize(
+    ("members", "secagg", "need"),
+    [(3, "[secagg]\nmin_sites = 2\nmax_colluders = 2\n", 4), (1, "", 4)],
+)
+def test_coordinator_start_refuses_a_roster_too_small_for_the_run_s_secagg(
+    tmp_path: Path, members: int, secagg: str, need: int
+) -> None:
+    """Refused at once, in one line, before a SuperLink starts: the run could never sum (one
+    site with secure aggregation on passed the configuration's checks before)."""
+    pki, _ = trusted_federation(tmp_path, tuple(f"site-{k + 1}" for k in range(members)))
+    config = tmp_path / "federation.toml"
+    config.write_text("[federation]\nrounds = 2\n" + secagg)
+    result = runner.invoke(
+        app,
+        ["coordinator", "start", "--config", str(config), "--pki", str(pki),
+         "--run-dir", str(tmp_path / "run")],
+    )  # fmt: skip
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1, lines
+    assert f"lists {members} site(s)" in lines[0] and f"needs at least {need}" in lines[0]
+    assert "clinfl pki admit" in lines[0]
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "run").exists(), "nothing was started"
