@@ -2,7 +2,7 @@
 
 A malicious coordinator chooses every round setting it is allowed to choose. A site trains a
 round only if its learning rate, local epochs (or local steps) and batch size lie within its
-policy's :class:`~clinfl.policy.TrainingBounds`. :func:`check_round_settings` lists every
+policy's :class:`~clinfl.config.policy.TrainingBounds`. :func:`check_round_settings` lists every
 setting outside them at once, with its value, the bound and the fix.
 
 Which local-training mode a site accepts (:func:`check_training_mode`): a site whose policy lets
@@ -15,9 +15,9 @@ configuration, both of which the coordinator knows.
 
 from __future__ import annotations
 
+from clinfl.config.policy import SitePolicy, TrainingBounds
 from clinfl.errors import PolicyViolation, Violation
 from clinfl.federation.messages import RoundSettings
-from clinfl.policy import SitePolicy, TrainingBounds
 
 COUNTS_METRIC = "counts"
 """The ``reporting.metrics`` entry that lets a site's sample count leave it."""

@@ -16,7 +16,7 @@ from typing import Protocol
 import torch
 
 from clinfl.errors import ProtocolViolation, RoundAborted, SiteUnavailable
-from clinfl.federation.roles import TrainingParticipant
+from clinfl.transport.contract import TrainingParticipant
 from clinfl.typing import StateDict
 
 

@@ -27,8 +27,8 @@ from clinfl.federation.messages import (
     RoundSettings,
     TrainingReport,
 )
-from clinfl.federation.roles import TrainingParticipant
 from clinfl.secagg.stages import TRAIN
+from clinfl.transport.contract import TrainingParticipant
 from clinfl.typing import StateDict
 from coordinator.aggregation import AggregateUpdate
 

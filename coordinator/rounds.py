@@ -10,12 +10,18 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
+from typing import Protocol
 
 from clinfl.config import FederationConfig, SelectionRule
 from clinfl.errors import PolicyViolation, ProtocolViolation, RoundAborted, SiteUnavailable
 from clinfl.federation.fanout import Fanout, in_turn
-from clinfl.federation.messages import RoundRecord, RoundSettings, TrainingReport
-from clinfl.federation.roles import GlobalEvaluator, TrainingParticipant
+from clinfl.federation.messages import (
+    EvaluationReport,
+    RoundRecord,
+    RoundSettings,
+    TrainingReport,
+)
+from clinfl.transport.contract import TrainingParticipant
 from clinfl.typing import StateDict
 from coordinator.aggregation import Aggregator
 from coordinator.checkpoints import CheckpointStore
@@ -82,6 +88,17 @@ def _train_one(
         return participant.train_round(state, settings)
     except (SiteUnavailable, PolicyViolation, ProtocolViolation) as failure:
         return failure
+
+
+class GlobalEvaluator(Protocol):
+    """Whoever scores the global model for the coordinator.
+
+    The simulation's held-out sets, or the deployed site that evaluates for the federation.
+    """
+
+    def evaluate(self, global_state: StateDict) -> EvaluationReport:
+        """Evaluate the global model on validation and test data."""
+        ...
 
 
 class Coordinator:

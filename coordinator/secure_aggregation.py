@@ -17,12 +17,12 @@ from typing import TypeVar
 from clinfl.config import SecAggConfig
 from clinfl.errors import ProtocolViolation, RoundAborted, SiteUnavailable
 from clinfl.federation.fanout import Fanout, in_turn
-from clinfl.federation.roles import TrainingParticipant
 from clinfl.federation.vectors import unflatten_state, vector_length
 from clinfl.secagg.encoding import decode_sum
 from clinfl.secagg.messages import MaskedInput
 from clinfl.secagg.server_session import ServerSession
 from clinfl.secagg.stages import Stage, stage_name
+from clinfl.transport.contract import TrainingParticipant
 from clinfl.typing import StateDict
 from coordinator.aggregation import AggregateUpdate, Aggregator, PlainAggregator
 

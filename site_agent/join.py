@@ -20,13 +20,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from clinfl.algorithms import Algorithm, ModelSpec, create_algorithm
 from clinfl.config import DataConfig, RunConfig
 from clinfl.config.digest import run_config_digest
+from clinfl.config.policy import SitePolicy
 from clinfl.config.seeds import RunSeeds
 from clinfl.data.imageset import ImageSet, SplitData
 from clinfl.data.label_space import LabelSpace, resolve_label_space, space_difference
 from clinfl.device import resolve_device
 from clinfl.errors import ConfigError, PolicyViolation
 from clinfl.federation.messages import RoundSettings
-from clinfl.policy import SitePolicy
 from clinfl.roster import Roster
 from clinfl.thresholds import parse_rule
 from clinfl.training_bounds import check_round_settings

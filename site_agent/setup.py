@@ -15,7 +15,7 @@ in-process federation (:mod:`clinfl.simulation.sites`) and a deployed site
 
 Both modes reach them through :func:`site_agent.join.join_run`, so a deployed site ingests,
 trains, accounts and refuses exactly as a simulated one. A new site-side setting is a policy
-field (:mod:`clinfl.policy`) applied here.
+field (:mod:`clinfl.config.policy`) applied here.
 """
 
 from __future__ import annotations
@@ -32,13 +32,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from clinfl.algorithms import Algorithm, ModelSpec
 from clinfl.config import DataConfig, FederationConfig, RunConfig
+from clinfl.config.policy import DataPolicy, PrivacyRequest, SitePolicy, apply_request
 from clinfl.config.seeds import RunSeeds
 from clinfl.data.imageset import ImageSet, SplitData
 from clinfl.data.label_space import LabelSpace
 from clinfl.device import resolve_device
 from clinfl.errors import ConfigError
 from clinfl.federation.messages import RoundSettings
-from clinfl.policy import DataPolicy, PrivacyRequest, SitePolicy, apply_request
 from clinfl.privacy.settings import DPSettings, resolve_grad_sample_mode
 from clinfl.training_bounds import check_round_settings, check_training_mode
 from site_agent.agent import SiteAgent, SiteIdentity, state_layout

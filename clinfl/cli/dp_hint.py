@@ -11,8 +11,8 @@ from pathlib import Path
 
 from clinfl.config import RunConfig
 from clinfl.config.backbones import PRETRAINABLE
+from clinfl.config.policy import load_policy
 from clinfl.errors import ClinflError
-from clinfl.policy import load_policy
 
 DP_FROM_SCRATCH_HINT = (
     "DP-SGD from random weights learns little (measured near 58 macro-AUC on digits at "

@@ -13,13 +13,13 @@ from rich.table import Table
 
 from clinfl.cli.errors import cli_errors
 from clinfl.cli.render import progress_bar
+from clinfl.config.policy import load_policy
 from clinfl.data.label_space import SPACE_NAMES
 from clinfl.device import resolve_device
 from clinfl.errors import ConfigError
 from clinfl.model_io import export_run, read_bundle
 from clinfl.model_io.bundle import write_file
 from clinfl.model_io.card import build_card, card_format, render_card
-from clinfl.policy import load_policy
 from site_agent.ingest.pipeline import IngestOptions
 from site_agent.prediction.run import PredictionRequest, PredictionResult, run_prediction
 from site_agent.prediction.run import unused_path as unused_csv_path

@@ -18,10 +18,10 @@ from rich.console import Console
 from rich.table import Table
 
 from clinfl.cli.errors import cli_errors
+from clinfl.config.policy import METRIC_DISCLOSURE, SitePolicy, load_policy, policy_warnings
 from clinfl.config.run import FederationConfig
 from clinfl.errors import ValidationError, Violation
 from clinfl.federation.messages import RoundSettings
-from clinfl.policy import METRIC_DISCLOSURE, SitePolicy, load_policy, policy_warnings
 from clinfl.privacy.plan import MAX_PLANNED_ROUNDS, BudgetPlan, plan_budget, round_charge
 from clinfl.training_bounds import (
     round_settings_violations,

@@ -18,10 +18,10 @@ from rich.table import Table
 from clinfl.cli.errors import cli_errors
 from clinfl.cli.pki import roster_table
 from clinfl.cli.render import progress_bar
+from clinfl.config.policy import load_policy
 from clinfl.data.label_space import SPACE_NAMES, UNCERTAIN_POLICIES, resolve_label_space
 from clinfl.errors import ConfigError, RosterError
 from clinfl.pki import REQUEST_FILE
-from clinfl.policy import load_policy
 from clinfl.roster import normalise_fingerprint
 from site_agent.identity import identity_dir, init_site, pin_roster, review_roster
 from site_agent.ingest.labels import KEY_COLUMNS

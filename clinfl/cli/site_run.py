@@ -21,8 +21,8 @@ from rich.console import Console
 
 from clinfl.cli.errors import cli_errors
 from clinfl.cli.site import check_label_options, ingest_with_progress
+from clinfl.config.policy import load_policy
 from clinfl.errors import ConfigError
-from clinfl.policy import load_policy
 from clinfl.transport.flower.processes import split_address
 from site_agent.deploy.runner import run_site
 from site_agent.identity import read_site_files

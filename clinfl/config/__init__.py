@@ -8,7 +8,7 @@
 * :mod:`clinfl.config.site_fields`: which settings belong to the sites, not the coordinator;
 * :mod:`clinfl.config.digest`: the hash of a run configuration that every site binds.
 
-A site's own terms are its policy (:mod:`clinfl.policy`, checked the same way); secure
+A site's own terms are its policy (:mod:`clinfl.config.policy`, checked the same way); secure
 aggregation's settings types sit with the protocol (:mod:`clinfl.secagg.settings`). Everything
 a caller needs is importable from here: ``from clinfl.config import RunConfig``.
 """

@@ -1,7 +1,7 @@
 """The one way configuration is checked: collect every problem, then raise once.
 
 Run configurations (:mod:`clinfl.config.validation`), run configuration files
-(:mod:`clinfl.config.file`) and site policies (:mod:`clinfl.policy`) are all checked alike:
+(:mod:`clinfl.config.file`) and site policies (:mod:`clinfl.config.policy`) are all checked alike:
 
 1. :func:`read_tables` reads a parsed TOML document against the dataclasses of its tables. An
    unknown table or key, or a value of the wrong type, is a problem and is left out (its

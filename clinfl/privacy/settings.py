@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # annotation only: the run config's validation imports this module
-    from clinfl.policy import DPPolicy
+    from clinfl.config.policy import DPPolicy
 
 GRAD_SAMPLE_MODES = ("hooks", "ew", "ghost", "mixed-ghost", "bookkeeping", "functorch")
 # Modes that run Opacus' fast-gradient-clipping path ("ghost"): a per-sample loss criterion, two

@@ -1,7 +1,7 @@
 """Secure-aggregation settings: one type per side of the trust boundary, and one round's plan.
 
 * :class:`SecAggRequirements` is what a site's policy allows (the ``[secagg]`` table of its
-  policy file is read straight into it: :attr:`clinfl.policy.SitePolicy.secagg`).
+  policy file is read straight into it: :attr:`clinfl.config.policy.SitePolicy.secagg`).
 * :class:`SecAggConfig` is what the coordinator's rounds use (the ``[secagg]`` table of a run
   configuration); :meth:`SecAggConfig.plan` turns it into one round's :class:`RoundParameters`.
 

@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 
 from clinfl.config import RunConfig
+from clinfl.config.policy import DataPolicy, load_policy
 from clinfl.data.chestxray14 import ProgressCallback, load_chestxray14
 from clinfl.data.digits import load_digit_composites
 from clinfl.data.imageset import SplitData
 from clinfl.data.label_space import resolve_label_space
 from clinfl.errors import InternalError
-from clinfl.policy import DataPolicy, load_policy
 from site_agent.ingest.pipeline import IngestOptions
 from site_agent.ingest.split import ingest_and_split
 from site_agent.setup import ingest_options

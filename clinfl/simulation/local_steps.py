@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from clinfl.config import FederationConfig
-from clinfl.policy import SitePolicy
+from clinfl.config.policy import SitePolicy
 from clinfl.training_bounds import work_may_follow_size
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from clinfl.config import RunConfig
-from clinfl.config_file import run_config_from_mapping
+from clinfl.config.file import run_config_from_mapping
 from clinfl.errors import CheckpointError
 from clinfl.files import write_json
 from coordinator.resume import ResumePoint, resume_point

@@ -18,17 +18,17 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from clinfl.config import DEFAULT_MIN_SITES, RunConfig, SecAggConfig
 from clinfl.config.file import run_config_from_mapping
+from clinfl.config.policy import DPPolicy, ReportingPolicy, SecAggPolicy, SitePolicy
+from clinfl.config.policy import load_policy as read_policy
 from clinfl.config.secagg_bound import coordinator_secagg
 from clinfl.config.seeds import RunSeeds
 from clinfl.config.site_fields import portable_run_config
 from clinfl.data.imageset import SplitData
 from clinfl.data.label_space import LabelSpace
 from clinfl.errors import InternalError
-from clinfl.federation.roles import TrainingParticipant
-from clinfl.policy import DPPolicy, ReportingPolicy, SecAggPolicy, SitePolicy
-from clinfl.policy import load_policy as read_policy
 from clinfl.privacy.settings import resolve_grad_sample_mode
 from clinfl.simulation.dropouts import DroppingParticipant
+from clinfl.transport.contract import TrainingParticipant
 from site_agent.agent import SiteIdentity
 from site_agent.join import JoinedSite, SimulatedSlice, SimulationOnly, join_run, run_label_space
 from site_agent.setup import AuditListener

@@ -33,10 +33,10 @@ from clinfl import __version__
 from clinfl.algorithms import available_algorithms
 from clinfl.config import RunConfig, validate_run_config
 from clinfl.config.file import run_config_from_mapping
+from clinfl.config.policy import SitePolicy
 from clinfl.config.site_fields import named_path_fields
 from clinfl.errors import ClinflError, PolicyViolation, ProtocolViolation, RosterError
 from clinfl.federation.messages import EvaluationReport
-from clinfl.policy import SitePolicy
 from clinfl.roster import Roster, split_announcement
 from clinfl.transport.contract import (
     EVALUATE,

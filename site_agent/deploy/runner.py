@@ -16,8 +16,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from clinfl.config.policy import SitePolicy
 from clinfl.errors import DeploymentError
-from clinfl.policy import SitePolicy
 from site_agent.agent import SiteIdentity
 from site_agent.deploy.deployed_site import DeployedSite
 from site_agent.deploy.executor import SiteExecutor

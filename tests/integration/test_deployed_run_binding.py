@@ -19,10 +19,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flwr.cli.build import build_fab_from_files
 
 from clinfl.config.file import run_config_from_mapping
+from clinfl.config.policy import parse_policy
 from clinfl.data.make_export import make_digits_export
 from clinfl.federation.messages import RoundSettings, TrainingReport
 from clinfl.federation.vectors import vector_length
-from clinfl.policy import parse_policy
 from clinfl.roster import Roster, announce
 from clinfl.secagg.messages import Advertisement
 from clinfl.secagg.settings import plan_round

@@ -17,12 +17,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from clinfl.config import RunConfig, SecAggConfig
 from clinfl.config.file import run_config_from_mapping
+from clinfl.config.policy import parse_policy
 from clinfl.config.site_fields import portable_run_config
 from clinfl.data.make_export import make_digits_export
 from clinfl.errors import FederationError
 from clinfl.federation.fanout import ThreadedFanout
 from clinfl.federation.messages import RoundSettings
-from clinfl.policy import parse_policy
 from clinfl.roster import announce
 from clinfl.transport.contract import JoinRequest
 from coordinator.control import RunControl

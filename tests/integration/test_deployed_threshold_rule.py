@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from clinfl.config.policy import parse_policy
 from clinfl.data.make_export import make_digits_export
-from clinfl.policy import parse_policy
 from clinfl.roster import announce
 from clinfl.thresholds import parse_rule
 from clinfl.transport.contract import JoinRequest, read_refusal

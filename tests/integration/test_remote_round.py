@@ -12,12 +12,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flwr.cli.build import build_fab_from_files
 
 from clinfl.config import RunConfig, SecAggConfig
-from clinfl.config_file import run_config_from_mapping
+from clinfl.config.file import run_config_from_mapping
+from clinfl.config.policy import parse_policy
 from clinfl.data.make_export import make_digits_export
 from clinfl.errors import RoundAborted, SiteUnavailable
 from clinfl.federation.fanout import ThreadedFanout
 from clinfl.federation.messages import RoundSettings
-from clinfl.policy import parse_policy
 from clinfl.roster import announce
 from clinfl.transport.contract import JoinRequest, read_refusal
 from clinfl.transport.flower.bundle import app_pyproject

@@ -19,10 +19,10 @@ from torch import nn
 
 from clinfl.algorithms.base import Algorithm, ModelSpec
 from clinfl.config import MethodConfig
+from clinfl.config.policy import DPPolicy
 from clinfl.data.imageset import ImageSet
 from clinfl.federation.messages import RoundSettings
 from clinfl.model.networks import NetOutput
-from clinfl.policy import DPPolicy
 from clinfl.privacy.settings import DPSettings
 from site_agent.ledger import SiteLedger
 from site_agent.private_training import private_trainer

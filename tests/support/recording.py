@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from clinfl.federation.messages import RoundSettings, SiteContribution, TrainingReport
-from clinfl.federation.roles import TrainingParticipant
 from clinfl.secagg.messages import (
     Advertisement,
     EncryptedShare,
@@ -16,6 +15,7 @@ from clinfl.secagg.messages import (
     UnmaskRequest,
 )
 from clinfl.secagg.settings import RoundParameters
+from clinfl.transport.contract import TrainingParticipant
 from clinfl.typing import StateDict
 
 

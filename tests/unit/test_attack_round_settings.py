@@ -25,9 +25,9 @@ import pytest
 import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from clinfl.config.policy import load_policy
 from clinfl.errors import FederationError, PolicyViolation
 from clinfl.federation.messages import RoundSettings, SiteContribution
-from clinfl.policy import load_policy
 from clinfl.secagg.settings import SecAggRequirements
 from clinfl.training_bounds import check_round_settings
 from clinfl.typing import StateDict

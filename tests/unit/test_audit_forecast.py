@@ -11,8 +11,8 @@ from matplotlib.ticker import MaxNLocator
 
 from clinfl.audit.plot import epsilon_figure
 from clinfl.audit.render import federation_markdown, render_site
+from clinfl.config.policy import DPPolicy, ReportingPolicy, SitePolicy
 from clinfl.model_io.card import secagg_rows
-from clinfl.policy import DPPolicy, ReportingPolicy, SitePolicy
 from clinfl.privacy.accounting import epsilon_of
 from site_agent.audit_report import build_site_report, shareable_summary
 from site_agent.ledger import SiteLedger

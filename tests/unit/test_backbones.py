@@ -241,9 +241,9 @@ def test_a_dp_sgd_round_trains_only_the_last_blocks(
 ) -> None:
     import numpy as np
 
+    from clinfl.config.policy import DPPolicy
     from clinfl.data.imageset import ImageSet
     from clinfl.federation.messages import RoundSettings
-    from clinfl.policy import DPPolicy
     from clinfl.privacy.settings import DPSettings
     from site_agent.ledger import SiteLedger
     from site_agent.private_training import private_trainer

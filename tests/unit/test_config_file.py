@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from clinfl.cli.app import app
 from clinfl.config import Dropout
-from clinfl.config_file import load_run_config
+from clinfl.config.file import load_run_config
 from clinfl.errors import ConfigError, ValidationError
 
 runner = CliRunner()

@@ -12,10 +12,10 @@ from clinfl.algorithms import available_algorithms
 from clinfl.cli.app import app
 from clinfl.cli.simulate import RUN_OPTIONS
 from clinfl.config import SECTIONS, RunConfig, SecAggConfig, validate_run_config
+from clinfl.config.policy import parse_policy
 from clinfl.config.presets import DIGITS, PRESET_FIELDS, XRAY, preset_help
 from clinfl.config.site_fields import PATH_FIELDS, SITE_FIELDS, portable_run_config
 from clinfl.errors import ValidationError
-from clinfl.policy import parse_policy
 from clinfl.secagg.settings import SecAggRequirements, largest_safe_scale
 
 

@@ -13,7 +13,7 @@ import shlex
 from pathlib import Path
 
 from benchmarks.privacy_utility import ABLATION_EPSILON, RECIPES, policy_text
-from clinfl.policy import load_policy, parse_policy
+from clinfl.config.policy import load_policy, parse_policy
 
 ROOT = Path(__file__).resolve().parents[2]
 FLAGS = {"method.name": "--method", "federation.rounds": "--rounds"}

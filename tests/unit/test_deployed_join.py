@@ -12,10 +12,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flwr.cli.build import build_fab_from_files
 
-from clinfl.config_file import PATH_FIELDS, run_config_from_mapping
+from clinfl.config.file import run_config_from_mapping
+from clinfl.config.policy import parse_policy
+from clinfl.config.site_fields import PATH_FIELDS
 from clinfl.data.make_export import make_digits_export
 from clinfl.errors import PolicyViolation, ProtocolViolation
-from clinfl.policy import parse_policy
 from clinfl.roster import Member, Roster, announce
 from clinfl.transport.contract import JoinRequest, read_refusal
 from clinfl.transport.flower.bundle import app_pyproject

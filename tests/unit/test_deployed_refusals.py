@@ -16,10 +16,10 @@ from typing import Any
 
 import pytest
 
+from clinfl.config.policy import parse_policy
 from clinfl.data.make_export import make_digits_export
 from clinfl.errors import BudgetExhausted, PolicyViolation, ProtocolViolation
 from clinfl.federation.messages import RoundSettings
-from clinfl.policy import parse_policy
 from clinfl.privacy.accounting import epsilon_of
 from clinfl.roster import announce
 from clinfl.transport.contract import (

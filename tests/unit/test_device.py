@@ -17,11 +17,11 @@ from typer.testing import CliRunner
 from clinfl.algorithms import ModelSpec, create_algorithm
 from clinfl.cli.app import app
 from clinfl.config import FederationConfig, MethodConfig, RunConfig, validate_run_config
+from clinfl.config.policy import load_policy
 from clinfl.data.imageset import ImageSet
 from clinfl.device import device_description, resolve_device
 from clinfl.errors import ConfigError, ValidationError
 from clinfl.federation.messages import RoundSettings
-from clinfl.policy import load_policy
 from site_agent.agent import SiteIdentity
 from site_agent.evaluation import HeldOutEvaluator
 from site_agent.setup import setup_site

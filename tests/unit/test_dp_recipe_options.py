@@ -17,11 +17,11 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from clinfl.algorithms import ModelSpec, create_algorithm
 from clinfl.config import FederationConfig, MethodConfig, PrivacyConfig, RunConfig
+from clinfl.config.policy import DPPolicy
 from clinfl.config.validation import validate_run_config
 from clinfl.data.imageset import ImageSet
 from clinfl.errors import ConfigError, ValidationError
 from clinfl.federation.messages import RoundSettings
-from clinfl.policy import DPPolicy
 from clinfl.privacy.settings import DPSettings, opacus_grad_sample_mode, resolve_grad_sample_mode
 from site_agent import private_training
 from site_agent.augmentation import average_view_gradients, max_shift, translated_views

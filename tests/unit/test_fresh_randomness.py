@@ -18,9 +18,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from clinfl.algorithms import ModelSpec, create_algorithm
 from clinfl.config import FederationConfig, MethodConfig
+from clinfl.config.policy import DPPolicy, SitePolicy
 from clinfl.data.imageset import ImageSet
 from clinfl.federation.messages import RoundSettings
-from clinfl.policy import DPPolicy, SitePolicy
 from clinfl.privacy.settings import DPSettings
 from clinfl.typing import StateDict
 from site_agent.agent import SiteIdentity

@@ -19,6 +19,7 @@ from PIL import Image
 from clinfl.algorithms import available_algorithms
 from clinfl.config import DataConfig, MethodConfig, RunConfig, validate_run_config
 from clinfl.config.file import run_config_from_mapping
+from clinfl.config.policy import parse_policy
 from clinfl.data.chestxray14 import load_chestxray14
 from clinfl.data.label_space import (
     LabelSpace,
@@ -31,7 +32,6 @@ from clinfl.data.labels import CHEXPERT_LABELS, LABEL_SPACES
 from clinfl.errors import LabelError, ModelError, ValidationError
 from clinfl.model_io import ModelBundle, read_bundle, write_bundle
 from clinfl.model_io.card import build_card, render_card
-from clinfl.policy import parse_policy
 from clinfl.transport.contract import read_refusal
 from site_agent.agent import SiteIdentity
 from site_agent.deploy.deployed_site import DeployedSite, SiteData

@@ -18,12 +18,12 @@ import torch
 from clinfl.algorithms import ModelSpec
 from clinfl.config import FederationConfig, MethodConfig, RunConfig, validate_run_config
 from clinfl.config.file import run_config_from_mapping
+from clinfl.config.policy import DPPolicy, ReportingPolicy, SitePolicy, TrainingBounds, parse_policy
 from clinfl.data.batching import wrapped_batches
 from clinfl.data.imageset import ImageSet
 from clinfl.errors import PolicyViolation, ValidationError
 from clinfl.federation.digests import round_settings_digest
 from clinfl.federation.messages import RoundSettings
-from clinfl.policy import DPPolicy, ReportingPolicy, SitePolicy, TrainingBounds, parse_policy
 from clinfl.privacy.settings import DPSettings
 from clinfl.roster import announce
 from clinfl.simulation.local_steps import simulation_local_steps

@@ -6,8 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from clinfl.errors import ConfigError, PolicyViolation, ValidationError
-from clinfl.policy import (
+from clinfl.config.policy import (
     METRIC_DISCLOSURE,
     METRICS,
     NO_DP_WARNING,
@@ -18,6 +17,7 @@ from clinfl.policy import (
     parse_policy,
     policy_warnings,
 )
+from clinfl.errors import ConfigError, PolicyViolation, ValidationError
 
 POLICIES = Path(__file__).resolve().parents[2] / "policies"
 

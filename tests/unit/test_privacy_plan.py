@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from typer.testing import CliRunner
 
 from clinfl.cli.app import app
-from clinfl.policy import DPPolicy
+from clinfl.config.policy import DPPolicy
 from clinfl.privacy.accounting import (
     PRV_MAX_GRID_POINTS,
     charge_epsilon,

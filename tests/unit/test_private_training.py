@@ -13,10 +13,10 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from clinfl.algorithms import ModelSpec, create_algorithm
 from clinfl.config import MethodConfig
+from clinfl.config.policy import DPPolicy
 from clinfl.data.imageset import ImageSet
 from clinfl.errors import BudgetExhausted, ModelError, PolicyViolation
 from clinfl.federation.messages import RoundSettings
-from clinfl.policy import DPPolicy
 from clinfl.privacy.accounting import epsilon_of
 from clinfl.privacy.bookkeeping import enable_bookkeeping
 from clinfl.privacy.ghost_norms import enable_mixed_ghost

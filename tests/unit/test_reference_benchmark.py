@@ -240,7 +240,7 @@ def test_shipped_example_configs_load_and_validate() -> None:
 
     from clinfl.algorithms import available_algorithms
     from clinfl.config import validate_run_config
-    from clinfl.config_file import load_run_config
+    from clinfl.config.file import load_run_config
 
     folder = Path(__file__).resolve().parents[2] / "examples" / "configs"
     loaded = {

@@ -20,10 +20,10 @@ from typer.testing import CliRunner
 
 from clinfl.cli.app import app
 from clinfl.config import RunConfig
-from clinfl.config_file import run_config_from_mapping
+from clinfl.config.file import run_config_from_mapping
+from clinfl.config.policy import parse_policy
 from clinfl.errors import ProtocolViolation, RosterError
 from clinfl.pki import REQUEST_FILE, admit_site, load_pki_roster, remove_site
-from clinfl.policy import parse_policy
 from clinfl.roster import (
     ROSTER_FILE,
     Roster,

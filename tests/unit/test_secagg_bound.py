@@ -9,9 +9,9 @@ import pytest
 
 from clinfl import __version__
 from clinfl.config import SecAggConfig
+from clinfl.config.policy import parse_policy
 from clinfl.config.secagg_bound import check_roster_size, coordinator_secagg
 from clinfl.errors import ConfigError, WireError
-from clinfl.policy import parse_policy
 from clinfl.secagg.settings import SecAggTerms
 from clinfl.transport.contract import JoinReply
 from clinfl.transport.wire import decode, encode

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from clinfl.config_file import run_config_from_mapping
+from clinfl.config.file import run_config_from_mapping
+from clinfl.config.policy import DataPolicy, parse_policy
 from clinfl.data.make_export import make_digits_export
-from clinfl.policy import DataPolicy, parse_policy
 from clinfl.roster import announce
 from clinfl.transport.contract import JoinRequest, read_refusal
 from clinfl.transport.wire import encode

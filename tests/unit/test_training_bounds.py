@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from clinfl.config import FederationConfig
+from clinfl.config.policy import TrainingBounds, load_policy
 from clinfl.errors import PolicyViolation
 from clinfl.federation.messages import RoundSettings
-from clinfl.policy import TrainingBounds, load_policy
 from clinfl.training_bounds import check_round_settings, round_settings_violations
 
 POLICIES = Path(__file__).resolve().parents[2] / "policies"
