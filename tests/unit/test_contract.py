@@ -15,7 +15,6 @@ import pytest
 import clinfl.transport.contract as contract
 from clinfl.config import DROP_STAGES, Dropout
 from clinfl.errors import SiteUnavailable
-from clinfl.federation import roles
 from clinfl.federation.messages import RoundSettings
 from clinfl.secagg.stages import ROUND_STAGES, TRAIN, Stage, stage_name
 from clinfl.simulation.dropouts import DroppingParticipant, parse_dropout
@@ -106,8 +105,22 @@ def test_calling_participant_turns_each_method_into_its_call() -> None:
     assert isinstance(request, contract.TrainRequest)
 
 
-def test_roles_names_the_contracts_participant() -> None:
-    assert roles.TrainingParticipant is TrainingParticipant
+def test_the_contract_is_the_participants_one_home() -> None:
+    """No other module defines or re-exports the participant interfaces (issue 31)."""
+    root = Path(__file__).resolve().parents[2]
+    homes = []
+    for package in ("clinfl", "site_agent", "coordinator"):
+        for path in root.glob(f"{package}/**/*.py"):
+            text = path.read_text()
+            for name in ("TrainingParticipant", "SecureAggregationParticipant"):
+                if f"class {name}(" in text:
+                    homes.append((name, path.relative_to(root).as_posix()))
+    assert sorted(homes) == [
+        ("SecureAggregationParticipant", "clinfl/transport/contract.py"),
+        ("TrainingParticipant", "clinfl/transport/contract.py"),
+    ]
+    for shim in ("clinfl/federation/roles.py", "clinfl/config_file.py", "clinfl/policy.py"):
+        assert not (root / shim).exists(), f"{shim} is back: the contract has one home"
 
 
 class RecordingLink:
