@@ -150,3 +150,7 @@ class DeploymentError(ClinflError):
 
 class WireError(ProtocolViolation):
     """A message from the network cannot be decoded into one of clinfl's message types."""
+
+
+class EvaluationError(FederationError):
+    """Score histograms (a federated evaluation's counts) are malformed or cannot be combined."""

@@ -1,0 +1,114 @@
+"""The fixed bin grid on [0, 1] that every site's score histograms share.
+
+A grid is ``bins + 1`` increasing edges ``e_0 = 0 < e_1 < ... < e_B = 1``. A score ``p`` falls in
+bin ``b`` when ``e_b <= p < e_{b+1}`` (``p = 1`` falls in the last bin), computed as the number of
+interior edges ``<= p``. For the default uniform grid of a power-of-two ``B`` the edges ``k / B``
+are exact binary fractions, so this is exactly ``min(floor(p * B), B - 1)``.
+
+The same edges are the thresholds the coordinator can choose: "predict positive when ``p >= e_k``"
+holds exactly when the score's bin is ``>= k``, because both use the one edge array built here.
+
+Two kinds:
+
+- ``uniform``: ``e_k = k / B``.
+- ``logit``: interior edges uniform in logit space on ``[-logit_range, logit_range]``,
+  ``e_k = sigmoid(-R + 2 R k / B)``; fine near 0 and 1, where sigmoid outputs of rare findings
+  crowd, and 0.5 is an edge for even ``B``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Literal
+
+import numpy as np
+
+from clinfl.errors import EvaluationError
+
+GridKind = Literal["uniform", "logit"]
+GRID_KINDS: tuple[GridKind, ...] = ("uniform", "logit")
+DEFAULT_BINS = 1024
+DEFAULT_LOGIT_RANGE = 12.0
+MAX_BINS = 1 << 16
+
+
+@dataclass(frozen=True)
+class BinGrid:
+    """``bins`` score bins on [0, 1] of one ``kind`` (``logit_range`` only for ``logit``).
+
+    Raises:
+        EvaluationError: for fewer than 2 or more than :data:`MAX_BINS` bins, an unknown kind or
+            a logit range outside (0, 40].
+    """
+
+    bins: int = DEFAULT_BINS
+    kind: GridKind = "uniform"
+    logit_range: float = DEFAULT_LOGIT_RANGE
+
+    def __post_init__(self) -> None:
+        if not 2 <= self.bins <= MAX_BINS:
+            raise EvaluationError(
+                f"a score grid needs 2 to {MAX_BINS} bins, got {self.bins}",
+                remedy=f"use the default {DEFAULT_BINS} bins",
+            )
+        if self.kind not in GRID_KINDS:
+            raise EvaluationError(
+                f"unknown score grid kind {self.kind!r}", remedy="use uniform or logit"
+            )
+        if not 0 < self.logit_range <= 40:
+            raise EvaluationError(
+                f"logit range must lie in (0, 40], got {self.logit_range}",
+                remedy=f"use the default {DEFAULT_LOGIT_RANGE}",
+            )
+
+    @cached_property
+    def edges(self) -> np.ndarray:
+        """The ``bins + 1`` increasing edges, ``edges[0] = 0`` and ``edges[-1] = 1`` (read-only)."""
+        steps = np.arange(self.bins + 1, dtype=np.float64)
+        if self.kind == "uniform":
+            edges = steps / self.bins
+        else:
+            logits = -self.logit_range + 2.0 * self.logit_range * steps / self.bins
+            edges = 1.0 / (1.0 + np.exp(-logits))
+            edges[0], edges[-1] = 0.0, 1.0
+        edges.setflags(write=False)
+        return edges
+
+    def bin_index(self, scores: np.ndarray) -> np.ndarray:
+        """Return each score's bin (int64, same shape): the number of interior edges ``<= p``.
+
+        Raises:
+            EvaluationError: if a score is not a finite number in [0, 1].
+        """
+        values = np.asarray(scores, dtype=np.float64)
+        if values.size and not (
+            np.isfinite(values).all() and values.min() >= 0 and values.max() <= 1
+        ):
+            raise EvaluationError(
+                "scores must be finite probabilities in [0, 1]",
+                remedy="pass sigmoid outputs, not logits",
+            )
+        index: np.ndarray = np.searchsorted(self.edges[1:-1], values, side="right")
+        return index.astype(np.int64)
+
+    def cut_index(self, threshold: float) -> int:
+        """Return the first bin predicted positive at ``threshold``: the smallest k with e_k >= t.
+
+        Exact (the same predictions as ``p >= threshold``) when ``threshold`` is an edge; any other
+        threshold rounds up to the next edge.
+        """
+        return int(np.searchsorted(self.edges, threshold, side="left"))
+
+    @property
+    def code(self) -> int:
+        """The grid's kind as an integer, for the header of the integer vector."""
+        return GRID_KINDS.index(self.kind)
+
+    @property
+    def logit_range_milli(self) -> int:
+        """``logit_range`` in thousandths (the header carries it as an integer)."""
+        return round(self.logit_range * 1000)
+
+
+DEFAULT_GRID = BinGrid()
