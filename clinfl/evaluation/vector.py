@@ -2,7 +2,7 @@
 
 Layout (``C`` classes, ``B`` bins)::
 
-    [1, FORMAT_VERSION, grid kind code, C, B, logit range in thousandths (0 for uniform)]
+    [1, FORMAT_VERSION, grid kind code, C, B, logit range in thousandths (0 if uniform)]
     positives[0, :], ..., positives[C-1, :]       (C * B counts)
     negatives[0, :], ..., negatives[C-1, :]       (C * B counts)
     loss_sum, loss_count
@@ -33,7 +33,7 @@ def vector_length(grid: BinGrid, num_classes: int) -> int:
 
 
 def _header(grid: BinGrid, num_classes: int) -> list[int]:
-    logit_milli = grid.logit_range_milli if grid.kind == "logit" else 0
+    logit_milli = 0 if grid.kind == "uniform" else grid.logit_range_milli
     return [1, FORMAT_VERSION, grid.code, num_classes, grid.bins, logit_milli]
 
 

@@ -30,11 +30,18 @@ def _data(seed: int, samples: int = 50, classes: int = 3) -> tuple[np.ndarray, n
     return (rng.random((samples, classes)) < 0.3).astype(int), rng.random((samples, classes))
 
 
-def test_default_grid_is_1024_logit_bins_with_half_an_edge() -> None:
-    assert (DEFAULT_GRID.bins, DEFAULT_GRID.kind) == (1024, "logit")
-    assert DEFAULT_GRID.edges[0] == 0.0 and DEFAULT_GRID.edges[-1] == 1.0
-    assert DEFAULT_GRID.edges[512] == 0.5
-    assert np.all(np.diff(DEFAULT_GRID.edges) > 0)
+def test_default_grid_is_2048_mixed_bins_with_half_an_edge() -> None:
+    assert (DEFAULT_GRID.bins, DEFAULT_GRID.kind) == (2048, "mixed")
+    edges = DEFAULT_GRID.edges
+    assert edges.size == 2049 and edges[0] == 0.0 and edges[-1] == 1.0 and edges[1024] == 0.5
+    assert np.all(np.diff(edges) > 0)
+    assert set(BinGrid(1024, "uniform").edges) <= set(edges)  # every uniform 1/1024 edge
+    assert set(BinGrid(1026, "logit").edges) <= set(edges)  # and every logit edge
+
+
+@pytest.mark.parametrize("bins", [8, 12, 1028, 2048, 4096, 8192])
+def test_mixed_grids_have_the_bins_they_claim(bins: int) -> None:
+    assert BinGrid(bins, "mixed").edges.size == bins + 1
 
 
 def test_uniform_bin_index_is_floor_p_times_b_capped() -> None:
@@ -47,16 +54,16 @@ def test_uniform_bin_index_is_floor_p_times_b_capped() -> None:
 @settings(max_examples=60, deadline=None)
 @given(
     st.lists(st.floats(0, 1), min_size=1, max_size=40),
-    st.integers(2, 300),
-    st.sampled_from(["uniform", "logit"]),
+    st.integers(1, 75),
+    st.sampled_from(["uniform", "logit", "mixed"]),
 )
 def test_score_at_or_above_an_edge_is_exactly_a_bin_at_or_above_its_index(
     scores: list[float], bins: int, kind: str
 ) -> None:
-    grid = BinGrid(bins, kind)  # type: ignore[arg-type]
+    grid = BinGrid(bins * 4, kind)  # type: ignore[arg-type]
     values = np.array(scores)
     index = grid.bin_index(values)
-    for k in range(bins):  # edges e_0..e_{B-1}: the thresholds a cut can choose
+    for k in range(grid.bins):  # edges e_0..e_{B-1}: the thresholds a cut can choose
         assert np.array_equal(values >= grid.edges[k], index >= k)
 
 
@@ -67,8 +74,14 @@ def test_scores_outside_the_unit_interval_are_refused(bad: list[float]) -> None:
 
 
 @pytest.mark.parametrize(
-    ("bins", "kind", "logit_range"), [(1, "uniform", 12.0), (1 << 17, "uniform", 12.0),
-                                      (8, "cubic", 12.0), (8, "logit", 0.0)]
+    ("bins", "kind", "logit_range"),
+    [
+        (1, "uniform", 12.0),
+        (1 << 17, "uniform", 12.0),
+        (8, "cubic", 12.0),
+        (8, "logit", 0.0),
+        (10, "mixed", 12.0),
+    ],
 )
 def test_bad_grids_are_refused(bins: int, kind: str, logit_range: float) -> None:
     with pytest.raises(EvaluationError) as raised:
@@ -160,11 +173,19 @@ def test_pooling_equals_the_histograms_of_all_the_data() -> None:
 def test_pooling_refuses_mismatched_grids_and_nothing() -> None:
     targets, scores = _data(3)
     with pytest.raises(EvaluationError, match="8 uniform bins"):
-        pool([histograms_from_scores(targets, scores, grid=8),
-              histograms_from_scores(targets, scores, grid=16)])
+        pool(
+            [
+                histograms_from_scores(targets, scores, grid=8),
+                histograms_from_scores(targets, scores, grid=16),
+            ]
+        )
     with pytest.raises(EvaluationError, match="cannot pool"):
-        pool([histograms_from_scores(targets, scores, grid=8),
-              histograms_from_scores(targets[:, :2], scores[:, :2], grid=8)])
+        pool(
+            [
+                histograms_from_scores(targets, scores, grid=8),
+                histograms_from_scores(targets[:, :2], scores[:, :2], grid=8),
+            ]
+        )
     with pytest.raises(EvaluationError, match="no histograms"):
         pool([])
 
