@@ -28,7 +28,15 @@ Laplace mechanism with parameter ``b`` on an integer vector of L1 sensitivity ``
                                  = (2 C + 1) / scale        (replace-one)
 
 The header slots are public (the coordinator knows who contributed) and carry no noise. The
-coordinator clamps negative pooled counts to 0 (post-processing; it costs nothing).
+coordinator clamps negative pooled counts to 0 (post-processing; it costs nothing). Epsilon is
+per release: every noisy evaluation a site sends adds its epsilon to the site's total.
+
+**Measured cost** (``benchmarks/evaluation_noise.py``, 5 sites x 200-400 validation studies, 14
+classes, 20 draws): on the default 2,048-bin grid every epsilon up to 16 per release moved the
+pooled macro-AUC by 0.34-0.38 on average (to about 0.5: noise fills the empty bins); on 16
+uniform bins the mean error was 0.11 at epsilon 4, 0.077 at 8 and 0.054 at 16. No setting
+tried kept the error under one AUC point, so evaluation noise is an opt-in for federations with
+far more validation studies, not a default.
 """
 
 from __future__ import annotations

@@ -38,7 +38,7 @@ def _centred(seed: int, odd_gaps: bool) -> tuple[np.ndarray, np.ndarray, np.ndar
 def test_centred_scores_with_odd_gaps_give_exactly_the_exact_thresholds(
     rule: str, seed: int
 ) -> None:
-    targets, scores, bins = _centred(seed, odd_gaps=True)
+    targets, scores, _ = _centred(seed, odd_gaps=True)
     exact = choose_thresholds(targets, scores, parse_rule(rule))
     ours = choose_histogram_thresholds(
         histograms_from_scores(targets, scores, grid=GRID), parse_rule(rule)
