@@ -167,3 +167,7 @@ class InternalError(ClinflError):
         self, message: str, *, remedy: str = "this is a bug in clinfl; please report it"
     ) -> None:
         super().__init__(message, remedy=remedy)
+
+
+class EvaluationError(FederationError):
+    """Score histograms (a federated evaluation's counts) are malformed or cannot be combined."""
