@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from clinfl.errors import InternalError
 from clinfl.evaluation.auc import counts_at_thresholds, f1_from_counts
 from clinfl.evaluation.histograms import ScoreHistograms
 from clinfl.thresholds import (
@@ -46,7 +47,8 @@ def _cut_edge(positives: np.ndarray, negatives: np.ndarray, rule: ThresholdRule)
         specificity_loss = fp / total_neg if total_neg else np.zeros_like(fp)
         pick = int(np.argmax(tp / total_pos - specificity_loss))
     else:
-        assert rule.target is not None
+        if rule.target is None:
+            raise InternalError(f"threshold rule {rule.kind!r} carries no target")
         pick = int(np.flatnonzero(tp / total_pos >= rule.target - 1e-12)[0])
     kept = int(occupied[pick])
     if pick + 1 == occupied.size:
