@@ -18,6 +18,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -27,6 +28,9 @@ from clinfl.config import DataConfig, FederationConfig, MethodConfig, RunConfig,
 from clinfl.config.presets import resolve_defaults
 from clinfl.config.seeds import RunSeeds
 from clinfl.config.site_fields import portable_run_config
+from clinfl.evaluation.auc import auc_error_bound, histogram_metrics
+from clinfl.evaluation.histograms import histograms_from_scores
+from clinfl.metrics import multilabel_metrics
 from clinfl.simulation import run_simulation
 from clinfl.simulation.runner import SimulationResult
 from clinfl.simulation.sites import held_out_slices, read_site_policies, simulated_space
@@ -175,3 +179,28 @@ def test_both_modes_write_the_same_results_apart_from_what_differs_by_mode(
     assert _comparable(ours) == _comparable(theirs)
     assert theirs["sites_joined"] == ["site-1", "site-2", "site-3"]
     assert theirs["config"]["federation"]["threshold_rule"] == "youden"
+
+
+def test_the_pooled_histograms_of_the_sites_slices_are_the_whole_held_out_sets_auc(
+    runs: tuple[Path, Path, SimulationResult],
+) -> None:
+    """In-process, 3 sites: the federation's AUC (from the masked sum of each site's slice)
+    is the AUC of the whole test set's histograms exactly, and lies within the grid's bound
+    (``clinfl.evaluation.auc``: half the chance a positive and a negative share a bin) of the
+    exact AUC the centralized evaluation reports."""
+    simulated, _, result = runs
+    central = result.sites.central_evaluator(result.data)
+    state = load_file(str(simulated / "checkpoints" / "round-0002.safetensors"))
+    targets, scores = central.targets("test"), central.probabilities(state, "test")
+    whole = histograms_from_scores(targets, scores)
+    pooled = result.summary["rounds"][-1]
+    assert pooled["macro_auc"] == histogram_metrics(whole).macro_auc
+    exact = multilabel_metrics(targets, scores)
+    bounds = [
+        auc_error_bound(whole.positives[k], whole.negatives[k])
+        for k, auc in enumerate(exact.per_class_auc)
+        if auc is not None
+    ]
+    assert all(b is not None for b in bounds)
+    assert abs(pooled["macro_auc"] - exact.macro_auc) <= float(np.mean(bounds)) + 1e-12
+    assert result.summary["evaluation"]["central"]["rounds"][-1]["macro_auc"] == exact.macro_auc
