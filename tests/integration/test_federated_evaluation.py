@@ -20,6 +20,7 @@ import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from safetensors.torch import load_file
 
+from clinfl.audit.render import render_site
 from clinfl.config.site_fields import portable_run_config
 from clinfl.errors import ProtocolViolation
 from clinfl.evaluation.grid import DEFAULT_GRID
@@ -32,6 +33,7 @@ from clinfl.transport.wire import decode
 from coordinator.deploy.deployment import DeploymentPlan, run_planned
 from coordinator.deploy.remote_sites import RemoteSite, SiteRoster, Timeouts
 from site_agent.agent import SiteIdentity
+from site_agent.audit_report import build_site_report
 from site_agent.deploy.deployed_site import DeployedSite, SiteData
 from site_agent.federated_scoring import SiteScorer
 from site_agent.ingest.pipeline import IngestOptions
@@ -191,6 +193,10 @@ def test_a_site_whose_policy_lacks_auc_refuses_to_score_and_audits_it(run: Run) 
     assert any("does not join federated evaluations" in r for r in reasons), reasons
     scored = {s: len(SiteLedger(run.run_dir.parent / s).evaluations()) for s in run.sites}
     assert scored == {"site-1": 1, "site-2": 1, "site-3": 0}
+    report = build_site_report(run.run_dir.parent / "site-1")
+    assert report["evaluations"] == [{"run_id": "fedeval", "round": 1, "epsilon": None}]
+    text = render_site(report, "md")
+    assert "1 scored, histograms sent only masked; no evaluation noise" in text
 
 
 def test_no_site_s_histograms_counts_or_auc_cross_the_wire_in_the_clear(run: Run) -> None:
