@@ -262,3 +262,18 @@ def _join(run: Run) -> Any:
 
     plan = DeploymentPlan.load(run.run_dir)
     return JoinRequest("fedeval", announce(plan.run_config, bytes.fromhex(plan.roster_sha256)))
+
+
+def test_model_export_of_the_deployed_run_carries_the_pooled_thresholds(
+    run: Run, tmp_path: Path
+) -> None:
+    from clinfl.model_io.card import build_card
+    from clinfl.model_io.export import export_run
+
+    bundle = export_run(run.run_dir, tmp_path / "model")
+    thresholds = json.loads((tmp_path / "model" / "thresholds.json").read_text())
+    operating = run.results["best"]["operating"]
+    assert thresholds["classes"] == operating["classes"]
+    assert thresholds["chosen_on"] == operating["chosen_on"]
+    card = build_card(bundle)
+    assert card["interval"].startswith("Hanley-McNeil")
