@@ -66,6 +66,10 @@ class RunResults:
     """The per-sample-gradient mode the sites ran (the configured one in a deployment)."""
     reports: dict[str, str] = field(default_factory=dict)
     """Where the audit reports were written (simulation: every site's and the federation's)."""
+    evaluation: dict[str, Any] | None = None
+    """How the rounds were evaluated (:func:`~coordinator.federated_evaluation.evaluation_summary`):
+    the method, the unevaluated rounds, and (simulation only) ``central``, the centralized
+    evaluation on the whole held-out sets for comparison."""
 
     def to_json_dict(self) -> ResultsDocument:
         """Return the document ``results.json`` holds (its keys: these fields, in order)."""
@@ -80,8 +84,9 @@ def best_round(
 ) -> BestRound | None:
     """Return the selected round's record with its per-class test AUC and the selection rule.
 
-    ``operating`` describes the thresholds chosen for it and their test rates (None where the
-    coordinator cannot compute them: in a deployment the evaluating site keeps its data).
+    ``operating`` describes the thresholds chosen for it and their test rates (from the pooled
+    histograms of the federated evaluation; None for an unevaluated round, or in a deployment
+    without secure aggregation, whose evaluating site keeps its data).
     """
     selected = outcome.selected
     if selected is None:
@@ -111,6 +116,7 @@ def run_results(
     data: str | None = None,
     partition: dict[str, object] | None = None,
     operating: dict[str, Any] | None = None,
+    evaluation: dict[str, Any] | None = None,
 ) -> RunResults:
     """Return the results of a run: what both modes report the same way, filled here.
 
@@ -134,6 +140,7 @@ def run_results(
         sites_joined=sorted(site for site, entry in sites.items() if entry.joined),
         refusals={site: e.refusal for site, e in sites.items() if e.refusal is not None},
         grad_sample_mode=grad_sample_mode,
+        evaluation=evaluation,
     )
 
 

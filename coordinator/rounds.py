@@ -6,11 +6,12 @@ evaluate, record), between operator boundaries; the run then selects one round.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from clinfl.config import FederationConfig, SelectionRule
 from clinfl.errors import PolicyViolation, ProtocolViolation, RoundAborted, SiteUnavailable
@@ -35,7 +36,14 @@ from coordinator.round_steps import (
     RunProgress,
 )
 
-__all__ = ["Coordinator", "FederationOutcome", "RoundCallback", "rounds_since_best", "select_round"]
+__all__ = [
+    "Coordinator",
+    "FederationOutcome",
+    "RoundCallback",
+    "RoundEvaluator",
+    "rounds_since_best",
+    "select_round",
+]
 
 Step = Callable[[RunProgress, RoundInProgress], bool]
 """One step of a round: fills in its part of the round; False ends the federation there."""
@@ -57,12 +65,20 @@ class FederationOutcome:
     converged: str | None = None
 
 
+def evaluated(record: RoundRecord) -> bool:
+    """Whether the round's evaluation gave a validation macro-AUC (not NaN: unevaluated)."""
+    return not math.isnan(record.report.validation.macro_auc)
+
+
 def rounds_since_best(records: Sequence[RoundRecord]) -> int:
-    """Return how many completed rounds came after the best one on validation macro-AUC."""
+    """Return how many completed rounds came after the best one on validation macro-AUC.
+
+    An unevaluated round (NaN) never counts as the best; it counts as a round after it.
+    """
     completed = [r for r in records if r.aborted is None]
-    if not completed:
+    if not any(evaluated(r) for r in completed):
         return 0
-    aucs = [r.report.validation.macro_auc for r in completed]
+    aucs = [r.report.validation.macro_auc if evaluated(r) else -math.inf for r in completed]
     best = max(range(len(aucs)), key=lambda i: (aucs[i], -i))  # the first of equal bests
     return len(completed) - 1 - best
 
@@ -71,13 +87,17 @@ def select_round(records: Sequence[RoundRecord], rule: SelectionRule) -> RoundRe
     """Return the best completed round on validation macro-AUC, or the last with ``'last'``.
 
     Abandoned rounds count only when no round completed; None when there is no round.
+    Unevaluated rounds (NaN validation macro-AUC: their federated evaluation could not be
+    unmasked) are passed over by ``best`` unless no round was evaluated; ``last`` takes the
+    last completed round whatever its evaluation.
     """
     completed = [r for r in records if r.aborted is None] or list(records)
     if not completed:
         return None
     if rule == "last":
         return completed[-1]
-    return max(completed, key=lambda r: r.report.validation.macro_auc)
+    scored = [r for r in completed if evaluated(r)] or completed
+    return max(scored, key=lambda r: r.report.validation.macro_auc)
 
 
 def _train_one(
@@ -91,13 +111,27 @@ def _train_one(
 
 
 class GlobalEvaluator(Protocol):
-    """Whoever scores the global model for the coordinator.
+    """Whoever scores the global model for the coordinator from data it holds.
 
-    The simulation's held-out sets, or the deployed site that evaluates for the federation.
+    Held-out sets in one place: a test's, or (secure aggregation off) the simulation's held-out
+    sets or the deployed site that evaluates for the federation in the clear.
     """
 
     def evaluate(self, global_state: StateDict) -> EvaluationReport:
         """Evaluate the global model on validation and test data."""
+        ...
+
+
+@runtime_checkable
+class RoundEvaluator(Protocol):
+    """An evaluator that needs the round's settings (the federated one).
+
+    :class:`~coordinator.federated_evaluation.SecureEvaluator`: its sites bind the round's
+    settings into their evaluation session.
+    """
+
+    def evaluate_round(self, global_state: StateDict, settings: RoundSettings) -> EvaluationReport:
+        """Evaluate the global model after round ``settings.round``."""
         ...
 
 
@@ -111,7 +145,7 @@ class Coordinator:
         self,
         participants: Sequence[TrainingParticipant],
         aggregator: Aggregator,
-        evaluator: GlobalEvaluator,
+        evaluator: GlobalEvaluator | RoundEvaluator,
         checkpoints: CheckpointStore,
         *,
         selection: SelectionRule = "best",
@@ -267,7 +301,11 @@ class Coordinator:
 
     def _evaluate(self, run: RunProgress, current: RoundInProgress) -> bool:
         """Evaluate the global model as it stands after the round."""
-        current.report = self._evaluator.evaluate(run.state)
+        evaluator = self._evaluator
+        if isinstance(evaluator, RoundEvaluator):
+            current.report = evaluator.evaluate_round(run.state, current.settings)
+        else:
+            current.report = evaluator.evaluate(run.state)
         return True
 
     def _record(self, run: RunProgress, current: RoundInProgress) -> bool:

@@ -31,7 +31,7 @@ from clinfl.federation.digests import (
 )
 from clinfl.federation.messages import RoundSettings, SiteContribution, TrainingReport
 from clinfl.federation.vectors import flatten_state
-from clinfl.secagg.encoding import encode_update
+from clinfl.secagg.encoding import encode_counts, encode_update
 from clinfl.secagg.messages import (
     Advertisement,
     EncryptedShare,
@@ -41,9 +41,10 @@ from clinfl.secagg.messages import (
     SurvivorSignature,
     UnmaskRequest,
 )
-from clinfl.secagg.settings import RoundParameters, SecAggRequirements
+from clinfl.secagg.settings import Purpose, RoundParameters, SecAggRequirements
 from clinfl.secagg.site_session import SiteSession
 from clinfl.secagg.transcript import RoundBinding, directory_hash
+from clinfl.transport.contract import ScoreAck
 from clinfl.typing import StateDict
 from site_agent.round_guard import MemoryRoundStore, RoundStore, accept_round, complete_round
 from site_agent.training import LocalUpdate
@@ -83,6 +84,38 @@ def zero_update(global_state: StateDict) -> LocalUpdate:
     """The update a site sends when its training failed: zeros, weight 0, no loss (R7')."""
     delta = {name: torch.zeros_like(value) for name, value in global_state.items()}
     return LocalUpdate(delta=delta, num_samples=0, mean_loss=float("nan"), steps=0)
+
+
+class EvaluationStore(Protocol):
+    """Where a site persists the evaluations it scored (its ledger, :class:`SiteLedger`)."""
+
+    def claim_evaluation(
+        self, run_id: str, round_id: int, *, model_hash: bytes, epsilon: float | None
+    ) -> str | None:
+        """Record an evaluation of ``model_hash`` for ``round_id``; return why not, or None."""
+        ...
+
+    def use_evaluation_session(self, run_id: str, round_id: int, session: str) -> bool:
+        """Bind ``session`` to the evaluation of ``round_id``; False if it cannot be used."""
+        ...
+
+
+class Scorer(Protocol):
+    """What the agent needs to score a model (:class:`~site_agent.federated_scoring.SiteScorer`)."""
+
+    @property
+    def vector_length(self) -> int:
+        """The length of the evaluation vector."""
+        ...
+
+    @property
+    def epsilon(self) -> float | None:
+        """The epsilon one evaluation's noise costs (None: no noise)."""
+        ...
+
+    def vector(self, global_state: StateDict) -> np.ndarray:
+        """Return the site's int64 evaluation vector of ``global_state``."""
+        ...
 
 
 class LocalTrainer(Protocol):
@@ -127,6 +160,14 @@ class _Received:
     model_hash: bytes
 
 
+@dataclass(frozen=True)
+class _Scored:
+    """A scored model waiting for its evaluation session: the counts and what they bind."""
+
+    vector: np.ndarray
+    received: _Received
+
+
 class SiteAgent:
     """One hospital's participant: a local trainer plus the policy-checked upload paths.
 
@@ -147,6 +188,10 @@ class SiteAgent:
     A local training that fails for a reason that may depend on the data (a diverging loss) is
     audited, and the site takes part with a zero update of weight 0, so the coordinator sees a
     normal round (R7').
+
+    After :meth:`enable_evaluation` (its policy's ``reporting.metrics`` lists ``auc``) the site
+    also takes part in each round's federated evaluation (:meth:`score_round`, then a secure
+    aggregation session of purpose ``evaluation``); otherwise it refuses to score.
     """
 
     def __init__(
@@ -193,7 +238,16 @@ class SiteAgent:
         self._template: StateDict | None = None
         self._received: _Received | None = None
         self._session: SiteSession | None = None
+        self._session_purpose: Purpose = "update"
         self._abandoned_seen = 0  # abandoned attempts already audited (since this process began)
+        self._scorer: Scorer | None = None
+        self._evaluations: EvaluationStore | None = None
+        self._scored: _Scored | None = None
+
+    def enable_evaluation(self, scorer: Scorer, store: EvaluationStore) -> None:
+        """Take part in federated evaluations: score with ``scorer``, record them in ``store``."""
+        self._scorer = scorer
+        self._evaluations = store
 
     @property
     def site_id(self) -> str:
@@ -227,6 +281,7 @@ class SiteAgent:
         self._session = None
         self._pending = None
         self._received = None
+        self._scored = None
         round_id = settings.round
         if self._trainer.num_samples < self._min_samples:
             reason = (
@@ -382,8 +437,19 @@ class SiteAgent:
                 training was already advertised in another session).
             FederationError: if there is no trained update (nothing to advertise keys for).
         """
-        self._take_pending()
-        received = self._received
+        held: Purpose = "evaluation" if self._scored is not None else "update"
+        if held == "update":
+            self._take_pending()
+        if params.purpose != held:  # an evaluation session is never a training one (or back)
+            self._refuse(
+                params.round_id,
+                ProtocolViolation(
+                    f"{self.site_id} refuses a session of purpose {str(params.purpose)[:20]!r} "
+                    f"for round {params.round_id}: it holds a vector of purpose {held!r}",
+                    remedy="the coordinator must sum each vector in a session of its own purpose",
+                ),
+            )
+        received = self._scored.received if self._scored is not None else self._received
         if received is None:
             raise FederationError(
                 f"{self.site_id} holds no global model for this round",
@@ -407,9 +473,7 @@ class SiteAgent:
             model_hash=received.model_hash,
             config_hash=self._config_hash,
         )
-        if params.round_id == received.settings.round and not self._rounds.use_session(
-            self._run_id, params.round_id, params.session
-        ):
+        if params.round_id == received.settings.round and not self._use_session(params):
             self._refuse(
                 params.round_id,
                 ProtocolViolation(
@@ -429,7 +493,17 @@ class SiteAgent:
             binding=binding,
             audit=self._audit,
         )
+        self._session_purpose = held
         return self._session.advertise()
+
+    def _use_session(self, params: RoundParameters) -> bool:
+        """Bind the session nonce to this round's training attempt or evaluation (once each)."""
+        if params.purpose == "evaluation":
+            store = self._evaluations
+            return store is not None and store.use_evaluation_session(
+                self._run_id, params.round_id, params.session
+            )
+        return self._rounds.use_session(self._run_id, params.round_id, params.session)
 
     def secagg_graph(self, adverts: tuple[Advertisement, ...]) -> GraphReveal:
         """Check the relayed advertisements and open this site's graph commitment.
@@ -455,8 +529,10 @@ class SiteAgent:
             FederationError: if there is no trained update.
         """
         session = self._current()
-        update, template = self._take_pending()
         params = session.params
+        if self._session_purpose == "evaluation":
+            return self._masked_counts(session, shares)
+        update, template = self._take_pending()
         flat = flatten_state(update.delta, template=template)
         encoded = encode_update(
             flat,
@@ -477,7 +553,8 @@ class SiteAgent:
             ProtocolViolation: see :meth:`SiteSession.sign_survivors`.
         """
         signature = self._current().sign_survivors(survivors)
-        self._trainer.aggregate_size(len(survivors))
+        if self._session_purpose == "update":
+            self._trainer.aggregate_size(len(survivors))
         return signature
 
     def secagg_reveal(self, request: UnmaskRequest) -> RevealedShares:
@@ -489,8 +566,99 @@ class SiteAgent:
         session = self._current()
         self._session = None
         revealed = session.reveal(request)
-        self._complete()
+        if self._session_purpose == "update":
+            self._complete()
         return revealed
+
+    def score_round(self, global_state: StateDict, settings: RoundSettings) -> ScoreAck:
+        """Score ``global_state`` on the site's held-out studies for the round's evaluation.
+
+        The counts stay here until they are masked in the evaluation session that follows
+        (purpose ``evaluation``). Before scoring: the site's policy must let it join federated
+        evaluations (``auc`` in ``reporting.metrics``), the settings must be the run's for this
+        round, the global state the algorithm's, the round the last one the site accepted to
+        train, and the site must never have scored a model for this round nor this model
+        before (two sums over one model with different survivor sets would give its
+        histograms by differencing). The evaluation, with the epsilon of its noise, is
+        recorded in the ledger before anything is scored.
+
+        Raises:
+            PolicyViolation: if the policy keeps evaluation at the site.
+            ProtocolViolation: for other settings than the run's, a foreign global state, a
+                round the site did not accept, or a round or model already scored.
+            EvaluationError: if the model's scores are malformed.
+        """
+        self._session = None
+        self._pending = None
+        self._received = None
+        self._scored = None
+        round_id = settings.round
+        scorer, store = self._scorer, self._evaluations
+        if scorer is None or store is None:
+            self._refuse(
+                round_id,
+                PolicyViolation(
+                    f"{self.site_id} does not join federated evaluations: its policy's "
+                    "reporting.metrics does not list 'auc'",
+                    remedy="add 'auc' to reporting.metrics to let the site's histograms join "
+                    "the masked evaluation sum",
+                ),
+            )
+        self._check_run_settings(settings)
+        self._check_layout(global_state, round_id)
+        last = self._rounds.last_round(self._run_id)
+        if last is None or last[0] != round_id:
+            self._refuse(
+                round_id,
+                ProtocolViolation(
+                    f"{self.site_id} refuses to score round {round_id}: the last round it "
+                    f"accepted is {None if last is None else last[0]}",
+                    remedy="the coordinator evaluates each round after its training",
+                ),
+            )
+        why_not = store.claim_evaluation(
+            self._run_id,
+            round_id,
+            model_hash=canonical_state_digest(global_state),
+            epsilon=scorer.epsilon,
+        )
+        if why_not is not None:
+            self._refuse(
+                round_id,
+                ProtocolViolation(
+                    f"{self.site_id} refuses to score round {round_id}: {why_not}",
+                    remedy="the coordinator evaluates each round's model once",
+                ),
+            )
+        vector = scorer.vector(global_state)
+        self._scored = _Scored(vector, _Received(settings, state_digest(global_state)))
+        return ScoreAck(self.site_id, int(vector.size))
+
+    def _masked_counts(self, session: SiteSession, shares: list[EncryptedShare]) -> MaskedInput:
+        """Encode and mask the scored counts (stage 4 of an evaluation session).
+
+        Raises:
+            ProtocolViolation: if the session's length is not the vector's, or it could overflow.
+        """
+        scored = self._scored
+        if scored is None:
+            raise FederationError(
+                f"{self.site_id} holds no scored model",
+                remedy="the coordinator must ask it to score",
+            )
+        self._scored = None
+        try:
+            encoded = encode_counts(scored.vector, params=session.params)
+        except ValueError as error:
+            self._session = None
+            self._refuse(
+                session.params.round_id,
+                ProtocolViolation(
+                    f"{self.site_id} refuses the evaluation session: {error}",
+                    remedy="the coordinator must plan the session for the sites' vector length",
+                ),
+            )
+        return session.masked_input(shares, encoded)
 
     def _complete(self) -> None:
         if self._received is not None:

@@ -16,7 +16,14 @@ import json
 from pathlib import Path
 
 from clinfl.audit.render import FORMATS, render_site
-from clinfl.audit.schema import Forecast, LedgerRoundEntry, RefusalEntry, SiteReport, SiteSummary
+from clinfl.audit.schema import (
+    EvaluationEntry,
+    Forecast,
+    LedgerRoundEntry,
+    RefusalEntry,
+    SiteReport,
+    SiteSummary,
+)
 from clinfl.errors import DataError
 from clinfl.files import write_atomically
 from clinfl.privacy.accounting import HistoryEntry, charge_epsilon
@@ -136,6 +143,10 @@ def build_site_report(state_dir: Path) -> SiteReport:
             {"run_id": r.run_id, "round": r.round, "reason": r.reason} for r in ledger.refusals()
         ]
         completed = ledger.completed_rounds()
+        evaluations: list[EvaluationEntry] = [
+            {"run_id": e.run_id, "round": e.round, "epsilon": e.epsilon}
+            for e in ledger.evaluations()
+        ]
     finally:
         ledger.close()
     spent = rounds[-1]["epsilon_cumulative"] if rounds else 0.0
@@ -163,6 +174,7 @@ def build_site_report(state_dir: Path) -> SiteReport:
         "refusals": refusals,
         "warnings": sorted(v for k, v in meta.items() if k.startswith("warning:")),
         "data": {"training_samples": int(meta.get("samples", 0)), "ingestion": ingest},
+        "evaluations": evaluations,
     }
 
 

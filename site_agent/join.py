@@ -15,6 +15,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Protocol
 
+import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from clinfl.algorithms import Algorithm, ModelSpec, create_algorithm
@@ -33,6 +34,7 @@ from clinfl.training_bounds import check_round_settings
 from clinfl.typing import StateDict
 from site_agent.agent import SiteAgent, SiteIdentity
 from site_agent.evaluation import HeldOutEvaluator
+from site_agent.federated_scoring import SiteScorer
 from site_agent.ledger import SiteLedger
 from site_agent.setup import AuditListener, policy_for_run, setup_site
 from site_agent.training import SiteTrainer, StepCallback
@@ -69,7 +71,7 @@ class SimulatedSlice:
     """A simulated site's data: its slice of the partition and the simulation's held-out sets."""
 
     train: ImageSet
-    held_out: SplitData  # its validation and test sets are the site's (the whole simulation's)
+    held_out: SplitData  # its validation and test sets: the site's slice of the simulation's
     space: LabelSpace
 
     @property
@@ -125,6 +127,11 @@ class JoinedSite:
     spec: ModelSpec
     data: SplitData
 
+    @property
+    def evaluator_device(self) -> torch.device:
+        """The device the site evaluates on (the run's)."""
+        return resolve_device(self.run.federation.device)
+
     @cached_property
     def evaluator(self) -> HeldOutEvaluator:
         """The site's evaluator on its held-out sets, at the run's threshold rule (built once)."""
@@ -133,7 +140,7 @@ class JoinedSite:
             self.data.test,
             self.algorithm,
             self.spec,
-            device=resolve_device(self.run.federation.device),
+            device=self.evaluator_device,
             threshold_rule=parse_rule(self.run.federation.threshold_rule),
         )
 
@@ -167,7 +174,10 @@ def join_run(
     must be within its ``[training]`` bounds; the data is read at the run's image size (or the
     source's); then the algorithm, the model's spec, the configuration's digest, the site's
     ledger, trainer and agent (:func:`~site_agent.setup.setup_site`), and its evaluator at the
-    run's threshold rule.
+    run's threshold rule. A site whose policy's ``reporting.metrics`` lists ``auc`` joins each
+    round's federated evaluation with that evaluator's held-out sets
+    (:class:`~site_agent.federated_scoring.SiteScorer`, noisy with
+    ``reporting.evaluation_epsilon``); any other site refuses to score.
 
     Seeds (:class:`~clinfl.config.seeds.RunSeeds`, one derivation for both modes): the split is
     ``federation.seed`` (a deployed export's split here; the simulation's data set and partition
@@ -241,6 +251,14 @@ def join_run(
         on_step=extra.on_step,
         on_audit=extra.on_audit,
     )
-    return JoinedSite(
+    joined = JoinedSite(
         ready.agent, ready.trainer, ready.ledger, tightened, run, algorithm, spec, data
     )
+    if "auc" in tightened.reporting.metrics:  # the site joins the federated evaluation
+        scorer = SiteScorer(
+            lambda: joined.evaluator,
+            len(space.classes),
+            epsilon=tightened.reporting.evaluation_epsilon,
+        )
+        ready.agent.enable_evaluation(scorer, ready.ledger)
+    return joined

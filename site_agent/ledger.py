@@ -69,6 +69,16 @@ CREATE TABLE IF NOT EXISTS attempts (
     completed INTEGER NOT NULL DEFAULT 0,
     at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS evaluations (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id TEXT NOT NULL,
+    round INTEGER NOT NULL,
+    model_hash TEXT NOT NULL,
+    session TEXT UNIQUE,
+    epsilon REAL,
+    at REAL NOT NULL,
+    UNIQUE (run_id, round)
+);
 """
 
 
@@ -96,6 +106,20 @@ class LedgerRound:
     grad_sample_mode: str
     secagg: bool | None
     sites_in_sum: int | None
+
+
+@dataclass(frozen=True)
+class EvaluationRelease:
+    """One federated evaluation the site scored a model for (its own line, apart from DP-SGD).
+
+    ``epsilon`` is the pure-DP epsilon of the evaluation noise the site added to its counts
+    (``reporting.evaluation_epsilon``; None: no noise). It is charged once per evaluation,
+    whether or not the session that follows completes.
+    """
+
+    run_id: str
+    round: int
+    epsilon: float | None
 
 
 @dataclass(frozen=True)
@@ -215,6 +239,59 @@ class SiteLedger:
             "SELECT COUNT(*) FROM attempts WHERE run_id = ? AND completed = 0", (run_id,)
         ).fetchone()
         return int(row[0])
+
+    def claim_evaluation(
+        self, run_id: str, round_id: int, *, model_hash: bytes, epsilon: float | None
+    ) -> str | None:
+        """Record that the site scores ``model_hash`` for round ``round_id``; None if it may.
+
+        A site scores at most one model per round of a run and never one model twice (in any
+        run): two evaluation sums over one model with different survivor sets would give this
+        site's histograms by differencing. The row (with the epsilon its noise costs) is written
+        before anything is scored, so a crash can only over-count. Returns why not, otherwise.
+        """
+        with self._transaction() as db:
+            again = db.execute(
+                "SELECT 1 FROM evaluations WHERE run_id = ? AND round = ?", (run_id, round_id)
+            ).fetchone()
+            if again is not None:
+                return f"it already scored a model for round {round_id} of this run"
+            twice = db.execute(
+                "SELECT 1 FROM evaluations WHERE model_hash = ?", (model_hash.hex(),)
+            ).fetchone()
+            if twice is not None:
+                return "it already scored this global model"
+            db.execute(
+                "INSERT INTO evaluations (run_id, round, model_hash, epsilon, at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (run_id, round_id, model_hash.hex(), epsilon, time.time()),
+            )
+        return None
+
+    def use_evaluation_session(self, run_id: str, round_id: int, session: str) -> bool:
+        """Bind ``session`` to the evaluation of ``round_id``; False if it cannot be used.
+
+        An evaluation takes one session, and an evaluation session nonce is used once.
+        """
+        with self._transaction() as db:
+            row = db.execute(
+                "SELECT id, session FROM evaluations WHERE run_id = ? AND round = ?",
+                (run_id, round_id),
+            ).fetchone()
+            seen = db.execute("SELECT 1 FROM evaluations WHERE session = ?", (session,)).fetchone()
+            if row is None or row[1] is not None or seen is not None:
+                return False
+            db.execute("UPDATE evaluations SET session = ? WHERE id = ?", (session, row[0]))
+        return True
+
+    def evaluations(self) -> list[EvaluationRelease]:
+        """Return every evaluation the site scored, oldest first."""
+        rows = self._db.execute(
+            "SELECT run_id, round, epsilon FROM evaluations ORDER BY id"
+        ).fetchall()
+        return [
+            EvaluationRelease(r[0], int(r[1]), None if r[2] is None else float(r[2])) for r in rows
+        ]
 
     def completed_rounds(self) -> int:
         """Return how many rounds (of any run) the site completed: its update was revealed.

@@ -12,7 +12,7 @@ import json
 from typing import Any
 
 from clinfl.audit.plot import epsilon_plot
-from clinfl.audit.schema import DPSection, FederationReport, SiteReport
+from clinfl.audit.schema import DPSection, EvaluationEntry, FederationReport, SiteReport
 
 FORMATS = ("json", "md", "html")
 
@@ -42,6 +42,20 @@ def forecast_text(dp: DPSection) -> str:
     )
 
 
+def evaluation_text(evaluations: list[EvaluationEntry]) -> str:
+    """Return the summary of a site's federated evaluations and their noise's epsilon."""
+    if not evaluations:
+        return "none"
+    noisy = [e["epsilon"] for e in evaluations if e["epsilon"] is not None]
+    text = f"{len(evaluations)} scored, histograms sent only masked"
+    if not noisy:
+        return text + "; no evaluation noise"
+    return (
+        f"{text}; evaluation noise on {len(noisy)}: epsilon {_fmt(sum(noisy))} in total (pure "
+        "DP, summed per evaluation; not included in the DP-SGD epsilon above)"
+    )
+
+
 def _site_tables(report: SiteReport) -> list[tuple[str, list[str], list[list[str]]]]:
     dp = report["dp"]
     terms = report["policy"]["terms"]
@@ -65,6 +79,7 @@ def _site_tables(report: SiteReport) -> list[tuple[str, list[str], list[list[str
             "metrics that may leave the site",
             ", ".join(terms.get("reporting", {}).get("metrics", [])),
         ],
+        ["federated evaluations", evaluation_text(report.get("evaluations", []))],
     ]
     rounds = [
         [
@@ -84,6 +99,10 @@ def _site_tables(report: SiteReport) -> list[tuple[str, list[str], list[list[str
         for r in report["rounds"]
     ]
     refusals = [[r["run_id"], _fmt(r["round"]), r["reason"]] for r in report["refusals"]]
+    evaluations = [
+        [e["run_id"], _fmt(e["round"]), "none" if e["epsilon"] is None else _fmt(e["epsilon"])]
+        for e in report.get("evaluations", [])
+    ]
     ingestion = report["data"]["ingestion"]
     ingest_rows = (
         [[str(k), _fmt(v)] for k, v in ingestion.items() if not isinstance(v, dict)]
@@ -115,6 +134,11 @@ def _site_tables(report: SiteReport) -> list[tuple[str, list[str], list[list[str
             rounds,
         ),
         ("Refusals, retries and training failures", ["run", "round", "reason"], refusals),
+        (
+            "Federated evaluations (masked histograms; noise epsilon apart from DP-SGD's)",
+            ["run", "round", "evaluation noise epsilon"],
+            evaluations,
+        ),
         ("Warnings", ["warning"], [[w] for w in report["warnings"]]),
         ("Data", ["item", "value"], ingest_rows),
     ]

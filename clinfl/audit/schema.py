@@ -79,6 +79,14 @@ class DataSection(TypedDict):
     ingestion: dict[str, Any] | None
 
 
+class EvaluationEntry(TypedDict):
+    """One federated evaluation the site scored a model for, and its noise's epsilon."""
+
+    run_id: str
+    round: int
+    epsilon: float | None
+
+
 class SiteReport(TypedDict):
     """A site's ``audit_report.json``."""
 
@@ -91,6 +99,8 @@ class SiteReport(TypedDict):
     refusals: list[RefusalEntry]
     warnings: list[str]
     data: DataSection
+    evaluations: NotRequired[list[EvaluationEntry]]
+    """Each federated evaluation (its own line, apart from DP-SGD's epsilon)."""
 
 
 class SiteSummary(TypedDict):

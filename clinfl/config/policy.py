@@ -117,6 +117,10 @@ class ReportingPolicy:
     """
 
     metrics: tuple[str, ...] = ()
+    evaluation_epsilon: float | None = None
+    """Discrete Laplace noise on the site's evaluation histograms, at this pure-DP epsilon per
+    evaluation (recorded in the ledger as its own line); None: no noise (the measured default,
+    docs/privacy.md "Evaluation noise")."""
 
 
 @dataclass(frozen=True)
@@ -207,6 +211,19 @@ def _check_data(data: DataPolicy, reporting: ReportingPolicy, p: Problems) -> No
     p.members("data.views", data.views, VIEWS, "remove the unknown values")
     p.whole("data.min_samples", data.min_samples, 1, fix="use 1 or more")
     p.members("reporting.metrics", reporting.metrics, METRICS, "remove the unknown values")
+    noise = reporting.evaluation_epsilon
+    if noise is not None and not (
+        isinstance(noise, int | float)
+        and not isinstance(noise, bool)
+        and math.isfinite(noise)
+        and noise > 0
+    ):
+        p.add(
+            "reporting.evaluation_epsilon",
+            noise,
+            "a finite number > 0",
+            "remove it (no evaluation noise) or use e.g. 8",
+        )
 
 
 def _check_training(training: TrainingBounds, p: Problems) -> None:

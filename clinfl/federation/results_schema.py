@@ -39,7 +39,7 @@ class BestRound(RoundEntry):
     per_class_auc: dict[str, float | None] | None
     selection: str
     operating: dict[str, Any] | None
-    """Its thresholds and their test rates (None in a deployment: the data stays at the site)."""
+    """Its thresholds and their test rates, from the pooled histograms (None: unevaluated)."""
 
 
 class SiteEntryDocument(TypedDict):
@@ -71,3 +71,4 @@ class ResultsDocument(TypedDict):
     refusals: dict[str, str]
     grad_sample_mode: str | None
     reports: dict[str, str]
+    evaluation: dict[str, Any] | None

@@ -103,6 +103,7 @@ def build_card(bundle: ModelBundle) -> dict[str, Any]:
         "f1": thresholds.get("test_f1", {}),
         "threshold_rule": thresholds.get("rule"),
         "thresholds_chosen_on": thresholds.get("chosen_on"),
+        "interval": thresholds.get("interval", "bootstrap 95%"),
         "classes": classes,
         "privacy": prov.get("privacy", []),
         "secure_aggregation": prov.get("secure_aggregation"),
@@ -177,7 +178,8 @@ def _tables(card: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]]
     return [
         ("Model and provenance", ["item", "value"], summary),
         (
-            "Per class: test AUC (bootstrap 95% CI) and the operating threshold",
+            f"Per class: test AUC ({card.get('interval', 'bootstrap 95%')} CI) and the operating "
+            "threshold",
             ["class", "AUC %", "95% CI", "threshold", "sensitivity %", "specificity %"],
             classes,
         ),

@@ -72,6 +72,7 @@ def _thresholds(best: dict[str, Any], class_names: tuple[str, ...]) -> dict[str,
         "selected_round": best["round"],
         "classes": operating["classes"],
         "bootstrap": operating.get("bootstrap"),
+        "interval": operating.get("interval", "bootstrap 95%"),
         "test_f1": f1,
     }
 
@@ -98,7 +99,7 @@ def _provenance(
         "dataset": config["data"]["dataset"],
         "data": results.get("data"),
         "sites": config["federation"]["sites"],
-        "samples_per_site": results.get("partition", {}).get("samples_per_site"),
+        "samples_per_site": (results.get("partition") or {}).get("samples_per_site"),
         "rounds_configured": config["federation"]["rounds"],
         "rounds_run": len(results.get("rounds", [])),
         "selected_round": best["round"],
@@ -162,7 +163,12 @@ def _bundle(
 ) -> ModelBundle:
     config = results["config"]
     method_fields = {f.name for f in dataclasses.fields(MethodConfig)} - {"init_weights"}
-    class_names = tuple(results["partition"]["class_names"])
+    # a simulation records the classes with its partition; a deployment has none, and its
+    # selected round's per-class AUC names them (in output order)
+    partition = results.get("partition")
+    class_names = tuple(
+        partition["class_names"] if partition is not None else best["per_class_auc"]
+    )
     federation = config["federation"]
     spec = ModelSpec(
         num_classes=len(class_names),

@@ -8,6 +8,10 @@ onto ``[0, LOSS_CLIP * s_l]``. Sample counts and losses therefore travel only in
 vector (SECAGG.md, "Version 2", R7). After unmasking, ``S = sum_i w_i q(delta_i)`` and ``W = sum_i
 w_i``, so the weighted mean is ``S / (s W) - c``; the mean reported loss is ``sum_i r_i q_l(loss_i)
 / (s_l sum_i r_i)``.
+
+An evaluation session (``params.purpose == "evaluation"``) sums integer counts instead
+(:func:`encode_counts`, :func:`decode_counts`): exact, with no quantisation, and one contributor
+slot of 1 per site, so the coordinator learns how many sites the sum covers and nothing else.
 """
 
 from __future__ import annotations
@@ -87,3 +91,78 @@ def decode_sum(total: np.ndarray, *, params: RoundParameters) -> DecodedSum:
     reporters = int(total[n + 1])
     mean_loss = float(total[n + 2]) / (params.loss_scale * reporters) if reporters else None
     return DecodedSum(mean=mean, total_weight=weight, mean_loss=mean_loss, loss_reporters=reporters)
+
+
+@dataclass(frozen=True)
+class CountSum:
+    """An unmasked sum of count vectors: the summed counts and how many sites contributed."""
+
+    counts: np.ndarray  # int64, length params.vector_length
+    contributors: int
+
+
+def _count_limit(params: RoundParameters) -> int:
+    """The largest magnitude one site's count may have so that no sum of the round can wrap."""
+    return ((1 << (params.bits - 1)) - 1) // max(len(params.site_ids), 1)
+
+
+def encode_counts(counts: np.ndarray, *, params: RoundParameters) -> np.ndarray:
+    """Return the residue vector (length ``params.masked_length``) of integer ``counts``.
+
+    An evaluation session sums integers exactly: no clipping, no quantisation. Each value
+    travels in two's complement modulo ``2**bits`` (a noisy count may be negative), followed
+    by one contributor slot holding 1, so the sum's last slot is the number of sites in it.
+    A value is accepted only if ``len(site_ids)`` values of its size cannot wrap the signed
+    range, so the sum of any survivor set decodes exactly.
+
+    Raises:
+        ValueError: if the session is not an evaluation one, the vector is not an integer
+            vector of ``params.vector_length``, or a value could make the sum overflow.
+    """
+    if params.purpose != "evaluation":
+        raise ValueError(f"counts travel only in evaluation sessions, not {params.purpose!r} ones")
+    values = np.asarray(counts)
+    if values.shape != (params.vector_length,) or values.dtype.kind not in "iu":
+        raise ValueError(
+            f"counts are {values.dtype} {values.shape}, the session expects "
+            f"({params.vector_length},) integers"
+        )
+    values = values.astype(np.int64)
+    limit = _count_limit(params)
+    if values.size and int(np.abs(values).max()) > limit:
+        raise ValueError(
+            f"a count of magnitude {int(np.abs(values).max())} could overflow the sum of "
+            f"{len(params.site_ids)} sites in {params.bits} bits (limit {limit}): use more bits"
+        )
+    dtype = residue_dtype(params.bits)
+    encoded = np.zeros(params.masked_length, dtype=dtype)
+    residues = values.astype(np.uint64)
+    if params.bits < 64:
+        residues &= np.uint64((1 << params.bits) - 1)
+    encoded[: params.vector_length] = residues.astype(dtype)
+    encoded[params.vector_length] = 1
+    return encoded
+
+
+def decode_counts(total: np.ndarray, *, params: RoundParameters) -> CountSum:
+    """Turn the unmasked sum of :func:`encode_counts` vectors into signed counts and contributors.
+
+    Raises:
+        ValueError: if the sum is the wrong length, not an evaluation sum, or has no contributor.
+    """
+    if params.purpose != "evaluation":
+        raise ValueError(f"a {params.purpose!r} sum holds no counts")
+    if total.shape != (params.masked_length,):
+        raise ValueError(f"sum has shape {total.shape}, expected ({params.masked_length},)")
+    contributors = int(total[params.vector_length])
+    if contributors < 1:
+        raise ValueError("the unmasked sum has no contributor")
+    values = np.asarray(total[: params.vector_length]).astype(np.uint64)
+    if params.bits < 64:
+        values &= np.uint64((1 << params.bits) - 1)
+        high = values >= np.uint64(1 << (params.bits - 1))
+        signed = values.astype(np.int64)
+        signed[high] -= np.int64(1) << np.int64(params.bits)
+    else:
+        signed = values.view(np.int64).copy()
+    return CountSum(signed, contributors)

@@ -18,6 +18,7 @@ import math
 import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Literal, TypeAlias
 
 from clinfl.errors import ProtocolViolation
 from clinfl.secagg import transcript
@@ -118,6 +119,7 @@ class SecAggConfig:
         vector_length: int,
         run_id: str = "",
         session: str | None = None,
+        purpose: Purpose = "update",
     ) -> RoundParameters:
         """Return the parameters of round ``round_id`` over ``site_ids`` (see :func:`plan_round`).
 
@@ -137,9 +139,14 @@ class SecAggConfig:
             weight_cap=self.weight_cap,
             degree=self.degree,
             threshold=self.threshold,
+            purpose=purpose,
         )
 
 
+Purpose: TypeAlias = Literal["update", "evaluation"]
+"""What a session sums: model updates (training) or evaluation counts (score histograms)."""
+PURPOSES: tuple[Purpose, ...] = ("update", "evaluation")
+EVALUATION_METADATA_SLOTS = 1  # after the counts: the contributor slot (1 per site)
 SESSION_NONCE_HEX = 32  # a session nonce: 16 random bytes, as lower-case hex
 METADATA_SLOTS = 3  # after the update: sample weight, loss-reporting flag, quantised loss
 LOSS_CLIP = 64.0  # a site's reported mean loss is clipped to [0, LOSS_CLIP] before quantising
@@ -174,10 +181,13 @@ class RoundParameters:
     vector_length: int
     loss_scale: float = 1.0
     session: str = ""
+    purpose: Purpose = "update"
 
     @property
     def masked_length(self) -> int:
-        """Length of the masked vector: the update plus the metadata slots."""
+        """Length of the masked vector: the update (or counts) plus the metadata slots."""
+        if self.purpose == "evaluation":
+            return self.vector_length + EVALUATION_METADATA_SLOTS
         return self.vector_length + METADATA_SLOTS
 
     def neighbours(self, advertised: Iterable[str], *, seed: bytes) -> dict[str, frozenset[str]]:
@@ -211,6 +221,7 @@ class RoundParameters:
             str(self.vector_length).encode(),
             transcript.canonical_number(self.loss_scale),
             self.session.encode(),
+            self.purpose.encode(),
         )
 
 
@@ -282,6 +293,7 @@ def plan_round(
     weight_cap: int = SecAggConfig.weight_cap,
     degree: int | None = None,
     threshold: int | None = None,
+    purpose: Purpose = "update",
 ) -> RoundParameters:
     """Return the coordinator's proposal for a round, with defaults derived from n.
 
@@ -316,6 +328,7 @@ def plan_round(
         vector_length=vector_length,
         loss_scale=largest_loss_scale(sites=n, bits=bits),
         session=secrets.token_hex(SESSION_NONCE_HEX // 2) if session is None else session,
+        purpose=purpose,
     )
 
 
@@ -362,6 +375,8 @@ def check_round_parameters(
             f"the session nonce must be {SESSION_NONCE_HEX} lower-case hex digits (a fresh one "
             "for every attempt at a round)"
         )
+    if params.purpose not in PURPOSES:
+        problems.append(f"unknown session purpose {str(params.purpose)[:20]!r}")
     if params.vector_length < 1:
         problems.append(f"vector length {params.vector_length} must be >= 1")
     if not 8 <= params.bits <= 64:

@@ -3,7 +3,9 @@
 :class:`Stage` is the protocol's order; any protocol step out of order is refused
 (:func:`check_transition`). :data:`RoundStage` adds the training that comes before it: the one
 vocabulary for where in a round a call belongs (:mod:`clinfl.transport.contract`) and for where
-an injected dropout starts (``--drop site-2:masked-input``, :func:`stage_name`).
+an injected dropout starts (``--drop site-2:masked-input``, :func:`stage_name`). The round ends
+with its federated evaluation (:data:`SCORE`); a site dropped at any stage stays dropped for the
+rest of the round, its evaluation included (whose summing reuses the protocol's stages).
 """
 
 from __future__ import annotations
@@ -28,10 +30,14 @@ class Stage(IntEnum):
 TRAIN: Final = "train"
 """Local training: the step of a round before the protocol (no protocol stage of its own)."""
 
-RoundStage: TypeAlias = Literal["train"] | Stage
-"""Where in a round a call belongs: :data:`TRAIN`, then each :class:`Stage` in order."""
+SCORE: Final = "score"
+"""The round's federated evaluation: each site scores the new global model on its held-out
+studies; the histograms are then summed by a second run of the protocol's stages."""
 
-ROUND_STAGES: tuple[RoundStage, ...] = (TRAIN, *Stage)
+RoundStage: TypeAlias = Literal["train", "score"] | Stage
+"""Where in a round a call belongs: :data:`TRAIN`, each :class:`Stage` in order, :data:`SCORE`."""
+
+ROUND_STAGES: tuple[RoundStage, ...] = (TRAIN, *Stage, SCORE)
 
 
 def stage_name(stage: RoundStage) -> str:

@@ -28,12 +28,15 @@ from clinfl.federation.messages import RoundRecord
 from clinfl.federation.results_schema import ResultsDocument
 from clinfl.files import write_atomically
 from clinfl.simulation.datasets import load_split_data
+from clinfl.simulation.evaluation import SimulationEvaluator
 from clinfl.simulation.local_steps import DerivedLocalSteps, simulation_local_steps
 from clinfl.simulation.resume import ResumePoint, resume_point, save_run_config
 from clinfl.simulation.sites import SimulatedSites, build_sites, read_site_policies
+from clinfl.thresholds import parse_rule
 from clinfl.weights.provenance import weights_provenance
 from coordinator.checkpoints import CheckpointStore
 from coordinator.control import RunControl
+from coordinator.federated_evaluation import SecureEvaluator, evaluation_summary
 from coordinator.federation_report import build_federation_report
 from coordinator.results import RESULTS_FILE, SiteEntry, run_results, write_results
 from coordinator.resume import begin_run, new_run_id
@@ -238,8 +241,21 @@ def run_simulation(
             for state_dir in sites.state_dirs.values():
                 ingest_summary_path(state_dir).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(ingest_summary, ingest_summary_path(state_dir))
-        # as in a deployment: the first site evaluates and gives the initial model
-        evaluator = sites.first.evaluator  # the simulation's held-out sets, the run's rule
+        # as in a deployment: the sites evaluate through secure aggregation (each its slice of
+        # the held-out sets); the central evaluation on the whole sets is a simulation-only
+        # extra (and the evaluator of a federation without secure aggregation)
+        central = sites.central_evaluator(data)
+        secure = None
+        if sites.secagg.enabled:
+            secure = SecureEvaluator(
+                sites.participants,
+                sites.secagg,
+                num_classes=len(data.train.class_names),
+                threshold_rule=parse_rule(fed.threshold_rule),
+                run_id=run_id,
+            )
+        evaluator = central if secure is None else SimulationEvaluator(secure, central)
+        # as in a deployment: the first site gives the initial model
         initial = point.state if point.state is not None else sites.first.initial_state()
         if not resume:
             save_run_config(out_dir, config)
@@ -261,14 +277,29 @@ def run_simulation(
     finally:
         control.close()
     seconds = time.perf_counter() - started
-    operating, test_scores = None, None
+    operating, central_selected, test_scores = None, None, None
     if outcome.selected is not None:  # thresholds on validation, then test CIs and rates
         selected_state = store.load(outcome.selected.round)
-        operating = describe_selected_model(
-            evaluator, selected_state, data.train.class_names, seed=RunSeeds.of(fed).bootstrap
+        central_selected = describe_selected_model(
+            central, selected_state, data.train.class_names, seed=RunSeeds.of(fed).bootstrap
+        )
+        operating = (
+            central_selected
+            if secure is None
+            else secure.describe(outcome.selected.round, data.train.class_names)
         )
         if prepared is not None:
-            test_scores = evaluator.probabilities(selected_state, "test")
+            test_scores = central.probabilities(selected_state, "test")
+    if isinstance(evaluator, SimulationEvaluator):
+        evaluation = evaluation_summary(
+            secure, method="secure-aggregation", central=evaluator.central_block(central_selected)
+        )
+    else:
+        evaluation = evaluation_summary(
+            None,
+            method="central (secure aggregation off; simulation only)",
+            central={"note": "the rounds above are the central evaluation", "selected": None},
+        )
     results = run_results(
         run_id=run_id,
         mode="simulation",
@@ -285,6 +316,7 @@ def run_simulation(
         data=data.description,
         partition=partition.to_json_dict(data.train.class_names),
         operating=operating,
+        evaluation=evaluation,
     )
     results = replace(results, reports=write_audit_reports(out_dir, sites, results.to_json_dict()))
     results_path = write_results(out_dir, results)

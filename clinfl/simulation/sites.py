@@ -10,7 +10,7 @@ privacy ledger, a DP-SGD trainer when its policy requires DP, its agent and its 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -28,8 +28,10 @@ from clinfl.data.label_space import LabelSpace
 from clinfl.errors import InternalError
 from clinfl.privacy.settings import resolve_grad_sample_mode
 from clinfl.simulation.dropouts import DroppingParticipant
+from clinfl.thresholds import parse_rule
 from clinfl.transport.contract import TrainingParticipant
 from site_agent.agent import SiteIdentity
+from site_agent.evaluation import HeldOutEvaluator
 from site_agent.join import JoinedSite, SimulatedSlice, SimulationOnly, join_run, run_label_space
 from site_agent.setup import AuditListener
 from site_agent.training import SiteTrainer, StepCallback
@@ -51,11 +53,54 @@ class SimulatedSites:
 
     @property
     def first(self) -> JoinedSite:
-        """The site that evaluates for the coordinator and gives the initial model.
-
-        In a deployment that is the first site (in name order) that agrees to.
-        """
+        """The site that gives the initial model (in a deployment: the first that joins)."""
         return next(iter(self.joined.values()))
+
+    def central_evaluator(self, data: SplitData) -> HeldOutEvaluator:
+        """An evaluator on the simulation's whole held-out sets (simulation only).
+
+        The simulation-only comparison with the federated evaluation (``results.json``'s
+        ``evaluation.central``), and the evaluator of a federation without secure
+        aggregation; the model and threshold rule are the first site's (every site's).
+        """
+        first = self.first
+        return HeldOutEvaluator(
+            data.val,
+            data.test,
+            first.algorithm,
+            first.spec,
+            device=first.evaluator_device,
+            threshold_rule=parse_rule(first.run.federation.threshold_rule),
+        )
+
+
+def held_out_slices(data: SplitData, sites: int, *, seed: int) -> list[SplitData]:
+    """Split the held-out validation and test sets over ``sites`` sites, by patient.
+
+    Each site gets a disjoint slice of each set, and the slices cover it: every group (the
+    patient, or source image, :attr:`~clinfl.data.imageset.ImageSet.groups`) goes whole to one
+    site, the groups dealt round-robin in a ``seed``-shuffled order. The federation's pooled
+    histograms are then those of the whole held-out sets, as a centralized evaluation sees them.
+    """
+    rng = np.random.default_rng(seed)
+
+    def deal(groups: np.ndarray) -> list[np.ndarray]:
+        unique = rng.permutation(np.unique(groups))
+        owner = {int(g): k % sites for k, g in enumerate(unique)}
+        which = np.array([owner[int(g)] for g in groups], dtype=np.int64)
+        return [np.flatnonzero(which == k) for k in range(sites)]
+
+    val_parts, test_parts = deal(data.val.groups), deal(data.test.groups)
+    return [
+        replace(
+            data,
+            val=data.val.subset(val_parts[k]),
+            test=data.test.subset(test_parts[k]),
+            description=f"{data.description}; site-{k + 1}'s held-out slice: "
+            f"{len(val_parts[k])} validation and {len(test_parts[k])} test images",
+        )
+        for k in range(sites)
+    ]
 
 
 def builtin_policy(config: RunConfig) -> SitePolicy:
@@ -111,12 +156,14 @@ def build_sites(
 ) -> SimulatedSites:
     """Join every site of the simulated federation to the run, as a coordinator would.
 
-    Site ``k`` (``site-{k+1}``) trains on ``data.train``'s ``site_indices[k]`` and holds the
-    simulation's validation and test sets. Each joins with :func:`~site_agent.join.join_run`
-    from the portable run configuration a coordinator sends; what only the simulation gives a
-    site is named in :class:`~site_agent.join.SimulationOnly` (its reproducible training
-    stream, the in-process key directory, the run's initial weights file, the listeners), and
-    ``config.drops`` wraps its agent in a :class:`~clinfl.simulation.dropouts.DroppingParticipant`.
+    Site ``k`` (``site-{k+1}``) trains on ``data.train``'s ``site_indices[k]`` and holds its
+    slice of the simulation's validation and test sets (:func:`held_out_slices`, by patient,
+    with the split seed), which it scores for the federated evaluation. Each joins with
+    :func:`~site_agent.join.join_run` from the portable run configuration a coordinator sends;
+    what only the simulation gives a site is named in :class:`~site_agent.join.SimulationOnly`
+    (its reproducible training stream, the in-process key directory, the run's initial weights
+    file, the listeners), and ``config.drops`` wraps its agent in a
+    :class:`~clinfl.simulation.dropouts.DroppingParticipant`.
 
     Raises:
         ClinflError: for invalid policies, a looser coordinator request, too few sites for the
@@ -130,12 +177,13 @@ def build_sites(
     identities = [SiteIdentity(s, Ed25519PrivateKey.generate()) for s in site_ids]
     directory = {i.site_id: i.signing_key.public_key() for i in identities}
     joined: dict[str, JoinedSite] = {}
+    held_out = held_out_slices(data, len(site_ids), seed=seeds.split)
     for k, (identity, indices) in enumerate(zip(identities, site_indices, strict=True)):
         site = identity.site_id
         joined[site] = join_run(
             identity,
             policies[site],
-            SimulatedSlice(data.train.subset(indices), data, space),
+            SimulatedSlice(data.train.subset(indices), held_out[k], space),
             sent,
             roster=None,
             state_dir=out_dir / SITES_DIR / site,

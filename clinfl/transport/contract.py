@@ -58,7 +58,7 @@ from clinfl.secagg.messages import (
     UnmaskRequest,
 )
 from clinfl.secagg.settings import RoundParameters, SecAggTerms
-from clinfl.secagg.stages import TRAIN, RoundStage, Stage
+from clinfl.secagg.stages import SCORE, TRAIN, RoundStage, Stage
 from clinfl.transport.wire import decode, encode, from_json_value
 from clinfl.typing import StateDict
 
@@ -102,6 +102,30 @@ class TrainRequest:
 
     global_state: dict[str, torch.Tensor]
     settings: RoundSettings
+
+
+@dataclass(frozen=True)
+class EvaluateRequest:
+    """Score the global model on the site's held-out studies, for the round's federated evaluation.
+
+    ``settings`` are the round's own (the site checks them as for training and binds their
+    hash into its evaluation advertisement, with the model's).
+    """
+
+    global_state: dict[str, torch.Tensor]
+    settings: RoundSettings
+
+
+@dataclass(frozen=True)
+class ScoreAck:
+    """A site's answer to :class:`EvaluateRequest`: it holds an evaluation vector of this length.
+
+    The length depends only on the run (the label set and the score grid); the vector itself
+    leaves the site only masked, in the evaluation session that follows.
+    """
+
+    site_id: str
+    vector_length: int
 
 
 @dataclass(frozen=True)
@@ -159,6 +183,10 @@ class TrainingParticipant(SecureAggregationParticipant, Protocol):
 
     def upload_plain(self) -> SiteContribution:
         """Send the update unmasked (refused when the site's policy requires secure aggregation)."""
+        ...
+
+    def score_round(self, global_state: StateDict, settings: RoundSettings) -> ScoreAck:
+        """Score ``global_state`` on the site's held-out studies; the counts stay until masked."""
         ...
 
 
@@ -225,6 +253,12 @@ SECAGG_REVEAL: Call[UnmaskRequest, RevealedShares] = Call(
     "secagg_reveal", UnmaskRequest, RevealedShares, Stage.UNMASK, TimeoutClass.STAGE,
     answer=lambda site, request: site.secagg_reveal(request), ends_round=True,
 )  # fmt: skip
+# the round's federated evaluation: the site scores the new model, then the six stages run again
+# in a session of purpose "evaluation" (RoundParameters.purpose) to sum the sites' histograms
+SCORE_ROUND: Call[EvaluateRequest, ScoreAck] = Call(
+    "score_round", EvaluateRequest, ScoreAck, SCORE, TimeoutClass.EVALUATE,
+    answer=lambda site, request: site.score_round(request.global_state, request.settings),
+)  # fmt: skip
 EVALUATE: Call[StateDict, EvaluationReport] = Call(
     "evaluate", dict[str, torch.Tensor], EvaluationReport, None, TimeoutClass.EVALUATE
 )
@@ -241,6 +275,7 @@ CALLS: dict[str, Call[Any, Any]] = {
         SECAGG_MASKED_INPUT,
         SECAGG_SIGN,
         SECAGG_REVEAL,
+        SCORE_ROUND,
         EVALUATE,
     )
 }
@@ -288,6 +323,10 @@ class CallingParticipant(TrainingParticipant):
     def upload_plain(self) -> SiteContribution:
         """Send the update unmasked (refused when the site's policy requires secure aggregation)."""
         return self.call(UPLOAD_PLAIN, Nothing())
+
+    def score_round(self, global_state: StateDict, settings: RoundSettings) -> ScoreAck:
+        """Score the global model for the round's federated evaluation."""
+        return self.call(SCORE_ROUND, EvaluateRequest(global_state, settings))
 
     def secagg_advertise(self, params: RoundParameters) -> Advertisement:
         """Secure aggregation, stage 1."""

@@ -14,7 +14,7 @@ import dataclasses
 import json
 import types
 from functools import cache
-from typing import Any, TypeVar, Union, get_args, get_origin, get_type_hints
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
 import numpy as np
 import torch
@@ -124,6 +124,10 @@ def from_json_value(value: Any, expected: Any, path: str) -> Any:
         if len(others) == 1:
             return from_json_value(value, others[0], path)
         raise TypeError(f"ambiguous union {expected} on the wire")
+    if origin is Literal:  # one of the listed strings (a purpose, a kind), nothing else
+        if not isinstance(value, str) or value not in args:
+            raise _fail(path, f"one of {', '.join(map(str, args))}", value)
+        return value
     if expected is MultiLabelMetrics:
         try:
             return MultiLabelMetrics.from_json_dict(value)

@@ -6,7 +6,11 @@ configuration, the sites the PKI lists, the timeouts) and submits clinfl's Serve
 settings to the strictest terms the joined sites declared (:func:`planned_secagg`, the rule
 ``simulate`` uses too), or stops before round 1 if too few joined for them. The rounds are the
 same :class:`~coordinator.rounds.Coordinator` as in the in-process federation; only the
-participants are remote. Each round's checkpoint and record are
+participants are remote. Each round is evaluated by every site through secure aggregation
+(:class:`~coordinator.federated_evaluation.SecureEvaluator`), so ``results.json``'s operating
+thresholds and test rates come from the pooled histograms; only a run with secure aggregation off
+falls back to one site evaluating for everyone in the clear
+(:class:`~coordinator.deploy.remote_sites.RemoteEvaluator`). Each round's checkpoint and record are
 written as it ends, so a coordinator started again continues after the last completed round.
 """
 
@@ -32,6 +36,7 @@ from clinfl.files import write_json
 from clinfl.privacy.settings import resolve_grad_sample_mode
 from clinfl.roster import announce
 from clinfl.secagg.settings import SecAggConfig
+from clinfl.thresholds import parse_rule
 from clinfl.transport.contract import JoinRequest
 from clinfl.weights.provenance import declared_weights_provenance
 from coordinator.checkpoints import CheckpointStore
@@ -44,6 +49,7 @@ from coordinator.deploy.remote_sites import (
     SiteRoster,
     Timeouts,
 )
+from coordinator.federated_evaluation import SecureEvaluator, evaluation_summary
 from coordinator.results import SiteEntry, run_results, write_results
 from coordinator.resume import begin_run, resume_point
 from coordinator.rounds import Coordinator
@@ -182,7 +188,22 @@ def run_planned(link: Link, run_dir: Path) -> ResultsDocument:
     )  # fmt: skip
     sites = [RemoteSite(site, roster, link, plan.timeouts) for site in plan.sites]
     classes = resolve_label_space(config.data.label_space, config.data.label_columns).classes
-    evaluator = RemoteEvaluator(sites, len(classes))
+    # every site evaluates, through secure aggregation; without it, the first site that agrees
+    # evaluates for everyone in the clear (the explicit fallback of a trusted-coordinator run)
+    secure: SecureEvaluator | None = None
+    fallback: RemoteEvaluator | None = None
+    evaluator: SecureEvaluator | RemoteEvaluator
+    if secagg.enabled:
+        evaluator = secure = SecureEvaluator(
+            sites,
+            secagg,
+            num_classes=len(classes),
+            threshold_rule=parse_rule(fed.threshold_rule),
+            run_id=plan.run_id,
+            fanout=ThreadedFanout(),
+        )
+    else:
+        evaluator = fallback = RemoteEvaluator(sites, len(classes))
     coordinator = Coordinator(
         sites,
         build_aggregator(secagg, fanout=ThreadedFanout(), run_id=plan.run_id),
@@ -198,7 +219,7 @@ def run_planned(link: Link, run_dir: Path) -> ResultsDocument:
             "running",
             refusals=roster.refusals,
             sites_joined=roster.joined(),
-            evaluated_by=evaluator.evaluated_by,
+            evaluated_by="secure aggregation" if fallback is None else fallback.evaluated_by,
         )
         log.info("round %d: %s", record.round, record.to_json_dict())
 
@@ -207,6 +228,18 @@ def run_planned(link: Link, run_dir: Path) -> ResultsDocument:
     finally:
         control.close()
     joined = set(roster.joined())
+    operating = None
+    if secure is not None and outcome.selected is not None:
+        operating = secure.describe(outcome.selected.round, classes)
+    evaluation = (
+        evaluation_summary(secure, method="secure-aggregation")
+        if fallback is None
+        else evaluation_summary(
+            None,
+            method="one site (secure aggregation off)",
+            evaluated_by=fallback.evaluated_by,
+        )
+    )
     size = config.data.image_size
     mode = config.privacy.grad_sample_mode
     results = run_results(
@@ -226,6 +259,8 @@ def run_planned(link: Link, run_dir: Path) -> ResultsDocument:
             mode, size, augment_multiplicity=config.federation.augment_multiplicity
         ),
         init_weights=init_weights,
+        operating=operating,
+        evaluation=evaluation,
     )
     write_results(run_dir, results)
     return results.to_json_dict()

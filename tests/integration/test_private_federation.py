@@ -253,15 +253,15 @@ def test_policy_check_says_what_each_reported_metric_gives_a_lying_coordinator(
 
 
 def test_policy_check_of_the_defaults_default_discloses_nothing_research_warns() -> None:
+    # the default lists auc only: it joins the federated evaluation (masked histograms)
     default = runner.invoke(app, ["policy", "check", str(POLICIES / "default.toml")])
     assert default.exit_code == 0, default.output
     text = " ".join(default.output.split())
-    assert "may leave the site │ nothing" in text
-    assert "What a lying coordinator" not in text and "Warning" not in text
+    assert "may leave the site │ auc" in text and "Warning" not in text
     as_json = json.loads(
         runner.invoke(app, ["policy", "check", str(POLICIES / "default.toml"), "--json"]).output
     )
-    assert as_json["discloses"] == {} and as_json["warnings"] == []
+    assert list(as_json["discloses"]) == ["auc"] and as_json["warnings"] == []
     research = runner.invoke(app, ["policy", "check", str(POLICIES / "research.toml")])
     text = " ".join(research.output.split())
     for metric in ("loss", "auc", "counts", "epsilon", "ingest"):

@@ -76,7 +76,8 @@ def test_round_calls_are_the_calls_a_participant_answers_each_at_a_round_stage()
 
 
 def test_drop_stages_are_the_rounds_stages() -> None:
-    assert ("train", *(s.name.lower().replace("_", "-") for s in Stage)) == DROP_STAGES
+    stages = ("train", *(s.name.lower().replace("_", "-") for s in Stage), "score")
+    assert stages == DROP_STAGES
     assert tuple(stage_name(stage) for stage in ROUND_STAGES) == DROP_STAGES
     assert ROUND_STAGES[0] == TRAIN
 

@@ -223,7 +223,8 @@ def test_the_shipped_default_lets_nothing_leave_and_research_lists_every_metric(
     """Each metric lets a lying coordinator compute the site's own figures outside DP, so the
     clinical policies list none (epsilon included: it gives the batches per epoch); research
     lists them all, and a policy that omits [reporting] consents to none."""
-    assert load_policy(POLICIES / "default.toml").reporting.metrics == ()
+    # the default joins the federated evaluation (its histograms leave only masked), nothing else
+    assert load_policy(POLICIES / "default.toml").reporting.metrics == ("auc",)
     assert load_policy(POLICIES / "strict.toml").reporting.metrics == ()
     research = load_policy(POLICIES / "research.toml")
     assert set(research.reporting.metrics) == set(METRICS) == set(METRIC_DISCLOSURE)
