@@ -350,3 +350,14 @@ def test_a_split_record_round_trips(joined: Joined) -> None:
     record = read_split(joined.state, RUN_ID)
     assert SplitRecord.from_json_dict(record.to_json_dict()) == record
     assert record.site_data().options.label_space == "digits"
+
+
+def test_policy_check_says_auc_means_joining_the_federated_evaluation() -> None:
+    policies = Path(__file__).resolve().parents[2] / "policies"
+    result = runner.invoke(app, ["policy", "check", str(policies / "research.toml")])
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "auc: this site joins the federated evaluation" in text
+    assert "no per-site metric leaves in the clear" in text
+    assert "differences sums over survivor sets" in text  # the residual risk, named
+    assert "return the metrics in the clear" not in text  # the old meaning is gone
