@@ -36,6 +36,7 @@ from clinfl.privacy.plan import (
 )
 from site_agent.ingest.pipeline import SITE_INGEST_DIR, SUMMARY_FILE
 from site_agent.ledger import LEDGER_FILE, SiteLedger
+from site_agent.local_thresholds import local_thresholds_summary
 
 REPORT_VERSION = 1
 REPORT_NAME = "audit_report"
@@ -117,7 +118,7 @@ def build_site_report(state_dir: Path) -> SiteReport:
     """Return the audit report of the site whose state lives in ``state_dir``.
 
     Raises:
-        DataError: if the directory holds no ledger.
+        DataError: if the directory holds no ledger, or unreadable local thresholds.
     """
     if not (state_dir / LEDGER_FILE).is_file():
         raise DataError(
@@ -175,6 +176,7 @@ def build_site_report(state_dir: Path) -> SiteReport:
         "warnings": sorted(v for k, v in meta.items() if k.startswith("warning:")),
         "data": {"training_samples": int(meta.get("samples", 0)), "ingestion": ingest},
         "evaluations": evaluations,
+        "local_thresholds": local_thresholds_summary(state_dir),
     }
 
 

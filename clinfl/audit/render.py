@@ -12,7 +12,13 @@ import json
 from typing import Any
 
 from clinfl.audit.plot import epsilon_plot
-from clinfl.audit.schema import DPSection, EvaluationEntry, FederationReport, SiteReport
+from clinfl.audit.schema import (
+    DPSection,
+    EvaluationEntry,
+    FederationReport,
+    LocalThresholdsSection,
+    SiteReport,
+)
 
 FORMATS = ("json", "md", "html")
 
@@ -54,6 +60,34 @@ def evaluation_text(evaluations: list[EvaluationEntry]) -> str:
         f"{text}; evaluation noise on {len(noisy)}: epsilon {_fmt(sum(noisy))} in total (pure "
         "DP, summed per evaluation; not included in the DP-SGD epsilon above)"
     )
+
+
+NO_LOCAL_THRESHOLDS = (
+    "none fitted at this site (`clinfl model predict --state STATE --thresholds local` fits "
+    "them on this site's validation studies; they never leave the site)"
+)
+
+
+def local_thresholds_rows(local: LocalThresholdsSection | None) -> list[list[str]]:
+    """The site report's local operating points as (item, value) rows."""
+    if local is None:
+        return [["local thresholds", NO_LOCAL_THRESHOLDS]]
+    rows = [
+        ["local thresholds", "fitted at this site, kept in its state folder, never sent"],
+        ["rule", local["rule"]],
+        [
+            "model",
+            f"run {local['run_id']}, round {_fmt(local['round'])} (weights sha256 "
+            f"{local['weights_sha256'][:16]})",
+        ],
+        [
+            "validation studies",
+            f"{local['validation_studies']} ({local['validation_images']} images)",
+        ],
+        ["fitted at", local["fitted_at"]],
+        ["kept at 0.5 (no validation positive)", ", ".join(local["flagged"]) or "none"],
+    ]
+    return rows + [[f"threshold: {name}", _fmt(t)] for name, t in local["thresholds"].items()]
 
 
 def _site_tables(report: SiteReport) -> list[tuple[str, list[str], list[list[str]]]]:
@@ -141,6 +175,11 @@ def _site_tables(report: SiteReport) -> list[tuple[str, list[str], list[list[str
         ),
         ("Warnings", ["warning"], [[w] for w in report["warnings"]]),
         ("Data", ["item", "value"], ingest_rows),
+        (
+            "Local operating points",
+            ["item", "value"],
+            local_thresholds_rows(report.get("local_thresholds")),
+        ),
     ]
 
 

@@ -87,6 +87,23 @@ class EvaluationEntry(TypedDict):
     epsilon: float | None
 
 
+class LocalThresholdsSection(TypedDict):
+    """Thresholds the site fitted on its own validation studies (never sent anywhere)."""
+
+    rule: str
+    run_id: str
+    round: int | None
+    weights_sha256: str
+    validation_studies: int
+    validation_images: int
+    thresholds: dict[str, float]
+    flagged: list[str]
+    """Classes without a validation positive at the site: they keep 0.5."""
+    fitted_at: str
+    sent: str
+    """Always ``never``: the thresholds and what they were fitted on stay at the site."""
+
+
 class SiteReport(TypedDict):
     """A site's ``audit_report.json``."""
 
@@ -101,6 +118,8 @@ class SiteReport(TypedDict):
     data: DataSection
     evaluations: NotRequired[list[EvaluationEntry]]
     """Each federated evaluation (its own line, apart from DP-SGD's epsilon)."""
+    local_thresholds: NotRequired[LocalThresholdsSection | None]
+    """None: no local thresholds fitted (``clinfl model predict --thresholds local``)."""
 
 
 class SiteSummary(TypedDict):

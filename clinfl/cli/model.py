@@ -109,8 +109,19 @@ def predict(
     source: Annotated[str, typer.Option("--format", help="auto, dicom or png.")] = "auto",
     state: Annotated[
         Path | None,
-        typer.Option(help="Site state folder for the DICOM decode cache (default: temporary)."),
+        typer.Option(
+            help="Site state folder: the DICOM decode cache (default: temporary), and with "
+            "--thresholds local the folder `clinfl site run` used."
+        ),
     ] = None,
+    thresholds: Annotated[
+        str,
+        typer.Option(
+            help="model: the model folder's thresholds (chosen on the federation's validation "
+            "data); local: this site's own, fitted on its validation studies of the model's "
+            "run under the run's rule and kept in --state (nothing is sent)."
+        ),
+    ] = "model",
     policy: Annotated[
         Path | None, typer.Option(help="Site policy: its data.modalities/body_parts/views filter.")
     ] = None,
@@ -167,6 +178,7 @@ def predict(
             ingest=_ingest_options(policy, workers, lenient),
             label_columns=tuple(label_column or ()),
             labels=labels,
+            thresholds=thresholds,  # type: ignore[arg-type]  # checked by run_prediction
         )
         bar = progress_bar(console)
         task = bar.add_task("reading", total=None)
@@ -179,6 +191,13 @@ def predict(
         if as_json:
             print(json.dumps(result.to_json_dict(), indent=2))
             return
+        if result.local is not None:
+            local = result.local
+            console.print(
+                f"thresholds: this site's own ({local.rule}, fitted on {local.validation_studies} "
+                f"validation studies with round {local.round} of run {local.run_id}; kept in "
+                f"{state}, never sent)"
+            )
         for table in _summary_tables(result):
             console.print(table)
         console.print(f"predictions: {out}")

@@ -31,9 +31,11 @@ METRIC_DISCLOSURE: dict[str, str] = {
     "loss": "the mean training loss rides in the masked sum, outside the DP accountant; a "
     "coordinator that crafts the global model and varies the survivor set across rounds can "
     "compute this site's per-class positive counts from it",
-    "auc": "this site may evaluate whatever model the coordinator sends on its validation and "
-    "test sets and return the metrics in the clear; from a few crafted models a coordinator "
-    "computes those sets' sizes and per-class positive counts",
+    "auc": "this site joins the federated evaluation: it scores each round's global model on "
+    "its validation and test studies and adds per-class score histograms to a masked sum, so no "
+    "per-site metric leaves in the clear; a coordinator that crafts models and differences sums "
+    "over survivor sets that differ by this site can still compute its histograms (those sets' "
+    "sizes and per-class positive counts), unless the policy adds evaluation noise",
     "counts": "the sample count weights the masked update and is in the site's shared audit "
     "summary; a coordinator that varies the survivor set across rounds (one dropout is enough) "
     "computes it exactly",

@@ -58,6 +58,7 @@ from site_agent.agent import SiteIdentity
 from site_agent.audit_report import write_site_report
 from site_agent.join import JoinedSite, SimulationOnly, SiteSource, join_run
 from site_agent.ledger import LEDGER_FILE, SiteLedger
+from site_agent.local_split import SplitRecord, record_split
 from site_agent.setup import SiteData
 
 __all__ = ["DeployedSite", "SiteData"]  # SiteData: a deployed site's source, named here too
@@ -246,6 +247,8 @@ class DeployedSite:
             simulation=self._simulation,
         )
         self._runs = {flower_run: joined}
+        if isinstance(self._data, SiteData):  # for local thresholds later (stays at the site)
+            record_split(self._state_dir, SplitRecord.of(self._data, joined, run_id=request.run_id))
         log.info(
             "%s joined run %s (%d training images)",
             self.site_id,

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -30,8 +30,11 @@ from clinfl.data.label_table import table_targets
 from clinfl.errors import CheckpointError, ConfigError, LabelError
 from clinfl.files import write_atomically, write_json
 from clinfl.model_io import ModelBundle, read_bundle, resolve_seed
+from site_agent.audit_report import write_site_report
 from site_agent.ingest.labels import find_label_table
 from site_agent.ingest.pipeline import IngestOptions
+from site_agent.ledger import LEDGER_FILE
+from site_agent.local_thresholds import LocalThresholds, local_thresholds_for
 from site_agent.prediction.explain import Overlay, require_class_attention, write_overlays
 from site_agent.prediction.infer import positive_findings, probabilities
 from site_agent.prediction.model import load_bundle_model
@@ -46,6 +49,8 @@ from site_agent.prediction.sources import (
 )
 
 Progress = Callable[[str, int, int], None]
+ThresholdSource = Literal["model", "local"]
+THRESHOLD_SOURCES: tuple[ThresholdSource, ...] = ("model", "local")
 OUTPUT_SUFFIXES = (".csv", ".json")
 WRITABLE_OUT = "choose a writable --out path"
 
@@ -57,6 +62,9 @@ class PredictionRequest:
     ``label_space`` (with ``label_columns`` for ``custom``), when given, is the label space the
     caller expects the model to predict; ``labels`` a label table of the data (default: a
     ``labels.csv`` at the top of ``data_dir``, if there is one). Both are only checked.
+    ``thresholds``: ``model``, the model folder's; ``local``, this site's own, fitted on its
+    validation studies of the model's run (:mod:`site_agent.local_thresholds`; ``state_dir``
+    must be the site's state folder).
     """
 
     model_dir: Path
@@ -70,6 +78,7 @@ class PredictionRequest:
     ingest: IngestOptions = field(default_factory=IngestOptions)
     label_columns: tuple[str, ...] = ()
     labels: Path | None = None
+    thresholds: ThresholdSource = "model"
 
 
 @dataclass(frozen=True)
@@ -86,6 +95,20 @@ class PredictionResult:
     unused: tuple[Unused, ...]
     overlays: tuple[Overlay, ...]
     out: Path
+    local: LocalThresholds | None = None  # the site's own thresholds, when they were used
+
+    def threshold_source(self) -> dict[str, Any]:
+        """Where the thresholds came from: the model folder, or this site's validation studies."""
+        if self.local is None:
+            return {"kind": "model"}
+        return {
+            "kind": "local",
+            "rule": self.local.rule,
+            "run_id": self.local.run_id,
+            "round": self.local.round,
+            "validation_studies": self.local.validation_studies,
+            "fitted_at": self.local.fitted_at,
+        }
 
     def rows(self) -> list[dict[str, Any]]:
         """Return one JSON-ready row per image (probabilities by class name)."""
@@ -105,6 +128,7 @@ class PredictionResult:
             "method": self.method,
             "classes": list(self.class_names),
             "thresholds": dict(zip(self.class_names, self.thresholds, strict=True)),
+            "threshold_source": self.threshold_source(),
             "images": len(self.keys),
             "predictions": self.rows(),
             "unused": [vars(item) for item in self.unused],
@@ -128,6 +152,17 @@ def _check_request(request: PredictionRequest) -> None:
     if request.out.suffix.lower() not in OUTPUT_SUFFIXES:
         raise ConfigError(
             f"--out {request.out} must end in .csv or .json", remedy="--out predictions.csv"
+        )
+    if request.thresholds not in THRESHOLD_SOURCES:
+        raise ConfigError(
+            f"--thresholds must be model or local, got {request.thresholds!r}",
+            remedy="--thresholds local (this site's own) or leave it out (the model folder's)",
+        )
+    if request.thresholds == "local" and request.state_dir is None:
+        raise ConfigError(
+            "--thresholds local needs the site's state folder, to fit them on its validation "
+            "studies",
+            remedy="add --state SITE_STATE (the folder `clinfl site run` used)",
         )
 
 
@@ -195,10 +230,13 @@ def run_prediction(
     Raises:
         ModelError: for a missing or corrupt model folder, or weights that do not fit it.
         ConfigError: for a label space other than the model's, a missing federation seed,
-            ``--explain`` with a model without class attention, or a bad ``--out`` suffix.
+            ``--explain`` with a model without class attention, a bad ``--out`` suffix, or
+            local thresholds without a state folder.
         LabelError: for a label table of the data that does not fit the model's label space.
-        DataError: for a missing data folder, or one with no usable image.
-        CheckpointError: if the output cannot be written.
+        DataError: for a missing data folder, or one with no usable image; local thresholds
+            when the site's export changed or left no validation study.
+        ModelError: local thresholds when the state holds no record of the model's run.
+        CheckpointError: if the output (or the local thresholds) cannot be written.
     """
     _check_request(request)
     bundle = read_bundle(request.model_dir)
@@ -207,9 +245,19 @@ def run_prediction(
         bundle, federation_seed=resolve_seed(bundle, request.federation_seed), device=device
     )
     attention = require_class_attention(model, bundle.method.name) if request.explain_dir else None
+    local = None
+    if request.thresholds == "local" and request.state_dir is not None:
+        local = local_thresholds_for(
+            bundle,
+            request.model_dir,
+            request.state_dir,
+            lambda images: probabilities(model, images, device=device),
+        )
+        if (request.state_dir / LEDGER_FILE).is_file():
+            write_site_report(request.state_dir)  # the audit report says they were fitted
     source = _read(request, bundle.image_size, progress)
     probs = probabilities(model, source.images, device=device, progress=progress)
-    thresholds = bundle.threshold_values
+    thresholds = bundle.threshold_values if local is None else local.thresholds
     positives = positive_findings(probs, thresholds, bundle.class_names)
     overlays: list[Overlay] = []
     if attention is not None and request.explain_dir is not None:
@@ -239,6 +287,7 @@ def run_prediction(
         unused=source.unused,
         overlays=tuple(overlays),
         out=request.out,
+        local=local,
     )
     write_result(result)
     return result

@@ -246,7 +246,8 @@ def test_policy_check_says_what_each_reported_metric_gives_a_lying_coordinator(
     assert result.exit_code == 0, result.output
     text = " ".join(result.output.split())
     assert "counts: the sample count weights the masked update" in text
-    assert "computes it exactly" in text and "auc: this site may evaluate" in text
+    assert "computes it exactly" in text and "auc: this site joins the federated evaluation" in text
+    assert "no per-site metric leaves in the clear" in text
     silent = _policy(tmp_path, "[reporting]\nmetrics = []\n")
     result = runner.invoke(app, ["policy", "check", str(silent), "--json"])
     assert json.loads(result.output)["discloses"] == {}
