@@ -86,7 +86,7 @@ test-slow: $(STAMP)
 ## Removes each security rule of the site's code in turn (SECAGG.md R1 to R9, the survivor floor,
 ## the quorum, "Version 3") in a temporary copy and runs the attack tests against it; fails if a
 ## removal leaves every attack test green. A slow job, not part of `make test`: 30 CPU-minutes
-## for its 36 rules (about 15 minutes on 2 idle cores). Writes docs/mutation-check.md and
+## for its 39 rules (about 15 minutes on 2 idle cores). Writes docs/mutation-check.md and
 ## benchmarks/results/mutation_check.json.
 mutation-check: $(STAMP)
 	$(BIN)/python tools/mutation_check.py

@@ -71,6 +71,7 @@ ATTACK_TESTS: tuple[str, ...] = (
     "tests/unit/test_fresh_randomness.py",  # R10
     "tests/unit/test_local_steps.py",  # R7': fixed steps where counts stay at the site
     "tests/integration/test_deployed_run_binding.py",  # R1', R3', R7' over the deployed path
+    "tests/integration/test_federated_evaluation.py",  # R7: evaluation only as a masked sum
 )
 
 PYTEST_ARGS: tuple[str, ...] = (
@@ -244,8 +245,8 @@ MUTATIONS: tuple[Mutation, ...] = (
         "a session nonce may be reused, and one training may take part in several sessions",
         (
             AGENT,
-            "if params.round_id == received.settings.round and not self._rounds.use_session(",
-            "if False and not self._rounds.use_session(",
+            "if params.round_id == received.settings.round and not self._use_session(params):",
+            "if False and not self._use_session(params):",
         ),
     ),
     mutation(
@@ -373,12 +374,37 @@ MUTATIONS: tuple[Mutation, ...] = (
     mutation(
         "R10 models compared canonically",
         "a model with -0.0 for 0.0 counts as a new model",
-        (AGENT, "model_hash=canonical_state_digest(global_state),", "model_hash=model_hash,"),
+        (
+            AGENT,
+            "                site_id=self.site_id,\n"
+            "                model_hash=canonical_state_digest(global_state),",
+            "                site_id=self.site_id,\n                model_hash=model_hash,",
+        ),
     ),
     mutation(
         "R8 join carries no paths",
         "a join's run configuration may name local paths",
         (DEPLOYED, "named = named_path_fields(document)", "named: list[str] = []"),
+    ),
+    mutation(
+        "R7 no clear evaluation",
+        "a site of a secure run answers `evaluate` with its own metrics in the clear",
+        (
+            DEPLOYED,
+            "if joined.run.secagg.enabled or joined.policy.secagg.required:",
+            "if False:",
+        ),
+    ),
+    mutation(
+        "R7 evaluation purpose",
+        "a site masks its evaluation counts in a training session, or its update in an "
+        "evaluation session",
+        (AGENT, "if params.purpose != held:", "if False:"),
+    ),
+    mutation(
+        "R7 one evaluation per round and model",
+        "a site scores a round, or a model, again: two sums of one model can be differenced",
+        (AGENT, "if why_not is not None:", "if False:"),
     ),
     mutation(
         "R9 fail closed",

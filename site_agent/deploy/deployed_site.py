@@ -173,7 +173,24 @@ class DeployedSite:
         return lambda flower_run, argument: answer(self._joined(flower_run).agent, call, argument)
 
     def _evaluate(self, flower_run: int, global_state: StateDict) -> EvaluationReport:
+        """Score ``global_state`` and return the metrics in the clear (secure aggregation off only).
+
+        A run with secure aggregation evaluates through masked histogram sums (``score_round``);
+        the clear call would hand a lying coordinator this site's own metrics for any model it
+        crafts (its validation and test sizes and positives), so it is refused (R7).
+
+        Raises:
+            PolicyViolation: if the run or the site's policy has secure aggregation, or the
+                policy keeps evaluation metrics at the site.
+        """
         joined = self._joined(flower_run)
+        if joined.run.secagg.enabled or joined.policy.secagg.required:
+            raise PolicyViolation(
+                f"{self.site_id} evaluates only through the masked evaluation sum: its metrics "
+                "never leave in the clear where secure aggregation is on",
+                remedy="evaluate with score_round and a secure-aggregation session of purpose "
+                "'evaluation'",
+            )
         if "auc" not in self._policy.reporting.metrics:
             raise PolicyViolation(
                 f"{self.site_id}'s policy keeps evaluation metrics at the site",

@@ -277,3 +277,47 @@ def test_model_export_of_the_deployed_run_carries_the_pooled_thresholds(
     assert thresholds["chosen_on"] == operating["chosen_on"]
     card = build_card(bundle)
     assert card["interval"].startswith("Hanley-McNeil")
+
+
+def test_a_lying_coordinator_recovers_no_site_s_evaluation_below_the_floor(run: Run) -> None:
+    """The evaluation attack replayed over the wire: crafted models, one site at a time.
+
+    Before issue 32 one site answered ``evaluate`` in the clear, so crafted models gave its
+    validation and test sizes and positives. Now (1) the clear call is refused in a run with
+    secure aggregation, and (2) an evaluation sum over fewer sites than a site's floor is
+    refused by the site before anything is masked, so nothing is unmasked.
+    """
+    from clinfl.errors import RoundAborted
+    from clinfl.transport.contract import EVALUATE, Refusal
+    from clinfl.transport.wire import encode
+    from coordinator.secure_aggregation import run_protocol
+
+    state = load_file(str(run.run_dir / "checkpoints" / "round-0001.safetensors"))
+    # a crafted model: every study gets the same scores, so a histogram is the site's counts
+    crafted = {n: torch.zeros_like(v) if v.is_floating_point() else v for n, v in state.items()}
+    node = next(k for k, site in run.link.sites.items() if site.site_id == "site-1")
+    reply = run.link.call(node, EVALUATE.name, encode(crafted), timeout=5)
+    refused = open_reply(reply, EVALUATE.reply)
+    assert isinstance(refused, Refusal), "site-1 sent its metrics in the clear"
+    assert "masked evaluation sum" in str(refused), refused
+
+    roster = SiteRoster(run.link, _join(run), expected=frozenset(run.sites), timeout=5)
+    roster.wait_for_sites(deadline_seconds=5, quorum=3)
+    lone = RemoteSite("site-1", roster, run.link, Timeouts())
+    last = SiteLedger(run.run_dir.parent / "site-1").last_round("fedeval")
+    next_round = (last[0] if last else 0) + 1  # round ids only go up (other tests train too)
+    settings = RoundSettings.for_round(_run_config(run).federation, next_round)
+    lone.train_round(state, settings)  # the round the site accepted: it may score it once
+    lone.score_round(_shifted(crafted, 0.0), settings)
+    # the coordinator plans a "sum" over site-1 alone (its policy: at least 2 sites)
+    alone = SecAggConfig(min_sites=2, max_colluders=0).plan(
+        run_id="fedeval",
+        round_id=next_round,
+        site_ids=("site-1",),
+        vector_length=2 * HALF,
+        purpose="evaluation",
+    )
+    refusals: dict[str, str] = {}
+    with pytest.raises(RoundAborted):
+        run_protocol({"site-1": lone}, alone, refusals=refusals)
+    assert "site-1" in refusals, refusals  # refused by the site itself, before masking
