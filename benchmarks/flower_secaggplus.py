@@ -1,4 +1,4 @@
-"""Flower 1.41's SecAgg+ on the same inputs, driven through its own functions.
+"""Flower's SecAgg+ (the pinned release) on the same inputs, driven through its own functions.
 
 We call the site-side stage functions of ``flwr.client.mod.secure_aggregation.secaggplus_mod``
 (``_setup``, ``_share_keys``, ``_collect_masked_vectors``, ``_unmask``) exactly as

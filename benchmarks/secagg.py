@@ -3,7 +3,7 @@
 For each vector length and site count, one round runs in this process: every site's stages
 (timed one site at a time; in a deployment the sites run in parallel, so the slowest site is the
 wall-clock cost) and the coordinator's. No dropouts. The same float32 updates and sample counts
-go to clinfl, to a plain weighted mean, and to Flower 1.41's SecAgg+ (driven through its own
+go to clinfl, to a plain weighted mean, and to Flower's SecAgg+ (the pinned release) (driven through its own
 functions, see ``benchmarks/flower_secaggplus.py``) with the same neighbourhood size and
 threshold. Results go to ``benchmarks/results/secagg.json`` and ``docs/benchmarks.md``.
 

@@ -34,7 +34,9 @@ def _federation_lines(federation: dict[str, Any] | None) -> list[str]:
         f"`clinfl simulate` on the bundled digits data, {federation['sites']} sites, "
         f"{federation['rounds']} round(s), FedNCAlign-ML ({federation['values']:,} values per "
         "update), every site and the coordinator in this one process (sites train one after "
-        "another). Seconds per round, measured in the same run:",
+        "another). With secure aggregation on, each round also runs its secure evaluation "
+        "session (the sites' score histograms summed under SecAgg+); off, the simulation "
+        "evaluates centrally. Seconds per round, measured in the same run:",
         "",
         "| secure aggregation | seconds per round | ratio |",
         "| --- | --- | --- |",
