@@ -85,8 +85,9 @@ test-slow: $(STAMP)
 
 ## Removes each security rule of the site's code in turn (SECAGG.md R1 to R9, the survivor floor,
 ## the quorum, "Version 3") in a temporary copy and runs the attack tests against it; fails if a
-## removal leaves every attack test green. A slow job, not part of `make test`: 30 CPU-minutes
-## for its 39 rules (about 15 minutes on 2 idle cores). Writes docs/mutation-check.md and
+## removal leaves every attack test green. A slow job, not part of `make test`: about 89
+## CPU-seconds a rule, so about an hour of CPU for its 39 rules (about 30 minutes on 2 idle
+## cores; measured on 5 of them). Writes docs/mutation-check.md and
 ## benchmarks/results/mutation_check.json.
 mutation-check: $(STAMP)
 	$(BIN)/python tools/mutation_check.py
