@@ -19,12 +19,14 @@ from clinfl.errors import RoundAborted, SiteUnavailable
 from clinfl.federation.fanout import ThreadedFanout
 from clinfl.federation.messages import RoundSettings
 from clinfl.roster import announce
+from clinfl.thresholds import parse_rule
 from clinfl.transport.contract import JoinRequest, read_refusal
 from clinfl.transport.flower.bundle import app_pyproject
 from clinfl.transport.wire import encode
 from coordinator.checkpoints import CheckpointStore
 from coordinator.deploy.launcher import portable_run_config
-from coordinator.deploy.remote_sites import RemoteEvaluator, RemoteSite, SiteRoster, Timeouts
+from coordinator.deploy.remote_sites import RemoteSite, SiteRoster, Timeouts
+from coordinator.federated_evaluation import SecureEvaluator
 from coordinator.rounds import Coordinator
 from coordinator.secure_aggregation import SecureAggregator
 from site_agent.agent import SiteIdentity
@@ -133,12 +135,15 @@ def test_a_secure_round_over_the_wire_with_one_site_declining(
     assert "site-3" in roster.refusals and "min sites 2 < policy 5" in roster.refusals["site-3"]
     assert roster.initial_state is not None
     participants = [RemoteSite(s.site_id, roster, link, Timeouts()) for s in sites.values()]
+    secagg = SecAggConfig(min_sites=2, max_colluders=0)
     coordinator = Coordinator(
         participants,
-        SecureAggregator(
-            SecAggConfig(min_sites=2, max_colluders=0), fanout=ThreadedFanout(), run_id="run-1"
+        SecureAggregator(secagg, fanout=ThreadedFanout(), run_id="run-1"),
+        # a secure run evaluates through the masked histogram sum: the clear `evaluate` call
+        # is refused by every site (issue 32)
+        SecureEvaluator(
+            participants, secagg, num_classes=10, threshold_rule=parse_rule("f1"), run_id="run-1"
         ),
-        RemoteEvaluator(participants, num_classes=10),
         CheckpointStore(tmp_path / "run"),
         fanout=ThreadedFanout(),
     )
